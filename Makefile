@@ -1,0 +1,48 @@
+# Ferryman — every target installs what it is missing (uv, Python deps, Kafka jars).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+KAFKA := $(PYTHON) tools/kafka/local_kafka.py
+
+.PHONY: help setup demo test bench kafka-up kafka-down up down lint fmt asyncapi
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup:  ## install uv (if missing) and every Python dependency from uv.lock
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@$(UV) sync --frozen --quiet
+
+demo: setup  ## stream a chat through Kafka and the LLM worker (starts what is missing)
+	@$(UV) run --frozen python tools/demo.py
+
+test: setup  ## run the whole test suite (starts a local Kafka if none is configured)
+	@$(UV) run --frozen pytest
+
+bench: setup  ## benchmark the LLM worker through the real Kafka against a fake OpenAI
+	@$(UV) run --frozen python -m tests.bench.llm_bench $(BENCH_ARGS)
+
+kafka-up:  ## start the local Kafka (KRaft, from Maven Central jars) on FERRYMAN_KAFKA_PORT (9092)
+	@$(KAFKA) up
+
+kafka-down:  ## stop the local Kafka
+	@$(KAFKA) down
+
+up:  ## run Kafka and the workers with Docker Compose
+	docker compose up -d --build
+
+down:  ## stop the Compose stack
+	docker compose down
+
+lint: setup  ## ruff (lint + format check) and pyright
+	@$(UV) run --frozen ruff check .
+	@$(UV) run --frozen ruff format --check .
+	@$(UV) run --frozen pyright
+
+fmt: setup  ## format and auto-fix
+	@$(UV) run --frozen ruff format .
+	@$(UV) run --frozen ruff check --fix .
+
+asyncapi: setup  ## regenerate the AsyncAPI document from the contract models
+	@$(UV) run --frozen ferryman asyncapi --output shared/asyncapi.json

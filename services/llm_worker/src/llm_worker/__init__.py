@@ -1,0 +1,1 @@
+"""Ferryman's LLM worker: chat requests from Kafka to LLM providers, streamed back to Kafka."""

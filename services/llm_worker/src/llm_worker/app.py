@@ -1,0 +1,142 @@
+"""Composition root of the LLM worker: `create_app(settings)` wires everything, with no I/O."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from faststream.asgi import AsgiFastStream
+from prometheus_client import CollectorRegistry
+
+from llm_worker.handler import ChatRequestHandler
+from llm_worker.ports import ChatModel
+from llm_worker.providers import ModelRouter
+from llm_worker.providers.mock import MockChatModel
+from llm_worker.providers.openai import OpenAIChatModel, create_client
+from llm_worker.service import ChatService, LlmMetrics
+from llm_worker.settings import LlmWorkerSettings
+from shared.runtime.dedupe import RecentRequests
+from shared.runtime.hosting import create_host_app
+from shared.runtime.metrics import ConsumerMetrics
+from shared.runtime.parallel_consumer import ParallelConsumer
+from shared.runtime.producer import KafkaPublisher
+from shared.runtime.topics import ensure_topics
+
+logger = logging.getLogger(__name__)
+
+
+def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
+    """Create the providers the settings enable (`mock` always)."""
+    providers: dict[str, ChatModel] = {
+        "mock": MockChatModel(token_delay=settings.mock_token_delay_ms / 1000.0)
+    }
+    if settings.openai_enabled:
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        client = create_client(
+            api_key=key,
+            base_url=settings.openai_base_url,
+            timeout=settings.openai_timeout,
+            connect_timeout=settings.openai_connect_timeout,
+        )
+        providers["openai"] = OpenAIChatModel(client)
+    return providers
+
+
+class LlmWorker:
+    """The running worker: consumer, producer, handler and providers."""
+
+    def __init__(
+        self,
+        settings: LlmWorkerSettings,
+        *,
+        providers: Mapping[str, ChatModel],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._settings = settings
+        self.router = ModelRouter(providers, settings.model_aliases)
+        self.consumer_metrics = ConsumerMetrics(registry, "llm_worker")
+        client_id = f"ferryman-llm-worker-{settings.instance_id}"
+        self.publisher = KafkaPublisher(settings.kafka_bootstrap_servers, client_id=client_id)
+        handler = ChatRequestHandler(
+            service=ChatService(self.router, LlmMetrics(registry)),
+            publisher=self.publisher,
+            recent=RecentRequests(
+                window=settings.dedupe_window, max_entries=settings.dedupe_max_entries
+            ),
+            metrics=self.consumer_metrics,
+            source=f"/ferryman/llm-worker/{settings.instance_id}",
+            default_reply_topic=settings.default_reply_topic,
+            dlq_topic=settings.dlq_topic,
+        )
+        self.consumer = ParallelConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            topics=[settings.request_topic],
+            group_id=settings.group_id,
+            handler=handler,
+            max_in_flight=settings.max_in_flight,
+            metrics=self.consumer_metrics,
+            client_id=client_id,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        """Create missing topics, connect the producer and join the consumer group.
+
+        Raises:
+            aiokafka.errors.KafkaError: Kafka could not be reached.
+        """
+        s = self._settings
+        if s.create_topics:
+            await ensure_topics(
+                s.kafka_bootstrap_servers,
+                [s.request_topic, s.dlq_topic, s.default_reply_topic],
+                partitions=s.topic_partitions,
+                replication_factor=s.topic_replication_factor,
+            )
+        await self.publisher.start()
+        await self.consumer.start()
+        self._started = True
+        logger.info(
+            "llm worker consuming %s as group %s (max in flight %d, providers: %s)",
+            s.request_topic,
+            s.group_id,
+            s.max_in_flight,
+            ", ".join(sorted(self.router.providers)),
+        )
+
+    async def stop(self) -> None:
+        """Drain within the grace period, commit, and disconnect."""
+        if self._started:
+            await self.consumer.stop(self._settings.grace_period)
+            await self.publisher.stop()
+        await self.router.aclose()
+        logger.info("llm worker stopped")
+
+    def health(self) -> dict[str, Any]:
+        """Readiness (partitions assigned) and consumer status."""
+        status = self.consumer.status()
+        return {
+            "service": "llm_worker",
+            "ready": self._started and bool(status["assigned"]),
+            "consumer": status,
+            "providers": sorted(self.router.providers),
+        }
+
+
+def create_app(
+    settings: LlmWorkerSettings,
+    *,
+    providers: Mapping[str, ChatModel] | None = None,
+    registry: CollectorRegistry | None = None,
+) -> AsgiFastStream:
+    """Build the LLM worker's FastStream app (no I/O happens until it starts)."""
+    registry = registry or CollectorRegistry()
+    worker = LlmWorker(
+        settings,
+        providers=providers if providers is not None else build_providers(settings),
+        registry=registry,
+    )
+    return create_host_app(
+        worker, bootstrap_servers=settings.kafka_bootstrap_servers, registry=registry
+    )

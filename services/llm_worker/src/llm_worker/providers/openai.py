@@ -1,0 +1,169 @@
+"""The OpenAI provider (and any OpenAI-compatible server), over `openai.AsyncOpenAI`.
+
+SDK retries are off (`max_retries=0`): retrying belongs to Ferryman.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+
+import httpx2
+import openai
+
+from llm_worker.providers.openai_mapping import ChunkMapper, completion_events, to_openai_params
+from llm_worker.streaming import Completion, StreamEvent, fold_events
+from shared.contracts import ChatRequest, ErrorCode, FerrymanError
+
+PROVIDER = "openai"
+
+
+def create_client(
+    *,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float,
+    connect_timeout: float,
+    http_client: httpx2.AsyncClient | None = None,
+) -> openai.AsyncOpenAI:
+    """Build the SDK client with retries off and explicit timeouts."""
+    return openai.AsyncOpenAI(
+        # Local OpenAI-compatible servers take no key; the SDK insists on one.
+        api_key=api_key or "unused",
+        base_url=base_url,
+        max_retries=0,
+        timeout=httpx2.Timeout(timeout, connect=connect_timeout),
+        http_client=http_client,
+    )
+
+
+class OpenAIChatModel:
+    """Chat completions over the `openai` SDK.
+
+    Args:
+        client: a configured `AsyncOpenAI` (see `create_client`).
+    """
+
+    provider = PROVIDER
+
+    def __init__(self, client: openai.AsyncOpenAI) -> None:
+        self._client = client
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        """Stream the answer (text, tool-call fragments, usage, finish).
+
+        Raises:
+            FerrymanError: the call or the stream failed.
+        """
+        params = to_openai_params(request, model, stream=True)
+        mapper = ChunkMapper()
+        with map_errors():
+            stream = await self._client.chat.completions.create(**params)
+            async with stream:
+                async for chunk in stream:
+                    for event in mapper.events(chunk):
+                        yield event
+        finish = mapper.finish()
+        if finish is not None:
+            yield finish
+
+    async def generate(self, request: ChatRequest, model: str) -> Completion:
+        """Return the whole answer from a non-streaming call.
+
+        Raises:
+            FerrymanError: the call failed or the answer was unfinished.
+        """
+        params = to_openai_params(request, model, stream=False)
+        with map_errors():
+            completion = await self._client.chat.completions.create(**params)
+        return fold_events(completion_events(completion))
+
+    async def list_models(self) -> list[str]:
+        """Return model ids from `GET /models` (unbilled).
+
+        Raises:
+            FerrymanError: the listing failed.
+        """
+        with map_errors():
+            page = await self._client.models.list()
+            return sorted([model.id async for model in page])
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connections."""
+        await self._client.close()
+
+
+@contextlib.contextmanager
+def map_errors() -> Iterator[None]:
+    """Translate `openai` SDK errors into `FerrymanError`, keeping status and retry-after.
+
+    Raises:
+        FerrymanError: for every SDK error raised inside the block.
+    """
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        raise _from_status(exc) from exc
+    except openai.APITimeoutError as exc:
+        raise FerrymanError(
+            ErrorCode.TIMEOUT, "request to OpenAI timed out", provider=PROVIDER
+        ) from exc
+    except openai.APIConnectionError as exc:
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE, f"cannot reach OpenAI: {exc.message}", provider=PROVIDER
+        ) from exc
+    except openai.APIError as exc:  # an error event inside an otherwise healthy stream
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE, f"OpenAI stream error: {exc.message}", provider=PROVIDER
+        ) from exc
+
+
+def _from_status(exc: openai.APIStatusError) -> FerrymanError:
+    status = exc.status_code
+    code_text = str(getattr(exc, "code", "") or "")
+    message = f"OpenAI returned {status}: {exc.message}"
+    retry_after = parse_retry_after(exc.response.headers)
+    if status in (401, 403):
+        # OpenAI echoes part of the key in this message; never forward it.
+        message = f"OpenAI rejected the credentials ({status})"
+        code = ErrorCode.AUTH
+    elif status == 429:
+        code = ErrorCode.RATE_LIMITED
+    elif status == 408:
+        code = ErrorCode.TIMEOUT
+    elif code_text == "context_length_exceeded":
+        code = ErrorCode.CONTEXT_LENGTH
+    elif code_text in ("content_filter", "content_policy_violation"):
+        code = ErrorCode.CONTENT_FILTER
+    elif status == 409 or status >= 500:
+        code = ErrorCode.UNAVAILABLE
+    else:
+        code = ErrorCode.INVALID_REQUEST
+    retryable = code in (ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE)
+    return FerrymanError(
+        code,
+        message,
+        retryable=retryable,
+        provider=PROVIDER,
+        status=status,
+        retry_after=retry_after,
+    )
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Return seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if (raw_ms := lowered.get("retry-after-ms")) is not None:
+        with contextlib.suppress(ValueError):
+            return max(float(raw_ms) / 1000.0, 0.0)
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    with contextlib.suppress(ValueError):
+        return max(float(raw), 0.0)
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(raw)
+        return max(when.timestamp() - time.time(), 0.0)
+    return None

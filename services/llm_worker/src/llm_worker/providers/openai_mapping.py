@@ -1,0 +1,129 @@
+"""Pure translation between Ferryman's request/stream shapes and OpenAI's wire shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.completion_usage import CompletionUsage
+
+from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
+from shared.contracts import ChatRequest, FinishReason
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def to_openai_params(request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
+    """Return the keyword arguments of `chat.completions.create` for `request`."""
+    params: dict[str, Any] = {
+        "model": model,
+        "messages": [m.model_dump(exclude_none=True, by_alias=True) for m in request.messages],
+        "stream": stream,
+    }
+    if stream:
+        params["stream_options"] = {"include_usage": True}
+    if request.tools:
+        params["tools"] = [t.model_dump(exclude_none=True, by_alias=True) for t in request.tools]
+    if request.tool_choice is not None:
+        choice = request.tool_choice
+        params["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+    if request.response_format is not None:
+        params["response_format"] = request.response_format.model_dump(
+            exclude_none=True, by_alias=True
+        )
+    for name in ("temperature", "top_p", "max_tokens", "stop"):
+        value = getattr(request, name)
+        if value is not None:
+            params[name] = value
+    return params
+
+
+def finish_reason(raw: str | None) -> FinishReason:
+    """Map OpenAI's finish reason to Ferryman's set (unknown reasons count as `stop`)."""
+    return _FINISH_REASONS.get(raw or "stop", "stop")
+
+
+def _usage(usage: CompletionUsage) -> UsageReport:
+    return UsageReport(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
+
+
+class ChunkMapper:
+    """Maps streamed `ChatCompletionChunk`s to stream events.
+
+    Keeps per-call state so `id` and `name` are emitted once per tool call even
+    when an OpenAI-compatible server repeats them in every fragment.
+    """
+
+    def __init__(self) -> None:
+        self._announced: set[int] = set()
+        self._finish: str | None = None
+        self._model: str | None = None
+
+    def events(self, chunk: ChatCompletionChunk) -> list[StreamEvent]:
+        """Return the events carried by one chunk (choice 0 only)."""
+        out: list[StreamEvent] = []
+        if chunk.model:
+            self._model = chunk.model
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            delta = choice.delta
+            if delta.content:
+                out.append(TextDelta(text=delta.content))
+            for call in delta.tool_calls or ():
+                first = call.index not in self._announced
+                self._announced.add(call.index)
+                function = call.function
+                arguments = function.arguments if function is not None else None
+                name = function.name if function is not None else None
+                if first or arguments:
+                    out.append(
+                        ToolCallFragment(
+                            index=call.index,
+                            id=call.id if first else None,
+                            name=name if first else None,
+                            arguments=arguments or None,
+                        )
+                    )
+            if choice.finish_reason is not None:
+                self._finish = choice.finish_reason
+        if chunk.usage is not None:
+            out.append(_usage(chunk.usage))
+        return out
+
+    def finish(self) -> Finish | None:
+        """Return the `Finish` event once the stream ended, if the provider finished it."""
+        if self._finish is None:
+            return None
+        return Finish(reason=finish_reason(self._finish), model=self._model)
+
+
+def completion_events(completion: ChatCompletion) -> list[StreamEvent]:
+    """Return the events equivalent to a non-streamed completion (to fold like a stream)."""
+    out: list[StreamEvent] = []
+    choice = next((c for c in completion.choices if c.index == 0), None)
+    if choice is not None:
+        message = choice.message
+        if message.content:
+            out.append(TextDelta(text=message.content))
+        for index, call in enumerate(message.tool_calls or ()):
+            function = getattr(call, "function", None)
+            out.append(
+                ToolCallFragment(
+                    index=index,
+                    id=call.id,
+                    name=function.name if function is not None else None,
+                    arguments=function.arguments if function is not None else None,
+                )
+            )
+    if completion.usage is not None:
+        out.append(_usage(completion.usage))
+    if choice is not None and choice.finish_reason is not None:
+        out.append(Finish(reason=finish_reason(choice.finish_reason), model=completion.model))
+    return out

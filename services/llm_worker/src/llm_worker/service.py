@@ -1,0 +1,173 @@
+"""Executes one chat request: resolve the model, stream it, publish chunks and the result."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from llm_worker.ports import ChatModel
+from llm_worker.providers import ModelRouter
+from llm_worker.replies import ReplyStream
+from llm_worker.streaming import CompletionBuilder, TextDelta, ToolCallFragment
+from shared.contracts import (
+    ChatChunk,
+    ChatCompleted,
+    ChatRequest,
+    ChunkDelta,
+    FerrymanError,
+    Latency,
+    ToolCallDelta,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class LlmMetrics:
+    """Request outcomes and latencies, labelled by provider (never by request)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "llm_worker_requests_total",
+            "Chat requests by provider and outcome (completed, or the failure code).",
+            ["provider", "outcome"],
+            registry=registry,
+        )
+        self.chunks = Counter(
+            "llm_worker_stream_chunks_total",
+            "Chunk events published.",
+            ["provider"],
+            registry=registry,
+        )
+        self.first_token = Histogram(
+            "llm_worker_time_to_first_token_seconds",
+            "From the start of work to the first streamed token.",
+            ["provider"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "llm_worker_request_duration_seconds",
+            "From the start of work to the terminal event.",
+            ["provider"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "llm_worker_tokens_total",
+            "Tokens reported by providers.",
+            ["provider", "direction"],
+            registry=registry,
+        )
+
+
+@dataclass(frozen=True)
+class ChatJob:
+    """One request to execute and where its results go."""
+
+    request: ChatRequest
+    replies: ReplyStream
+
+
+class ChatService:
+    """Runs chat requests against the configured providers.
+
+    Provider failures end in a `failed` event; publishing failures propagate
+    (the caller must not commit the request's offset).
+
+    Args:
+        router: resolves the request's `model`.
+        metrics: where outcomes are counted.
+    """
+
+    def __init__(self, router: ModelRouter, metrics: LlmMetrics) -> None:
+        self._router = router
+        self._metrics = metrics
+
+    async def execute(self, job: ChatJob) -> None:
+        """Execute `job`, publishing its chunks (when streaming) and exactly one terminal event.
+
+        Raises:
+            aiokafka.errors.KafkaError: a result event could not be published.
+        """
+        started = time.monotonic()
+        provider_name = "unknown"
+        try:
+            provider, model = self._router.resolve(job.request.model)
+            provider_name = provider.provider
+            if job.request.stream:
+                completed = await self._stream(job, provider, model, started)
+            else:
+                completed = await self._generate(job, provider, model, started)
+        except FerrymanError as exc:
+            if exc.provider is None and provider_name != "unknown":
+                exc.provider = provider_name
+            self._metrics.requests.labels(provider=provider_name, outcome=exc.code.value).inc()
+            await job.replies.failed(exc.to_info())
+            return
+        await job.replies.completed(completed)
+        self._metrics.requests.labels(provider=provider_name, outcome="completed").inc()
+        self._metrics.duration.labels(provider=provider_name).observe(time.monotonic() - started)
+        usage = completed.usage
+        self._metrics.tokens.labels(provider=provider_name, direction="input").inc(
+            usage.input_tokens
+        )
+        self._metrics.tokens.labels(provider=provider_name, direction="output").inc(
+            usage.output_tokens
+        )
+
+    async def _generate(
+        self, job: ChatJob, provider: ChatModel, model: str, started: float
+    ) -> ChatCompleted:
+        result = await provider.generate(job.request, model)
+        return ChatCompleted(
+            content=result.content,
+            tool_calls=result.tool_calls,
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+            provider=provider.provider,
+            model=result.model or model,
+            chunk_count=0,
+            latency_ms=Latency(first_token=None, total=_ms_since(started)),
+        )
+
+    async def _stream(
+        self, job: ChatJob, provider: ChatModel, model: str, started: float
+    ) -> ChatCompleted:
+        builder = CompletionBuilder()
+        first_token: float | None = None
+        index = 0
+        async for event in provider.stream(job.request, model):
+            builder.add(event)
+            if isinstance(event, TextDelta):
+                delta = ChunkDelta(content=event.text)
+            elif isinstance(event, ToolCallFragment):
+                fragment = ToolCallDelta(
+                    index=event.index, id=event.id, name=event.name, arguments=event.arguments
+                )
+                delta = ChunkDelta(tool_calls=[fragment])
+            else:
+                continue
+            if first_token is None:
+                first_token = _ms_since(started)
+                self._metrics.first_token.labels(provider=provider.provider).observe(
+                    first_token / 1000.0
+                )
+            await job.replies.chunk(ChatChunk(index=index, delta=delta))
+            index += 1
+        result = builder.result()
+        self._metrics.chunks.labels(provider=provider.provider).inc(index)
+        return ChatCompleted(
+            content=result.content,
+            tool_calls=result.tool_calls,
+            finish_reason=result.finish_reason,
+            usage=result.usage,
+            provider=provider.provider,
+            model=result.model or model,
+            chunk_count=index,
+            latency_ms=Latency(first_token=first_token, total=_ms_since(started)),
+        )
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000.0, 3)

@@ -1,0 +1,1 @@
+"""Ferryman's storage worker (package skeleton; the worker itself comes with its own issue)."""

@@ -1,0 +1,232 @@
+"""Python client for producers: publish chat requests, read streamed results.
+
+```python
+async with FerrymanClient("127.0.0.1:9092") as client:
+    async for event in client.chat_stream(request):
+        ...  # ChatChunk, ChatChunk, …, then a final ChatCompleted
+    completed = await client.chat(request)
+```
+"""
+# aiokafka's annotations are partial (unparameterized generics); strict mode would flag every call.
+# pyright: reportUnknownMemberType=false, reportUnknownVariableType=false, reportUnknownArgumentType=false
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition  # pyright: ignore[reportMissingTypeStubs]
+
+from shared.contracts import (
+    DEFAULT_LLM_REPLY_TOPIC,
+    DEFAULT_LLM_REQUEST_TOPIC,
+    LLM_CHAT_CHUNK,
+    LLM_CHAT_COMPLETED,
+    LLM_CHAT_FAILED,
+    LLM_CHAT_REQUESTED,
+    ChatChunk,
+    ChatCompleted,
+    ChatFailed,
+    ChatRequest,
+    ErrorInfo,
+)
+from shared.contracts.events import EXT_EXPIRY_TIME, EXT_REPLY_TO, EXT_TENANT
+from shared.runtime.codec import encode_binary, header_value
+from shared.runtime.producer import KafkaPublisher
+from shared.runtime.topics import ensure_topics
+
+ChatEvent = ChatChunk | ChatCompleted
+
+
+class ChatFailedError(Exception):
+    """The worker answered with a `failed` event; `error` carries code and retryability."""
+
+    def __init__(self, error: ErrorInfo) -> None:
+        super().__init__(f"{error.code.value}: {error.message}")
+        self.error = error
+
+
+class FerrymanClient:
+    """Publishes chat requests and reads their results from a reply topic.
+
+    Args:
+        bootstrap_servers: comma-separated `host:port` list.
+        request_topic: where requests go.
+        reply_topic: where this client reads results (sent as the `replyto` extension).
+        source: `ce_source` of the requests; (`source`, id) identifies a request.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        request_topic: str = DEFAULT_LLM_REQUEST_TOPIC,
+        reply_topic: str = DEFAULT_LLM_REPLY_TOPIC,
+        source: str | None = None,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._request_topic = request_topic
+        self._reply_topic = reply_topic
+        self._source = source or f"/ferryman/client/{socket.gethostname()}-{os.getpid()}"
+        self._publisher = KafkaPublisher(bootstrap_servers, client_id="ferryman-client")
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}
+
+    async def __aenter__(self) -> FerrymanClient:
+        """Connect, and start reading the reply topic from its current end.
+
+        Raises:
+            aiokafka.errors.KafkaError: Kafka could not be reached.
+        """
+        await ensure_topics(
+            self._bootstrap, [self._reply_topic], partitions=6, replication_factor=1
+        )
+        await self._publisher.start()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(self._reply_topic) or set()
+        for _ in range(50):
+            if partitions:
+                break
+            await consumer._client.force_metadata_update()  # pyright: ignore[reportPrivateUsage]
+            partitions = consumer.partitions_for_topic(self._reply_topic) or set()
+        assigned = [TopicPartition(self._reply_topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for tp in assigned:  # pin the positions before anything is published
+            await consumer.position(tp)
+        self._consumer = consumer
+        self._reader = asyncio.create_task(self._read_replies(consumer))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Disconnect."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._consumer is not None:
+            await self._consumer.stop()
+        await self._publisher.stop()
+
+    async def publish(
+        self,
+        request: ChatRequest | Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        expires_at: datetime | None = None,
+        tenant: str | None = None,
+        key: bytes | None = None,
+    ) -> str:
+        """Publish a request without waiting for results; return its id.
+
+        Raises:
+            pydantic.ValidationError: `request` is not a valid chat request.
+            aiokafka.errors.KafkaError: Kafka did not acknowledge it.
+        """
+        if not isinstance(request, ChatRequest):
+            request = ChatRequest.model_validate(request)
+        request_id = request_id or str(uuid.uuid4())
+        attributes: dict[str, Any] = {
+            "id": request_id,
+            "type": LLM_CHAT_REQUESTED,
+            "source": self._source,
+            "datacontenttype": "application/json",
+            EXT_REPLY_TO: self._reply_topic,
+        }
+        if expires_at is not None:
+            attributes[EXT_EXPIRY_TIME] = expires_at.isoformat().replace("+00:00", "Z")
+        if tenant is not None:
+            attributes[EXT_TENANT] = tenant
+        data = request.model_dump_json(exclude_none=True, by_alias=True).encode()
+        headers, value = encode_binary(attributes, data)
+        await self._publisher.send_and_wait(
+            self._request_topic, value, key=key or request_id.encode(), headers=headers
+        )
+        return request_id
+
+    async def chat_stream(
+        self,
+        request: ChatRequest | Mapping[str, Any],
+        *,
+        request_id: str | None = None,
+        timeout: float = 600.0,
+        **publish_options: Any,
+    ) -> AsyncIterator[ChatEvent]:
+        """Publish `request` and yield its chunks in order, then its `ChatCompleted`.
+
+        Duplicate chunks (a redelivered request) are dropped by index.
+
+        Raises:
+            ChatFailedError: the worker published `failed`.
+            TimeoutError: no terminal event within `timeout` seconds.
+        """
+        request_id = request_id or str(uuid.uuid4())
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._waiting[request_id] = queue
+        try:
+            await self.publish(request, request_id=request_id, **publish_options)
+            next_index = 0
+            async with asyncio.timeout(timeout):
+                while True:
+                    event_type, value = await queue.get()
+                    if event_type == LLM_CHAT_CHUNK:
+                        chunk = ChatChunk.model_validate_json(value)
+                        if chunk.index == next_index:
+                            next_index += 1
+                            yield chunk
+                    elif event_type == LLM_CHAT_COMPLETED:
+                        yield ChatCompleted.model_validate_json(value)
+                        return
+                    elif event_type == LLM_CHAT_FAILED:
+                        raise ChatFailedError(ChatFailed.model_validate_json(value).error)
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def chat(
+        self, request: ChatRequest | Mapping[str, Any], *, timeout: float = 600.0, **options: Any
+    ) -> ChatCompleted:
+        """Publish `request` and return its `ChatCompleted`.
+
+        Raises:
+            ChatFailedError: the worker published `failed`.
+            TimeoutError: no terminal event within `timeout` seconds.
+        """
+        async for event in self.chat_stream(request, timeout=timeout, **options):
+            if isinstance(event, ChatCompleted):
+                return event
+        raise RuntimeError("the result stream ended without a terminal event")
+
+    async def _read_replies(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for records in batch.values():
+                for record in records:
+                    correlation = header_value(record.headers, "ce_correlationid")
+                    queue = self._waiting.get(correlation or "")
+                    if queue is None:
+                        continue
+                    event_type = header_value(record.headers, "ce_type") or ""
+                    queue.put_nowait((event_type, record.value or b""))
+
+
+def request_from_prompt(prompt: str, *, model: str, stream: bool = True) -> ChatRequest:
+    """Build a one-message chat request (used by the CLI and the demo)."""
+    return ChatRequest.model_validate(
+        {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
+    )
+
+
+def dumps_event(event: ChatEvent) -> str:
+    """Render an event as compact JSON."""
+    return json.dumps(event.model_dump(exclude_none=True), separators=(",", ":"))

@@ -1,0 +1,271 @@
+"""LLM request and result payloads (the `data` of Ferryman's LLM CloudEvents).
+
+The request is chat-completions shaped, the lingua franca producers already
+know. Unknown fields are rejected so that typos surface as validation errors
+instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.contracts.errors import ErrorInfo
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TextPart(_Strict):
+    """A text content part."""
+
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Strict):
+    """An image reference: an `https:` URL or a `data:` URL."""
+
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Strict):
+    """An image content part."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class FunctionCall(_Strict):
+    """The function a tool call invokes; `arguments` is a JSON string."""
+
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class ToolCall(_Strict):
+    """A tool call made by the assistant in an earlier turn."""
+
+    id: str = Field(min_length=1)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Strict):
+    """Instructions for the model."""
+
+    role: Literal["system"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class UserMessage(_Strict):
+    """A user turn: text, or text and image parts."""
+
+    role: Literal["user"]
+    content: str | list[ContentPart]
+    name: str | None = None
+
+
+class AssistantMessage(_Strict):
+    """An earlier assistant turn: text, tool calls, or both."""
+
+    role: Literal["assistant"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _has_content_or_tool_calls(self) -> AssistantMessage:
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs content or tool_calls")
+        return self
+
+
+class ToolMessage(_Strict):
+    """The result of a tool call, answering the call with id `tool_call_id`."""
+
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str = Field(min_length=1)
+
+
+Message = Annotated[
+    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
+]
+
+
+class FunctionDefinition(_Strict):
+    """A function the model may call; `parameters` is a JSON Schema object."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    """A tool offered to the model."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    """Names the function a forced tool choice must call."""
+
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Strict):
+    """Forces the model to call one named function."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class TextFormat(_Strict):
+    """Plain text output (the default)."""
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Strict):
+    """JSON mode: the output is some JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(_Strict):
+    """A named JSON Schema the output must follow."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    json_schema: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class JsonSchemaFormat(_Strict):
+    """Structured output following `json_schema`."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
+
+
+class ChatRequest(_Strict):
+    """The `data` of a `ferryman.llm.chat.requested` event."""
+
+    model: str = Field(min_length=1)
+    """A configured alias, or `provider/model` (for example `openai/gpt-4o-mini`, `mock/echo`)."""
+    messages: list[Message] = Field(min_length=1)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    response_format: ResponseFormat | None = None
+    stream: bool = True
+    """When false, only the terminal event is published (no chunks)."""
+    metadata: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> ChatRequest:
+        if isinstance(self.stop, list) and not 1 <= len(self.stop) <= 4:
+            raise ValueError("stop takes 1 to 4 sequences")
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice requires tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
+            names = {tool.function.name for tool in self.tools}
+            if self.tool_choice.function.name not in names:
+                raise ValueError(
+                    f"tool_choice names unknown tool {self.tool_choice.function.name!r}"
+                )
+        return self
+
+
+class ToolCallDelta(_Strict):
+    """A fragment of one streamed tool call.
+
+    `index` is stable per call; `id` and `name` come with the first fragment;
+    the `arguments` fragments of one call concatenate to its JSON arguments.
+    """
+
+    index: int = Field(ge=0)
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkDelta(_Strict):
+    """What one chunk adds to the answer."""
+
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ChatChunk(_Strict):
+    """The `data` of a `ferryman.llm.chat.chunk` event; `index` counts 0, 1, 2… with no gaps."""
+
+    index: int = Field(ge=0)
+    delta: ChunkDelta
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+class CompletedToolCall(_Strict):
+    """A finished tool call; `arguments` is its JSON arguments string."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class Usage(_Strict):
+    """Tokens spent by the request, as reported by the provider."""
+
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+
+
+class Latency(_Strict):
+    """Milliseconds from the start of work to the first token and to the end."""
+
+    first_token: float | None = Field(default=None, ge=0)
+    total: float = Field(ge=0)
+
+
+class ChatCompleted(_Strict):
+    """The `data` of a `ferryman.llm.chat.completed` event.
+
+    `content` equals the concatenation of the chunks' content deltas.
+    """
+
+    content: str
+    tool_calls: list[CompletedToolCall]
+    finish_reason: FinishReason
+    usage: Usage
+    provider: str
+    model: str
+    chunk_count: int = Field(ge=0)
+    latency_ms: Latency
+
+
+class ChatFailed(_Strict):
+    """The `data` of a `ferryman.llm.chat.failed` event."""
+
+    error: ErrorInfo

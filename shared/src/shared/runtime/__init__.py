@@ -1,0 +1,1 @@
+"""Runtime glue shared by Ferryman's workers: Kafka I/O, dead letters, dedupe, metrics, hosting."""

@@ -1,0 +1,172 @@
+"""CloudEvents over Kafka, through the `cloudevents` SDK's Kafka binding.
+
+Incoming records are decoded in the content mode their `content-type` names, as
+the binding spec says (the SDK's own `from_kafka` guesses from `ce_` headers
+instead, which breaks structured records that also carry `ce_` headers).
+Outgoing events are always binary mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cloudevents.core.bindings import kafka as ce_kafka
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from shared.contracts.events import EXT_CORRELATION_ID, EXT_EXPIRY_TIME, EXT_REPLY_TO
+
+_FORMAT = JSONFormat()
+_STRUCTURED_PREFIX = "application/cloudevents"
+
+Headers = list[tuple[str, bytes]]
+
+
+class DecodeError(Exception):
+    """The record is not a valid CloudEvent (or not of the expected type)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingEvent:
+    """A decoded CloudEvent: its attributes (extensions included) and its data."""
+
+    attributes: dict[str, Any]
+    data: Any
+    mode: str
+
+    @property
+    def id(self) -> str:
+        """The event id (`ce_id`)."""
+        return str(self.attributes["id"])
+
+    @property
+    def source(self) -> str:
+        """The event source (`ce_source`)."""
+        return str(self.attributes["source"])
+
+    @property
+    def type(self) -> str:
+        """The event type (`ce_type`)."""
+        return str(self.attributes["type"])
+
+    def extension(self, name: str) -> str | None:
+        """Return an extension attribute as a string, or None when absent."""
+        value = self.attributes.get(name)
+        return None if value is None else str(value)
+
+    def expiry(self) -> datetime | None:
+        """Return the `expirytime` extension as an aware datetime.
+
+        Raises:
+            DecodeError: the extension is not an RFC 3339 timestamp.
+        """
+        raw = self.attributes.get(EXT_EXPIRY_TIME)
+        if raw is None:
+            return None
+        if isinstance(raw, datetime):
+            return raw if raw.tzinfo else raw.replace(tzinfo=UTC)
+        try:
+            parsed = datetime.fromisoformat(str(raw))
+        except ValueError as exc:
+            raise DecodeError(f"expirytime {raw!r} is not an RFC 3339 timestamp") from exc
+        if parsed.tzinfo is None:
+            raise DecodeError(f"expirytime {raw!r} has no time zone offset")
+        return parsed
+
+
+def header_value(headers: Sequence[tuple[str, bytes | None]], name: str) -> str | None:
+    """Return the last value of header `name` (case-insensitive) as text, or None."""
+    found: str | None = None
+    for key, value in headers:
+        if key.lower() == name and value is not None:
+            found = value.decode("utf-8", errors="replace")
+    return found
+
+
+def reply_topic_hint(headers: Sequence[tuple[str, bytes | None]]) -> str | None:
+    """Best-effort reply topic of a record that may not decode: its `ce_replyto` header."""
+    return header_value(headers, f"{ce_kafka.CE_PREFIX}{EXT_REPLY_TO}")
+
+
+def decode_event(headers: Sequence[tuple[str, bytes | None]], value: bytes | None) -> IncomingEvent:
+    """Decode a Kafka record as a CloudEvent, choosing the mode by `content-type`.
+
+    The record key is deliberately not mapped to `partitionkey`: producers key
+    by whatever they like, and a binary key must not make a record undecodable.
+
+    Raises:
+        DecodeError: the record is not a CloudEvents 1.0 event in either mode.
+    """
+    header_map: dict[str, bytes] = {}
+    for key, raw in headers:
+        if raw is not None:
+            header_map[key.lower()] = raw
+    content_type = header_map.get("content-type", b"").decode("utf-8", errors="replace")
+    message = ce_kafka.KafkaMessage(headers=header_map, key=None, value=value or b"")
+    structured = content_type.lower().startswith(_STRUCTURED_PREFIX)
+    try:
+        if structured:
+            event = ce_kafka.from_structured(message, _FORMAT)
+        else:
+            if "ce_specversion" not in header_map:
+                raise DecodeError("no ce_specversion header and not a structured-mode record")
+            event = ce_kafka.from_binary(message, _FORMAT)
+    except DecodeError:
+        raise
+    except Exception as exc:  # the SDK raises a variety of types for malformed input
+        raise DecodeError(f"{type(exc).__name__}: {exc}") from exc
+    attributes = event.get_attributes()
+    if attributes.get("specversion") != "1.0":
+        raise DecodeError(f"unsupported specversion {attributes.get('specversion')!r}")
+    return IncomingEvent(
+        attributes=attributes,
+        data=event.get_data(),
+        mode="structured" if structured else "binary",
+    )
+
+
+def encode_event(
+    *,
+    event_type: str,
+    source: str,
+    data: bytes,
+    correlation_id: str | None = None,
+    extensions: dict[str, str] | None = None,
+    event_id: str | None = None,
+) -> Headers:
+    """Encode a JSON CloudEvent in binary mode and return its Kafka headers.
+
+    `data` is the already-serialized JSON payload; it is the record value as is.
+    """
+    attributes: dict[str, Any] = {
+        "type": event_type,
+        "source": source,
+        "datacontenttype": "application/json",
+    }
+    if event_id is not None:
+        attributes["id"] = event_id
+    if correlation_id is not None:
+        attributes[EXT_CORRELATION_ID] = correlation_id
+    if extensions:
+        attributes.update(extensions)
+    message = ce_kafka.to_binary(CloudEvent(attributes, data), _FORMAT, key_mapper=_no_key)
+    return list(message.headers.items())
+
+
+def encode_structured(attributes: dict[str, Any], data: Any) -> tuple[Headers, bytes]:
+    """Encode a CloudEvent in structured mode (used by tools and tests)."""
+    message = ce_kafka.to_structured(CloudEvent(attributes, data), _FORMAT, key_mapper=_no_key)
+    return list(message.headers.items()), message.value
+
+
+def encode_binary(attributes: dict[str, Any], data: Any) -> tuple[Headers, bytes]:
+    """Encode a CloudEvent in binary mode (used by the client and tools)."""
+    message = ce_kafka.to_binary(CloudEvent(attributes, data), _FORMAT, key_mapper=_no_key)
+    return list(message.headers.items()), message.value
+
+
+def _no_key(_event: Any) -> None:
+    return None

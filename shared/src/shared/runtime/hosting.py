@@ -1,0 +1,78 @@
+"""Hosts a worker inside a FastStream ASGI app: lifecycle, `/metrics` and `/health`.
+
+FastStream owns the process lifecycle (startup and shutdown hooks, run under
+uvicorn, which turns SIGTERM into an orderly shutdown). The worker's Kafka I/O is
+the `ParallelConsumer` and `KafkaPublisher`; the FastStream broker required by
+the app is created `consumer_only` with no subscribers, so it opens no
+connections of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import uvicorn
+from faststream.asgi import AsgiFastStream
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry, make_asgi_app  # pyright: ignore[reportUnknownVariableType]
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class HostedService(Protocol):
+    """What a worker exposes to its host."""
+
+    async def start(self) -> None:
+        """Connect and start consuming."""
+        ...
+
+    async def stop(self) -> None:
+        """Drain in-flight work within the grace period and disconnect."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """A JSON-able status; `ready` says whether it is consuming."""
+        ...
+
+
+def create_host_app(
+    service: HostedService, *, bootstrap_servers: str, registry: CollectorRegistry
+) -> AsgiFastStream:
+    """Build the FastStream app that runs `service` and serves `/metrics` and `/health`."""
+    broker = KafkaBroker(bootstrap_servers, consumer_only=True, logger=None)
+
+    async def health(scope: Scope, receive: Receive, send: Send) -> None:
+        status = service.health()
+        body = json.dumps(status).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200 if status.get("ready") else 503,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    routes: list[tuple[str, Any]] = [("/metrics", make_asgi_app(registry)), ("/health", health)]  # pyright: ignore[reportUnknownArgumentType]
+    return AsgiFastStream(
+        broker,
+        asgi_routes=routes,
+        on_startup=[service.start],
+        on_shutdown=[service.stop],
+        logger=None,
+    )
+
+
+async def serve(app: AsgiFastStream, *, host: str, port: int) -> None:
+    """Run `app` under uvicorn until SIGTERM or SIGINT, then shut it down in order."""
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan="on", access_log=False
+    )
+    await uvicorn.Server(config).serve()

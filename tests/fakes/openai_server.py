@@ -1,0 +1,318 @@
+"""A local HTTP server speaking OpenAI's chat-completions wire format (SSE), with scenarios.
+
+Used by provider tests (in-process), by integration tests and by the benchmark
+(as a separate process: `python -m tests.fakes.openai_server --port 0`).
+
+Each request picks the scenario registered for its `model` (or the default):
+an echo answer streamed in tokens, tool calls streamed in fragments, HTTP
+errors with retry-after headers, delays before headers or before the first
+token, and faults mid-stream (cut, stall, malformed event, no terminator).
+Every request is recorded for assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Scenario:
+    """How the fake answers. All delays are seconds."""
+
+    answer: str | None = None
+    """The text to stream; None echoes the last user message."""
+    tokens: int | None = None
+    """Stream exactly this many tokens ("tok0 tok1 …"), overriding `answer`."""
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    """`[{"name": ..., "arguments": "<json>"}]`, streamed in fragments when set."""
+    status: int | None = None
+    """Answer with this HTTP error status instead."""
+    error_code: str | None = None
+    """OpenAI `error.code` of the error body (e.g. `context_length_exceeded`)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra response headers (e.g. `retry-after`)."""
+    delay_before_headers: float = 0.0
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    cut_after: int | None = None
+    """Close the connection after this many content chunks."""
+    stall_after: int | None = None
+    """Stop sending (but keep the connection) after this many content chunks."""
+    malformed_after: int | None = None
+    """Send an undecodable event after this many content chunks."""
+    error_event_after: int | None = None
+    """Send an in-stream `{"error": ...}` event after this many content chunks."""
+    send_done: bool = True
+    finish_reason: str | None = None
+    """Override the finish reason (default: stop, or tool_calls with tool calls)."""
+
+
+@dataclass
+class RecordedRequest:
+    """One request the fake received."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    received_at: float
+
+
+class FakeOpenAI:
+    """The fake server. Use `await start()` / `await stop()`, then `base_url`."""
+
+    def __init__(self, default: Scenario | None = None) -> None:
+        self.default = default or Scenario()
+        self.scenarios: dict[str, Scenario] = {}
+        self.requests: list[RecordedRequest] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        app = web.Application()
+        app.router.add_post("/_scenarios", self._set_scenarios)
+        app.router.add_get("/_requests", self._get_requests)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._app = app
+
+    @property
+    def base_url(self) -> str:
+        """The `/v1` base URL to give the SDK."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self, port: int = 0) -> None:
+        """Listen on 127.0.0.1 (`port` 0 picks a free one)."""
+        self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=2048)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def chat_requests(self) -> list[RecordedRequest]:
+        """Recorded chat-completion requests."""
+        return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    async def _set_scenarios(self, request: web.Request) -> web.Response:
+        payload = await request.json()
+        for model, spec in payload.items():
+            if model == "*":
+                self.default = Scenario(**spec)
+            else:
+                self.scenarios[model] = Scenario(**spec)
+        return web.json_response({"ok": True})
+
+    async def _get_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([asdict(r) for r in self.requests])
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        body: dict[str, Any] = {}
+        if request.can_read_body:
+            body = await request.json()
+        self.requests.append(
+            RecordedRequest(request.path, dict(request.headers), body, time.monotonic())
+        )
+        if request.method == "GET" and request.path.endswith("/models"):
+            return web.json_response(
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}
+                    ],
+                }
+            )
+        if not request.path.endswith("/chat/completions"):
+            return web.json_response({"error": {"message": "not found"}}, status=404)
+        scenario = self.scenarios.get(body.get("model", ""), self.default)
+        if scenario.delay_before_headers:
+            await asyncio.sleep(scenario.delay_before_headers)
+        if scenario.status is not None:
+            error = {
+                "message": f"fake error {scenario.status}",
+                "type": "fake",
+                "code": scenario.error_code,
+            }
+            return web.json_response(
+                {"error": error}, status=scenario.status, headers=scenario.headers
+            )
+        if body.get("stream"):
+            return await self._stream(request, body, scenario)
+        return web.json_response(_completion(body, scenario), headers=scenario.headers)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], scenario: Scenario
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"content-type": "text/event-stream", **scenario.headers}
+        )
+        await response.prepare(request)
+        model = body.get("model", "gpt-fake")
+
+        async def send(payload: dict[str, Any] | str) -> None:
+            data = payload if isinstance(payload, str) else json.dumps(payload)
+            await response.write(f"data: {data}\n\n".encode())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        if scenario.first_token_delay:
+            await asyncio.sleep(scenario.first_token_delay)
+        await send(chunk({"role": "assistant", "content": ""}))
+        pieces = _pieces(body, scenario)
+        for n, piece in enumerate(pieces):
+            if n and scenario.token_delay:
+                await asyncio.sleep(scenario.token_delay)
+            if scenario.cut_after is not None and n == scenario.cut_after:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if scenario.stall_after is not None and n == scenario.stall_after:
+                await asyncio.sleep(3600)
+            if scenario.malformed_after is not None and n == scenario.malformed_after:
+                await send("{not json")
+            if scenario.error_event_after is not None and n == scenario.error_event_after:
+                await send(
+                    {"error": {"message": "fake mid-stream failure", "type": "server_error"}}
+                )
+                return response
+            await send(chunk(piece))
+        finish = scenario.finish_reason or ("tool_calls" if scenario.tool_calls else "stop")
+        await send(chunk({}, finish))
+        usage = _usage(body, pieces)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await send(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+        if scenario.send_done:
+            await send("[DONE]")
+        await response.write_eof()
+        return response
+
+
+def _answer(body: dict[str, Any], scenario: Scenario) -> str:
+    if scenario.tokens is not None:
+        return " ".join(f"tok{i}" for i in range(scenario.tokens))
+    if scenario.answer is not None:
+        return scenario.answer
+    for message in reversed(body.get("messages", [])):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+            return f"Echo: {content}"
+    return "Echo:"
+
+
+def _pieces(body: dict[str, Any], scenario: Scenario) -> list[dict[str, Any]]:
+    """The content deltas of the answer: words, or tool-call fragments."""
+    if scenario.tool_calls:
+        pieces: list[dict[str, Any]] = []
+        for i, call in enumerate(scenario.tool_calls):
+            pieces.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": i,
+                            "id": f"call_{i}",
+                            "type": "function",
+                            "function": {"name": call["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            args = call["arguments"]
+            for start in range(0, len(args), 5):
+                pieces.append(
+                    {
+                        "tool_calls": [
+                            {"index": i, "function": {"arguments": args[start : start + 5]}}
+                        ]
+                    }
+                )
+        return pieces
+    words = _answer(body, scenario).split(" ")
+    return [{"content": w if i == 0 else f" {w}"} for i, w in enumerate(words)]
+
+
+def _usage(body: dict[str, Any], pieces: list[dict[str, Any]]) -> dict[str, int]:
+    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": len(pieces),
+        "total_tokens": prompt + len(pieces),
+    }
+
+
+def _completion(body: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
+    pieces = _pieces(body, scenario)
+    message: dict[str, Any] = {"role": "assistant", "content": None}
+    if scenario.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": f"call_{i}",
+                "type": "function",
+                "function": {"name": c["name"], "arguments": c["arguments"]},
+            }
+            for i, c in enumerate(scenario.tool_calls)
+        ]
+    else:
+        message["content"] = _answer(body, scenario)
+    finish = scenario.finish_reason or ("tool_calls" if scenario.tool_calls else "stop")
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model", "gpt-fake"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": _usage(body, pieces),
+    }
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    fake = FakeOpenAI(
+        Scenario(
+            tokens=args.tokens,
+            first_token_delay=args.first_token_delay,
+            token_delay=args.token_delay,
+        )
+    )
+    await fake.start(args.port)
+    print(fake.port, flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    """Run the fake standalone; prints the bound port on stdout."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    asyncio.run(_serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""Run a local single-node Kafka broker (KRaft) from Maven Central jars, without Docker.
+
+Usage: ``python3 tools/kafka/local_kafka.py up|down|status [--port N] [--home DIR]``.
+Stdlib only, so it runs before any venv exists. Environment (defaults in brackets):
+  FERRYMAN_KAFKA_PORT [9092]             FERRYMAN_KAFKA_CONTROLLER_PORT [port+1]
+  FERRYMAN_KAFKA_HOME [<repo>/.kafka]    FERRYMAN_KAFKA_TIMEOUT [90 s startup wait]
+The home holds libs/, data/, logs/, server.properties and kafka.pid. Progress goes to
+stderr; ``up`` prints the bootstrap address ``127.0.0.1:<port>`` last on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+HOST = "127.0.0.1"
+HERE = Path(__file__).resolve().parent
+POM = HERE / "pom.xml"
+LOG4J = HERE / "log4j2.properties"
+JAVA_OPTS = ["-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{cport}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={home}/data
+num.partitions=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+"""
+LOG_FILES = ("broker.out", "server.log")  # JVM stdout/stderr (WARN+), log4j file (INFO+)
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # brokers started by this process
+
+
+class KafkaError(RuntimeError):
+    """Raised when the local broker cannot be started."""
+
+
+def _log(msg: str) -> None:
+    print(f"[local-kafka] {msg}", file=sys.stderr, flush=True)
+
+
+def default_home() -> Path:
+    """Return FERRYMAN_KAFKA_HOME, or ``<repo root>/.kafka``."""
+    env = os.environ.get("FERRYMAN_KAFKA_HOME")
+    return Path(env).resolve() if env else HERE.parents[1] / ".kafka"
+
+
+def default_port() -> int:
+    """Return FERRYMAN_KAFKA_PORT, or 9092."""
+    return int(os.environ.get("FERRYMAN_KAFKA_PORT", "9092"))
+
+
+def _call(host: str, port: int, api_key: int, version: int, body: bytes, timeout: float) -> bytes:
+    """Send one request (header v1); return the response after its correlation id."""
+    corr = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
+    client = b"ferryman-probe"
+    req = struct.pack(">hhih", api_key, version, corr, len(client)) + client + body
+    with socket.create_connection((host, port), timeout=timeout) as sock, sock.makefile("rb") as f:
+        sock.sendall(struct.pack(">i", len(req)) + req)
+        size, got = struct.unpack(">ii", f.read(8))
+        if got != corr or not 4 <= size < 64 << 20:
+            raise ConnectionError("not a Kafka response")
+        return f.read(size - 4)
+
+
+def is_answering(host: str = HOST, port: int | None = None, timeout: float = 2.0) -> bool:
+    """Return True if a Kafka broker answers an ApiVersions v0 request on host:port."""
+    try:
+        body = _call(host, port or default_port(), 18, 0, b"", timeout)
+        err, n = struct.unpack(">hi", body[:6])
+        keys = {struct.unpack(">h", body[6 + 6 * i : 8 + 6 * i])[0] for i in range(n)}
+    except (OSError, struct.error):
+        return False
+    return err == 0 and {0, 1, 3}.issubset(keys)  # Produce, Fetch, Metadata
+
+
+def broker_count(host: str = HOST, port: int | None = None, timeout: float = 2.0) -> int:
+    """Return how many live (unfenced) brokers a Metadata v4 answer lists; 0 on error."""
+    try:
+        body = _call(host, port or default_port(), 3, 4, struct.pack(">i?", 0, False), timeout)
+        return struct.unpack(">i", body[4:8])[0]  # after throttle_time_ms
+    except (OSError, struct.error):
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    """True while pid exists and is not a zombie (reaps our own exited children)."""
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        return proc.poll() is None
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _read_pid(home: Path, port: int | None = None) -> int | None:
+    """Return the pid in ``home``'s pid file if it still runs kafka.Kafka (on ``port``)."""
+    try:
+        pid, recorded = map(int, (home / "kafka.pid").read_text().split())
+        if port is not None and port != recorded:
+            return None
+        for _ in range(50):  # /proc/PID/cmdline can read empty for a moment while a JVM starts
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if cmdline or not _alive(pid):
+                return pid if _alive(pid) and b"kafka.Kafka" in cmdline else None
+            time.sleep(0.1)
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    """Last lines of a log, without Java stack frames (which bury the actual error)."""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    kept = [ln for ln in text.splitlines() if not ln.startswith("\t")][-lines:]
+    return f"--- tail of {path} (stack frames omitted) ---\n" + "\n".join(kept)
+
+
+def _run(cmd: list[str], what: str) -> None:
+    res = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise KafkaError(f"{what} failed ({res.returncode}):\n{res.stdout}{res.stderr}")
+
+
+def ensure_libs(home: Path) -> Path:
+    """Resolve the broker jars into ``home/libs`` with Maven unless already current."""
+    libs, stamp = home / "libs", home / "libs" / ".pom-sha256"
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text().strip() == digest:
+        return libs
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise KafkaError("mvn not found on PATH; install Maven (apt-get install maven)")
+    tmp = home / "libs.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    _log(f"resolving Kafka jars from Maven Central into {libs} ...")
+    t0 = time.monotonic()
+    goal = ["dependency:copy-dependencies", "-DincludeScope=runtime", f"-DoutputDirectory={tmp}"]
+    _run([mvn, "-q", "-B", "-f", str(POM), *goal], "mvn dependency:copy-dependencies")
+    (tmp / ".pom-sha256").write_text(digest + "\n")
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    _log(f"resolved {len(list(libs.glob('*.jar')))} jars in {time.monotonic() - t0:.1f}s")
+    return libs
+
+
+def _start(home: Path, port: int, cport: int) -> int:
+    """Resolve jars, write config, format storage if new, and spawn the broker; return pid."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise KafkaError("java not found (need Java 17+ on PATH or JAVA_HOME)")
+    props = [f"-Dlog4j2.configurationFile={LOG4J}", f"-Dkafka.logs.dir={home / 'logs'}"]
+    cmd = [java, *JAVA_OPTS, *props, "-cp", f"{ensure_libs(home) / '*'}"]
+    config = home / "server.properties"
+    config.write_text(SERVER_PROPERTIES.format(host=HOST, port=port, cport=cport, home=home))
+    if not (home / "data" / "meta.properties").exists():
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid() does
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        _log(f"formatting storage in {home / 'data'} (cluster id {cluster_id})")
+        fmt = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
+        _run([*cmd, *fmt], "kafka storage format")
+    _log(f"starting broker on {HOST}:{port} (controller {HOST}:{cport})")
+    with open(home / "logs" / "broker.out", "ab") as out:
+        args = [*cmd, "kafka.Kafka", str(config)]
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=home, start_new_session=True
+        )
+    _CHILDREN[proc.pid] = proc
+    (home / "kafka.pid").write_text(f"{proc.pid} {port}\n")
+    return proc.pid
+
+
+def _wait(home: Path, port: int, pid: int, timeout: float, started: bool) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            problem = f"broker (pid {pid}) exited during startup"
+            break
+        if is_answering(HOST, port, 1.0) and broker_count(HOST, port, 2.0) > 0:
+            return
+        time.sleep(0.25)
+    else:
+        problem = f"broker not ready on {HOST}:{port} after {timeout:g}s"
+        if started:
+            stop(home, port)
+    raise KafkaError("\n".join([problem, *(_tail(home / "logs" / f) for f in LOG_FILES)]))
+
+
+def ensure_running(port: int | None = None, home: Path | None = None, timeout: float = 90) -> str:
+    """Start the broker unless one answers already; return ``"127.0.0.1:<port>"``.
+
+    Without ``port``, FERRYMAN_KAFKA_PORT and FERRYMAN_KAFKA_CONTROLLER_PORT apply; with one,
+    the controller listens on port+1. ``home`` defaults to FERRYMAN_KAFKA_HOME or
+    ``<repo>/.kafka``. Raises KafkaError (stopping a broker it started that never got ready).
+    """
+    env_ctrl = os.environ.get("FERRYMAN_KAFKA_CONTROLLER_PORT") if port is None else None
+    port = port or default_port()
+    controller_port = int(env_ctrl) if env_ctrl else port + 1
+    home = (home or default_home()).resolve()
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    (home / "logs").mkdir(exist_ok=True)
+    with open(home / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # serialise concurrent `up`s on one home
+        if is_answering(HOST, port):
+            _log(f"a broker already answers on {HOST}:{port}; not starting another")
+            return f"{HOST}:{port}"
+        pid = _read_pid(home)
+        if pid is not None and pid != _read_pid(home, port):
+            raise KafkaError(f"{home} is in use by broker pid {pid} on another port; stop it")
+        started = pid is None
+        if not started:
+            _log(f"broker pid {pid} from {home} is already starting; waiting for it")
+        pid = pid or _start(home, port, controller_port)
+        t0 = time.monotonic()
+        _wait(home, port, pid, timeout, started)
+        _log(f"broker ready on {HOST}:{port} (pid {pid}, {time.monotonic() - t0:.1f}s)")
+    return f"{HOST}:{port}"
+
+
+def stop(home: Path | None = None, port: int | None = None, timeout: float = 30) -> bool:
+    """Stop the broker in ``home``'s pid file (SIGTERM, then SIGKILL); False if none ran.
+
+    With ``port``, only a broker that was started from ``home`` on that port is stopped.
+    """
+    home = (home or default_home()).resolve()
+    pid = _read_pid(home, port)
+    if pid is None:
+        return False
+    _log(f"stopping broker pid {pid} (SIGTERM)")
+    t0 = time.monotonic()
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _alive(pid):
+            break
+        _log(f"broker pid {pid} still alive after {wait:.0f}s; sending SIGKILL")
+    _CHILDREN.pop(pid, None)
+    (home / "kafka.pid").unlink(missing_ok=True)
+    _log(f"broker pid {pid} stopped ({time.monotonic() - t0:.1f}s)")
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    ap = argparse.ArgumentParser(description="Local single-node Kafka broker for Ferryman.")
+    ap.add_argument("command", choices=["up", "down", "status"])
+    ap.add_argument("--port", type=int, help="broker port (env FERRYMAN_KAFKA_PORT, 9092)")
+    ap.add_argument("--home", type=Path, help="state dir (env FERRYMAN_KAFKA_HOME)")
+    timeout = float(os.environ.get("FERRYMAN_KAFKA_TIMEOUT", "90"))
+    ap.add_argument("--timeout", type=float, default=timeout, help="startup wait, seconds")
+    args = ap.parse_args(argv)
+    port = args.port or default_port()
+    if args.command == "status":
+        ok = is_answering(HOST, port)
+        _log(f"broker on {HOST}:{port} is {'answering' if ok else 'not answering'}")
+        return 0 if ok else 1
+    if args.command == "down":
+        if not stop(args.home, args.port):
+            other = " (a broker not started from there answers)" if is_answering(HOST, port) else ""
+            _log(f"no broker running from {(args.home or default_home()).resolve()}{other}")
+        return 0
+    try:
+        print(ensure_running(args.port, args.home, args.timeout))
+    except KafkaError as exc:
+        _log(f"error: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
