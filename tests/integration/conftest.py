@@ -11,9 +11,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -162,9 +163,17 @@ async def client(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Ferryman
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, until: int, timeout: float = 30.0
-) -> list[object]:
-    """Read `topic` from the beginning until `until` records arrived (or fail on timeout)."""
+    bootstrap: str,
+    topic: str,
+    *,
+    until: int | Callable[[list[Any]], bool],
+    timeout: float = 30.0,
+) -> list[Any]:
+    """Read `topic` from the beginning until `until` records arrived, or `until(records)` holds.
+
+    Fails when that does not happen within `timeout` seconds.
+    """
+    done = until if callable(until) else (lambda records: len(records) >= until)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
     )
@@ -178,11 +187,11 @@ async def read_topic(
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
-        records: list[object] = []
-        while len(records) < until:
+        records: list[Any] = []
+        while not done(records):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"only {len(records)} of {until} records on {topic}")
+                raise AssertionError(f"only {len(records)} records on {topic}; wanted {until}")
             batch = await consumer.getmany(timeout_ms=int(min(remaining, 1.0) * 1000))
             for part in batch.values():
                 records.extend(part)

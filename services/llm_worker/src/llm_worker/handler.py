@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict
 from datetime import UTC, datetime
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 _ECHOED_EXTENSIONS = (EXT_TRACEPARENT, EXT_TRACESTATE, EXT_TENANT)
 _DEAD_LETTERED_MEMORY = 10_000
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class ValidationFailure(Exception):
@@ -80,10 +82,14 @@ class ChatRequestHandler:
             event = decode_event(record.headers, record.value)
         except DecodeError as exc:
             reply_to = reply_topic_hint(record.headers)
+            if reply_to is not None and not _TOPIC_NAME.fullmatch(reply_to):
+                reply_to = None
             request_id = header_value(record.headers, "ce_id")
             await self._reject(record, DeadLetterReason.DECODE, exc, attempt, reply_to, request_id)
             return
         reply_to = event.extension(EXT_REPLY_TO) or self._default_reply_topic
+        if not _TOPIC_NAME.fullmatch(reply_to):
+            reply_to = ""
         try:
             request, expiry = _validate(event)
         except ValidationFailure as exc:
@@ -178,6 +184,10 @@ class ChatRequestHandler:
 def _validate(event: IncomingEvent) -> tuple[ChatRequest, datetime | None]:
     if event.type != LLM_CHAT_REQUESTED:
         raise ValidationFailure(f"ce_type must be {LLM_CHAT_REQUESTED!r}, got {event.type!r}")
+    reply_to = event.extension(EXT_REPLY_TO)
+    if reply_to is not None and not _TOPIC_NAME.fullmatch(reply_to):
+        # An illegal topic would stall the producer on metadata for every retry.
+        raise ValidationFailure(f"replyto {reply_to[:300]!r} is not a legal Kafka topic name")
     try:
         expiry = event.expiry()
     except DecodeError as exc:

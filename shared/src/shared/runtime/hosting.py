@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from collections.abc import Awaitable, Callable
+from types import FrameType
 from typing import Any, Protocol
 
 import uvicorn
@@ -70,9 +72,20 @@ def create_host_app(
     )
 
 
+class _DrainingServer(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises SIGTERM after shutdown (exit 143); a drained worker exits 0.
+            self._captured_signals.remove(sig)  # pyright: ignore[reportPrivateUsage]
+
+
 async def serve(app: AsgiFastStream, *, host: str, port: int) -> None:
-    """Run `app` under uvicorn until SIGTERM or SIGINT, then shut it down in order."""
+    """Run `app` under uvicorn until SIGTERM or SIGINT, then shut it down in order.
+
+    After SIGTERM the process exits 0 once in-flight work is drained.
+    """
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", lifespan="on", access_log=False
     )
-    await uvicorn.Server(config).serve()
+    await _DrainingServer(config).serve()

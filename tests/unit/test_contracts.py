@@ -1,0 +1,250 @@
+"""The public event contract: request validation, result shapes and the error taxonomy."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from shared.contracts import (
+    ChatChunk,
+    ChatCompleted,
+    ChatRequest,
+    ChunkDelta,
+    CompletedToolCall,
+    ErrorCode,
+    ErrorInfo,
+    FerrymanError,
+    Latency,
+    ToolCallDelta,
+    Usage,
+)
+
+FULL_REQUEST: dict[str, Any] = {
+    "model": "openai/gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "You are terse."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup", "arguments": '{"q": "cat"}'},
+                }
+            ],
+        },
+        {"role": "tool", "content": "a cat", "tool_call_id": "call_1"},
+    ],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "Look something up.",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+            },
+        }
+    ],
+    "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+    "response_format": {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
+    },
+    "stop": ["\n\n", "END"],
+    "temperature": 0.3,
+    "stream": True,
+    "metadata": {"tenant": "acme"},
+}
+
+
+def _with(**changes: Any) -> dict[str, Any]:
+    payload = copy.deepcopy(FULL_REQUEST)
+    payload.update(changes)
+    return payload
+
+
+def test_a_full_request_round_trips_unchanged() -> None:
+    request = ChatRequest.model_validate(FULL_REQUEST)
+
+    dumped = request.model_dump(mode="json", exclude_none=True, by_alias=True)
+
+    assert dumped == FULL_REQUEST
+    assert request.response_format is not None
+    assert request.response_format.json_schema.json_schema == {"type": "object"}  # type: ignore[union-attr]
+
+
+def test_an_unknown_top_level_field_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="temprature"):
+        ChatRequest.model_validate(_with(temprature=1))
+
+
+def test_an_unknown_nested_field_is_rejected() -> None:
+    payload = _with()
+    payload["messages"][0]["colour"] = "blue"
+
+    with pytest.raises(ValidationError, match="colour"):
+        ChatRequest.model_validate(payload)
+
+
+def test_an_assistant_message_without_content_or_tool_calls_is_rejected() -> None:
+    payload = _with(messages=[{"role": "user", "content": "hi"}, {"role": "assistant"}])
+
+    with pytest.raises(ValidationError, match="needs content or tool_calls"):
+        ChatRequest.model_validate(payload)
+
+
+def test_an_assistant_message_with_an_empty_tool_call_list_and_no_content_is_rejected() -> None:
+    payload = _with(
+        messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": []}]
+    )
+
+    with pytest.raises(ValidationError, match="needs content or tool_calls"):
+        ChatRequest.model_validate(payload)
+
+
+def test_tool_choice_required_without_tools_is_rejected() -> None:
+    payload = _with(tool_choice="required")
+    del payload["tools"]
+
+    with pytest.raises(ValidationError, match="tool_choice requires tools"):
+        ChatRequest.model_validate(payload)
+
+
+def test_a_named_tool_choice_for_an_unoffered_tool_is_rejected() -> None:
+    payload = _with(tool_choice={"type": "function", "function": {"name": "other"}})
+
+    with pytest.raises(ValidationError, match="unknown tool 'other'"):
+        ChatRequest.model_validate(payload)
+
+
+@pytest.mark.parametrize("stop", [[], ["a", "b", "c", "d", "e"]])
+def test_a_stop_list_outside_one_to_four_sequences_is_rejected(stop: list[str]) -> None:
+    with pytest.raises(ValidationError, match="stop takes 1 to 4"):
+        ChatRequest.model_validate(_with(stop=stop))
+
+
+def test_stream_defaults_to_true() -> None:
+    request = ChatRequest.model_validate(
+        {"model": "mock/echo", "messages": [{"role": "user", "content": "hi"}]}
+    )
+
+    assert request.stream is True
+
+
+def test_a_request_without_messages_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="messages"):
+        ChatRequest.model_validate({"model": "mock/echo", "messages": []})
+
+
+def test_a_text_chunk_serializes_as_index_and_content_delta_only() -> None:
+    chunk = ChatChunk(index=3, delta=ChunkDelta(content="Hel"))
+
+    assert json.loads(chunk.model_dump_json(exclude_none=True)) == {
+        "index": 3,
+        "delta": {"content": "Hel"},
+    }
+
+
+def test_a_tool_call_chunk_serializes_without_absent_fields() -> None:
+    chunk = ChatChunk(
+        index=0, delta=ChunkDelta(tool_calls=[ToolCallDelta(index=1, arguments='{"a"')])
+    )
+
+    assert json.loads(chunk.model_dump_json(exclude_none=True)) == {
+        "index": 0,
+        "delta": {"tool_calls": [{"index": 1, "arguments": '{"a"'}]},
+    }
+
+
+def test_a_completed_event_serializes_every_contract_field() -> None:
+    completed = ChatCompleted(
+        content="Hello",
+        tool_calls=[CompletedToolCall(id="c1", name="f", arguments="{}")],
+        finish_reason="tool_calls",
+        usage=Usage(input_tokens=4, output_tokens=2),
+        provider="mock",
+        model="echo",
+        chunk_count=2,
+        latency_ms=Latency(first_token=None, total=12.5),
+    )
+
+    assert json.loads(completed.model_dump_json(exclude_none=True)) == {
+        "content": "Hello",
+        "tool_calls": [{"id": "c1", "name": "f", "arguments": "{}"}],
+        "finish_reason": "tool_calls",
+        "usage": {"input_tokens": 4, "output_tokens": 2},
+        "provider": "mock",
+        "model": "echo",
+        "chunk_count": 2,
+        "latency_ms": {"total": 12.5},
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [
+        (ErrorCode.INVALID_REQUEST, False),
+        (ErrorCode.AUTH, False),
+        (ErrorCode.RATE_LIMITED, True),
+        (ErrorCode.UNAVAILABLE, True),
+        (ErrorCode.TIMEOUT, True),
+        (ErrorCode.CONTENT_FILTER, False),
+        (ErrorCode.CONTEXT_LENGTH, False),
+        (ErrorCode.EXPIRED, False),
+        (ErrorCode.CANCELLED, False),
+        (ErrorCode.INTERNAL, True),
+    ],
+)
+def test_each_error_code_has_its_default_retryability(code: ErrorCode, retryable: bool) -> None:
+    assert FerrymanError(code, "x").retryable is retryable
+
+
+def test_an_explicit_retryable_overrides_the_code_default() -> None:
+    assert FerrymanError(ErrorCode.UNAVAILABLE, "x", retryable=False).retryable is False
+    assert FerrymanError(ErrorCode.AUTH, "x", retryable=True).retryable is True
+
+
+def test_to_info_carries_code_message_retryability_provider_and_status() -> None:
+    error = FerrymanError(
+        ErrorCode.RATE_LIMITED, "slow down", provider="openai", status=429, retry_after=2.0
+    )
+
+    assert error.to_info() == ErrorInfo(
+        code=ErrorCode.RATE_LIMITED,
+        message="slow down",
+        retryable=True,
+        provider="openai",
+        status=429,
+    )
+
+
+@pytest.mark.parametrize("status", [0, 99, 600, 1000])
+def test_to_info_drops_a_status_outside_the_http_range(status: int) -> None:
+    assert FerrymanError(ErrorCode.INTERNAL, "x", status=status).to_info().status is None
+
+
+def test_importing_the_contracts_pulls_in_no_sdk() -> None:
+    banned = ["aiokafka", "cloudevents", "faststream", "openai", "httpx2", "prometheus_client"]
+    script = (
+        "import sys, json, shared.contracts; "
+        f"print(json.dumps([m for m in {banned!r} if m in sys.modules]))"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+
+    assert json.loads(result.stdout) == []
