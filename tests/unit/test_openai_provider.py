@@ -245,9 +245,13 @@ async def _events_until_failure(
     model: OpenAIChatModel, name: str
 ) -> tuple[list[StreamEvent], FerrymanError]:
     events: list[StreamEvent] = []
-    with pytest.raises(FerrymanError) as failure:
+
+    async def drain() -> None:
         async for event in model.stream(_request(), name):
             events.append(event)
+
+    with pytest.raises(FerrymanError) as failure:
+        await drain()
     return events, failure.value
 
 

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.client import ChatFailedError, FerrymanClient, request_from_prompt
 from shared.contracts import DEFAULT_LLM_REPLY_TOPIC, DEFAULT_LLM_REQUEST_TOPIC, ChatCompleted
 from shared.contracts import events as ev
+from shared.contracts.asyncapi import build_asyncapi
 from shared.dlq import DeadLetter, read_dead_letters, replay
 from shared.runtime.producer import KafkaPublisher
 
@@ -56,7 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("topic")
     again.add_argument("--partition", type=int, default=None)
     again.add_argument("--offset", type=int, default=None, help="only this offset (default: all)")
+    spec = commands.add_parser("asyncapi", help="print the AsyncAPI document of the LLM events")
+    spec.add_argument("--output", help="write to this file instead of stdout")
     return parser
+
+
+def _asyncapi(args: argparse.Namespace) -> int:
+    document = json.dumps(build_asyncapi(), indent=2, sort_keys=True) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(document)
+    else:
+        sys.stdout.write(document)
+    return 0
 
 
 async def _chat(servers: str, args: argparse.Namespace) -> int:
@@ -156,6 +169,8 @@ async def _dlq(servers: str, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "asyncapi":
+        return _asyncapi(args)
     servers = args.bootstrap_servers or CliSettings().kafka_bootstrap_servers
     runner = _chat if args.command == "chat" else _dlq
     try:
