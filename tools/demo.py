@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HEALTH_PORT = int(os.environ.get("LLM_WORKER_HTTP_PORT", "8081"))
 
 
-def _local_kafka():  # noqa: ANN202 - a module loaded by path
+def _local_kafka():
     spec = importlib.util.spec_from_file_location(
         "local_kafka", ROOT / "tools/kafka/local_kafka.py"
     )

@@ -281,15 +281,6 @@ async def test_a_stream_failing_midway_raises_a_retryable_error_and_never_finish
     assert events == [TextDelta(text=t) for t in ["a", " b", " c"][:delivered]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=json.JSONDecodeError,
-    reason=(
-        "llm_worker/providers/openai.py:98-120 map_errors only catches openai.APIError; "
-        "a malformed SSE data line makes the SDK raise json.JSONDecodeError, which escapes "
-        "as a non-FerrymanError"
-    ),
-)
 async def test_a_malformed_stream_event_raises_a_retryable_ferryman_error(
     fake: FakeOpenAI, make_model: Callable[..., OpenAIChatModel]
 ) -> None:

@@ -9,6 +9,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from llm_worker.replies import ReplyStream
@@ -122,11 +123,37 @@ class ChatRequestHandler:
                     )
                 )
             else:
-                await self._service.execute(ChatJob(request=request, replies=replies))
+                await self._execute(record, attempt, event, request, replies)
         except BaseException:
             self._recent.abandon(event.source, event.id)
             raise
         self._recent.finish(event.source, event.id)
+
+    async def _execute(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        attempt: int,
+        event: IncomingEvent,
+        request: ChatRequest,
+        replies: ReplyStream,
+    ) -> None:
+        try:
+            await self._service.execute(ChatJob(request=request, replies=replies))
+        except KafkaError:
+            raise  # results not acknowledged: retry the record, do not commit
+        except Exception as exc:
+            # A bug, not a provider failure (those end in `failed` inside the service).
+            logger.exception("handler failed on request %s", event.id)
+            reply_to = event.extension(EXT_REPLY_TO) or self._default_reply_topic
+            await self._reject(
+                record,
+                DeadLetterReason.HANDLER,
+                exc,
+                attempt,
+                reply_to,
+                event.id,
+                code=ErrorCode.INTERNAL,
+            )
 
     async def _reject(
         self,
@@ -136,6 +163,8 @@ class ChatRequestHandler:
         attempt: int,
         reply_to: str | None,
         request_id: str | None,
+        *,
+        code: ErrorCode = ErrorCode.INVALID_REQUEST,
     ) -> None:
         location = (record.topic, record.partition, record.offset)
         sends = []
@@ -158,9 +187,8 @@ class ChatRequestHandler:
                 source=self._source,
                 extensions={},
             )
-            info = ErrorInfo(
-                code=ErrorCode.INVALID_REQUEST, message=str(error)[:2000], retryable=False
-            )
+            message = str(error)[:2000] if code is ErrorCode.INVALID_REQUEST else "internal error"
+            info = ErrorInfo(code=code, message=message, retryable=False)
             sends.append(replies.failed(info))
         results = await asyncio.gather(*sends, return_exceptions=True)
         if location not in self._dead_lettered and not isinstance(results[0], BaseException):

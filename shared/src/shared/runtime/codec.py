@@ -80,8 +80,9 @@ class IncomingEvent:
 def header_value(headers: Sequence[tuple[str, bytes | None]], name: str) -> str | None:
     """Return the last value of header `name` (case-insensitive) as text, or None."""
     found: str | None = None
+    wanted = name.lower()
     for key, value in headers:
-        if key.lower() == name and value is not None:
+        if key.lower() == wanted and value is not None:
             found = value.decode("utf-8", errors="replace")
     return found
 

@@ -43,7 +43,11 @@ def dead_letter_headers(
         events.DLQ_FAILED_AT: when,
     }
     original = [(key, value) for key, value in record.headers]
-    return [*original, *((key, value.encode("utf-8")) for key, value in added.items())]
+    # Error messages may quote undecodable input (lone surrogates); never fail to park it.
+    encoded = (
+        (key, value.encode("utf-8", errors="backslashreplace")) for key, value in added.items()
+    )
+    return [*original, *encoded]
 
 
 async def publish_dead_letter(

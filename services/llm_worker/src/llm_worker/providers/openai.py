@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import json
+import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 
@@ -118,6 +120,14 @@ def map_errors() -> Iterator[None]:
         raise FerrymanError(
             ErrorCode.UNAVAILABLE, f"OpenAI stream error: {exc.message}", provider=PROVIDER
         ) from exc
+    except json.JSONDecodeError as exc:  # the SDK's SSE decoder lets these through
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE, "OpenAI sent a malformed stream event", provider=PROVIDER
+        ) from exc
+    except httpx2.HTTPError as exc:  # transport errors while iterating a stream
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE, f"OpenAI stream broke: {type(exc).__name__}", provider=PROVIDER
+        ) from exc
 
 
 def _from_status(exc: openai.APIStatusError) -> FerrymanError:
@@ -157,12 +167,14 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     lowered = {k.lower(): v for k, v in headers.items()}
     if (raw_ms := lowered.get("retry-after-ms")) is not None:
         with contextlib.suppress(ValueError):
-            return max(float(raw_ms) / 1000.0, 0.0)
+            if math.isfinite(value := float(raw_ms)):
+                return max(value / 1000.0, 0.0)
     raw = lowered.get("retry-after")
     if raw is None:
         return None
     with contextlib.suppress(ValueError):
-        return max(float(raw), 0.0)
+        value = float(raw)
+        return max(value, 0.0) if math.isfinite(value) else None
     with contextlib.suppress(TypeError, ValueError):
         when = email.utils.parsedate_to_datetime(raw)
         return max(when.timestamp() - time.time(), 0.0)
