@@ -1,4 +1,4 @@
-"""ChatRequestHandler: dead letters for bugs and poison, dedupe, and no commit on publish failure."""
+"""ChatRequestHandler: dead letters for bugs and poison, dedupe, no commit on publish failure."""
 
 from __future__ import annotations
 
