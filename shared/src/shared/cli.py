@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("topic")
     show = dlq_commands.add_parser("show", help="print one dead letter in full")
     show.add_argument("topic")
-    show.add_argument("--partition", type=int, default=0)
+    show.add_argument("--partition", type=int, default=None, help="default: any partition")
     show.add_argument("--offset", type=int, required=True)
     again = dlq_commands.add_parser("replay", help="republish dead letters to their original topic")
     again.add_argument("topic")

@@ -93,18 +93,18 @@ class FerrymanClient:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False
         )
-        await consumer.start()
-        partitions = consumer.partitions_for_topic(self._reply_topic) or set()
-        for _ in range(50):
-            if partitions:
-                break
-            await consumer._client.force_metadata_update()  # pyright: ignore[reportPrivateUsage]
-            partitions = consumer.partitions_for_topic(self._reply_topic) or set()
-        assigned = [TopicPartition(self._reply_topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
-        for tp in assigned:  # pin the positions before anything is published
-            await consumer.position(tp)
+        try:
+            await consumer.start()
+            partitions = await wait_for_partitions(consumer, self._reply_topic)
+            assigned = [TopicPartition(self._reply_topic, p) for p in sorted(partitions)]
+            consumer.assign(assigned)
+            await consumer.seek_to_end(*assigned)
+            for tp in assigned:  # pin the positions before anything is published
+                await consumer.position(tp)
+        except BaseException:
+            await consumer.stop()
+            await self._publisher.stop()
+            raise
         self._consumer = consumer
         self._reader = asyncio.create_task(self._read_replies(consumer))
         return self
@@ -230,3 +230,23 @@ def request_from_prompt(prompt: str, *, model: str, stream: bool = True) -> Chat
 def dumps_event(event: ChatEvent) -> str:
     """Render an event as compact JSON."""
     return json.dumps(event.model_dump(exclude_none=True), separators=(",", ":"))
+
+
+async def wait_for_partitions(
+    consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0
+) -> set[int]:
+    """Return the partitions of `topic`, waiting for metadata of a just-created topic.
+
+    Raises:
+        LookupError: the topic has no partitions after `timeout` seconds.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return set(partitions)
+        if asyncio.get_running_loop().time() > deadline:
+            raise LookupError(f"topic {topic!r} does not exist (no partitions in metadata)")
+        await consumer._client.force_metadata_update()  # pyright: ignore[reportPrivateUsage]
+        if not consumer.partitions_for_topic(topic):
+            await asyncio.sleep(0.1)  # metadata of a new topic propagates within moments

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # pyright: ignore[reportMissingTypeStubs]
 
+from shared.client import wait_for_partitions
 from shared.contracts import events
 from shared.runtime.codec import header_value
 from shared.runtime.producer import KafkaPublisher
@@ -52,12 +53,7 @@ async def read_dead_letters(bootstrap_servers: str, topic: str) -> AsyncIterator
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()  # pyright: ignore[reportPrivateUsage]
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise LookupError(f"topic {topic!r} does not exist")
+        partitions = await wait_for_partitions(consumer, topic, timeout=5.0)
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         await consumer.seek_to_beginning(*assigned)
