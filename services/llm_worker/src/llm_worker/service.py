@@ -102,8 +102,8 @@ class ChatService:
         except FerrymanError as exc:
             if exc.provider is None and provider_name != "unknown":
                 exc.provider = provider_name
-            self._metrics.requests.labels(provider=provider_name, outcome=exc.code.value).inc()
             await job.replies.failed(exc.to_info())
+            self._metrics.requests.labels(provider=provider_name, outcome=exc.code.value).inc()
             return
         await job.replies.completed(completed)
         self._metrics.requests.labels(provider=provider_name, outcome="completed").inc()

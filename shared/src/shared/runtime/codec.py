@@ -8,6 +8,7 @@ Outgoing events are always binary mode.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from shared.contracts.events import EXT_CORRELATION_ID, EXT_EXPIRY_TIME, EXT_REP
 
 _FORMAT = JSONFormat()
 _STRUCTURED_PREFIX = "application/cloudevents"
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 Headers = list[tuple[str, bytes]]
 
@@ -68,13 +70,13 @@ class IncomingEvent:
             return None
         if isinstance(raw, datetime):
             return raw if raw.tzinfo else raw.replace(tzinfo=UTC)
+        text = str(raw)
+        if not _RFC3339.fullmatch(text):
+            raise DecodeError(f"expirytime {text[:100]!r} is not an RFC 3339 timestamp")
         try:
-            parsed = datetime.fromisoformat(str(raw))
+            return datetime.fromisoformat(text.replace("z", "Z"))
         except ValueError as exc:
-            raise DecodeError(f"expirytime {raw!r} is not an RFC 3339 timestamp") from exc
-        if parsed.tzinfo is None:
-            raise DecodeError(f"expirytime {raw!r} has no time zone offset")
-        return parsed
+            raise DecodeError(f"expirytime {text[:100]!r} is not an RFC 3339 timestamp") from exc
 
 
 def header_value(headers: Sequence[tuple[str, bytes | None]], name: str) -> str | None:

@@ -13,10 +13,11 @@ from collections import deque
 class PartitionOffsets:
     """Tracks the in-flight offsets of one partition and its committable offset."""
 
-    __slots__ = ("_done", "_pending", "committable", "committed", "next_fetch")
+    __slots__ = ("_done", "_open", "_pending", "committable", "committed", "next_fetch")
 
     def __init__(self) -> None:
         self._pending: deque[int] = deque()
+        self._open: set[int] = set()
         self._done: set[int] = set()
         self.committable: int | None = None
         """The offset to commit: every record below it has finished."""
@@ -34,6 +35,7 @@ class PartitionOffsets:
         if self.next_fetch is not None and offset < self.next_fetch:
             raise ValueError(f"offset {offset} added after {self.next_fetch - 1}")
         self._pending.append(offset)
+        self._open.add(offset)
         self.next_fetch = offset + 1
 
     def seen(self, offset: int) -> bool:
@@ -41,7 +43,13 @@ class PartitionOffsets:
         return self.next_fetch is not None and offset < self.next_fetch
 
     def finish(self, offset: int) -> bool:
-        """Mark a record finished; return whether the committable offset advanced."""
+        """Mark a record finished; return whether the committable offset advanced.
+
+        Offsets that are not in flight (unknown, or finished before) are ignored.
+        """
+        if offset not in self._open:
+            return False
+        self._open.discard(offset)
         self._done.add(offset)
         advanced = False
         while self._pending and self._pending[0] in self._done:
@@ -54,7 +62,7 @@ class PartitionOffsets:
     @property
     def in_flight(self) -> int:
         """The number of records added and not yet finished."""
-        return len(self._pending) - len(self._done)
+        return len(self._open)
 
     def needs_commit(self) -> bool:
         """Return whether the committable offset is ahead of the committed one."""
