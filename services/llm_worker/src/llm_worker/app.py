@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -96,6 +97,8 @@ class LlmWorker:
             )
         await self.publisher.start()
         await self.consumer.start()
+        # Long-lived startup objects need not be scanned by every collection (shorter pauses).
+        gc.freeze()
         self._started = True
         logger.info(
             "llm worker consuming %s as group %s (max in flight %d, providers: %s)",

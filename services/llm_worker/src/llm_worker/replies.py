@@ -16,7 +16,7 @@ from shared.contracts import (
     ChatFailed,
     ErrorInfo,
 )
-from shared.runtime.codec import encode_event
+from shared.runtime.codec import BinaryHeaders
 from shared.runtime.producer import KafkaPublisher
 
 
@@ -51,6 +51,7 @@ class ReplyStream:
         self._source = source
         self._extensions = extensions
         self._pending: list[asyncio.Future[RecordMetadata]] = []
+        self._headers: dict[str, BinaryHeaders] = {}
         self.chunk_count = 0
 
     async def chunk(self, chunk: ChatChunk) -> None:
@@ -82,13 +83,15 @@ class ReplyStream:
 
     async def _send(self, event_type: str, payload: BaseModel) -> None:
         value = payload.model_dump_json(exclude_none=True).encode()
-        headers = encode_event(
-            event_type=event_type,
-            source=self._source,
-            data=value,
-            correlation_id=self._request_id,
-            extensions=self._extensions,
-        )
+        make_headers = self._headers.get(event_type)
+        if make_headers is None:
+            make_headers = self._headers[event_type] = BinaryHeaders(
+                event_type=event_type,
+                source=self._source,
+                correlation_id=self._request_id,
+                extensions=self._extensions,
+            )
+        headers = make_headers()
         self._pending.append(
             await self._publisher.send(self._topic, value, key=self._key, headers=headers)
         )

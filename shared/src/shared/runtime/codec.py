@@ -9,6 +9,7 @@ Outgoing events are always binary mode.
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -157,6 +158,46 @@ def encode_event(
         attributes.update(extensions)
     message = ce_kafka.to_binary(CloudEvent(attributes, data), _FORMAT, key_mapper=_no_key)
     return list(message.headers.items())
+
+
+class BinaryHeaders:
+    """Binary-mode headers for a series of JSON events sharing type, source and extensions.
+
+    The header layout comes from the SDK's `to_binary`, run once on a template
+    event; each call then only swaps in a fresh `ce_id` and `ce_time`. A chunk
+    stream publishes one event per token, and the full SDK path (event
+    validation, attribute mapping) costs about three times as much per event.
+    """
+
+    def __init__(
+        self,
+        *,
+        event_type: str,
+        source: str,
+        correlation_id: str | None = None,
+        extensions: dict[str, str] | None = None,
+    ) -> None:
+        template = encode_event(
+            event_type=event_type,
+            source=source,
+            data=b"",
+            correlation_id=correlation_id,
+            extensions=extensions,
+            event_id="template",
+        )
+        self._fixed = [(k, v) for k, v in template if k not in _PER_EVENT]
+
+    def __call__(self) -> Headers:
+        """Headers of one new event (fresh id and time)."""
+        now = datetime.now(UTC).isoformat()
+        return [
+            *self._fixed,
+            ("ce_id", str(uuid.uuid4()).encode()),
+            ("ce_time", (now[:-6] + "Z").encode()),
+        ]
+
+
+_PER_EVENT = frozenset({"ce_id", "ce_time"})
 
 
 def encode_structured(attributes: dict[str, Any], data: Any) -> tuple[Headers, bytes]:

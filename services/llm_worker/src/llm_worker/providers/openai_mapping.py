@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionUsage
 
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
@@ -54,7 +54,7 @@ def _usage(usage: CompletionUsage) -> UsageReport:
 
 
 class ChunkMapper:
-    """Maps streamed `ChatCompletionChunk`s to stream events.
+    """Maps streamed chat-completion chunks to stream events.
 
     Keeps per-call state so `id` and `name` are emitted once per tool call even
     when an OpenAI-compatible server repeats them in every fragment.
@@ -65,36 +65,47 @@ class ChunkMapper:
         self._finish: str | None = None
         self._model: str | None = None
 
-    def events(self, chunk: ChatCompletionChunk) -> list[StreamEvent]:
-        """Return the events carried by one chunk (choice 0 only)."""
+    def events(self, chunk: Any) -> list[StreamEvent]:
+        """Return the events carried by one streamed chunk, decoded as plain JSON (choice 0 only).
+
+        Plain dicts rather than `ChatCompletionChunk`: building the SDK's model
+        for every token was the worker's largest CPU cost.
+        """
         out: list[StreamEvent] = []
-        if chunk.model:
-            self._model = chunk.model
-        for choice in chunk.choices:
-            if choice.index != 0:
+        if not isinstance(chunk, dict):
+            return out
+        if model := chunk.get("model"):
+            self._model = model
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
                 continue
-            delta = choice.delta
-            if delta.content:
-                out.append(TextDelta(text=delta.content))
-            for call in delta.tool_calls or ():
-                first = call.index not in self._announced
-                self._announced.add(call.index)
-                function = call.function
-                arguments = function.arguments if function is not None else None
-                name = function.name if function is not None else None
+            delta = choice.get("delta") or {}
+            if content := delta.get("content"):
+                out.append(TextDelta(text=content))
+            for call in delta.get("tool_calls") or ():
+                index = call.get("index", 0)
+                first = index not in self._announced
+                self._announced.add(index)
+                function = call.get("function") or {}
+                arguments = function.get("arguments")
                 if first or arguments:
                     out.append(
                         ToolCallFragment(
-                            index=call.index,
-                            id=call.id if first else None,
-                            name=name if first else None,
+                            index=index,
+                            id=call.get("id") if first else None,
+                            name=function.get("name") if first else None,
                             arguments=arguments or None,
                         )
                     )
-            if choice.finish_reason is not None:
-                self._finish = choice.finish_reason
-        if chunk.usage is not None:
-            out.append(_usage(chunk.usage))
+            if (reason := choice.get("finish_reason")) is not None:
+                self._finish = reason
+        if (usage := chunk.get("usage")) is not None:
+            out.append(
+                UsageReport(
+                    input_tokens=usage.get("prompt_tokens") or 0,
+                    output_tokens=usage.get("completion_tokens") or 0,
+                )
+            )
         return out
 
     def finish(self) -> Finish | None:
