@@ -122,3 +122,42 @@ async def test_openai_provider_streams_text_and_tool_calls_through_kafka(
     assert all(r.headers["Authorization"] == "Bearer sk-test-secret" for r in sent)
     assert {r.body["stream"] for r in sent} == {True, False}
     assert "sk-test-secret" not in worker.log_path.read_text()
+
+
+async def test_a_hand_made_binary_record_like_kcat_sends_gets_chunks_and_a_result(
+    worker_factory, kafka_bootstrap: str, topics: Topics
+) -> None:
+    worker = worker_factory()
+    worker.start()
+    await worker.wait_ready()
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"kcat-1"),
+        ("ce_source", b"/my/app"),
+        ("ce_type", b"ferryman.llm.chat.requested"),
+        ("content-type", b"application/json"),
+    ]
+    value = b'{"model":"mock/echo","messages":[{"role":"user","content":"hi from kcat"}]}'
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.requests, value, key=b"kcat-1", headers=headers)
+    finally:
+        await producer.stop()
+
+    def finished(records: list) -> bool:
+        return any(
+            header_value(r.headers, "ce_type") == "ferryman.llm.chat.completed" for r in records
+        )
+
+    records = await read_topic(kafka_bootstrap, topics.replies, until=finished)
+    assert [header_value(r.headers, "ce_type").rsplit(".", 1)[1] for r in records] == [
+        "chunk",
+        "chunk",
+        "chunk",
+        "chunk",
+        "chunk",
+        "completed",
+    ]
+    assert {r.key for r in records} == {b"kcat-1"}
+    assert json.loads(records[-1].value)["content"] == "You said: hi from kcat"
