@@ -445,7 +445,10 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 def main() -> None:
     args = parse_args()
     if args.bare_child:
-        asyncio.run(bare_child(args))
+        # Same event loop as the worker (uvloop), so the CPU comparison is like for like.
+        import uvloop
+
+        uvloop.run(bare_child(args))
         return
     signal.signal(signal.SIGTERM, _interrupt)
     command = shlex.join([sys.executable, "-m", "tests.bench.llm_bench", *sys.argv[1:]])
