@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from llm_worker.providers.openai import parse_retry_after
+from llm_worker.providers.http_errors import parse_retry_after
 from llm_worker.streaming import (
     CompletionBuilder,
     Finish,

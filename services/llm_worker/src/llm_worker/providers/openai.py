@@ -6,15 +6,13 @@ SDK retries are off (`max_retries=0`): retrying belongs to Ferryman.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
-import math
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 
 import httpx2
 import openai
 
+from llm_worker.providers.http_errors import parse_retry_after
 from llm_worker.providers.openai_mapping import ChunkMapper, completion_events, to_openai_params
 from llm_worker.streaming import Completion, StreamEvent, fold_events
 from shared.contracts import ChatRequest, ErrorCode, FerrymanError
@@ -168,22 +166,3 @@ def _from_status(exc: openai.APIStatusError) -> FerrymanError:
         status=status,
         retry_after=retry_after,
     )
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Return seconds from `retry-after-ms` or `retry-after` (seconds or an HTTP date)."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    if (raw_ms := lowered.get("retry-after-ms")) is not None:
-        with contextlib.suppress(ValueError):
-            if math.isfinite(value := float(raw_ms)):
-                return max(value / 1000.0, 0.0)
-    raw = lowered.get("retry-after")
-    if raw is None:
-        return None
-    with contextlib.suppress(ValueError):
-        value = float(raw)
-        return max(value, 0.0) if math.isfinite(value) else None
-    with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(raw)
-        return max(when.timestamp() - time.time(), 0.0)
-    return None
