@@ -43,6 +43,8 @@ class UsageReport(_Event):
     kind: Literal["usage"] = "usage"
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 class Finish(_Event):
@@ -99,7 +101,12 @@ class CompletionBuilder:
             if event.arguments:
                 parts.arguments.append(event.arguments)
         elif isinstance(event, UsageReport):
-            self._usage = Usage(input_tokens=event.input_tokens, output_tokens=event.output_tokens)
+            self._usage = Usage(
+                input_tokens=event.input_tokens,
+                output_tokens=event.output_tokens,
+                cached_input_tokens=event.cached_input_tokens,
+                reasoning_tokens=event.reasoning_tokens,
+            )
         else:
             self._finish = event
 

@@ -240,6 +240,10 @@ class Usage(_Strict):
 
     input_tokens: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
+    cached_input_tokens: int | None = Field(default=None, ge=0)
+    """Input tokens served from the provider's prompt cache, when reported."""
+    reasoning_tokens: int | None = Field(default=None, ge=0)
+    """Output tokens spent on reasoning/thinking, when reported."""
 
 
 class Latency(_Strict):

@@ -50,7 +50,19 @@ def finish_reason(raw: str | None) -> FinishReason:
 
 
 def _usage(usage: CompletionUsage) -> UsageReport:
-    return UsageReport(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
+    return usage_report(usage.model_dump())
+
+
+def usage_report(usage: dict[str, Any]) -> UsageReport:
+    """Map OpenAI's `usage` object (cached and reasoning tokens included when reported)."""
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return UsageReport(
+        input_tokens=usage.get("prompt_tokens") or 0,
+        output_tokens=usage.get("completion_tokens") or 0,
+        cached_input_tokens=prompt_details.get("cached_tokens"),
+        reasoning_tokens=completion_details.get("reasoning_tokens"),
+    )
 
 
 class ChunkMapper:
@@ -100,12 +112,7 @@ class ChunkMapper:
             if (reason := choice.get("finish_reason")) is not None:
                 self._finish = reason
         if (usage := chunk.get("usage")) is not None:
-            out.append(
-                UsageReport(
-                    input_tokens=usage.get("prompt_tokens") or 0,
-                    output_tokens=usage.get("completion_tokens") or 0,
-                )
-            )
+            out.append(usage_report(usage))
         return out
 
     def finish(self) -> Finish | None:
