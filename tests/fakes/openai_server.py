@@ -38,6 +38,8 @@ class Scenario:
     """OpenAI `error.code` of the error body (e.g. `context_length_exceeded`)."""
     headers: dict[str, str] = field(default_factory=dict)
     """Extra response headers (e.g. `retry-after`)."""
+    error_body: dict[str, Any] | None = None
+    """The exact JSON body of the error response (default: an OpenAI-style error)."""
     delay_before_headers: float = 0.0
     first_token_delay: float = 0.0
     token_delay: float = 0.0
@@ -59,6 +61,7 @@ class RecordedRequest:
     """One request the fake received."""
 
     path: str
+    query: dict[str, str]
     headers: dict[str, str]
     body: dict[str, Any]
     received_at: float
@@ -120,7 +123,9 @@ class FakeOpenAI:
         if request.can_read_body:
             body = await request.json()
         self.requests.append(
-            RecordedRequest(request.path, dict(request.headers), body, time.monotonic())
+            RecordedRequest(
+                request.path, dict(request.query), dict(request.headers), body, time.monotonic()
+            )
         )
         if request.method == "GET" and request.path.endswith("/models"):
             return web.json_response(
@@ -142,9 +147,8 @@ class FakeOpenAI:
                 "type": "fake",
                 "code": scenario.error_code,
             }
-            return web.json_response(
-                {"error": error}, status=scenario.status, headers=scenario.headers
-            )
+            payload = scenario.error_body or {"error": error}
+            return web.json_response(payload, status=scenario.status, headers=scenario.headers)
         if body.get("stream"):
             return await self._stream(request, body, scenario)
         return web.json_response(_completion(body, scenario), headers=scenario.headers)

@@ -10,9 +10,11 @@ from typing import Any
 from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
+from llm_worker.capabilities import CapabilityTable
 from llm_worker.handler import ChatRequestHandler
 from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
+from llm_worker.providers.azure import AzureChatModel
 from llm_worker.providers.mock import MockChatModel
 from llm_worker.providers.openai import OpenAIChatModel, create_client
 from llm_worker.service import ChatService, LlmMetrics
@@ -28,19 +30,27 @@ logger = logging.getLogger(__name__)
 
 
 def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
-    """Create the providers the settings enable (`mock` always)."""
+    """Create the providers the settings enable (`mock` always).
+
+    Raises:
+        RuntimeError: a provider's configuration cannot be used (e.g. Entra ID without
+            azure-identity).
+    """
     providers: dict[str, ChatModel] = {
         "mock": MockChatModel(token_delay=settings.mock_token_delay_ms / 1000.0)
     }
-    if settings.openai_enabled:
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+    openai_config = settings.openai
+    if openai_config.enabled:
+        key = openai_config.api_key
         client = create_client(
-            api_key=key,
-            base_url=settings.openai_base_url,
-            timeout=settings.openai_timeout,
-            connect_timeout=settings.openai_connect_timeout,
+            api_key=key.get_secret_value() if key else None,
+            base_url=openai_config.base_url,
+            timeout=openai_config.timeout,
+            connect_timeout=openai_config.connect_timeout,
         )
         providers["openai"] = OpenAIChatModel(client)
+    if settings.azure.enabled:
+        providers["azure"] = AzureChatModel(settings.azure)
     return providers
 
 
@@ -60,7 +70,9 @@ class LlmWorker:
         client_id = f"ferryman-llm-worker-{settings.instance_id}"
         self.publisher = KafkaPublisher(settings.kafka_bootstrap_servers, client_id=client_id)
         handler = ChatRequestHandler(
-            service=ChatService(self.router, LlmMetrics(registry)),
+            service=ChatService(
+                self.router, LlmMetrics(registry), CapabilityTable(settings.capabilities)
+            ),
             publisher=self.publisher,
             recent=RecentRequests(
                 window=settings.dedupe_window, max_entries=settings.dedupe_max_entries

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from llm_worker.capabilities import CapabilityTable
 from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
 from llm_worker.replies import ReplyStream
@@ -78,11 +79,18 @@ class ChatService:
     Args:
         router: resolves the request's `model`.
         metrics: where outcomes are counted.
+        capabilities: what each deployment can do (requests needing more fail early).
     """
 
-    def __init__(self, router: ModelRouter, metrics: LlmMetrics) -> None:
+    def __init__(
+        self,
+        router: ModelRouter,
+        metrics: LlmMetrics,
+        capabilities: CapabilityTable | None = None,
+    ) -> None:
         self._router = router
         self._metrics = metrics
+        self._capabilities = capabilities or CapabilityTable({})
 
     async def execute(self, job: ChatJob) -> None:
         """Execute `job`, publishing its chunks (when streaming) and exactly one terminal event.
@@ -95,6 +103,7 @@ class ChatService:
         try:
             provider, model = self._router.resolve(job.request.model)
             provider_name = provider.provider
+            self._capabilities.check(job.request, provider.provider, model)
             if job.request.stream:
                 completed = await self._stream(job, provider, model, started)
             else:

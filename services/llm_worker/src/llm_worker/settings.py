@@ -1,10 +1,25 @@
-"""The LLM worker's settings, read once from the environment at the entry point."""
+"""The LLM worker's settings, read once from the environment at the entry point.
+
+Provider settings are nested: `LLM_WORKER_<PROVIDER>__<FIELD>` (for example
+`LLM_WORKER_AZURE__ENDPOINT`, `LLM_WORKER_GEMINI__SAFETY_SETTINGS` as JSON). The
+conventional variables (`OPENAI_API_KEY`, `AZURE_OPENAI_API_KEY`, …) are read too
+and fill in what the nested settings leave unset.
+"""
 
 from __future__ import annotations
+
+from typing import TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from llm_worker.capabilities import Capabilities
+from llm_worker.provider_config import (
+    AnthropicConfig,
+    AzureOpenAIConfig,
+    GeminiConfig,
+    OpenAIConfig,
+)
 from shared.contracts.events import (
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
@@ -13,11 +28,16 @@ from shared.contracts.events import (
 from shared.runtime.settings import WorkerSettings
 
 
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
 class LlmWorkerSettings(WorkerSettings):
-    """Environment variables prefixed `LLM_WORKER_` (plus `KAFKA_BOOTSTRAP_SERVERS`, `OPENAI_*`)."""
+    """Environment variables prefixed `LLM_WORKER_` (plus `KAFKA_BOOTSTRAP_SERVERS` and the
+    providers' conventional key variables)."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LLM_WORKER_", extra="ignore", populate_by_name=True
+        env_prefix="LLM_WORKER_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
     )
 
     group_id: str = "ferryman-llm-worker"
@@ -30,29 +50,47 @@ class LlmWorkerSettings(WorkerSettings):
     """Reply topic for requests without a `replyto` extension."""
     model_aliases: dict[str, str] = Field(default_factory=dict)
     """JSON object mapping alias → `provider/model`, e.g. `{"default": "openai/gpt-4o-mini"}`."""
-    openai_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "LLM_WORKER_OPENAI_API_KEY")
-    )
-    """OpenAI API key; the `openai` provider is enabled when it or a base URL is set."""
-    openai_base_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "LLM_WORKER_OPENAI_BASE_URL")
-    )
-    """Base URL of an OpenAI-compatible server (vLLM, Ollama, …), e.g. `http://localhost:11434/v1`."""
-    openai_timeout: float = Field(default=600.0, gt=0)
-    """Seconds an OpenAI call may take in all (read timeout between stream events included)."""
-    openai_connect_timeout: float = Field(default=10.0, gt=0)
-    """Seconds to establish a connection to the OpenAI endpoint."""
+    capabilities: dict[str, Capabilities] = Field(default_factory=dict)
+    """JSON object: `provider/model` or `provider/*` → capabilities (see `Capabilities`)."""
     mock_token_delay_ms: float = Field(default=0.0, ge=0)
     """Delay between the mock provider's tokens (for demos)."""
 
-    @field_validator("openai_api_key", "openai_base_url", mode="before")
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+    azure: AzureOpenAIConfig = Field(default_factory=AzureOpenAIConfig)
+    anthropic: AnthropicConfig = Field(default_factory=AnthropicConfig)
+    gemini: GeminiConfig = Field(default_factory=GeminiConfig)
+
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL"))
+    azure_openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("AZURE_OPENAI_API_KEY")
+    )
+    azure_openai_endpoint: str | None = Field(
+        default=None, validation_alias=_env("AZURE_OPENAI_ENDPOINT")
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("ANTHROPIC_API_KEY")
+    )
+    gemini_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("GEMINI_API_KEY", "GOOGLE_API_KEY")
+    )
+
+    @field_validator(
+        "openai_api_key",
+        "openai_base_url",
+        "azure_openai_api_key",
+        "azure_openai_endpoint",
+        "anthropic_api_key",
+        "gemini_api_key",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # Compose passes `${OPENAI_API_KEY:-}` as an empty string when the variable is unset.
         return None if isinstance(value, str) and not value.strip() else value
 
     @model_validator(mode="after")
-    def _default_dlq(self) -> LlmWorkerSettings:
+    def _complete(self) -> LlmWorkerSettings:
         if not self.dlq_topic:
             self.dlq_topic = dlq_topic_for(self.request_topic)
         for alias, target in self.model_aliases.items():
@@ -60,9 +98,25 @@ class LlmWorkerSettings(WorkerSettings):
                 raise ValueError(
                     f"model alias {alias!r} must map to 'provider/model', got {target!r}"
                 )
+        self.openai = _fill(self.openai, api_key=self.openai_api_key, base_url=self.openai_base_url)
+        self.azure = _fill(
+            self.azure, api_key=self.azure_openai_api_key, endpoint=self.azure_openai_endpoint
+        )
+        self.anthropic = _fill(self.anthropic, api_key=self.anthropic_api_key)
+        self.gemini = _fill(self.gemini, api_key=self.gemini_api_key)
         return self
 
-    @property
-    def openai_enabled(self) -> bool:
-        """Whether the `openai` provider is configured."""
-        return self.openai_api_key is not None or self.openai_base_url is not None
+
+ConfigT = TypeVar("ConfigT", OpenAIConfig, AzureOpenAIConfig, AnthropicConfig, GeminiConfig)
+
+
+def _fill(config: ConfigT, **fallbacks: object) -> ConfigT:
+    """Return `config` with unset fields taken from `fallbacks` (re-validated)."""
+    updates = {
+        name: value
+        for name, value in fallbacks.items()
+        if value is not None and getattr(config, name) is None
+    }
+    if not updates:
+        return config
+    return type(config).model_validate({**config.model_dump(), **updates})

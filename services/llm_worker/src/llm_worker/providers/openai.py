@@ -40,16 +40,16 @@ def create_client(
 
 
 class OpenAIChatModel:
-    """Chat completions over the `openai` SDK.
+    """Chat completions over the `openai` SDK (OpenAI, OpenAI-compatible servers, Azure).
 
     Args:
-        client: a configured `AsyncOpenAI` (see `create_client`).
+        client: a configured `AsyncOpenAI` or `AsyncAzureOpenAI` (see `create_client`).
+        provider: the provider name reported in events and errors.
     """
 
-    provider = PROVIDER
-
-    def __init__(self, client: openai.AsyncOpenAI) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, *, provider: str = PROVIDER) -> None:
         self._client = client
+        self.provider = provider
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
         """Stream the answer (text, tool-call fragments, usage, finish).
@@ -59,7 +59,7 @@ class OpenAIChatModel:
         """
         params = to_openai_params(request, model, stream=True)
         mapper = ChunkMapper()
-        with map_errors():
+        with map_errors(self.provider):
             # Plain dicts (cast_to=object): the SDK still decodes SSE, raises in-stream
             # errors, maps timeouts; it skips building a pydantic model per chunk (~100 µs).
             stream = await self._client.post(
@@ -84,7 +84,7 @@ class OpenAIChatModel:
             FerrymanError: the call failed or the answer was unfinished.
         """
         params = to_openai_params(request, model, stream=False)
-        with map_errors():
+        with map_errors(self.provider):
             completion = await self._client.chat.completions.create(**params)
         return fold_events(completion_events(completion))
 
@@ -94,7 +94,7 @@ class OpenAIChatModel:
         Raises:
             FerrymanError: the listing failed.
         """
-        with map_errors():
+        with map_errors(self.provider):
             page = await self._client.models.list()
             return sorted([model.id async for model in page])
 
@@ -104,7 +104,7 @@ class OpenAIChatModel:
 
 
 @contextlib.contextmanager
-def map_errors() -> Iterator[None]:
+def map_errors(provider: str = PROVIDER) -> Iterator[None]:
     """Translate `openai` SDK errors into `FerrymanError`, keeping status and retry-after.
 
     Raises:
@@ -113,30 +113,30 @@ def map_errors() -> Iterator[None]:
     try:
         yield
     except openai.APIStatusError as exc:
-        raise _from_status(exc) from exc
+        raise _from_status(exc, provider) from exc
     except openai.APITimeoutError as exc:
         raise FerrymanError(
-            ErrorCode.TIMEOUT, "request to OpenAI timed out", provider=PROVIDER
+            ErrorCode.TIMEOUT, "request to OpenAI timed out", provider=provider
         ) from exc
     except openai.APIConnectionError as exc:
         raise FerrymanError(
-            ErrorCode.UNAVAILABLE, f"cannot reach OpenAI: {exc.message}", provider=PROVIDER
+            ErrorCode.UNAVAILABLE, f"cannot reach OpenAI: {exc.message}", provider=provider
         ) from exc
     except openai.APIError as exc:  # an error event inside an otherwise healthy stream
         raise FerrymanError(
-            ErrorCode.UNAVAILABLE, f"OpenAI stream error: {exc.message}", provider=PROVIDER
+            ErrorCode.UNAVAILABLE, f"OpenAI stream error: {exc.message}", provider=provider
         ) from exc
     except json.JSONDecodeError as exc:  # the SDK's SSE decoder lets these through
         raise FerrymanError(
-            ErrorCode.UNAVAILABLE, "OpenAI sent a malformed stream event", provider=PROVIDER
+            ErrorCode.UNAVAILABLE, "OpenAI sent a malformed stream event", provider=provider
         ) from exc
     except httpx2.HTTPError as exc:  # transport errors while iterating a stream
         raise FerrymanError(
-            ErrorCode.UNAVAILABLE, f"OpenAI stream broke: {type(exc).__name__}", provider=PROVIDER
+            ErrorCode.UNAVAILABLE, f"OpenAI stream broke: {type(exc).__name__}", provider=provider
         ) from exc
 
 
-def _from_status(exc: openai.APIStatusError) -> FerrymanError:
+def _from_status(exc: openai.APIStatusError, provider: str) -> FerrymanError:
     status = exc.status_code
     code_text = str(getattr(exc, "code", "") or "")
     message = f"OpenAI returned {status}: {exc.message}"
@@ -153,6 +153,8 @@ def _from_status(exc: openai.APIStatusError) -> FerrymanError:
         code = ErrorCode.CONTEXT_LENGTH
     elif code_text in ("content_filter", "content_policy_violation"):
         code = ErrorCode.CONTENT_FILTER
+        if categories := filtered_categories(exc.body):
+            message = f"{message} (filtered: {', '.join(categories)})"
     elif status == 409 or status >= 500:
         code = ErrorCode.UNAVAILABLE
     else:
@@ -162,7 +164,28 @@ def _from_status(exc: openai.APIStatusError) -> FerrymanError:
         code,
         message,
         retryable=retryable,
-        provider=PROVIDER,
+        provider=provider,
         status=status,
         retry_after=retry_after,
     )
+
+
+def filtered_categories(body: object) -> list[str]:
+    """Categories an Azure/OpenAI content filter flagged, from an error body.
+
+    Azure puts them in `innererror.content_filter_result` as
+    `{"hate": {"filtered": true, "severity": "high"}, ...}`.
+    """
+    if not isinstance(body, dict):
+        return []
+    error = body.get("error", body)
+    inner = error.get("innererror") if isinstance(error, dict) else None
+    result = inner.get("content_filter_result") if isinstance(inner, dict) else None
+    if not isinstance(result, dict):
+        return []
+    found: list[str] = []
+    for category, verdict in result.items():
+        if isinstance(verdict, dict) and verdict.get("filtered"):
+            severity = verdict.get("severity")
+            found.append(f"{category}={severity}" if severity else str(category))
+    return sorted(found)
