@@ -158,3 +158,14 @@ def test_a_provider_wildcard_applies_unless_a_model_entry_overrides_it() -> None
     assert table.lookup("p", "small").vision is False
     assert table.lookup("p", "big").vision is True
     assert table.lookup("p", "big").context_window == 1_000_000
+
+
+def test_azure_deployments_without_any_endpoint_are_a_startup_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ValidationError, match="need an endpoint"):
+        _settings(
+            monkeypatch,
+            AZURE_OPENAI_API_KEY="k",
+            LLM_WORKER_AZURE__DEPLOYMENTS='{"gpt4o": {"deployment": "prod"}}',
+        )

@@ -81,11 +81,19 @@ class AzureOpenAIConfig(_Config):
         self.api_key = _read_secret(self.api_key, self.api_key_file, "azure")
         if self.api_key is not None and self.entra_id:
             raise ValueError("azure: set either an API key or entra_id, not both")
-        if self.endpoint is None and any(d.endpoint is None for d in self.deployments.values()):
-            raise ValueError(
-                "azure: deployments need an endpoint (set endpoint or a per-deployment one)"
-            )
         return self
+
+    def check_endpoints(self) -> None:
+        """Ensure every deployment has an endpoint (its own or the provider's).
+
+        Raises:
+            ValueError: some deployment has none.
+        """
+        orphans = sorted(a for a, d in self.deployments.items() if d.endpoint is None)
+        if self.endpoint is None and orphans:
+            raise ValueError(
+                f"azure: deployments {orphans} need an endpoint (or set azure.endpoint)"
+            )
 
     @property
     def enabled(self) -> bool:

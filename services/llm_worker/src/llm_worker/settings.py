@@ -102,6 +102,7 @@ class LlmWorkerSettings(WorkerSettings):
         self.azure = _fill(
             self.azure, api_key=self.azure_openai_api_key, endpoint=self.azure_openai_endpoint
         )
+        self.azure.check_endpoints()
         self.anthropic = _fill(self.anthropic, api_key=self.anthropic_api_key)
         self.gemini = _fill(self.gemini, api_key=self.gemini_api_key)
         return self

@@ -1,0 +1,64 @@
+"""Each provider end to end: the worker process, the real Kafka, and the provider's fake server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.client import FerrymanClient
+from shared.contracts import ChatChunk, ChatCompleted
+from tests.fakes.openai_server import FakeOpenAI, Scenario
+
+pytestmark = pytest.mark.integration
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+]
+
+
+async def _run(client: FerrymanClient, model: str, **extra: object) -> list[object]:
+    request = {"model": model, "messages": [{"role": "user", "content": "hello there"}], **extra}
+    return [event async for event in client.chat_stream(request, timeout=30)]
+
+
+def _check_text(events: list[object], provider: str) -> ChatCompleted:
+    chunks = [e for e in events if isinstance(e, ChatChunk)]
+    completed = events[-1]
+    assert isinstance(completed, ChatCompleted)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert "".join(c.delta.content or "" for c in chunks) == completed.content
+    assert completed.provider == provider
+    assert completed.usage.output_tokens > 0
+    return completed
+
+
+async def test_azure_openai_through_kafka(
+    worker_factory, client: FerrymanClient, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.scenarios["prod-tools"] = Scenario(
+        tool_calls=[{"name": "get_weather", "arguments": '{"city": "Oslo"}'}]
+    )
+    worker = worker_factory(
+        AZURE_OPENAI_ENDPOINT=f"http://127.0.0.1:{fake_openai.port}",
+        AZURE_OPENAI_API_KEY="az-secret",
+        LLM_WORKER_AZURE__DEPLOYMENTS='{"tools": {"deployment": "prod-tools"}}',
+    )
+    worker.start()
+    await worker.wait_ready()
+
+    text = _check_text(await _run(client, "azure/prod-chat"), "azure")
+    tool_events = await _run(client, "azure/tools", tools=TOOLS)
+
+    assert text.content == "Echo: hello there"
+    completed = tool_events[-1]
+    assert isinstance(completed, ChatCompleted)
+    assert [(c.name, json.loads(c.arguments)) for c in completed.tool_calls] == [
+        ("get_weather", {"city": "Oslo"})
+    ]
+    paths = [r.path for r in fake_openai.chat_requests()]
+    assert paths == [
+        "/openai/deployments/prod-chat/chat/completions",
+        "/openai/deployments/prod-tools/chat/completions",
+    ]
+    assert "az-secret" not in worker.log_path.read_text()
