@@ -178,9 +178,12 @@ class ChatRequest(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
     response_format: ResponseFormat | None = None
+    seed: int | None = None
+    """Best-effort deterministic sampling, where the provider supports it."""
     stream: bool = True
     """When false, only the terminal event is published (no chunks)."""
     metadata: dict[str, str] | None = None
+    """Free-form tags; `user_id` is passed to providers that take an end-user id."""
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ChatRequest:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from openai.types.chat import ChatCompletion
@@ -10,6 +11,7 @@ from openai.types.completion_usage import CompletionUsage
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
 from shared.contracts import ChatRequest, FinishReason
 
+_REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 _FINISH_REASONS: dict[str, FinishReason] = {
     "stop": "stop",
     "length": "length",
@@ -37,10 +39,16 @@ def to_openai_params(request: ChatRequest, model: str, *, stream: bool) -> dict[
         params["response_format"] = request.response_format.model_dump(
             exclude_none=True, by_alias=True
         )
-    for name in ("temperature", "top_p", "max_tokens", "stop"):
+    for name in ("temperature", "top_p", "stop", "seed"):
         value = getattr(request, name)
         if value is not None:
             params[name] = value
+    if request.max_tokens is not None:
+        # Reasoning models reject `max_tokens`; many OpenAI-compatible servers only know it.
+        limit_name = "max_completion_tokens" if _REASONING_MODEL.match(model) else "max_tokens"
+        params[limit_name] = request.max_tokens
+    if request.metadata and (user := request.metadata.get("user_id")):
+        params["user"] = user
     return params
 
 
