@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import urllib.request
+from typing import Any
 
 import pytest
 
@@ -62,3 +65,11 @@ async def test_azure_openai_through_kafka(
         "/openai/deployments/prod-tools/chat/completions",
     ]
     assert "az-secret" not in worker.log_path.read_text()
+    listing = await asyncio.to_thread(_get_json, f"http://127.0.0.1:{worker.port}/models")
+    assert listing["providers"]["azure"] == {"models": ["gpt-fake"]}
+    assert listing["providers"]["mock"] == {"models": ["echo"]}
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())

@@ -19,6 +19,7 @@ from llm_worker.providers.mock import MockChatModel
 from llm_worker.providers.openai import OpenAIChatModel, create_client
 from llm_worker.service import ChatService, LlmMetrics
 from llm_worker.settings import LlmWorkerSettings
+from shared.contracts import FerrymanError
 from shared.runtime.dedupe import RecentRequests
 from shared.runtime.hosting import create_host_app
 from shared.runtime.metrics import ConsumerMetrics
@@ -128,6 +129,16 @@ class LlmWorker:
         await self.router.aclose()
         logger.info("llm worker stopped")
 
+    async def models(self) -> tuple[int, dict[str, Any]]:
+        """`/models`: each provider's models from its (unbilled) listing API, or its error."""
+        listing: dict[str, Any] = {}
+        for name, provider in sorted(self.router.providers.items()):
+            try:
+                listing[name] = {"models": await provider.list_models()}
+            except FerrymanError as exc:
+                listing[name] = {"error": exc.to_info().model_dump(exclude_none=True)}
+        return 200, {"providers": listing}
+
     def health(self) -> dict[str, Any]:
         """Readiness (partitions assigned) and consumer status."""
         status = self.consumer.status()
@@ -153,5 +164,8 @@ def create_app(
         registry=registry,
     )
     return create_host_app(
-        worker, bootstrap_servers=settings.kafka_bootstrap_servers, registry=registry
+        worker,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        registry=registry,
+        extra_routes={"/models": worker.models},
     )

@@ -44,25 +44,49 @@ class HostedService(Protocol):
         ...
 
 
+JsonEndpoint = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
+"""An async callable returning (HTTP status, JSON-able body)."""
+
+
+async def _send_json(send: Send, status: int, document: dict[str, Any]) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(document).encode()})
+
+
+def json_route(endpoint: JsonEndpoint) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """Wrap `endpoint` as an ASGI app answering GET with its JSON."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        status, document = await endpoint()
+        await _send_json(send, status, document)
+
+    return app
+
+
 def create_host_app(
-    service: HostedService, *, bootstrap_servers: str, registry: CollectorRegistry
+    service: HostedService,
+    *,
+    bootstrap_servers: str,
+    registry: CollectorRegistry,
+    extra_routes: dict[str, JsonEndpoint] | None = None,
 ) -> AsgiFastStream:
-    """Build the FastStream app that runs `service` and serves `/metrics` and `/health`."""
+    """Build the FastStream app that runs `service` and serves `/metrics`, `/health` and
+    `extra_routes` (path → JSON endpoint)."""
     broker = KafkaBroker(bootstrap_servers, consumer_only=True, logger=None)
 
-    async def health(scope: Scope, receive: Receive, send: Send) -> None:
+    async def health() -> tuple[int, dict[str, Any]]:
         status = service.health()
-        body = json.dumps(status).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200 if status.get("ready") else 503,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        return (200 if status.get("ready") else 503), status
 
-    routes: list[tuple[str, Any]] = [("/metrics", make_asgi_app(registry)), ("/health", health)]  # pyright: ignore[reportUnknownArgumentType]
+    routes: list[tuple[str, Any]] = [("/metrics", make_asgi_app(registry))]  # pyright: ignore[reportUnknownArgumentType]
+    routes.append(("/health", json_route(health)))
+    routes.extend((path, json_route(endpoint)) for path, endpoint in (extra_routes or {}).items())
     return AsgiFastStream(
         broker,
         asgi_routes=routes,
