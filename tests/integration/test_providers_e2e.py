@@ -73,3 +73,41 @@ async def test_azure_openai_through_kafka(
 def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
+
+
+async def test_anthropic_through_kafka(worker_factory, client: FerrymanClient) -> None:
+    from tests.fakes.anthropic_server import FakeAnthropic
+    from tests.fakes.anthropic_server import Scenario as AnthropicScenario
+
+    fake = FakeAnthropic()
+    await fake.start()
+    try:
+        fake.scenarios["claude-tools"] = AnthropicScenario(
+            tool_calls=[
+                {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+            ]
+        )
+        worker = worker_factory(
+            ANTHROPIC_API_KEY="sk-ant-secret", LLM_WORKER_ANTHROPIC__BASE_URL=fake.base_url
+        )
+        worker.start()
+        await worker.wait_ready()
+
+        text = _check_text(await _run(client, "anthropic/claude-text"), "anthropic")
+        tool_events = await _run(client, "anthropic/claude-tools", tools=TOOLS)
+    finally:
+        await fake.stop()
+
+    assert text.content == "Echo: hello there"
+    completed = tool_events[-1]
+    assert isinstance(completed, ChatCompleted)
+    assert completed.finish_reason == "tool_calls"
+    assert [(c.name, json.loads(c.arguments)) for c in completed.tool_calls] == [
+        ("get_weather", {"city": "Oslo"}),
+        ("get_weather", {"city": "Rome"}),
+    ]
+    [first, second] = fake.message_requests()
+    assert first.body["messages"] == [{"role": "user", "content": "hello there"}]
+    assert second.body["tools"][0]["name"] == "get_weather"
+    assert "sk-ant-secret" not in worker.log_path.read_text()

@@ -14,6 +14,8 @@ from llm_worker.capabilities import CapabilityTable
 from llm_worker.handler import ChatRequestHandler
 from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
+from llm_worker.providers.anthropic import AnthropicChatModel
+from llm_worker.providers.anthropic import create_client as create_anthropic_client
 from llm_worker.providers.azure import AzureChatModel
 from llm_worker.providers.mock import MockChatModel
 from llm_worker.providers.openai import OpenAIChatModel, create_client
@@ -52,6 +54,20 @@ def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
         providers["openai"] = OpenAIChatModel(client)
     if settings.azure.enabled:
         providers["azure"] = AzureChatModel(settings.azure)
+    anthropic_config = settings.anthropic
+    if anthropic_config.enabled:
+        key = anthropic_config.api_key
+        anthropic_client = create_anthropic_client(
+            api_key=key.get_secret_value() if key else None,
+            base_url=anthropic_config.base_url,
+            timeout=anthropic_config.timeout,
+            connect_timeout=anthropic_config.connect_timeout,
+        )
+        providers["anthropic"] = AnthropicChatModel(
+            anthropic_client,
+            default_max_tokens=anthropic_config.default_max_tokens,
+            sampling=anthropic_config.sampling,
+        )
     return providers
 
 

@@ -7,6 +7,7 @@ mounted secret); they are never logged.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -110,6 +111,10 @@ class AnthropicConfig(_Config):
     base_url: str | None = None
     default_max_tokens: int = Field(default=4096, ge=1)
     """`max_tokens` when the request sets none (Anthropic requires one)."""
+    sampling: Literal["reject", "drop", "send"] = "reject"
+    """What to do with `temperature`/`top_p`, which the current Anthropic API rejects:
+    fail the request (`reject`), leave them out (`drop`), or send them anyway (`send`, for
+    Anthropic-compatible servers that accept them)."""
     timeout: float = Field(default=600.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
 

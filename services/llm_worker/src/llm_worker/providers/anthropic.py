@@ -1,0 +1,251 @@
+"""The Anthropic provider (Messages API), over `anthropic.AsyncAnthropic`.
+
+SDK retries are off (`max_retries=0`): retrying belongs to Ferryman.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+
+import anthropic
+import httpx2
+
+from llm_worker.providers.anthropic_mapping import (
+    PROVIDER,
+    EventMapper,
+    SamplingPolicy,
+    to_anthropic_params,
+)
+from llm_worker.providers.http_errors import parse_retry_after
+from llm_worker.streaming import Completion, StreamEvent, fold
+from shared.contracts import ChatRequest, ErrorCode, FerrymanError
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+# Anthropic reports an over-long prompt as a plain 400 `invalid_request_error`
+# ("prompt is too long: 207791 tokens > 200000 maximum"; 413 "Request size exceeds
+# model context window"): no `error.details.error_code` names it (anthropic 2.12's
+# `ErrorDetails` has none), so the message is matched — a last resort.
+_CONTEXT_LENGTH = re.compile(
+    r"prompt is too long|context window|context length|exceeds? (the )?context limit", re.I
+)
+
+# In-stream `error` events arrive on a 200 response: their `error.type` decides.
+_STREAM_ERROR_CODES: dict[str, ErrorCode] = {
+    "overloaded_error": ErrorCode.UNAVAILABLE,
+    "api_error": ErrorCode.UNAVAILABLE,
+    "rate_limit_error": ErrorCode.RATE_LIMITED,
+    "timeout_error": ErrorCode.TIMEOUT,
+    "invalid_request_error": ErrorCode.INVALID_REQUEST,
+    "not_found_error": ErrorCode.INVALID_REQUEST,
+    "authentication_error": ErrorCode.AUTH,
+    "permission_error": ErrorCode.AUTH,
+    "billing_error": ErrorCode.AUTH,
+}
+
+_RETRYABLE = (ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE)
+
+
+def create_client(
+    *,
+    api_key: str | None,
+    base_url: str | None,
+    timeout: float,
+    connect_timeout: float,
+    http_client: httpx2.AsyncClient | None = None,
+) -> anthropic.AsyncAnthropic:
+    """Build the SDK client with retries off and explicit timeouts.
+
+    The key and base URL are always passed explicitly so that the SDK never
+    falls back to `ANTHROPIC_*` environment variables or on-disk profiles:
+    settings are read once, by the worker's settings class.
+    """
+    return anthropic.AsyncAnthropic(
+        # Anthropic-compatible local servers may take no key; the SDK insists on a credential.
+        api_key=api_key or "unused",
+        base_url=base_url or DEFAULT_BASE_URL,
+        max_retries=0,
+        timeout=httpx2.Timeout(timeout, connect=connect_timeout),
+        http_client=http_client,
+    )
+
+
+class AnthropicChatModel:
+    """Chat completions over Anthropic's Messages API.
+
+    Args:
+        client: a configured `AsyncAnthropic` (see `create_client`).
+        default_max_tokens: `max_tokens` for requests that set none (Anthropic requires one).
+        sampling: what to do with `temperature`/`top_p` (see `SamplingPolicy`).
+    """
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        client: anthropic.AsyncAnthropic,
+        *,
+        default_max_tokens: int = 4096,
+        sampling: SamplingPolicy = "reject",
+    ) -> None:
+        self._client = client
+        self._default_max_tokens = default_max_tokens
+        self._sampling: SamplingPolicy = sampling
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        """Stream the answer (text, tool-call fragments, usage, finish).
+
+        Raises:
+            FerrymanError: the call or the stream failed, or the stream ended before
+                Anthropic finished the answer.
+        """
+        params = to_anthropic_params(
+            request, model, default_max_tokens=self._default_max_tokens, sampling=self._sampling
+        )
+        mapper = EventMapper()
+        with map_errors():
+            # Raw events (not the `.stream()` helper, which accumulates a snapshot
+            # message and adds synthetic events we would only skip).
+            stream = await self._client.messages.create(**params, stream=True)
+            async with stream:
+                async for event in stream:
+                    for out in mapper.events(event):
+                        yield out
+        closing = mapper.finish()
+        if not closing and not mapper.finished:
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE,
+                "Anthropic's stream ended before the answer was finished",
+                retryable=True,
+                provider=PROVIDER,
+            )
+        for out in closing:
+            yield out
+
+    async def generate(self, request: ChatRequest, model: str) -> Completion:
+        """Return the whole answer: the fold of `stream`.
+
+        Streaming rather than a non-streaming call: the SDK refuses non-streaming
+        calls whose `max_tokens` could take over 10 minutes, a long answer would hit
+        the read timeout with nothing arriving, and one event mapper for both paths
+        means they cannot drift.
+
+        Raises:
+            FerrymanError: the call failed or the answer was unfinished.
+        """
+        return await fold(self.stream(request, model))
+
+    async def list_models(self) -> list[str]:
+        """Return model ids from `GET /v1/models` (unbilled; follows pagination).
+
+        Raises:
+            FerrymanError: the listing failed.
+        """
+        with map_errors():
+            return sorted([model.id async for model in self._client.models.list()])
+
+    async def aclose(self) -> None:
+        """Close the SDK client's connections."""
+        await self._client.close()
+
+
+@contextlib.contextmanager
+def map_errors() -> Iterator[None]:
+    """Translate `anthropic` SDK errors into `FerrymanError`, keeping status and retry-after.
+
+    Raises:
+        FerrymanError: for every SDK or transport error raised inside the block.
+    """
+    try:
+        yield
+    except anthropic.APIStatusError as exc:
+        if exc.status_code < 400:  # an `error` event inside a 200 stream
+            raise _from_stream_error(exc) from exc
+        raise _from_status(exc) from exc
+    except anthropic.APITimeoutError as exc:
+        raise FerrymanError(
+            ErrorCode.TIMEOUT, "request to Anthropic timed out", provider=PROVIDER
+        ) from exc
+    except anthropic.APIConnectionError as exc:
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE, f"cannot reach Anthropic: {exc.message}", provider=PROVIDER
+        ) from exc
+    except anthropic.APIError as exc:  # e.g. a response the SDK could not read
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE, f"Anthropic error: {exc.message}", provider=PROVIDER
+        ) from exc
+    except json.JSONDecodeError as exc:  # the SDK's SSE decoder lets these through
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE, "Anthropic sent a malformed stream event", provider=PROVIDER
+        ) from exc
+    except httpx2.TimeoutException as exc:  # a read timeout while iterating a stream
+        raise FerrymanError(
+            ErrorCode.TIMEOUT, "Anthropic's stream stalled", provider=PROVIDER
+        ) from exc
+    except httpx2.HTTPError as exc:  # transport errors while iterating a stream
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE,
+            f"Anthropic stream broke: {type(exc).__name__}",
+            provider=PROVIDER,
+        ) from exc
+
+
+def _api_message(exc: anthropic.APIStatusError) -> str:
+    message = exc.api_message
+    return message if isinstance(message, str) and message else "no message"
+
+
+def _from_status(exc: anthropic.APIStatusError) -> FerrymanError:
+    status = exc.status_code
+    retry_after = parse_retry_after(exc.response.headers)
+    detail = _api_message(exc)
+    message = f"Anthropic returned {status}: {detail}"
+    if status in (401, 402, 403):
+        # Fixed text: never risk echoing a credential.
+        message = (
+            f"Anthropic rejected the request for billing reasons ({status})"
+            if status == 402
+            else f"Anthropic rejected the credentials ({status})"
+        )
+        code = ErrorCode.AUTH
+    elif status == 429:
+        code = ErrorCode.RATE_LIMITED
+    elif status in (408, 504):
+        code = ErrorCode.TIMEOUT
+    elif status in (400, 413) and _CONTEXT_LENGTH.search(detail):
+        code = ErrorCode.CONTEXT_LENGTH
+    elif status == 409 or status >= 500:  # 529 (`OverloadedError`) included
+        code = ErrorCode.UNAVAILABLE
+    else:
+        code = ErrorCode.INVALID_REQUEST
+    return FerrymanError(
+        code,
+        message,
+        retryable=code in _RETRYABLE,
+        provider=PROVIDER,
+        status=status,
+        retry_after=retry_after,
+    )
+
+
+def _from_stream_error(exc: anthropic.APIStatusError) -> FerrymanError:
+    kind = str(exc.type or "")
+    detail = _api_message(exc)
+    code = _STREAM_ERROR_CODES.get(kind, ErrorCode.UNAVAILABLE)
+    if code is ErrorCode.INVALID_REQUEST and _CONTEXT_LENGTH.search(detail):
+        code = ErrorCode.CONTEXT_LENGTH
+    message = (
+        f"Anthropic rejected the credentials mid-stream ({kind})"
+        if code is ErrorCode.AUTH
+        else f"Anthropic stream error ({kind or 'unknown'}): {detail}"
+    )
+    return FerrymanError(
+        code,
+        message,
+        retryable=code in _RETRYABLE,
+        provider=PROVIDER,
+        retry_after=parse_retry_after(exc.response.headers),
+    )

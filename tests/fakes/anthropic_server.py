@@ -1,0 +1,502 @@
+"""A local HTTP server speaking Anthropic's Messages API wire format (SSE), with scenarios.
+
+Used by provider tests (in-process), and standalone for integration tests and the
+benchmark (`python -m tests.fakes.anthropic_server --port 0`).
+
+Each request picks the scenario registered for its `model` (or the default): an
+echo answer streamed in `text_delta` tokens, tool calls streamed as
+`input_json_delta` fragments (after an optional text block), HTTP errors with
+Anthropic's error body and retry-after headers, delays before headers or before
+the first token, and faults mid-stream (cut, clean end, stall, malformed event,
+`error` event, no `message_stop`). Every request is recorded for assertions.
+
+Streams carry `event:` lines: the SDK skips SSE events without one. The key is
+accepted as `Authorization: Bearer <key>` (what anthropic 2.x sends) or `x-api-key`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+DEFAULT_MODELS = ["claude-fake-haiku", "claude-fake-opus", "claude-fake-sonnet"]
+
+
+@dataclass
+class Scenario:
+    """How the fake answers. All delays are seconds."""
+
+    answer: str | None = None
+    """The text to stream; None echoes the last user message."""
+    tokens: int | None = None
+    """Stream exactly this many tokens ("tok0 tok1 …"), overriding `answer`."""
+    preamble: str | None = None
+    """With tool calls: a text block streamed before them (shifts Anthropic's block indexes)."""
+    tool_calls: list[dict[str, str]] = field(default_factory=list)
+    """`[{"name": ..., "arguments": "<json>"}]`, streamed as `input_json_delta` fragments;
+    empty arguments stream no delta at all."""
+    stop_reason: str | None = None
+    """Override the stop reason (default: end_turn, or tool_use with tool calls)."""
+    response_model: str | None = None
+    """The model named in `message_start` (default: the requested one)."""
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    status: int | None = None
+    """Answer with this HTTP error status instead."""
+    error_type: str | None = None
+    """Anthropic `error.type` of the error (default: the status's usual type)."""
+    error_message: str | None = None
+    """`error.message` of the error (e.g. "prompt is too long: …")."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra response headers (e.g. `retry-after`)."""
+    delay_before_headers: float = 0.0
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    cut_after: int | None = None
+    """Abort the connection after this many content deltas."""
+    end_after: int | None = None
+    """End the response cleanly (EOF, no `message_delta`) after this many content deltas."""
+    stall_after: int | None = None
+    """Stop sending (but keep the connection) after this many content deltas."""
+    malformed_after: int | None = None
+    """Send an undecodable event after this many content deltas."""
+    error_event_after: int | None = None
+    """Send an in-stream `error` event after this many content deltas, then end."""
+    error_event_type: str = "overloaded_error"
+    send_message_stop: bool = True
+
+
+@dataclass
+class RecordedRequest:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: dict[str, Any]
+    received_at: float
+
+
+@dataclass
+class _Frame:
+    event: str
+    data: dict[str, Any]
+    counted: bool = False
+    """A content delta: the unit `cut_after` and friends count."""
+
+
+class FakeAnthropic:
+    """The fake server. Use `await start()` / `await stop()`, then `base_url`.
+
+    Args:
+        default: the scenario for models without their own.
+        api_key: when set, requests must carry this key (Bearer or `x-api-key`).
+        models: ids served by `GET /v1/models`, `page_size` per page.
+    """
+
+    def __init__(
+        self,
+        default: Scenario | None = None,
+        *,
+        api_key: str | None = None,
+        models: list[str] | None = None,
+        page_size: int = 2,
+    ) -> None:
+        self.default = default or Scenario()
+        self.scenarios: dict[str, Scenario] = {}
+        self.requests: list[RecordedRequest] = []
+        self.api_key = api_key
+        self.models = list(DEFAULT_MODELS if models is None else models)
+        self.page_size = page_size
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        app = web.Application()
+        app.router.add_post("/_scenarios", self._set_scenarios)
+        app.router.add_get("/_requests", self._get_requests)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._app = app
+
+    @property
+    def base_url(self) -> str:
+        """The base URL to give the SDK (no `/v1`: the SDK's paths carry it)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, port: int = 0) -> None:
+        """Listen on 127.0.0.1 (`port` 0 picks a free one)."""
+        self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=2048)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.Server)
+        self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def message_requests(self) -> list[RecordedRequest]:
+        """Recorded `POST /v1/messages` requests."""
+        return [r for r in self.requests if r.path.endswith("/v1/messages")]
+
+    async def _set_scenarios(self, request: web.Request) -> web.Response:
+        payload = await request.json()
+        for model, spec in payload.items():
+            if model == "*":
+                self.default = Scenario(**spec)
+            else:
+                self.scenarios[model] = Scenario(**spec)
+        return web.json_response({"ok": True})
+
+    async def _get_requests(self, request: web.Request) -> web.Response:
+        return web.json_response([asdict(r) for r in self.requests])
+
+    def _authorized(self, request: web.Request) -> bool:
+        if self.api_key is None:
+            return True
+        bearer = request.headers.get("authorization", "")
+        return (
+            request.headers.get("x-api-key") == self.api_key or bearer == f"Bearer {self.api_key}"
+        )
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        body: dict[str, Any] = {}
+        if request.can_read_body:
+            body = await request.json()
+        self.requests.append(
+            RecordedRequest(
+                request.method,
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                body,
+                time.monotonic(),
+            )
+        )
+        if not self._authorized(request):
+            return _error(401, None, "invalid x-api-key", {})
+        if "anthropic-version" not in request.headers:
+            return _error(400, None, "anthropic-version: header is required", {})
+        if request.method == "GET" and request.path == "/v1/models":
+            return web.json_response(self._models_page(request.query))
+        if request.method != "POST" or request.path != "/v1/messages":
+            return _error(404, None, f"no route {request.method} {request.path}", {})
+        scenario = self.scenarios.get(body.get("model", ""), self.default)
+        if scenario.delay_before_headers:
+            await asyncio.sleep(scenario.delay_before_headers)
+        if scenario.status is not None:
+            return _error(
+                scenario.status, scenario.error_type, scenario.error_message, scenario.headers
+            )
+        if body.get("stream"):
+            return await self._stream(request, body, scenario)
+        return web.json_response(_message(body, scenario), headers=scenario.headers)
+
+    def _models_page(self, query: Any) -> dict[str, Any]:
+        start = 0
+        if after := query.get("after_id"):
+            start = self.models.index(after) + 1
+        limit = int(query.get("limit") or self.page_size)
+        page = self.models[start : start + limit]
+        return {
+            "data": [
+                {
+                    "type": "model",
+                    "id": model,
+                    "display_name": model,
+                    "created_at": "2025-01-01T00:00:00Z",
+                    "lifecycle": "active",
+                }
+                for model in page
+            ],
+            "has_more": start + limit < len(self.models),
+            "first_id": page[0] if page else None,
+            "last_id": page[-1] if page else None,
+        }
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], scenario: Scenario
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"content-type": "text/event-stream", **scenario.headers}
+        )
+        await response.prepare(request)
+
+        async def send(event: str, data: dict[str, Any] | str) -> None:
+            payload = data if isinstance(data, str) else json.dumps(data)
+            await response.write(f"event: {event}\ndata: {payload}\n\n".encode())
+
+        if scenario.first_token_delay:
+            await asyncio.sleep(scenario.first_token_delay)
+        frames = _frames(body, scenario)
+        sent = 0
+        for frame in frames:
+            if frame.counted:
+                if sent and scenario.token_delay:
+                    await asyncio.sleep(scenario.token_delay)
+                if scenario.cut_after == sent:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                if scenario.end_after == sent:
+                    await response.write_eof()
+                    return response
+                if scenario.stall_after == sent:
+                    await asyncio.sleep(3600)
+                if scenario.malformed_after == sent:
+                    await send("content_block_delta", "{not json")
+                if scenario.error_event_after == sent:
+                    error = {"type": scenario.error_event_type, "message": "fake mid-stream error"}
+                    await send("error", {"type": "error", "error": error})
+                    await response.write_eof()
+                    return response
+                sent += 1
+            if frame.event == "message_stop" and not scenario.send_message_stop:
+                continue
+            await send(frame.event, frame.data)
+        await response.write_eof()
+        return response
+
+
+def _error(
+    status: int, error_type: str | None, message: str | None, headers: dict[str, str]
+) -> web.Response:
+    error = {
+        "type": error_type or _ERROR_TYPES.get(status, "api_error"),
+        "message": message or f"fake error {status}",
+    }
+    return web.json_response(
+        {"type": "error", "error": error, "request_id": "req_fake"},
+        status=status,
+        headers=headers,
+    )
+
+
+def _answer(body: dict[str, Any], scenario: Scenario) -> str:
+    if scenario.tokens is not None:
+        return " ".join(f"tok{i}" for i in range(scenario.tokens))
+    if scenario.answer is not None:
+        return scenario.answer
+    for message in reversed(body.get("messages", [])):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                texts = [p.get("text", "") for p in content if p.get("type") == "text"]
+                if not texts:
+                    continue  # a turn of tool results
+                content = " ".join(texts)
+            return f"Echo: {content}"
+    return "Echo:"
+
+
+def _words(text: str) -> list[str]:
+    return [w if i == 0 else f" {w}" for i, w in enumerate(text.split(" "))]
+
+
+def _input_tokens(body: dict[str, Any]) -> int:
+    system = str(body.get("system", ""))
+    words = len(system.split()) + sum(
+        len(json.dumps(m.get("content", "")).split()) for m in body.get("messages", [])
+    )
+    return max(words, 1)
+
+
+def _usage(body: dict[str, Any], scenario: Scenario, output_tokens: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {"input_tokens": _input_tokens(body), "output_tokens": output_tokens}
+    if scenario.cache_read_input_tokens is not None:
+        usage["cache_read_input_tokens"] = scenario.cache_read_input_tokens
+    if scenario.cache_creation_input_tokens is not None:
+        usage["cache_creation_input_tokens"] = scenario.cache_creation_input_tokens
+    return usage
+
+
+def _stop_reason(scenario: Scenario) -> str:
+    return scenario.stop_reason or ("tool_use" if scenario.tool_calls else "end_turn")
+
+
+def _frames(body: dict[str, Any], scenario: Scenario) -> list[_Frame]:
+    """The whole stream: message_start, ping, content blocks, message_delta, message_stop."""
+    model = scenario.response_model or body.get("model", "claude-fake")
+    frames = [
+        _Frame(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": _usage(body, scenario, 1),
+                },
+            },
+        ),
+        _Frame("ping", {"type": "ping"}),
+    ]
+    deltas = 0
+
+    def text_block(index: int, text: str) -> None:
+        nonlocal deltas
+        frames.append(
+            _Frame(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+        )
+        for word in _words(text):
+            deltas += 1
+            frames.append(
+                _Frame(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "text_delta", "text": word},
+                    },
+                    counted=True,
+                )
+            )
+        frames.append(_Frame("content_block_stop", {"type": "content_block_stop", "index": index}))
+
+    index = 0
+    if scenario.tool_calls:
+        if scenario.preamble is not None:
+            text_block(index, scenario.preamble)
+            index += 1
+        for i, call in enumerate(scenario.tool_calls):
+            frames.append(
+                _Frame(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": f"toolu_{i}",
+                            "name": call["name"],
+                            "input": {},
+                        },
+                    },
+                )
+            )
+            args = call["arguments"]
+            for start in range(0, len(args), 5):
+                deltas += 1
+                frames.append(
+                    _Frame(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {
+                                "type": "input_json_delta",
+                                "partial_json": args[start : start + 5],
+                            },
+                        },
+                        counted=True,
+                    )
+                )
+            frames.append(
+                _Frame("content_block_stop", {"type": "content_block_stop", "index": index})
+            )
+            index += 1
+    else:
+        text_block(index, _answer(body, scenario))
+    frames.append(
+        _Frame(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": _stop_reason(scenario), "stop_sequence": None},
+                "usage": {"output_tokens": deltas},
+            },
+        )
+    )
+    frames.append(_Frame("message_stop", {"type": "message_stop"}))
+    return frames
+
+
+def _message(body: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
+    """The non-streamed answer."""
+    content: list[dict[str, Any]] = []
+    if scenario.tool_calls:
+        if scenario.preamble is not None:
+            content.append({"type": "text", "text": scenario.preamble})
+        content.extend(
+            {
+                "type": "tool_use",
+                "id": f"toolu_{i}",
+                "name": call["name"],
+                "input": json.loads(call["arguments"] or "{}"),
+            }
+            for i, call in enumerate(scenario.tool_calls)
+        )
+    else:
+        content.append({"type": "text", "text": _answer(body, scenario)})
+    output = sum(len(json.dumps(block).split()) for block in content)
+    return {
+        "id": "msg_fake",
+        "type": "message",
+        "role": "assistant",
+        "model": scenario.response_model or body.get("model", "claude-fake"),
+        "content": content,
+        "stop_reason": _stop_reason(scenario),
+        "stop_sequence": None,
+        "usage": _usage(body, scenario, output),
+    }
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    fake = FakeAnthropic(
+        Scenario(
+            tokens=args.tokens,
+            first_token_delay=args.first_token_delay,
+            token_delay=args.token_delay,
+        )
+    )
+    await fake.start(args.port)
+    print(fake.port, flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    """Run the fake standalone; prints the bound port on stdout."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    asyncio.run(_serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
