@@ -1,0 +1,254 @@
+"""One contract suite, run against every provider through its real SDK and its fake server.
+
+Whichever provider serves a request, the stream must have the same shape: text deltas
+that concatenate to the answer, tool calls with stable indexes and JSON arguments, usage,
+a finish reason from one set, the same error codes for the same HTTP failures, and a
+mid-stream failure that never folds into a truncated success.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from llm_worker.ports import ChatModel
+from llm_worker.provider_config import AzureOpenAIConfig
+from llm_worker.providers.anthropic import AnthropicChatModel
+from llm_worker.providers.anthropic import create_client as anthropic_client
+from llm_worker.providers.azure import AzureChatModel
+from llm_worker.providers.openai import OpenAIChatModel
+from llm_worker.providers.openai import create_client as openai_client
+from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, fold
+from shared.contracts import ChatRequest, ErrorCode, FerrymanError
+from tests.fakes import anthropic_server, openai_server
+
+IMAGE_URL = "https://example.com/cat.png"
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
+]
+
+
+@dataclass
+class Harness:
+    """A provider under test, its fake, and how to script and inspect the fake."""
+
+    name: str
+    model: ChatModel
+    model_name: str
+    script: Callable[..., None]
+    """script(**fields): the scenario fields all fakes share (answer, tool_calls, status,
+    headers, cut_after)."""
+    bodies: Callable[[], list[dict[str, Any]]]
+    has_tool_result: Callable[[dict[str, Any], str, str], bool]
+    has_image: Callable[[dict[str, Any], str], bool]
+
+
+def _openai_tool_result(body: dict[str, Any], call_id: str, content: str) -> bool:
+    return {"role": "tool", "tool_call_id": call_id, "content": content} in body["messages"]
+
+
+def _openai_image(body: dict[str, Any], url: str) -> bool:
+    parts = [
+        p for m in body["messages"] if isinstance(m.get("content"), list) for p in m["content"]
+    ]
+    return {"type": "image_url", "image_url": {"url": url}} in parts
+
+
+def _anthropic_tool_result(body: dict[str, Any], call_id: str, content: str) -> bool:
+    blocks = [b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"]]
+    return any(
+        b.get("type") == "tool_result"
+        and b.get("tool_use_id") == call_id
+        and content in json.dumps(b.get("content"))
+        for b in blocks
+    )
+
+
+def _anthropic_image(body: dict[str, Any], url: str) -> bool:
+    blocks = [b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"]]
+    return {"type": "image", "source": {"type": "url", "url": url}} in blocks
+
+
+@pytest.fixture(params=["openai", "azure", "anthropic"])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    name: str = request.param
+    if name in ("openai", "azure"):
+        fake: Any = openai_server.FakeOpenAI()
+        await fake.start()
+        if name == "openai":
+            model: ChatModel = OpenAIChatModel(
+                openai_client(api_key="k", base_url=fake.base_url, timeout=5, connect_timeout=5)
+            )
+            model_name = scenario_key = "gpt-contract"
+        else:
+            config = AzureOpenAIConfig(endpoint=f"http://127.0.0.1:{fake.port}", api_key="k")  # type: ignore[arg-type]
+            model, model_name, scenario_key = AzureChatModel(config), "contract", "contract"
+
+        def script(**fields: Any) -> None:
+            fake.scenarios[scenario_key] = openai_server.Scenario(**fields)
+
+        yield Harness(
+            name, model, model_name, script,
+            lambda: [r.body for r in fake.chat_requests()], _openai_tool_result, _openai_image,
+        )  # fmt: skip
+    else:
+        fake = anthropic_server.FakeAnthropic()
+        await fake.start()
+        model = AnthropicChatModel(
+            anthropic_client(api_key="k", base_url=fake.base_url, timeout=5, connect_timeout=5)
+        )
+
+        def script(**fields: Any) -> None:
+            fake.scenarios["claude-contract"] = anthropic_server.Scenario(**fields)
+
+        yield Harness(
+            name, model, "claude-contract", script,
+            lambda: [r.body for r in fake.message_requests()], _anthropic_tool_result,
+            _anthropic_image,
+        )  # fmt: skip
+    await model.aclose()
+    await fake.stop()
+
+
+def _request(*messages: dict[str, Any], **extra: Any) -> ChatRequest:
+    return ChatRequest.model_validate({"model": "x/y", "messages": list(messages), **extra})
+
+
+def _user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+async def _events(h: Harness, request: ChatRequest) -> list[StreamEvent]:
+    return [event async for event in h.model.stream(request, h.model_name)]
+
+
+async def test_text_streams_as_deltas_that_fold_into_the_answer_with_usage(h: Harness) -> None:
+    h.script(answer="The quick brown fox")
+
+    events = await _events(h, _request(_user("hi")))
+    completion = await fold(h.model.stream(_request(_user("hi")), h.model_name))
+
+    texts = [e.text for e in events if isinstance(e, TextDelta)]
+    assert len(texts) > 1
+    assert "".join(texts) == completion.content == "The quick brown fox"
+    assert isinstance(events[-1], Finish)
+    assert completion.finish_reason == "stop"
+    assert completion.usage.input_tokens > 0
+    assert completion.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("count", [1, 2])
+async def test_tool_calls_stream_with_stable_indexes_and_json_arguments(
+    h: Harness, count: int
+) -> None:
+    calls = [{"name": "get_weather", "arguments": json.dumps({"city": c, "days": 3})}
+             for c in ("Oslo", "Rome")[:count]]  # fmt: skip
+    h.script(tool_calls=calls)
+    request = _request(_user("weather?"), tools=TOOLS)
+
+    events = await _events(h, request)
+    completion = await fold(h.model.stream(request, h.model_name))
+
+    fragments = [e for e in events if isinstance(e, ToolCallFragment)]
+    firsts: dict[int, ToolCallFragment] = {}
+    for fragment in fragments:
+        firsts.setdefault(fragment.index, fragment)
+    assert sorted(firsts) == list(range(count))
+    assert all(f.id and f.name == "get_weather" for f in firsts.values())
+    assert all(f.id is None and f.name is None for f in fragments if firsts[f.index] is not f)
+    assert completion.finish_reason == "tool_calls"
+    assert [json.loads(c.arguments) for c in completion.tool_calls] == [
+        json.loads(c["arguments"]) for c in calls
+    ]
+    assert len({c.id for c in completion.tool_calls}) == count
+
+
+async def test_a_tool_result_round_trip_reaches_the_provider(h: Harness) -> None:
+    h.script(answer="It is sunny")
+    request = _request(
+        _user("weather in Oslo?"),
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "call_7",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_7", "content": "sunny, 21C"},
+        tools=TOOLS,
+    )
+
+    completion = await fold(h.model.stream(request, h.model_name))
+
+    assert completion.content == "It is sunny"
+    assert h.has_tool_result(h.bodies()[-1], "call_7", "sunny, 21C")
+
+
+async def test_an_image_input_reaches_the_provider(h: Harness) -> None:
+    request = _request({"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": IMAGE_URL}},
+    ]})  # fmt: skip
+
+    await fold(h.model.stream(request, h.model_name))
+
+    assert h.has_image(h.bodies()[-1], IMAGE_URL)
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "retryable"),
+    [
+        (400, ErrorCode.INVALID_REQUEST, False),
+        (401, ErrorCode.AUTH, False),
+        (403, ErrorCode.AUTH, False),
+        (404, ErrorCode.INVALID_REQUEST, False),
+        (429, ErrorCode.RATE_LIMITED, True),
+        (500, ErrorCode.UNAVAILABLE, True),
+        (503, ErrorCode.UNAVAILABLE, True),
+    ],
+)
+async def test_each_http_error_class_maps_to_the_same_code(
+    h: Harness, status: int, code: ErrorCode, retryable: bool
+) -> None:
+    h.script(status=status, headers={"retry-after": "2"} if status == 429 else {})
+
+    with pytest.raises(FerrymanError) as failure:
+        await fold(h.model.stream(_request(_user("hi")), h.model_name))
+
+    error = failure.value
+    assert (error.code, error.retryable, error.status, error.provider) == (
+        status and code,
+        retryable,
+        status,
+        h.name,
+    )
+    if status == 429:
+        assert error.retry_after == 2.0
+
+
+async def test_a_stream_cut_mid_answer_fails_instead_of_completing(h: Harness) -> None:
+    h.script(answer="one two three four five six", cut_after=2)
+
+    events: list[StreamEvent] = []
+
+    async def consume() -> None:
+        async for event in h.model.stream(_request(_user("hi")), h.model_name):
+            events.append(event)
+
+    with pytest.raises(FerrymanError) as failure:
+        await consume()
+
+    assert failure.value.retryable
+    assert not any(isinstance(e, Finish) for e in events)
+
+
+@pytest.fixture
+def h(harness: Harness) -> Harness:
+    return harness
