@@ -111,3 +111,62 @@ async def test_anthropic_through_kafka(worker_factory, client: FerrymanClient) -
     assert first.body["messages"] == [{"role": "user", "content": "hello there"}]
     assert second.body["tools"][0]["name"] == "get_weather"
     assert "sk-ant-secret" not in worker.log_path.read_text()
+
+
+async def test_gemini_through_kafka_keeps_thought_signatures_across_turns(
+    worker_factory, client: FerrymanClient
+) -> None:
+    from tests.fakes.gemini_server import FakeGemini
+    from tests.fakes.gemini_server import Scenario as GeminiScenario
+
+    fake = FakeGemini()
+    await fake.start()
+    try:
+        fake.scenarios["gemini-tools"] = GeminiScenario(
+            function_calls=[
+                {"name": "get_weather", "args": {"city": "Oslo"}, "id": "fc-1",
+                 "thought_signature": "c2lnLW9zbG8="},
+                {"name": "get_weather", "args": {"city": "Rome"}},
+            ]
+        )  # fmt: skip
+        worker = worker_factory(
+            GEMINI_API_KEY="g-secret", LLM_WORKER_GEMINI__BASE_URL=fake.base_url
+        )
+        worker.start()
+        await worker.wait_ready()
+
+        text = _check_text(await _run(client, "gemini/gemini-text"), "gemini")
+        tool_events = await _run(client, "gemini/gemini-tools", tools=TOOLS)
+        completed = tool_events[-1]
+        assert isinstance(completed, ChatCompleted)
+        follow_up = {
+            "model": "gemini/gemini-text",
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "tool_calls": [
+                    {"id": c.id, "type": "function",
+                     "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in completed.tool_calls
+                ]},
+                *({"role": "tool", "tool_call_id": c.id, "content": "sunny"}
+                  for c in completed.tool_calls),
+            ],
+        }  # fmt: skip
+        answer = await client.chat(follow_up, timeout=30)
+    finally:
+        await fake.stop()
+
+    assert text.content == "Echo: hello there"
+    assert completed.finish_reason == "tool_calls"
+    assert [json.loads(c.arguments) for c in completed.tool_calls] == [
+        {"city": "Oslo"},
+        {"city": "Rome"},
+    ]
+    assert answer.provider == "gemini"
+    model_turn = fake.generate_requests()[-1].body["contents"][1]
+    signatures = [
+        p.get("thought_signature") or p.get("thoughtSignature") for p in model_turn["parts"]
+    ]
+    assert signatures[0] is not None
+    assert signatures[0].rstrip("=").replace("-", "+").replace("_", "/") == "c2lnLW9zbG8"
+    assert "g-secret" not in worker.log_path.read_text()

@@ -39,3 +39,35 @@ def test_seed_and_metadata_user_id_are_forwarded() -> None:
     assert (params["seed"], params["user"]) == (7, "u-1")
     assert "metadata" not in params
     assert "stream_options" not in params
+
+
+def test_gemini_thought_signatures_are_stripped_from_tool_call_ids_for_other_providers() -> None:
+    from llm_worker.providers.anthropic_mapping import to_anthropic_params
+
+    request = ChatRequest.model_validate(
+        {
+            "model": "openai/x",
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "call_1~ts~c2lnbmF0dXJl",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1~ts~c2lnbmF0dXJl", "content": "ok"},
+            ],
+        }
+    )
+
+    openai_messages = to_openai_params(request, "gpt-4o", stream=True)["messages"]
+    anthropic_messages = to_anthropic_params(request, "claude", default_max_tokens=10)["messages"]
+
+    assert openai_messages[1]["tool_calls"][0]["id"] == "call_1"
+    assert openai_messages[2]["tool_call_id"] == "call_1"
+    assert anthropic_messages[1]["content"][0]["id"] == "call_1"
+    assert anthropic_messages[2]["content"][0]["tool_use_id"] == "call_1"

@@ -20,11 +20,13 @@ from llm_worker.provider_config import AzureOpenAIConfig
 from llm_worker.providers.anthropic import AnthropicChatModel
 from llm_worker.providers.anthropic import create_client as anthropic_client
 from llm_worker.providers.azure import AzureChatModel
+from llm_worker.providers.gemini import GeminiChatModel
+from llm_worker.providers.gemini import create_client as gemini_client
 from llm_worker.providers.openai import OpenAIChatModel
 from llm_worker.providers.openai import create_client as openai_client
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, fold
 from shared.contracts import ChatRequest, ErrorCode, FerrymanError
-from tests.fakes import anthropic_server, openai_server
+from tests.fakes import anthropic_server, gemini_server, openai_server
 
 IMAGE_URL = "https://example.com/cat.png"
 TOOLS = [
@@ -73,7 +75,21 @@ def _anthropic_image(body: dict[str, Any], url: str) -> bool:
     return {"type": "image", "source": {"type": "url", "url": url}} in blocks
 
 
-@pytest.fixture(params=["openai", "azure", "anthropic"])
+def _parts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [part for content in body.get("contents", []) for part in content.get("parts", [])]
+
+
+def _gemini_tool_result(body: dict[str, Any], call_id: str, content: str) -> bool:
+    responses = [p.get("function_response") or p.get("functionResponse") for p in _parts(body)]
+    return any(r and r.get("id") == call_id and content in json.dumps(r) for r in responses)
+
+
+def _gemini_image(body: dict[str, Any], url: str) -> bool:
+    files = [p.get("file_data") or p.get("fileData") for p in _parts(body)]
+    return any(f and url in (f.get("file_uri"), f.get("fileUri")) for f in files)
+
+
+@pytest.fixture(params=["openai", "azure", "anthropic", "gemini"])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     name: str = request.param
     if name in ("openai", "azure"):
@@ -94,6 +110,22 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness(
             name, model, model_name, script,
             lambda: [r.body for r in fake.chat_requests()], _openai_tool_result, _openai_image,
+        )  # fmt: skip
+    elif name == "gemini":
+        fake = gemini_server.FakeGemini()
+        await fake.start()
+        model = GeminiChatModel(gemini_client(api_key="k", base_url=fake.base_url, timeout=5))
+
+        def script(**fields: Any) -> None:
+            calls = fields.pop("tool_calls", [])
+            fields["function_calls"] = [
+                {"name": c["name"], "args": json.loads(c["arguments"])} for c in calls
+            ]
+            fake.scenarios["gemini-contract"] = gemini_server.Scenario(**fields)
+
+        yield Harness(
+            name, model, "gemini-contract", script,
+            lambda: [r.body for r in fake.generate_requests()], _gemini_tool_result, _gemini_image,
         )  # fmt: skip
     else:
         fake = anthropic_server.FakeAnthropic()

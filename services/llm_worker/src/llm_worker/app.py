@@ -17,6 +17,8 @@ from llm_worker.providers import ModelRouter
 from llm_worker.providers.anthropic import AnthropicChatModel
 from llm_worker.providers.anthropic import create_client as create_anthropic_client
 from llm_worker.providers.azure import AzureChatModel
+from llm_worker.providers.gemini import GeminiChatModel
+from llm_worker.providers.gemini import create_client as create_gemini_client
 from llm_worker.providers.mock import MockChatModel
 from llm_worker.providers.openai import OpenAIChatModel, create_client
 from llm_worker.service import ChatService, LlmMetrics
@@ -67,6 +69,17 @@ def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
             anthropic_client,
             default_max_tokens=anthropic_config.default_max_tokens,
             sampling=anthropic_config.sampling,
+        )
+    gemini_config = settings.gemini
+    if gemini_config.api_key is not None:
+        gemini_client = create_gemini_client(
+            api_key=gemini_config.api_key.get_secret_value(),
+            base_url=gemini_config.base_url,
+            api_version=gemini_config.api_version or "v1",
+            timeout=gemini_config.timeout,
+        )
+        providers["gemini"] = GeminiChatModel(
+            gemini_client, safety_settings=gemini_config.safety_settings
         )
     return providers
 

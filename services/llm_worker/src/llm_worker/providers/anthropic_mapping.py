@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from anthropic.types import RawMessageStreamEvent
 
+from llm_worker.providers.tool_ids import neutral_tool_call_id
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
 from shared.contracts import ChatRequest, ErrorCode, FerrymanError, FinishReason
 from shared.contracts.llm import (
@@ -184,7 +185,7 @@ def _assistant_content(message: AssistantMessage) -> str | list[dict[str, Any]]:
         blocks.append(
             {
                 "type": "tool_use",
-                "id": call.id,
+                "id": neutral_tool_call_id(call.id),
                 "name": call.function.name,
                 "input": _tool_input(call.function.name, call.function.arguments),
             }
@@ -209,7 +210,7 @@ def _tool_result(message: ToolMessage) -> dict[str, Any]:
     content = message.content
     return {
         "type": "tool_result",
-        "tool_use_id": message.tool_call_id,
+        "tool_use_id": neutral_tool_call_id(message.tool_call_id),
         "content": content
         if isinstance(content, str)
         else [{"type": "text", "text": part.text} for part in content],

@@ -8,6 +8,7 @@ from typing import Any
 from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionUsage
 
+from llm_worker.providers.tool_ids import neutral_tool_call_id
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
 from shared.contracts import ChatRequest, FinishReason
 
@@ -25,7 +26,9 @@ def to_openai_params(request: ChatRequest, model: str, *, stream: bool) -> dict[
     """Return the keyword arguments of `chat.completions.create` for `request`."""
     params: dict[str, Any] = {
         "model": model,
-        "messages": [m.model_dump(exclude_none=True, by_alias=True) for m in request.messages],
+        "messages": [
+            _message(m.model_dump(exclude_none=True, by_alias=True)) for m in request.messages
+        ],
         "stream": stream,
     }
     if stream:
@@ -50,6 +53,14 @@ def to_openai_params(request: ChatRequest, model: str, *, stream: bool) -> dict[
     if request.metadata and (user := request.metadata.get("user_id")):
         params["user"] = user
     return params
+
+
+def _message(message: dict[str, Any]) -> dict[str, Any]:
+    if "tool_call_id" in message:
+        message["tool_call_id"] = neutral_tool_call_id(message["tool_call_id"])
+    for call in message.get("tool_calls") or ():
+        call["id"] = neutral_tool_call_id(call["id"])
+    return message
 
 
 def finish_reason(raw: str | None) -> FinishReason:
