@@ -332,3 +332,22 @@ def test_a_malformed_event_is_a_retryable_unavailable_error() -> None:
 
     assert failure.value.code is ErrorCode.UNAVAILABLE
     assert failure.value.retryable is True
+
+
+def test_extended_thinking_is_enabled_with_its_budget_when_configured() -> None:
+    from llm_worker.providers.anthropic_mapping import to_anthropic_params
+    from shared.contracts import ChatRequest, FerrymanError
+
+    request = ChatRequest.model_validate(
+        {
+            "model": "anthropic/c",
+            "messages": [{"role": "user", "content": "think"}],
+            "max_tokens": 4000,
+        }
+    )
+
+    params = to_anthropic_params(request, "c", default_max_tokens=8000, thinking_budget=2048)
+
+    assert params["thinking"] == {"type": "enabled", "budget_tokens": 2048}
+    with pytest.raises(FerrymanError):
+        to_anthropic_params(request, "c", default_max_tokens=8000, thinking_budget=4000)

@@ -69,6 +69,7 @@ def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
             anthropic_client,
             default_max_tokens=anthropic_config.default_max_tokens,
             sampling=anthropic_config.sampling,
+            thinking_budget=anthropic_config.thinking_budget_tokens,
         )
     gemini_config = settings.gemini
     if gemini_config.api_key is not None:

@@ -111,6 +111,8 @@ class AnthropicConfig(_Config):
     base_url: str | None = None
     default_max_tokens: int = Field(default=4096, ge=1)
     """`max_tokens` when the request sets none (Anthropic requires one)."""
+    thinking_budget_tokens: int | None = Field(default=None, ge=1024)
+    """Enable extended thinking with this budget (Anthropic's minimum is 1024)."""
     sampling: Literal["reject", "drop", "send"] = "reject"
     """What to do with `temperature`/`top_p`, which the current Anthropic API rejects:
     fail the request (`reject`), leave them out (`drop`), or send them anyway (`send`, for

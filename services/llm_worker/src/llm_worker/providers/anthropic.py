@@ -80,6 +80,7 @@ class AnthropicChatModel:
         client: a configured `AsyncAnthropic` (see `create_client`).
         default_max_tokens: `max_tokens` for requests that set none (Anthropic requires one).
         sampling: what to do with `temperature`/`top_p` (see `SamplingPolicy`).
+        thinking_budget: tokens of extended thinking per request (None: thinking off).
     """
 
     provider = PROVIDER
@@ -90,10 +91,12 @@ class AnthropicChatModel:
         *,
         default_max_tokens: int = 4096,
         sampling: SamplingPolicy = "reject",
+        thinking_budget: int | None = None,
     ) -> None:
         self._client = client
         self._default_max_tokens = default_max_tokens
         self._sampling: SamplingPolicy = sampling
+        self._thinking_budget = thinking_budget
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
         """Stream the answer (text, tool-call fragments, usage, finish).
@@ -103,7 +106,11 @@ class AnthropicChatModel:
                 Anthropic finished the answer.
         """
         params = to_anthropic_params(
-            request, model, default_max_tokens=self._default_max_tokens, sampling=self._sampling
+            request,
+            model,
+            default_max_tokens=self._default_max_tokens,
+            sampling=self._sampling,
+            thinking_budget=self._thinking_budget,
         )
         mapper = EventMapper()
         with map_errors():

@@ -68,6 +68,7 @@ def to_anthropic_params(
     *,
     default_max_tokens: int,
     sampling: SamplingPolicy = "reject",
+    thinking_budget: int | None = None,
 ) -> dict[str, Any]:
     """Return the keyword arguments of `messages.create` for `request` (without `stream`).
 
@@ -84,6 +85,12 @@ def to_anthropic_params(
     }
     if system:
         params["system"] = system
+    if thinking_budget is not None:
+        # Extended thinking; its blocks are not streamed to producers (only its token count).
+        if params["max_tokens"] <= thinking_budget:
+            limit = params["max_tokens"]
+            raise _invalid(f"max_tokens {limit} must exceed the thinking budget {thinking_budget}")
+        params["thinking"] = {"type": "enabled", "budget_tokens": thinking_budget}
     if request.tools:
         params["tools"] = [_tool(tool.function) for tool in request.tools]
         if request.tool_choice is not None:
