@@ -376,6 +376,11 @@ def _chunks(body: dict[str, Any], model: str, scenario: Scenario) -> list[dict[s
         last["continuationToken"] = base64.b64encode(f"hop-{hop + 1}".encode()).decode()
     elif scenario.send_finish_reason:
         last["finishReason"] = scenario.finish_reason or "STOP"
+        if scenario.blocked_categories:  # a candidate stopped by the safety filter
+            last["safetyRatings"] = [
+                {"category": c, "probability": "HIGH", "blocked": True}
+                for c in scenario.blocked_categories
+            ]
     return chunks
 
 

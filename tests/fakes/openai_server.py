@@ -54,6 +54,8 @@ class Scenario:
     send_done: bool = True
     finish_reason: str | None = None
     """Override the finish reason (default: stop, or tool_calls with tool calls)."""
+    content_filter_results: dict[str, Any] | None = None
+    """Azure's per-choice `content_filter_results`, sent with the finishing chunk."""
 
 
 @dataclass
@@ -197,7 +199,10 @@ class FakeOpenAI:
                 return response
             await send(chunk(piece))
         finish = scenario.finish_reason or ("tool_calls" if scenario.tool_calls else "stop")
-        await send(chunk({}, finish))
+        closing = chunk({}, finish)
+        if scenario.content_filter_results is not None:
+            closing["choices"][0]["content_filter_results"] = scenario.content_filter_results
+        await send(closing)
         usage = _usage(body, pieces)
         if (body.get("stream_options") or {}).get("include_usage"):
             await send(

@@ -146,13 +146,22 @@ async def test_a_content_filter_rejection_names_the_filtered_categories(
 async def test_a_streamed_content_filter_finish_is_reported_as_such(
     east: FakeOpenAI, west: FakeOpenAI
 ) -> None:
-    east.scenarios["prod-gpt4o"] = Scenario(answer="partial", finish_reason="content_filter")
+    east.scenarios["prod-gpt4o"] = Scenario(
+        answer="partial",
+        finish_reason="content_filter",
+        content_filter_results={
+            "hate": {"filtered": False, "severity": "safe"},
+            "self_harm": {"filtered": True, "severity": "medium"},
+        },
+    )
     model = AzureChatModel(_config(east, west))
 
     completion = await fold(model.stream(_request(), "gpt4o"))
     await model.aclose()
 
     assert completion.finish_reason == "content_filter"
+    assert completion.content == "partial"
+    assert completion.filtered_categories == ["self_harm=medium"]
 
 
 def test_azure_config_rejects_a_key_together_with_entra_id() -> None:

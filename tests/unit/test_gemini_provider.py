@@ -954,3 +954,29 @@ async def test_list_models_errors_are_mapped(
         await make_model(base_url=f"http://127.0.0.1:{port}/").list_models()
 
     assert failure.value.code is ErrorCode.UNAVAILABLE
+
+
+async def test_a_candidate_stopped_for_safety_names_the_blocked_categories() -> None:
+    from llm_worker.providers.gemini import GeminiChatModel, create_client
+    from llm_worker.streaming import fold
+    from shared.contracts import ChatRequest
+    from tests.fakes.gemini_server import FakeGemini
+    from tests.fakes.gemini_server import Scenario as GeminiScenario
+
+    fake = FakeGemini()
+    await fake.start()
+    fake.scenarios["g"] = GeminiScenario(
+        answer="partial", finish_reason="SAFETY", blocked_categories=["HARM_CATEGORY_HARASSMENT"]
+    )
+    model = GeminiChatModel(create_client(api_key="k", base_url=fake.base_url, timeout=5))
+    request = ChatRequest.model_validate(
+        {"model": "gemini/g", "messages": [{"role": "user", "content": "x"}]}
+    )
+    try:
+        completion = await fold(model.stream(request, "g"))
+    finally:
+        await model.aclose()
+        await fake.stop()
+
+    assert completion.finish_reason == "content_filter"
+    assert completion.filtered_categories == ["HARM_CATEGORY_HARASSMENT"]

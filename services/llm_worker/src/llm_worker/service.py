@@ -138,6 +138,7 @@ class ChatService:
             model=result.model or model,
             chunk_count=0,
             latency_ms=Latency(first_token=None, total=_ms_since(started)),
+            filtered_categories=result.filtered_categories,
         )
 
     async def _stream(
@@ -175,6 +176,7 @@ class ChatService:
             model=result.model or model,
             chunk_count=index,
             latency_ms=Latency(first_token=first_token, total=_ms_since(started)),
+            filtered_categories=result.filtered_categories,
         )
 
 

@@ -54,6 +54,8 @@ class Finish(_Event):
     reason: FinishReason
     model: str | None = None
     """The model the provider says served the request, when it says."""
+    filtered_categories: list[str] | None = None
+    """Content-filter categories that ended the answer, when the provider names them."""
 
 
 StreamEvent = Annotated[
@@ -77,6 +79,7 @@ class Completion:
     finish_reason: FinishReason
     usage: Usage
     model: str | None
+    filtered_categories: list[str] | None = None
 
 
 class CompletionBuilder:
@@ -133,6 +136,7 @@ class CompletionBuilder:
             finish_reason=self._finish.reason,
             usage=self._usage,
             model=self._finish.model,
+            filtered_categories=self._finish.filtered_categories,
         )
 
 

@@ -270,6 +270,9 @@ class ChatCompleted(_Strict):
     model: str
     chunk_count: int = Field(ge=0)
     latency_ms: Latency
+    filtered_categories: list[str] | None = None
+    """With `finish_reason` `content_filter`: the categories the provider's filter flagged
+    (e.g. `hate=high`), when it says."""
 
 
 class ChatFailed(_Strict):

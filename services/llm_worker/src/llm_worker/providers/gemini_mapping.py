@@ -484,6 +484,7 @@ class ResponseMapper:
     def __init__(self, *, id_prefix: str | None = None) -> None:
         self._id_prefix = id_prefix if id_prefix is not None else secrets.token_hex(6) + "_"
         self._calls = 0
+        self._blocked: set[str] = set()
         self._finish: str | None = None
         self._model: str | None = None
         self._hops = _Tokens()
@@ -519,6 +520,11 @@ class ResponseMapper:
                 out.append(TextDelta(text=part.text))
         if candidate.finish_reason is not None:
             self._finish = _enum_name(candidate.finish_reason)
+        self._blocked.update(
+            _enum_name(rating.category) or "unknown"
+            for rating in candidate.safety_ratings or ()
+            if rating.blocked
+        )
         if candidate.continuation_token:
             self.continuation_token = candidate.continuation_token
         return out
@@ -591,5 +597,6 @@ class ResponseMapper:
         reason = _FINISH_REASONS.get(self._finish, "stop")
         if reason == "stop" and self._calls:
             reason = "tool_calls"
-        out.append(Finish(reason=reason, model=self._model))
+        categories = sorted(self._blocked) if reason == "content_filter" and self._blocked else None
+        out.append(Finish(reason=reason, model=self._model, filtered_categories=categories))
         return out

@@ -13,7 +13,12 @@ import httpx2
 import openai
 
 from llm_worker.providers.http_errors import parse_retry_after
-from llm_worker.providers.openai_mapping import ChunkMapper, completion_events, to_openai_params
+from llm_worker.providers.openai_mapping import (
+    ChunkMapper,
+    completion_events,
+    filtered_categories,
+    to_openai_params,
+)
 from llm_worker.streaming import Completion, StreamEvent, fold_events
 from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 
@@ -153,7 +158,7 @@ def _from_status(exc: openai.APIStatusError, provider: str) -> FerrymanError:
         code = ErrorCode.CONTEXT_LENGTH
     elif code_text in ("content_filter", "content_policy_violation"):
         code = ErrorCode.CONTENT_FILTER
-        if categories := filtered_categories(exc.body):
+        if categories := error_filtered_categories(exc.body):
             message = f"{message} (filtered: {', '.join(categories)})"
     elif status == 409 or status >= 500:
         code = ErrorCode.UNAVAILABLE
@@ -170,22 +175,12 @@ def _from_status(exc: openai.APIStatusError, provider: str) -> FerrymanError:
     )
 
 
-def filtered_categories(body: object) -> list[str]:
-    """Categories an Azure/OpenAI content filter flagged, from an error body.
-
-    Azure puts them in `innererror.content_filter_result` as
-    `{"hate": {"filtered": true, "severity": "high"}, ...}`.
-    """
+def error_filtered_categories(body: object) -> list[str]:
+    """Categories an Azure/OpenAI content filter flagged, from an error body
+    (`innererror.content_filter_result`)."""
     if not isinstance(body, dict):
         return []
     error = body.get("error", body)
     inner = error.get("innererror") if isinstance(error, dict) else None
     result = inner.get("content_filter_result") if isinstance(inner, dict) else None
-    if not isinstance(result, dict):
-        return []
-    found: list[str] = []
-    for category, verdict in result.items():
-        if isinstance(verdict, dict) and verdict.get("filtered"):
-            severity = verdict.get("severity")
-            found.append(f"{category}={severity}" if severity else str(category))
-    return sorted(found)
+    return filtered_categories(result)

@@ -93,6 +93,7 @@ class ChunkMapper:
 
     def __init__(self) -> None:
         self._announced: set[int] = set()
+        self._filtered: set[str] = set()
         self._finish: str | None = None
         self._model: str | None = None
 
@@ -130,6 +131,8 @@ class ChunkMapper:
                     )
             if (reason := choice.get("finish_reason")) is not None:
                 self._finish = reason
+            if results := choice.get("content_filter_results"):  # Azure, per chunk
+                self._filtered.update(filtered_categories(results))
         if (usage := chunk.get("usage")) is not None:
             out.append(usage_report(usage))
         return out
@@ -138,7 +141,11 @@ class ChunkMapper:
         """Return the `Finish` event once the stream ended, if the provider finished it."""
         if self._finish is None:
             return None
-        return Finish(reason=finish_reason(self._finish), model=self._model)
+        reason = finish_reason(self._finish)
+        categories = (
+            sorted(self._filtered) if reason == "content_filter" and self._filtered else None
+        )
+        return Finish(reason=reason, model=self._model, filtered_categories=categories)
 
 
 def completion_events(completion: ChatCompletion) -> list[StreamEvent]:
@@ -164,3 +171,16 @@ def completion_events(completion: ChatCompletion) -> list[StreamEvent]:
     if choice is not None and choice.finish_reason is not None:
         out.append(Finish(reason=finish_reason(choice.finish_reason), model=completion.model))
     return out
+
+
+def filtered_categories(results: object) -> list[str]:
+    """Flagged categories of an Azure `content_filter_results` / `content_filter_result` object,
+    as `category=severity` (e.g. `{"hate": {"filtered": true, "severity": "high"}}`)."""
+    if not isinstance(results, dict):
+        return []
+    found: list[str] = []
+    for category, verdict in results.items():
+        if isinstance(verdict, dict) and verdict.get("filtered"):
+            severity = verdict.get("severity")
+            found.append(f"{category}={severity}" if severity else str(category))
+    return sorted(found)
