@@ -678,3 +678,24 @@ async def test_the_fake_also_accepts_the_x_api_key_header(fake: FakeAnthropic) -
     assert accepted.status_code == 200
     assert refused.status_code == 401
     assert refused.json()["error"]["type"] == "authentication_error"
+
+
+async def test_max_tokens_defaults_per_model_then_to_the_provider_default(
+    fake: FakeAnthropic,
+) -> None:
+    client = create_client(
+        api_key=API_KEY, base_url=fake.base_url, timeout=10.0, connect_timeout=10.0
+    )
+    model = AnthropicChatModel(
+        client, default_max_tokens=1000, max_tokens_by_model={"claude-big": 64000}
+    )
+    request = ChatRequest.model_validate(
+        {"model": "anthropic/x", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    try:
+        await fold(model.stream(request, "claude-big"))
+        await fold(model.stream(request, "claude-small"))
+    finally:
+        await model.aclose()
+
+    assert [r.body["max_tokens"] for r in fake.message_requests()] == [64000, 1000]

@@ -68,6 +68,7 @@ def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
         providers["anthropic"] = AnthropicChatModel(
             anthropic_client,
             default_max_tokens=anthropic_config.default_max_tokens,
+            max_tokens_by_model=anthropic_config.max_tokens_by_model,
             sampling=anthropic_config.sampling,
             thinking_budget=anthropic_config.thinking_budget_tokens,
         )

@@ -111,6 +111,8 @@ class AnthropicConfig(_Config):
     base_url: str | None = None
     default_max_tokens: int = Field(default=4096, ge=1)
     """`max_tokens` when the request sets none (Anthropic requires one)."""
+    max_tokens_by_model: dict[str, int] = Field(default_factory=dict)
+    """Per-model `max_tokens` defaults, e.g. `{"claude-haiku-4-5": 8192}`."""
     thinking_budget_tokens: int | None = Field(default=None, ge=1024)
     """Enable extended thinking with this budget (Anthropic's minimum is 1024)."""
     sampling: Literal["reject", "drop", "send"] = "reject"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 
 import anthropic
 import httpx2
@@ -79,6 +79,7 @@ class AnthropicChatModel:
     Args:
         client: a configured `AsyncAnthropic` (see `create_client`).
         default_max_tokens: `max_tokens` for requests that set none (Anthropic requires one).
+        max_tokens_by_model: per-model overrides of `default_max_tokens`.
         sampling: what to do with `temperature`/`top_p` (see `SamplingPolicy`).
         thinking_budget: tokens of extended thinking per request (None: thinking off).
     """
@@ -90,11 +91,13 @@ class AnthropicChatModel:
         client: anthropic.AsyncAnthropic,
         *,
         default_max_tokens: int = 4096,
+        max_tokens_by_model: Mapping[str, int] | None = None,
         sampling: SamplingPolicy = "reject",
         thinking_budget: int | None = None,
     ) -> None:
         self._client = client
         self._default_max_tokens = default_max_tokens
+        self._max_tokens_by_model = dict(max_tokens_by_model or {})
         self._sampling: SamplingPolicy = sampling
         self._thinking_budget = thinking_budget
 
@@ -108,7 +111,7 @@ class AnthropicChatModel:
         params = to_anthropic_params(
             request,
             model,
-            default_max_tokens=self._default_max_tokens,
+            default_max_tokens=self._max_tokens_by_model.get(model, self._default_max_tokens),
             sampling=self._sampling,
             thinking_budget=self._thinking_budget,
         )
