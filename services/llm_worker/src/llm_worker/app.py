@@ -14,11 +14,6 @@ from llm_worker.capabilities import CapabilityTable
 from llm_worker.handler import ChatRequestHandler
 from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
-from llm_worker.providers.anthropic import AnthropicChatModel
-from llm_worker.providers.anthropic import create_client as create_anthropic_client
-from llm_worker.providers.azure import AzureChatModel
-from llm_worker.providers.gemini import GeminiChatModel
-from llm_worker.providers.gemini import create_client as create_gemini_client
 from llm_worker.providers.mock import MockChatModel
 from llm_worker.providers.openai import OpenAIChatModel, create_client
 from llm_worker.service import ChatService, LlmMetrics
@@ -54,10 +49,16 @@ def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
             connect_timeout=openai_config.connect_timeout,
         )
         providers["openai"] = OpenAIChatModel(client)
+    # Provider SDKs are imported only when enabled: each costs tens of MB of memory.
     if settings.azure.enabled:
+        from llm_worker.providers.azure import AzureChatModel
+
         providers["azure"] = AzureChatModel(settings.azure)
     anthropic_config = settings.anthropic
     if anthropic_config.enabled:
+        from llm_worker.providers.anthropic import AnthropicChatModel
+        from llm_worker.providers.anthropic import create_client as create_anthropic_client
+
         key = anthropic_config.api_key
         anthropic_client = create_anthropic_client(
             api_key=key.get_secret_value() if key else None,
@@ -74,6 +75,9 @@ def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
         )
     gemini_config = settings.gemini
     if gemini_config.api_key is not None:
+        from llm_worker.providers.gemini import GeminiChatModel
+        from llm_worker.providers.gemini import create_client as create_gemini_client
+
         gemini_client = create_gemini_client(
             api_key=gemini_config.api_key.get_secret_value(),
             base_url=gemini_config.base_url,
