@@ -18,6 +18,7 @@ from llm_worker.providers.mock import MockChatModel
 from llm_worker.providers.openai import OpenAIChatModel, create_client
 from llm_worker.service import ChatService, LlmMetrics
 from llm_worker.settings import LlmWorkerSettings
+from llm_worker.stream_guard import StreamTimeouts
 from shared.contracts import FerrymanError
 from shared.runtime.dedupe import RecentRequests
 from shared.runtime.hosting import create_host_app
@@ -107,7 +108,14 @@ class LlmWorker:
         self.publisher = KafkaPublisher(settings.kafka_bootstrap_servers, client_id=client_id)
         handler = ChatRequestHandler(
             service=ChatService(
-                self.router, LlmMetrics(registry), CapabilityTable(settings.capabilities)
+                self.router,
+                LlmMetrics(registry),
+                CapabilityTable(settings.capabilities),
+                StreamTimeouts(
+                    first_token=settings.first_token_timeout,
+                    idle=settings.stream_idle_timeout,
+                    total=settings.request_timeout,
+                ),
             ),
             publisher=self.publisher,
             recent=RecentRequests(

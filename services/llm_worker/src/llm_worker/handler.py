@@ -123,7 +123,11 @@ class ChatRequestHandler:
                     )
                 )
             else:
-                await self._execute(record, attempt, event, request, replies)
+                deadline = None
+                if expiry is not None:
+                    remaining = (expiry - datetime.now(UTC)).total_seconds()
+                    deadline = asyncio.get_running_loop().time() + remaining
+                await self._execute(record, attempt, event, request, replies, deadline)
         except BaseException:
             self._recent.abandon(event.source, event.id)
             raise
@@ -136,9 +140,12 @@ class ChatRequestHandler:
         event: IncomingEvent,
         request: ChatRequest,
         replies: ReplyStream,
+        deadline: float | None,
     ) -> None:
         try:
-            await self._service.execute(ChatJob(request=request, replies=replies))
+            await self._service.execute(
+                ChatJob(request=request, replies=replies, deadline=deadline)
+            )
         except KafkaError:
             raise  # results not acknowledged: retry the record, do not commit
         except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -12,12 +13,14 @@ from llm_worker.capabilities import CapabilityTable
 from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
 from llm_worker.replies import ReplyStream
+from llm_worker.stream_guard import StreamTimeouts, guard_stream
 from llm_worker.streaming import CompletionBuilder, TextDelta, ToolCallFragment
 from shared.contracts import (
     ChatChunk,
     ChatCompleted,
     ChatRequest,
     ChunkDelta,
+    ErrorCode,
     FerrymanError,
     Latency,
     ToolCallDelta,
@@ -68,6 +71,8 @@ class ChatJob:
 
     request: ChatRequest
     replies: ReplyStream
+    deadline: float | None = None
+    """`loop.time()` by which the answer must be complete (the request's expiry), if any."""
 
 
 class ChatService:
@@ -80,6 +85,7 @@ class ChatService:
         router: resolves the request's `model`.
         metrics: where outcomes are counted.
         capabilities: what each deployment can do (requests needing more fail early).
+        timeouts: bounds on every provider call (first token, idle gaps, total).
     """
 
     def __init__(
@@ -87,10 +93,12 @@ class ChatService:
         router: ModelRouter,
         metrics: LlmMetrics,
         capabilities: CapabilityTable | None = None,
+        timeouts: StreamTimeouts | None = None,
     ) -> None:
         self._router = router
         self._metrics = metrics
         self._capabilities = capabilities or CapabilityTable({})
+        self._timeouts = timeouts or StreamTimeouts()
 
     async def execute(self, job: ChatJob) -> None:
         """Execute `job`, publishing its chunks (when streaming) and exactly one terminal event.
@@ -128,7 +136,23 @@ class ChatService:
     async def _generate(
         self, job: ChatJob, provider: ChatModel, model: str, started: float
     ) -> ChatCompleted:
-        result = await provider.generate(job.request, model)
+        loop = asyncio.get_running_loop()
+        budget = self._timeouts.total
+        ends = [
+            t
+            for t in (job.deadline, None if budget is None else loop.time() + budget)
+            if t is not None
+        ]
+        try:
+            async with asyncio.timeout_at(min(ends) if ends else None):
+                result = await provider.generate(job.request, model)
+        except TimeoutError as exc:
+            raise FerrymanError(
+                ErrorCode.TIMEOUT,
+                f"{provider.provider} did not answer within the request's time budget",
+                retryable=True,
+                provider=provider.provider,
+            ) from exc
         return ChatCompleted(
             content=result.content,
             tool_calls=result.tool_calls,
@@ -147,7 +171,13 @@ class ChatService:
         builder = CompletionBuilder()
         first_token: float | None = None
         index = 0
-        async for event in provider.stream(job.request, model):
+        events = guard_stream(
+            provider.stream(job.request, model),
+            self._timeouts,
+            provider=provider.provider,
+            deadline=job.deadline,
+        )
+        async for event in events:
             builder.add(event)
             if isinstance(event, TextDelta):
                 delta = ChunkDelta(content=event.text)

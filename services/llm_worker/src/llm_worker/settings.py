@@ -52,6 +52,12 @@ class LlmWorkerSettings(WorkerSettings):
     """JSON object mapping alias → `provider/model`, e.g. `{"default": "openai/gpt-4o-mini"}`."""
     capabilities: dict[str, Capabilities] = Field(default_factory=dict)
     """JSON object: `provider/model` or `provider/*` → capabilities (see `Capabilities`)."""
+    first_token_timeout: float = Field(default=120.0, gt=0)
+    """Seconds a provider may take to send the first token before the request fails (timeout)."""
+    stream_idle_timeout: float = Field(default=60.0, gt=0)
+    """Seconds a provider's stream may stay silent after the first token."""
+    request_timeout: float = Field(default=600.0, gt=0)
+    """Seconds a provider call may take in all (and never past the request's `expirytime`)."""
     mock_token_delay_ms: float = Field(default=0.0, ge=0)
     """Delay between the mock provider's tokens (for demos)."""
 

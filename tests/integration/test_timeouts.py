@@ -1,0 +1,47 @@
+"""A silent provider never hangs a request: the worker's first-token and idle bounds, end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.client import ChatFailedError, FerrymanClient
+from shared.contracts import ChatChunk
+from tests.fakes.openai_server import FakeOpenAI, Scenario
+
+pytestmark = pytest.mark.integration
+
+
+def _request(model: str) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "one two three four"}]}
+
+
+async def test_no_first_token_and_a_stalled_stream_both_end_in_failed_timeout(
+    worker_factory, client: FerrymanClient, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.scenarios["silent"] = Scenario(first_token_delay=3600)
+    fake_openai.scenarios["stalling"] = Scenario(stall_after=2)
+    worker = worker_factory(
+        OPENAI_BASE_URL=fake_openai.base_url,
+        LLM_WORKER_FIRST_TOKEN_TIMEOUT="1",
+        LLM_WORKER_STREAM_IDLE_TIMEOUT="1",
+    )
+    worker.start()
+    await worker.wait_ready()
+
+    with pytest.raises(ChatFailedError) as silent:
+        await client.chat(_request("openai/silent"), timeout=60)
+    chunks: list[ChatChunk] = []
+
+    async def stream_stalling() -> None:
+        async for event in client.chat_stream(_request("openai/stalling"), timeout=60):
+            assert isinstance(event, ChatChunk)
+            chunks.append(event)
+
+    with pytest.raises(ChatFailedError) as stalled:
+        await stream_stalling()
+
+    assert (silent.value.error.code, silent.value.error.retryable) == ("timeout", True)
+    assert "first token" in silent.value.error.message
+    assert stalled.value.error.code == "timeout"
+    assert "idle" in stalled.value.error.message
+    assert "".join(c.delta.content or "" for c in chunks) == "Echo: one"
