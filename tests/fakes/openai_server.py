@@ -34,6 +34,8 @@ class Scenario:
     """`[{"name": ..., "arguments": "<json>"}]`, streamed in fragments when set."""
     status: int | None = None
     """Answer with this HTTP error status instead."""
+    fail_first: int | None = None
+    """With `status`: fail only the first N requests for this model, then answer normally."""
     error_code: str | None = None
     """OpenAI `error.code` of the error body (e.g. `context_length_exceeded`)."""
     headers: dict[str, str] = field(default_factory=dict)
@@ -76,6 +78,7 @@ class FakeOpenAI:
         self.default = default or Scenario()
         self.scenarios: dict[str, Scenario] = {}
         self.requests: list[RecordedRequest] = []
+        self._failures: dict[str, int] = {}
         self._runner: web.AppRunner | None = None
         self.port = 0
         app = web.Application()
@@ -143,7 +146,12 @@ class FakeOpenAI:
         scenario = self.scenarios.get(body.get("model", ""), self.default)
         if scenario.delay_before_headers:
             await asyncio.sleep(scenario.delay_before_headers)
-        if scenario.status is not None:
+        failing = scenario.status is not None
+        if failing and scenario.fail_first is not None:
+            seen = self._failures.get(body.get("model", ""), 0)
+            failing = seen < scenario.fail_first
+            self._failures[body.get("model", "")] = seen + 1
+        if failing:
             error = {
                 "message": f"fake error {scenario.status}",
                 "type": "fake",

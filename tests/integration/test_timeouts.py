@@ -45,3 +45,45 @@ async def test_no_first_token_and_a_stalled_stream_both_end_in_failed_timeout(
     assert stalled.value.error.code == "timeout"
     assert "idle" in stalled.value.error.message
     assert "".join(c.delta.content or "" for c in chunks) == "Echo: one"
+
+
+async def test_a_429_with_retry_after_is_retried_no_sooner_than_asked(
+    worker_factory, client: FerrymanClient, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.scenarios["busy"] = Scenario(status=429, fail_first=1, headers={"retry-after": "1"})
+    worker = worker_factory(OPENAI_BASE_URL=fake_openai.base_url)
+    worker.start()
+    await worker.wait_ready()
+
+    completed = await client.chat(_request("openai/busy"), timeout=60)
+
+    first, second = fake_openai.chat_requests()
+    assert completed.content == "Echo: one two three four"
+    assert second.received_at - first.received_at >= 1.0
+    assert 'llm_worker_retries_total{provider="openai"} 1.0' in worker.metrics()
+
+
+async def test_a_persistently_failing_model_opens_its_circuit_and_then_fails_fast(
+    worker_factory, client: FerrymanClient, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.scenarios["down"] = Scenario(status=503)
+    worker = worker_factory(
+        OPENAI_BASE_URL=fake_openai.base_url,
+        LLM_WORKER_RETRY_MAX_ATTEMPTS="1",
+        LLM_WORKER_BREAKER_FAIL_MAX="2",
+        LLM_WORKER_BREAKER_RESET_TIMEOUT="600",
+    )
+    worker.start()
+    await worker.wait_ready()
+
+    errors = []
+    for _ in range(3):
+        with pytest.raises(ChatFailedError) as failure:
+            await client.chat(_request("openai/down"), timeout=60)
+        errors.append(failure.value.error)
+
+    assert [e.code for e in errors] == ["unavailable"] * 3
+    assert [e.status for e in errors] == [503, 503, None]
+    assert "circuit open" in errors[2].message
+    assert len(fake_openai.chat_requests()) == 2
+    assert worker.health()["circuits"] == {"openai/down": "open"}  # type: ignore[index]

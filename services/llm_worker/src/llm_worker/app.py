@@ -25,6 +25,7 @@ from shared.runtime.hosting import create_host_app
 from shared.runtime.metrics import ConsumerMetrics
 from shared.runtime.parallel_consumer import ParallelConsumer
 from shared.runtime.producer import KafkaPublisher
+from shared.runtime.resilience import Breakers, RetryPolicy
 from shared.runtime.topics import ensure_topics
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,12 @@ class LlmWorker:
         self._settings = settings
         self.router = ModelRouter(providers, settings.model_aliases)
         self.consumer_metrics = ConsumerMetrics(registry, "llm_worker")
+        self.breakers = Breakers(
+            registry,
+            "llm_worker",
+            fail_max=settings.breaker_fail_max,
+            reset_timeout=settings.breaker_reset_timeout,
+        )
         client_id = f"ferryman-llm-worker-{settings.instance_id}"
         self.publisher = KafkaPublisher(settings.kafka_bootstrap_servers, client_id=client_id)
         handler = ChatRequestHandler(
@@ -115,6 +122,12 @@ class LlmWorker:
                     first_token=settings.first_token_timeout,
                     idle=settings.stream_idle_timeout,
                     total=settings.request_timeout,
+                ),
+                self.breakers,
+                RetryPolicy(
+                    max_attempts=settings.retry_max_attempts,
+                    base_delay=settings.retry_base_delay,
+                    max_delay=settings.retry_max_delay,
                 ),
             ),
             publisher=self.publisher,
@@ -190,6 +203,7 @@ class LlmWorker:
             "ready": self._started and bool(status["assigned"]),
             "consumer": status,
             "providers": sorted(self.router.providers),
+            "circuits": self.breakers.states(),
         }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from shared.contracts import (
     Latency,
     ToolCallDelta,
 )
+from shared.runtime.resilience import Breakers, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,12 @@ class LlmMetrics:
             ["provider"],
             registry=registry,
         )
+        self.retries = Counter(
+            "llm_worker_retries_total",
+            "Provider calls retried after a retryable failure (before any chunk was published).",
+            ["provider"],
+            registry=registry,
+        )
         self.tokens = Counter(
             "llm_worker_tokens_total",
             "Tokens reported by providers.",
@@ -86,6 +94,9 @@ class ChatService:
         metrics: where outcomes are counted.
         capabilities: what each deployment can do (requests needing more fail early).
         timeouts: bounds on every provider call (first token, idle gaps, total).
+        breakers: one circuit breaker per `provider/model`; an open one fails fast.
+        retry: attempts on the same `provider/model` for retryable failures that happen
+            before any chunk was published (waiting at least the upstream's Retry-After).
     """
 
     def __init__(
@@ -94,11 +105,15 @@ class ChatService:
         metrics: LlmMetrics,
         capabilities: CapabilityTable | None = None,
         timeouts: StreamTimeouts | None = None,
+        breakers: Breakers | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._router = router
         self._metrics = metrics
         self._capabilities = capabilities or CapabilityTable({})
         self._timeouts = timeouts or StreamTimeouts()
+        self._breakers = breakers
+        self._retry = retry or RetryPolicy(max_attempts=1)
 
     async def execute(self, job: ChatJob) -> None:
         """Execute `job`, publishing its chunks (when streaming) and exactly one terminal event.
@@ -112,10 +127,7 @@ class ChatService:
             provider, model = self._router.resolve(job.request.model)
             provider_name = provider.provider
             self._capabilities.check(job.request, provider.provider, model)
-            if job.request.stream:
-                completed = await self._stream(job, provider, model, started)
-            else:
-                completed = await self._generate(job, provider, model, started)
+            completed = await self._attempts(job, provider, model, started)
         except FerrymanError as exc:
             if exc.provider is None and provider_name != "unknown":
                 exc.provider = provider_name
@@ -133,18 +145,59 @@ class ChatService:
             usage.output_tokens
         )
 
-    async def _generate(
+    async def _attempts(
         self, job: ChatJob, provider: ChatModel, model: str, started: float
     ) -> ChatCompleted:
         loop = asyncio.get_running_loop()
         budget = self._timeouts.total
-        ends = [
-            t
-            for t in (job.deadline, None if budget is None else loop.time() + budget)
-            if t is not None
-        ]
+        ends = [t for t in (job.deadline, loop.time() + budget if budget else None) if t]
+        job = dataclasses.replace(job, deadline=min(ends) if ends else None)
+        breaker = self._breakers.get(f"{provider.provider}/{model}") if self._breakers else None
+        attempt = 1
+        while True:
+            try:
+                if breaker is None:
+                    return await self._attempt(job, provider, model, started)
+                if not breaker.allows():
+                    raise FerrymanError(
+                        ErrorCode.UNAVAILABLE,
+                        f"circuit open for {provider.provider}/{model}",
+                        retryable=True,
+                        provider=provider.provider,
+                    )
+                async with breaker.guard():
+                    return await self._attempt(job, provider, model, started)
+            except FerrymanError as exc:
+                delay = self._retry.delay(attempt, exc.retry_after)
+                retry = (
+                    exc.retryable
+                    and attempt < self._retry.max_attempts
+                    and job.replies.chunk_count == 0  # never splice two answers together
+                    and (breaker is None or breaker.allows())
+                    and (job.deadline is None or loop.time() + delay < job.deadline)
+                )
+                if not retry:
+                    raise
+                self._metrics.retries.labels(provider=provider.provider).inc()
+                logger.info(
+                    "retrying %s/%s in %.2fs after %s (attempt %d)",
+                    provider.provider, model, delay, exc.code.value, attempt,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _attempt(
+        self, job: ChatJob, provider: ChatModel, model: str, started: float
+    ) -> ChatCompleted:
+        if job.request.stream:
+            return await self._stream(job, provider, model, started)
+        return await self._generate(job, provider, model, started)
+
+    async def _generate(
+        self, job: ChatJob, provider: ChatModel, model: str, started: float
+    ) -> ChatCompleted:
         try:
-            async with asyncio.timeout_at(min(ends) if ends else None):
+            async with asyncio.timeout_at(job.deadline):
                 result = await provider.generate(job.request, model)
         except TimeoutError as exc:
             raise FerrymanError(
@@ -173,7 +226,7 @@ class ChatService:
         index = 0
         events = guard_stream(
             provider.stream(job.request, model),
-            self._timeouts,
+            dataclasses.replace(self._timeouts, total=None),  # job.deadline carries the budget
             provider=provider.provider,
             deadline=job.deadline,
         )

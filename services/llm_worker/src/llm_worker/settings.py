@@ -58,6 +58,16 @@ class LlmWorkerSettings(WorkerSettings):
     """Seconds a provider's stream may stay silent after the first token."""
     request_timeout: float = Field(default=600.0, gt=0)
     """Seconds a provider call may take in all (and never past the request's `expirytime`)."""
+    retry_max_attempts: int = Field(default=3, ge=1)
+    """Attempts per request on its provider for retryable failures before the first chunk."""
+    retry_base_delay: float = Field(default=0.5, ge=0)
+    """Backoff base (full jitter, doubling per attempt); never less than Retry-After."""
+    retry_max_delay: float = Field(default=8.0, ge=0)
+    """Backoff cap."""
+    breaker_fail_max: int = Field(default=5, ge=1)
+    """Consecutive retryable failures of one `provider/model` that open its circuit."""
+    breaker_reset_timeout: float = Field(default=30.0, gt=0)
+    """Seconds an open circuit waits before letting one probe request through."""
     mock_token_delay_ms: float = Field(default=0.0, ge=0)
     """Delay between the mock provider's tokens (for demos)."""
 

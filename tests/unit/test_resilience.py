@@ -1,0 +1,177 @@
+"""Circuit breakers and retries read `retryable` and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from llm_worker.providers import ModelRouter
+from llm_worker.replies import ReplyStream
+from llm_worker.service import ChatJob, ChatService, LlmMetrics
+from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
+from shared.contracts import ChatRequest, ErrorCode, FerrymanError
+from shared.runtime.codec import header_value
+from shared.runtime.resilience import Breaker, Breakers, RetryPolicy
+from tests.unit.test_handler import RawPublisher
+
+
+def _retryable() -> FerrymanError:
+    return FerrymanError(ErrorCode.UNAVAILABLE, "down", retryable=True)
+
+
+async def _call(breaker: Breaker, error: BaseException | None = None) -> None:
+    async with breaker.guard():
+        if error is not None:
+            raise error
+
+
+async def _until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def test_retry_delays_use_full_jitter_and_never_undercut_retry_after() -> None:
+    policy, rng = RetryPolicy(base_delay=0.5, max_delay=8.0), random.Random(7)
+
+    delays = [policy.delay(attempt, None, rng) for attempt in (1, 2, 3, 10) for _ in range(50)]
+    honoured = policy.delay(1, 2.0, rng)
+
+    assert all(0 <= d <= 8.0 for d in delays)
+    assert max(delays[:50]) <= 0.5
+    assert honoured >= 2.0
+
+
+async def test_the_circuit_opens_after_retryable_failures_only_and_then_fails_fast() -> None:
+    breaker = Breaker("p/m", fail_max=2, reset_timeout=60)
+
+    for _ in range(3):
+        with pytest.raises(FerrymanError):
+            await _call(breaker, FerrymanError(ErrorCode.INVALID_REQUEST, "bad", retryable=False))
+    assert breaker.state == "closed"
+    for _ in range(2):
+        with pytest.raises(FerrymanError):
+            await _call(breaker, _retryable())
+
+    assert breaker.state == "open"
+    assert not breaker.allows()
+    with pytest.raises(FerrymanError) as failure:
+        await _call(breaker)
+    assert "circuit open" in failure.value.message
+    assert failure.value.retryable
+
+
+async def test_half_open_lets_exactly_one_probe_through_and_a_success_closes_it() -> None:
+    breaker = Breaker("p/m", fail_max=1, reset_timeout=0.05)
+    with pytest.raises(FerrymanError):
+        await _call(breaker, _retryable())
+    await _until(breaker.allows)
+    probe_started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_probe() -> None:
+        async with breaker.guard():
+            probe_started.set()
+            await release.wait()
+
+    probe = asyncio.create_task(slow_probe())
+    await probe_started.wait()
+    assert not breaker.allows()
+    with pytest.raises(FerrymanError):
+        await _call(breaker)
+    release.set()
+    await probe
+
+    assert breaker.state == "closed"
+    assert breaker.allows()
+
+
+async def test_cancellation_does_not_count_as_a_failure() -> None:
+    breaker = Breaker("p/m", fail_max=1, reset_timeout=60)
+
+    with pytest.raises(asyncio.CancelledError):
+        await _call(breaker, asyncio.CancelledError())
+
+    assert breaker.state == "closed"
+
+
+class FlakyModel:
+    """Fails the first `failures` calls with `error`, or mid-stream after one token."""
+
+    provider = "flaky"
+
+    def __init__(self, failures: int, error: FerrymanError, *, after_token: bool = False) -> None:
+        self.failures, self.error, self.after_token, self.calls = failures, error, after_token, 0
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            if self.after_token:
+                yield TextDelta(text="partial")
+            raise self.error
+        yield TextDelta(text="fine")
+        yield UsageReport(input_tokens=1, output_tokens=1)
+        yield Finish(reason="stop")
+
+    async def generate(self, request: ChatRequest, model: str) -> Completion:
+        return await fold(self.stream(request, model))
+
+    async def list_models(self) -> list[str]:
+        return []
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _execute(model: FlakyModel, attempts: int = 3) -> tuple[list[str | None], str]:
+    registry, publisher = CollectorRegistry(), RawPublisher()
+    service = ChatService(
+        ModelRouter({"flaky": model}, {}),
+        LlmMetrics(registry),
+        breakers=Breakers(registry, "t", fail_max=10, reset_timeout=30),
+        retry=RetryPolicy(max_attempts=attempts, base_delay=0.001, max_delay=0.002),
+    )
+    request = ChatRequest.model_validate(
+        {"model": "flaky/m", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    replies = ReplyStream(publisher, topic="r", request_id="q", source="/s", extensions={})  # type: ignore[arg-type]
+    await service.execute(ChatJob(request=request, replies=replies))
+    types = [header_value(h, "ce_type") for _, _, _, h in publisher.sent]
+    return types, publisher.sent[-1][2].decode() if publisher.sent else ""
+
+
+async def test_a_retryable_failure_before_any_chunk_is_retried_and_succeeds() -> None:
+    model = FlakyModel(2, FerrymanError(ErrorCode.RATE_LIMITED, "slow down", retry_after=0.01))
+
+    types, last = await _execute(model)
+
+    assert model.calls == 3
+    assert types[-1] == "ferryman.llm.chat.completed"
+    assert '"content":"fine"' in last
+
+
+async def test_non_retryable_failures_and_failures_after_a_chunk_are_not_retried() -> None:
+    invalid = FlakyModel(1, FerrymanError(ErrorCode.CONTEXT_LENGTH, "too long", retryable=False))
+    mid_stream = FlakyModel(1, _retryable(), after_token=True)
+
+    invalid_types, _ = await _execute(invalid)
+    mid_types, _ = await _execute(mid_stream)
+
+    assert invalid.calls == 1
+    assert invalid_types == ["ferryman.llm.chat.failed"]
+    assert mid_stream.calls == 1
+    assert mid_types == ["ferryman.llm.chat.chunk", "ferryman.llm.chat.failed"]
+
+
+async def test_attempts_are_bounded() -> None:
+    model = FlakyModel(10, _retryable())
+
+    types, _ = await _execute(model, attempts=3)
+
+    assert model.calls == 3
+    assert types == ["ferryman.llm.chat.failed"]
