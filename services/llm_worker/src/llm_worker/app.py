@@ -16,6 +16,7 @@ from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
 from llm_worker.providers.mock import MockChatModel
 from llm_worker.providers.openai import OpenAIChatModel, create_client
+from llm_worker.routing import RoutingConfig
 from llm_worker.service import ChatService, LlmMetrics
 from llm_worker.settings import LlmWorkerSettings
 from llm_worker.stream_guard import StreamTimeouts
@@ -104,6 +105,7 @@ class LlmWorker:
     ) -> None:
         self._settings = settings
         self.router = ModelRouter(providers, settings.model_aliases)
+        routing = RoutingConfig.load(settings.routing_file) if settings.routing_file else None
         self.consumer_metrics = ConsumerMetrics(registry, "llm_worker")
         self.breakers = Breakers(
             registry,
@@ -129,6 +131,7 @@ class LlmWorker:
                     base_delay=settings.retry_base_delay,
                     max_delay=settings.retry_max_delay,
                 ),
+                routing,
             ),
             publisher=self.publisher,
             recent=RecentRequests(

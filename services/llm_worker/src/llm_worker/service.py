@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -14,6 +15,7 @@ from llm_worker.capabilities import CapabilityTable
 from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
 from llm_worker.replies import ReplyStream
+from llm_worker.routing import RoutingConfig
 from llm_worker.stream_guard import StreamTimeouts, guard_stream
 from llm_worker.streaming import CompletionBuilder, TextDelta, ToolCallFragment
 from shared.contracts import (
@@ -65,6 +67,12 @@ class LlmMetrics:
             ["provider"],
             registry=registry,
         )
+        self.failovers = Counter(
+            "llm_worker_failovers_total",
+            "Requests moved to another deployment after a retryable failure.",
+            ["provider"],
+            registry=registry,
+        )
         self.tokens = Counter(
             "llm_worker_tokens_total",
             "Tokens reported by providers.",
@@ -97,6 +105,8 @@ class ChatService:
         breakers: one circuit breaker per `provider/model`; an open one fails fast.
         retry: attempts on the same `provider/model` for retryable failures that happen
             before any chunk was published (waiting at least the upstream's Retry-After).
+        routing: routes (alias → weighted deployments + fallbacks); a retryable failure
+            before the first chunk fails over to the next deployment.
     """
 
     def __init__(
@@ -107,6 +117,7 @@ class ChatService:
         timeouts: StreamTimeouts | None = None,
         breakers: Breakers | None = None,
         retry: RetryPolicy | None = None,
+        routing: RoutingConfig | None = None,
     ) -> None:
         self._router = router
         self._metrics = metrics
@@ -114,6 +125,7 @@ class ChatService:
         self._timeouts = timeouts or StreamTimeouts()
         self._breakers = breakers
         self._retry = retry or RetryPolicy(max_attempts=1)
+        self._routing = routing
 
     async def execute(self, job: ChatJob) -> None:
         """Execute `job`, publishing its chunks (when streaming) and exactly one terminal event.
@@ -123,11 +135,34 @@ class ChatService:
         """
         started = time.monotonic()
         provider_name = "unknown"
+        loop = asyncio.get_running_loop()
+        budget = self._timeouts.total
+        ends = [t for t in (job.deadline, loop.time() + budget if budget else None) if t]
+        job = dataclasses.replace(job, deadline=min(ends) if ends else None)
         try:
-            provider, model = self._router.resolve(job.request.model)
-            provider_name = provider.provider
-            self._capabilities.check(job.request, provider.provider, model)
-            completed = await self._attempts(job, provider, model, started)
+            last: FerrymanError | None = None
+            for key, provider, model in self._candidates(job.request):
+                provider_name = provider.provider
+                try:
+                    self._capabilities.check(job.request, provider.provider, model)
+                except FerrymanError as exc:
+                    last = exc  # route around a deployment that cannot serve this request
+                    continue
+                try:
+                    completed = await self._attempts(job, provider, model, started, key)
+                    break
+                except FerrymanError as exc:
+                    last = exc
+                    if not exc.retryable or job.replies.chunk_count > 0:
+                        raise
+                    self._metrics.failovers.labels(provider=provider.provider).inc()
+                    logger.info("failing over from %s after %s", key, exc.code.value)
+            else:
+                raise last or FerrymanError(
+                    ErrorCode.UNAVAILABLE,
+                    f"no deployment of {job.request.model!r} is available (all circuits open)",
+                    retryable=True,
+                )
         except FerrymanError as exc:
             if exc.provider is None and provider_name != "unknown":
                 exc.provider = provider_name
@@ -145,14 +180,30 @@ class ChatService:
             usage.output_tokens
         )
 
+    def _candidates(self, request: ChatRequest) -> Iterator[tuple[str, ChatModel, str]]:
+        """(breaker key, provider, model) to try, best first.
+
+        Raises:
+            FerrymanError: `invalid_request` when the model names nothing configured.
+        """
+        routing = self._routing
+        if routing is None or request.model not in routing.routes:
+            provider, model = self._router.resolve(request.model)
+            yield f"{provider.provider}/{model}", provider, model
+            return
+
+        def allowed(name: str) -> bool:
+            return self._breakers is None or self._breakers.get(name).allows()
+
+        for name, deployment in routing.candidates(request.model, allowed=allowed):
+            provider, model = self._router.resolve(f"{deployment.provider}/{deployment.model}")
+            yield name, provider, model
+
     async def _attempts(
-        self, job: ChatJob, provider: ChatModel, model: str, started: float
+        self, job: ChatJob, provider: ChatModel, model: str, started: float, key: str
     ) -> ChatCompleted:
         loop = asyncio.get_running_loop()
-        budget = self._timeouts.total
-        ends = [t for t in (job.deadline, loop.time() + budget if budget else None) if t]
-        job = dataclasses.replace(job, deadline=min(ends) if ends else None)
-        breaker = self._breakers.get(f"{provider.provider}/{model}") if self._breakers else None
+        breaker = self._breakers.get(key) if self._breakers else None
         attempt = 1
         while True:
             try:
@@ -161,7 +212,7 @@ class ChatService:
                 if not breaker.allows():
                     raise FerrymanError(
                         ErrorCode.UNAVAILABLE,
-                        f"circuit open for {provider.provider}/{model}",
+                        f"circuit open for {key}",
                         retryable=True,
                         provider=provider.provider,
                     )

@@ -8,6 +8,7 @@ and fill in what the nested settings leave unset.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TypeVar
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -58,6 +59,8 @@ class LlmWorkerSettings(WorkerSettings):
     """Seconds a provider's stream may stay silent after the first token."""
     request_timeout: float = Field(default=600.0, gt=0)
     """Seconds a provider call may take in all (and never past the request's `expirytime`)."""
+    routing_file: Path | None = None
+    """YAML file of deployments and routes (aliases with weighted deployments and fallbacks)."""
     retry_max_attempts: int = Field(default=3, ge=1)
     """Attempts per request on its provider for retryable failures before the first chunk."""
     retry_base_delay: float = Field(default=0.5, ge=0)

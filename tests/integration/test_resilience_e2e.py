@@ -1,4 +1,4 @@
-"""A silent provider never hangs a request: the worker's first-token and idle bounds, end to end."""
+"""Resilience end to end: timeouts, Retry-After, circuit breakers and failover through Kafka."""
 
 from __future__ import annotations
 
@@ -87,3 +87,33 @@ async def test_a_persistently_failing_model_opens_its_circuit_and_then_fails_fas
     assert "circuit open" in errors[2].message
     assert len(fake_openai.chat_requests()) == 2
     assert worker.health()["circuits"] == {"openai/down": "open"}  # type: ignore[index]
+
+
+async def test_a_route_fails_over_from_a_down_deployment_to_its_fallback(
+    worker_factory, client: FerrymanClient, fake_openai: FakeOpenAI, tmp_path
+) -> None:
+    fake_openai.scenarios["primary"] = Scenario(status=503)
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(
+        "deployments:\n"
+        "  main: {provider: openai, model: primary}\n"
+        "  spare: {provider: mock, model: echo}\n"
+        "routes:\n"
+        "  chat: {deployments: [main], fallbacks: [backup]}\n"
+        "  backup: {deployments: [spare]}\n"
+    )
+    worker = worker_factory(
+        OPENAI_BASE_URL=fake_openai.base_url,
+        LLM_WORKER_ROUTING_FILE=str(routing),
+        LLM_WORKER_RETRY_MAX_ATTEMPTS="2",
+        LLM_WORKER_RETRY_BASE_DELAY="0.01",
+    )
+    worker.start()
+    await worker.wait_ready()
+
+    completed = await client.chat(_request("chat"), timeout=60)
+
+    assert (completed.provider, completed.model) == ("mock", "echo")
+    assert completed.content == "You said: one two three four"
+    assert len(fake_openai.chat_requests()) == 2
+    assert 'llm_worker_failovers_total{provider="openai"} 1.0' in worker.metrics()
