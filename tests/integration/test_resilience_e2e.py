@@ -113,7 +113,13 @@ async def test_a_route_fails_over_from_a_down_deployment_to_its_fallback(
 
     completed = await client.chat(_request("chat"), timeout=60)
 
-    assert (completed.provider, completed.model) == ("mock", "echo")
+    assert (completed.provider, completed.model, completed.deployment) == ("mock", "echo", "spare")
+    assert completed.attempts is not None
+    assert [(a.deployment, a.outcome, a.error_code) for a in completed.attempts] == [
+        ("main", "failed", "unavailable"),
+        ("main", "failed", "unavailable"),
+        ("spare", "completed", None),
+    ]
     assert completed.content == "You said: one two three four"
     assert len(fake_openai.chat_requests()) == 2
     assert 'llm_worker_failovers_total{provider="openai"} 1.0' in worker.metrics()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -81,3 +82,11 @@ async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
     assert b'"provider":"healthy"' in publisher.sent[-1][2]
     assert down.calls == 4  # two deployments of the primary route, two attempts each
     assert healthy.calls == 1
+    completed = json.loads(publisher.sent[-1][2] or b"")
+    assert completed["deployment"] == "c"
+    attempts = completed["attempts"]
+    assert [(a["outcome"], a.get("error_code")) for a in attempts] == [
+        ("failed", "unavailable")
+    ] * 4 + [("completed", None)]
+    assert sorted(a["deployment"] for a in attempts[:4]) == ["a", "a", "b", "b"]
+    assert attempts[4]["deployment"] == "c"

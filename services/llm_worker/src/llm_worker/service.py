@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -28,6 +29,7 @@ from shared.contracts import (
     Latency,
     ToolCallDelta,
 )
+from shared.contracts.llm import AttemptInfo
 from shared.runtime.resilience import Breakers, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,7 @@ class ChatService:
         budget = self._timeouts.total
         ends = [t for t in (job.deadline, loop.time() + budget if budget else None) if t]
         job = dataclasses.replace(job, deadline=min(ends) if ends else None)
+        attempts: list[AttemptInfo] = []
         try:
             last: FerrymanError | None = None
             for key, provider, model in self._candidates(job.request):
@@ -149,7 +152,10 @@ class ChatService:
                     last = exc  # route around a deployment that cannot serve this request
                     continue
                 try:
-                    completed = await self._attempts(job, provider, model, started, key)
+                    completed = await self._attempts(job, provider, model, started, key, attempts)
+                    completed = completed.model_copy(
+                        update={"deployment": key, "attempts": list(attempts)}
+                    )
                     break
                 except FerrymanError as exc:
                     last = exc
@@ -200,25 +206,33 @@ class ChatService:
             yield name, provider, model
 
     async def _attempts(
-        self, job: ChatJob, provider: ChatModel, model: str, started: float, key: str
+        self,
+        job: ChatJob,
+        provider: ChatModel,
+        model: str,
+        started: float,
+        key: str,
+        log: list[AttemptInfo],
     ) -> ChatCompleted:
         loop = asyncio.get_running_loop()
         breaker = self._breakers.get(key) if self._breakers else None
         attempt = 1
         while True:
+            began = loop.time()
             try:
-                if breaker is None:
-                    return await self._attempt(job, provider, model, started)
-                if not breaker.allows():
+                if breaker is not None and not breaker.allows():
                     raise FerrymanError(
                         ErrorCode.UNAVAILABLE,
                         f"circuit open for {key}",
                         retryable=True,
                         provider=provider.provider,
                     )
-                async with breaker.guard():
-                    return await self._attempt(job, provider, model, started)
+                async with breaker.guard() if breaker else contextlib.nullcontext():
+                    result = await self._attempt(job, provider, model, started)
+                log.append(_attempt_info(key, began, loop.time()))
+                return result
             except FerrymanError as exc:
+                log.append(_attempt_info(key, began, loop.time(), exc.code))
                 delay = self._retry.delay(attempt, exc.retry_after)
                 retry = (
                     exc.retryable
@@ -312,6 +326,17 @@ class ChatService:
             latency_ms=Latency(first_token=first_token, total=_ms_since(started)),
             filtered_categories=result.filtered_categories,
         )
+
+
+def _attempt_info(
+    key: str, began: float, ended: float, error: ErrorCode | None = None
+) -> AttemptInfo:
+    return AttemptInfo(
+        deployment=key,
+        outcome="failed" if error else "completed",
+        error_code=error,
+        duration_ms=round((ended - began) * 1000.0, 3),
+    )
 
 
 def _ms_since(started: float) -> float:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.contracts.errors import ErrorInfo
+from shared.contracts.errors import ErrorCode, ErrorInfo
 
 
 class _Strict(BaseModel):
@@ -256,6 +256,16 @@ class Latency(_Strict):
     total: float = Field(ge=0)
 
 
+class AttemptInfo(_Strict):
+    """One call to a deployment made for a request."""
+
+    deployment: str
+    """The routed deployment name, or `provider/model`."""
+    outcome: Literal["completed", "failed"]
+    error_code: ErrorCode | None = None
+    duration_ms: float = Field(ge=0)
+
+
 class ChatCompleted(_Strict):
     """The `data` of a `ferryman.llm.chat.completed` event.
 
@@ -270,6 +280,10 @@ class ChatCompleted(_Strict):
     model: str
     chunk_count: int = Field(ge=0)
     latency_ms: Latency
+    deployment: str | None = None
+    """The deployment that served (a routed deployment name, or `provider/model`)."""
+    attempts: list[AttemptInfo] | None = None
+    """Every call made for this request, in order (retries and failovers included)."""
     filtered_categories: list[str] | None = None
     """With `finish_reason` `content_filter`: the categories the provider's filter flagged
     (e.g. `hate=high`), when it says."""
