@@ -19,7 +19,7 @@ from llm_worker.providers.anthropic_mapping import (
     SamplingPolicy,
     to_anthropic_params,
 )
-from llm_worker.providers.http_errors import parse_retry_after
+from llm_worker.providers.http_errors import RETRYABLE_CODES, code_for_status, parse_retry_after
 from llm_worker.streaming import Completion, StreamEvent, fold
 from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 
@@ -45,8 +45,6 @@ _STREAM_ERROR_CODES: dict[str, ErrorCode] = {
     "permission_error": ErrorCode.AUTH,
     "billing_error": ErrorCode.AUTH,
 }
-
-_RETRYABLE = (ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE)
 
 
 def create_client(
@@ -213,28 +211,25 @@ def _from_status(exc: anthropic.APIStatusError) -> FerrymanError:
     retry_after = parse_retry_after(exc.response.headers)
     detail = _api_message(exc)
     message = f"Anthropic returned {status}: {detail}"
-    if status in (401, 402, 403):
+    if status == 402:  # billing: the credentials cannot be used
+        code = ErrorCode.AUTH
+    elif status == 504:  # the gateway timed out waiting for the model
+        code = ErrorCode.TIMEOUT
+    elif status in (400, 413) and _CONTEXT_LENGTH.search(detail):
+        code = ErrorCode.CONTEXT_LENGTH
+    else:
+        code = code_for_status(status)  # 529 (`OverloadedError`) is unavailable
+    if code is ErrorCode.AUTH:
         # Fixed text: never risk echoing a credential.
         message = (
             f"Anthropic rejected the request for billing reasons ({status})"
             if status == 402
             else f"Anthropic rejected the credentials ({status})"
         )
-        code = ErrorCode.AUTH
-    elif status == 429:
-        code = ErrorCode.RATE_LIMITED
-    elif status in (408, 504):
-        code = ErrorCode.TIMEOUT
-    elif status in (400, 413) and _CONTEXT_LENGTH.search(detail):
-        code = ErrorCode.CONTEXT_LENGTH
-    elif status == 409 or status >= 500:  # 529 (`OverloadedError`) included
-        code = ErrorCode.UNAVAILABLE
-    else:
-        code = ErrorCode.INVALID_REQUEST
     return FerrymanError(
         code,
         message,
-        retryable=code in _RETRYABLE,
+        retryable=code in RETRYABLE_CODES,
         provider=PROVIDER,
         status=status,
         retry_after=retry_after,
@@ -255,7 +250,7 @@ def _from_stream_error(exc: anthropic.APIStatusError) -> FerrymanError:
     return FerrymanError(
         code,
         message,
-        retryable=code in _RETRYABLE,
+        retryable=code in RETRYABLE_CODES,
         provider=PROVIDER,
         retry_after=parse_retry_after(exc.response.headers),
     )

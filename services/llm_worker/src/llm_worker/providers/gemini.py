@@ -33,7 +33,7 @@ from llm_worker.providers.gemini_mapping import (
     parse_safety_settings,
     to_gemini_request,
 )
-from llm_worker.providers.http_errors import parse_retry_after
+from llm_worker.providers.http_errors import RETRYABLE_CODES, code_for_status, parse_retry_after
 from llm_worker.streaming import Completion, StreamEvent, fold_events
 from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 
@@ -224,24 +224,20 @@ def from_api_error(exc: genai_errors.APIError) -> FerrymanError:
             provider=PROVIDER,
             status=status,
         )
-    if status == 429:
-        code = ErrorCode.RATE_LIMITED
-        retry_after = _retry_after(exc, details)
-    elif status == 408:
-        code = ErrorCode.TIMEOUT
-    elif status == 400 and _CONTEXT_LENGTH.search(exc.message or ""):
+    if status == 400 and _CONTEXT_LENGTH.search(exc.message or ""):
         # Gemini has no error code for an over-long prompt: only this message says so
         # ("The input token count (N) exceeds the maximum number of tokens allowed (M)").
         code = ErrorCode.CONTEXT_LENGTH
-    elif status is None or status in (409, 499) or status >= 500:
+    elif status == 499:  # the request was cancelled upstream
         code = ErrorCode.UNAVAILABLE
-    else:  # 400, 404 (unknown model) and other 4xx
-        code = ErrorCode.INVALID_REQUEST
-    retryable = code in (ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE)
+    else:  # 400, 404 (unknown model) and other 4xx are invalid requests
+        code = code_for_status(status)
+    if code is ErrorCode.RATE_LIMITED:
+        retry_after = _retry_after(exc, details)
     return FerrymanError(
         code,
         message,
-        retryable=retryable,
+        retryable=code in RETRYABLE_CODES,
         provider=PROVIDER,
         status=status,
         retry_after=retry_after,

@@ -1,4 +1,4 @@
-"""HTTP details shared by provider adapters: `Retry-After` parsing."""
+"""HTTP details shared by provider adapters: status codes and `Retry-After` parsing."""
 
 from __future__ import annotations
 
@@ -7,6 +7,27 @@ import email.utils
 import math
 import time
 from collections.abc import Mapping
+
+from shared.contracts import ErrorCode
+
+RETRYABLE_CODES = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})
+"""Codes an upstream HTTP failure is worth retrying for."""
+
+
+def code_for_status(status: int | None) -> ErrorCode:
+    """The taxonomy code of an upstream HTTP status no provider-specific rule claimed.
+
+    No status (an error without a response) counts as the upstream being unavailable.
+    """
+    if status in (401, 403):
+        return ErrorCode.AUTH
+    if status == 429:
+        return ErrorCode.RATE_LIMITED
+    if status == 408:
+        return ErrorCode.TIMEOUT
+    if status is None or status == 409 or status >= 500:
+        return ErrorCode.UNAVAILABLE
+    return ErrorCode.INVALID_REQUEST
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

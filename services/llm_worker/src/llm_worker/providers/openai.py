@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx2
 import openai
 
-from llm_worker.providers.http_errors import parse_retry_after
+from llm_worker.providers.http_errors import RETRYABLE_CODES, code_for_status, parse_retry_after
 from llm_worker.providers.openai_mapping import (
     ChunkMapper,
     completion_events,
@@ -146,29 +146,22 @@ def _from_status(exc: openai.APIStatusError, provider: str) -> FerrymanError:
     code_text = str(getattr(exc, "code", "") or "")
     message = f"OpenAI returned {status}: {exc.message}"
     retry_after = parse_retry_after(exc.response.headers)
-    if status in (401, 403):
+    code = code_for_status(status)
+    if code is ErrorCode.AUTH:
         # OpenAI echoes part of the key in this message; never forward it.
         message = f"OpenAI rejected the credentials ({status})"
-        code = ErrorCode.AUTH
-    elif status == 429:
-        code = ErrorCode.RATE_LIMITED
-    elif status == 408:
-        code = ErrorCode.TIMEOUT
+    elif code in (ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT):
+        pass  # the status says it all
     elif code_text == "context_length_exceeded":
         code = ErrorCode.CONTEXT_LENGTH
     elif code_text in ("content_filter", "content_policy_violation"):
         code = ErrorCode.CONTENT_FILTER
         if categories := error_filtered_categories(exc.body):
             message = f"{message} (filtered: {', '.join(categories)})"
-    elif status == 409 or status >= 500:
-        code = ErrorCode.UNAVAILABLE
-    else:
-        code = ErrorCode.INVALID_REQUEST
-    retryable = code in (ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE)
     return FerrymanError(
         code,
         message,
-        retryable=retryable,
+        retryable=code in RETRYABLE_CODES,
         provider=provider,
         status=status,
         retry_after=retry_after,
