@@ -7,7 +7,7 @@ mounted secret); they are never logged.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -16,34 +16,43 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _read_secret(value: SecretStr | None, path: Path | None, what: str) -> SecretStr | None:
-    if value is not None or path is None:
-        return value
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"{what}: cannot read the key file {path} ({exc.strerror})") from exc
-    if not text:
-        raise ValueError(f"{what}: the key file {path} is empty")
-    return SecretStr(text)
+class _KeyedConfig(_Config):
+    """A provider configuration with an API key, given directly or as a file path."""
 
-
-class OpenAIConfig(_Config):
-    """OpenAI, or any OpenAI-compatible server (vLLM, Ollama, …) via `base_url`."""
+    _name: ClassVar[str]
 
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
+    """A file holding the key (e.g. a mounted secret); read at startup when `api_key` is unset."""
+
+    @model_validator(mode="after")
+    def _load_key_file(self) -> Self:
+        path = self.api_key_file
+        if self.api_key is not None or path is None:
+            return self
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(
+                f"{self._name}: cannot read the key file {path} ({exc.strerror})"
+            ) from exc
+        if not text:
+            raise ValueError(f"{self._name}: the key file {path} is empty")
+        self.api_key = SecretStr(text)
+        return self
+
+
+class OpenAIConfig(_KeyedConfig):
+    """OpenAI, or any OpenAI-compatible server (vLLM, Ollama, …) via `base_url`."""
+
+    _name: ClassVar[str] = "openai"
+
     base_url: str | None = None
     """For example `http://localhost:11434/v1`; enables the provider without a key."""
     organization: str | None = None
     timeout: float = Field(default=600.0, gt=0)
     """Seconds a call may take in all."""
     connect_timeout: float = Field(default=10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _load_key(self) -> OpenAIConfig:
-        self.api_key = _read_secret(self.api_key, self.api_key_file, "openai")
-        return self
 
     @property
     def enabled(self) -> bool:
@@ -62,14 +71,14 @@ class AzureDeployment(_Config):
     """Overrides the provider's `api_version` for this deployment."""
 
 
-class AzureOpenAIConfig(_Config):
+class AzureOpenAIConfig(_KeyedConfig):
     """Azure OpenAI: an endpoint, an API version and deployments per model alias."""
+
+    _name: ClassVar[str] = "azure"
 
     endpoint: str | None = None
     """`https://<resource>.openai.azure.com`."""
     api_version: str = "2024-10-21"
-    api_key: SecretStr | None = None
-    api_key_file: Path | None = None
     entra_id: bool = False
     """Authenticate with Microsoft Entra ID (needs `azure-identity` installed), not a key."""
     deployments: dict[str, AzureDeployment] = Field(default_factory=dict)
@@ -79,7 +88,6 @@ class AzureOpenAIConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self) -> AzureOpenAIConfig:
-        self.api_key = _read_secret(self.api_key, self.api_key_file, "azure")
         if self.api_key is not None and self.entra_id:
             raise ValueError("azure: set either an API key or entra_id, not both")
         return self
@@ -103,11 +111,11 @@ class AzureOpenAIConfig(_Config):
         return reachable and (self.api_key is not None or self.entra_id)
 
 
-class AnthropicConfig(_Config):
+class AnthropicConfig(_KeyedConfig):
     """Anthropic's Messages API."""
 
-    api_key: SecretStr | None = None
-    api_key_file: Path | None = None
+    _name: ClassVar[str] = "anthropic"
+
     base_url: str | None = None
     default_max_tokens: int = Field(default=4096, ge=1)
     """`max_tokens` when the request sets none (Anthropic requires one)."""
@@ -122,33 +130,23 @@ class AnthropicConfig(_Config):
     timeout: float = Field(default=600.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
 
-    @model_validator(mode="after")
-    def _load_key(self) -> AnthropicConfig:
-        self.api_key = _read_secret(self.api_key, self.api_key_file, "anthropic")
-        return self
-
     @property
     def enabled(self) -> bool:
         """Whether requests for `anthropic/...` can be served."""
         return self.api_key is not None
 
 
-class GeminiConfig(_Config):
+class GeminiConfig(_KeyedConfig):
     """Google Gemini through `google-genai`."""
 
-    api_key: SecretStr | None = None
-    api_key_file: Path | None = None
+    _name: ClassVar[str] = "gemini"
+
     base_url: str | None = None
     api_version: str | None = None
     """API version path (`v1`, `v1beta`); default: the SDK's."""
     safety_settings: dict[str, str] = Field(default_factory=dict)
     """Harm category → threshold, e.g. `{"HARM_CATEGORY_HARASSMENT": "BLOCK_ONLY_HIGH"}`."""
     timeout: float = Field(default=600.0, gt=0)
-
-    @model_validator(mode="after")
-    def _load_key(self) -> GeminiConfig:
-        self.api_key = _read_secret(self.api_key, self.api_key_file, "gemini")
-        return self
 
     @property
     def enabled(self) -> bool:
