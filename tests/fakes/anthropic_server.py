@@ -16,14 +16,15 @@ accepted as `Authorization: Bearer <key>` (what anthropic 2.x sends) or `x-api-k
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.http_fake import FakeHttpServer, run_standalone
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -106,7 +107,7 @@ class _Frame:
     """A content delta: the unit `cut_after` and friends count."""
 
 
-class FakeAnthropic:
+class FakeAnthropic(FakeHttpServer):
     """The fake server. Use `await start()` / `await stop()`, then `base_url`.
 
     Args:
@@ -114,6 +115,8 @@ class FakeAnthropic:
         api_key: when set, requests must carry this key (Bearer or `x-api-key`).
         models: ids served by `GET /v1/models`, `page_size` per page.
     """
+
+    scenario_type = Scenario
 
     def __init__(
         self,
@@ -123,55 +126,20 @@ class FakeAnthropic:
         models: list[str] | None = None,
         page_size: int = 2,
     ) -> None:
-        self.default = default or Scenario()
-        self.scenarios: dict[str, Scenario] = {}
+        super().__init__(default or Scenario())
         self.requests: list[RecordedRequest] = []
         self.api_key = api_key
         self.models = list(DEFAULT_MODELS if models is None else models)
         self.page_size = page_size
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-        app = web.Application()
-        app.router.add_post("/_scenarios", self._set_scenarios)
-        app.router.add_get("/_requests", self._get_requests)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._app = app
 
     @property
     def base_url(self) -> str:
         """The base URL to give the SDK (no `/v1`: the SDK's paths carry it)."""
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> None:
-        """Listen on 127.0.0.1 (`port` 0 picks a free one)."""
-        self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=2048)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        self.port = server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-
     def message_requests(self) -> list[RecordedRequest]:
         """Recorded `POST /v1/messages` requests."""
         return [r for r in self.requests if r.path.endswith("/v1/messages")]
-
-    async def _set_scenarios(self, request: web.Request) -> web.Response:
-        payload = await request.json()
-        for model, spec in payload.items():
-            if model == "*":
-                self.default = Scenario(**spec)
-            else:
-                self.scenarios[model] = Scenario(**spec)
-        return web.json_response({"ok": True})
-
-    async def _get_requests(self, request: web.Request) -> web.Response:
-        return web.json_response([asdict(r) for r in self.requests])
 
     def _authorized(self, request: web.Request) -> bool:
         if self.api_key is None:
@@ -203,7 +171,7 @@ class FakeAnthropic:
             return web.json_response(self._models_page(request.query))
         if request.method != "POST" or request.path != "/v1/messages":
             return _error(404, None, f"no route {request.method} {request.path}", {})
-        scenario = self.scenarios.get(body.get("model", ""), self.default)
+        scenario = self.scenario_for(body.get("model", ""))
         if scenario.delay_before_headers:
             await asyncio.sleep(scenario.delay_before_headers)
         if scenario.status is not None:
@@ -475,27 +443,9 @@ def _message(body: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
     }
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    fake = FakeAnthropic(
-        Scenario(
-            tokens=args.tokens,
-            first_token_delay=args.first_token_delay,
-            token_delay=args.token_delay,
-        )
-    )
-    await fake.start(args.port)
-    print(fake.port, flush=True)
-    await asyncio.Event().wait()
-
-
 def main() -> None:
     """Run the fake standalone; prints the bound port on stdout."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--tokens", type=int, default=None)
-    parser.add_argument("--first-token-delay", type=float, default=0.0)
-    parser.add_argument("--token-delay", type=float, default=0.0)
-    asyncio.run(_serve(parser.parse_args()))
+    run_standalone(FakeAnthropic, Scenario, __doc__ or "")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,15 @@ Every request is recorded for assertions.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.fakes.http_fake import FakeHttpServer, run_standalone
 
 
 @dataclass
@@ -71,57 +72,24 @@ class RecordedRequest:
     received_at: float
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeHttpServer):
     """The fake server. Use `await start()` / `await stop()`, then `base_url`."""
 
+    scenario_type = Scenario
+
     def __init__(self, default: Scenario | None = None) -> None:
-        self.default = default or Scenario()
-        self.scenarios: dict[str, Scenario] = {}
+        super().__init__(default or Scenario())
         self.requests: list[RecordedRequest] = []
         self._failures: dict[str, int] = {}
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-        app = web.Application()
-        app.router.add_post("/_scenarios", self._set_scenarios)
-        app.router.add_get("/_requests", self._get_requests)
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._app = app
 
     @property
     def base_url(self) -> str:
         """The `/v1` base URL to give the SDK."""
         return f"http://127.0.0.1:{self.port}/v1"
 
-    async def start(self, port: int = 0) -> None:
-        """Listen on 127.0.0.1 (`port` 0 picks a free one)."""
-        self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=2048)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-
     def chat_requests(self) -> list[RecordedRequest]:
         """Recorded chat-completion requests."""
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
-
-    async def _set_scenarios(self, request: web.Request) -> web.Response:
-        payload = await request.json()
-        for model, spec in payload.items():
-            if model == "*":
-                self.default = Scenario(**spec)
-            else:
-                self.scenarios[model] = Scenario(**spec)
-        return web.json_response({"ok": True})
-
-    async def _get_requests(self, request: web.Request) -> web.Response:
-        return web.json_response([asdict(r) for r in self.requests])
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         body: dict[str, Any] = {}
@@ -143,7 +111,7 @@ class FakeOpenAI:
             )
         if not request.path.endswith("/chat/completions"):
             return web.json_response({"error": {"message": "not found"}}, status=404)
-        scenario = self.scenarios.get(body.get("model", ""), self.default)
+        scenario = self.scenario_for(body.get("model", ""))
         if scenario.delay_before_headers:
             await asyncio.sleep(scenario.delay_before_headers)
         failing = scenario.status is not None
@@ -308,27 +276,9 @@ def _completion(body: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
     }
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    fake = FakeOpenAI(
-        Scenario(
-            tokens=args.tokens,
-            first_token_delay=args.first_token_delay,
-            token_delay=args.token_delay,
-        )
-    )
-    await fake.start(args.port)
-    print(fake.port, flush=True)
-    await asyncio.Event().wait()
-
-
 def main() -> None:
     """Run the fake standalone; prints the bound port on stdout."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--tokens", type=int, default=None)
-    parser.add_argument("--first-token-delay", type=float, default=0.0)
-    parser.add_argument("--token-delay", type=float, default=0.0)
-    asyncio.run(_serve(parser.parse_args()))
+    run_standalone(FakeOpenAI, Scenario, __doc__ or "")
 
 
 if __name__ == "__main__":
