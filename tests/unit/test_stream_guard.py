@@ -87,3 +87,20 @@ async def test_a_healthy_stream_passes_through_unchanged() -> None:
 
     assert [type(e).__name__ for e in events] == ["TextDelta"] * 4 + ["Finish"]
     assert source.closed
+
+
+async def test_an_outside_cancellation_stays_a_cancellation() -> None:
+    source = ScriptedStream(tokens=1)
+    got_token = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in guard_stream(source.events(), StreamTimeouts(), provider="p"):
+            got_token.set()
+
+    task = asyncio.create_task(consume())
+    await got_token.wait()
+    task.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.closed
