@@ -15,6 +15,7 @@ from shared.contracts import (
     ChatChunk,
     ChatCompleted,
     ChatRequest,
+    ChatRestarted,
     ChunkDelta,
     CompletedToolCall,
     ErrorCode,
@@ -149,13 +150,27 @@ def test_a_request_without_messages_is_rejected() -> None:
         ChatRequest.model_validate({"model": "mock/echo", "messages": []})
 
 
-def test_a_text_chunk_serializes_as_index_and_content_delta_only() -> None:
+def test_a_text_chunk_serializes_as_index_content_delta_and_attempt_only() -> None:
     chunk = ChatChunk(index=3, delta=ChunkDelta(content="Hel"))
 
     assert json.loads(chunk.model_dump_json(exclude_none=True)) == {
         "index": 3,
         "delta": {"content": "Hel"},
+        "attempt": 1,
     }
+
+
+def test_a_chunk_without_an_attempt_belongs_to_the_first_attempt() -> None:
+    chunk = ChatChunk.model_validate_json('{"index": 0, "delta": {"content": "Hi"}}')
+
+    assert chunk.attempt == 1
+
+
+def test_a_restart_must_announce_a_second_or_later_attempt() -> None:
+    reason = ErrorInfo(code=ErrorCode.UNAVAILABLE, message="stream cut", retryable=True)
+
+    with pytest.raises(ValidationError, match="attempt"):
+        ChatRestarted(attempt=1, discarded_chunks=2, reason=reason, deployment="b")
 
 
 def test_a_tool_call_chunk_serializes_without_absent_fields() -> None:
@@ -166,6 +181,7 @@ def test_a_tool_call_chunk_serializes_without_absent_fields() -> None:
     assert json.loads(chunk.model_dump_json(exclude_none=True)) == {
         "index": 0,
         "delta": {"tool_calls": [{"index": 1, "arguments": '{"a"'}]},
+        "attempt": 1,
     }
 
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from llm_worker.providers import ModelRouter
 from llm_worker.replies import ReplyStream
-from llm_worker.service import ChatJob, ChatService, LlmMetrics
+from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
 from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
 from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 from shared.runtime.codec import header_value
@@ -128,13 +128,18 @@ class FlakyModel:
         return None
 
 
-async def _execute(model: FlakyModel, attempts: int = 3) -> tuple[list[str | None], str]:
+async def _execute(
+    model: FlakyModel, attempts: int = 3, *, restart: bool = True
+) -> tuple[list[str | None], str]:
     registry, publisher = CollectorRegistry(), RawPublisher()
     service = ChatService(
         ModelRouter({"flaky": model}, {}),
         LlmMetrics(registry),
-        breakers=Breakers(registry, "t", fail_max=10, reset_timeout=30),
-        retry=RetryPolicy(max_attempts=attempts, base_delay=0.001, max_delay=0.002),
+        resilience=Resilience(
+            breakers=Breakers(registry, "t", fail_max=10, reset_timeout=30),
+            retry=RetryPolicy(max_attempts=attempts, base_delay=0.001, max_delay=0.002),
+            restart_streams=restart,
+        ),
     )
     request = ChatRequest.model_validate(
         {"model": "flaky/m", "messages": [{"role": "user", "content": "hi"}]}
@@ -155,17 +160,35 @@ async def test_a_retryable_failure_before_any_chunk_is_retried_and_succeeds() ->
     assert '"content":"fine"' in last
 
 
-async def test_non_retryable_failures_and_failures_after_a_chunk_are_not_retried() -> None:
+async def test_non_retryable_failures_and_unrestartable_mid_stream_failures_end_the_request() -> (
+    None
+):
     invalid = FlakyModel(1, FerrymanError(ErrorCode.CONTEXT_LENGTH, "too long", retryable=False))
     mid_stream = FlakyModel(1, _retryable(), after_token=True)
 
     invalid_types, _ = await _execute(invalid)
-    mid_types, _ = await _execute(mid_stream)
+    mid_types, _ = await _execute(mid_stream, restart=False)
 
     assert invalid.calls == 1
     assert invalid_types == ["ferryman.llm.chat.failed"]
     assert mid_stream.calls == 1
     assert mid_types == ["ferryman.llm.chat.chunk", "ferryman.llm.chat.failed"]
+
+
+async def test_a_stream_failing_after_a_chunk_is_restarted_and_announced() -> None:
+    mid_stream = FlakyModel(1, _retryable(), after_token=True)
+
+    types, last = await _execute(mid_stream)
+
+    assert mid_stream.calls == 2
+    assert types == [
+        "ferryman.llm.chat.chunk",
+        "ferryman.llm.chat.restarted",
+        "ferryman.llm.chat.chunk",
+        "ferryman.llm.chat.completed",
+    ]
+    assert '"content":"fine"' in last
+    assert '"stream_attempt":2' in last
 
 
 async def test_attempts_are_bounded() -> None:

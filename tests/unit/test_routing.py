@@ -1,8 +1,9 @@
-"""Routes: weighted deployments, fallbacks, open circuits skipped, failover before a chunk."""
+"""Routes: the routing file, balancing strategies, fallbacks, skips and failover."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from pathlib import Path
@@ -10,10 +11,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from llm_worker.balancer import Cooldowns, RoutePlan, Skip
+from llm_worker.deployment_stats import StatsBoard
+from llm_worker.deployments import build_table
 from llm_worker.providers import ModelRouter
 from llm_worker.replies import ReplyStream
 from llm_worker.routing import RoutingConfig
-from llm_worker.service import ChatJob, ChatService, LlmMetrics
+from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
 from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 from shared.runtime.codec import header_value
 from shared.runtime.resilience import Breakers, RetryPolicy
@@ -31,45 +35,132 @@ CONFIG = {
 }  # fmt: skip
 
 
-def test_weighted_order_then_fallbacks_each_deployment_once() -> None:
-    config, rng = RoutingConfig.model_validate(CONFIG), random.Random(3)
+def _plan(config: dict, alias: str = "chat", gate=lambda _: None, **kw) -> RoutePlan:
+    return RoutePlan(RoutingConfig.model_validate(config), alias, kw.pop("stats", StatsBoard()),
+                     gate, **kw)  # fmt: skip
 
-    orders = [[n for n, _ in config.candidates("chat", allowed=lambda _: True, rng=rng)]
-              for _ in range(400)]  # fmt: skip
+
+def _drain(plan: RoutePlan) -> list[str]:
+    names = []
+    while (candidate := plan.next()) is not None:
+        names.append(candidate.name)
+    return names
+
+
+def test_weighted_order_then_fallbacks_each_deployment_once() -> None:
+    rng = random.Random(3)
+
+    orders = [_drain(_plan(CONFIG, rng=rng)) for _ in range(400)]
 
     assert all(sorted(o[:2]) == ["a", "b"] and o[2:] == ["c"] for o in orders)
     firsts = Counter(o[0] for o in orders)
     assert 240 < firsts["a"] < 360  # weight 3 : 1
 
 
-def test_deployments_that_are_not_allowed_are_skipped() -> None:
-    config = RoutingConfig.model_validate(CONFIG)
+def test_gated_deployments_are_skipped_with_their_reason_and_reopened_after_the_wait() -> None:
+    def gate(name: str) -> Skip | None:
+        return {"a": Skip("quota", 2.5), "c": Skip("circuit_open", math.inf)}.get(name)
 
-    order = [n for n, _ in config.candidates("chat", allowed=lambda name: name != "a")]
+    plan = _plan(CONFIG, gate=gate)
 
-    assert order == ["b", "c"]
+    assert _drain(plan) == ["b"]
+    assert {n: s.reason for n, s in plan.skipped.items()} == {"a": "quota", "c": "circuit_open"}
+    assert plan.reopen() == 2.5
+    assert plan.skipped == {}
+    assert _drain(plan) == []  # b was tried; a and c are still gated
+
+
+def test_least_in_flight_picks_the_idlest_deployment() -> None:
+    config = {**CONFIG, "routes": {"chat": {"deployments": ["a", "b", "c"],
+                                            "strategy": "least_in_flight"}}}  # fmt: skip
+    stats = StatsBoard()
+    for _ in range(3):
+        stats.get("a").started()
+    stats.get("c").started()
+
+    assert _drain(_plan(config, stats=stats)) == ["b", "c", "a"]
+
+
+def test_lowest_latency_prefers_untried_then_the_fastest_average() -> None:
+    config = {**CONFIG, "routes": {"chat": {"deployments": ["a", "b", "c"],
+                                            "strategy": "lowest_latency"}}}  # fmt: skip
+    stats = StatsBoard()
+    stats.get("a").started()
+    stats.get("a").finished(failed=False, first_token=0.9)
+    stats.get("b").started()
+    stats.get("b").finished(failed=False, first_token=0.2)
+
+    assert _drain(_plan(config, stats=stats)) == ["c", "b", "a"]
+
+
+def test_divert_moves_to_another_route_and_exclude_removes_a_deployment() -> None:
+    chat = {"deployments": ["a", "b"], "larger_context": "backup"}
+    config = {**CONFIG, "routes": {**CONFIG["routes"], "chat": chat}}
+    plan = _plan(config)
+    first = plan.next()
+    assert first is not None
+
+    plan.exclude("a")
+    plan.divert("backup")
+
+    assert _drain(plan) == ["c"]
+
+
+def test_cooldowns_hold_until_their_time_and_never_shorten() -> None:
+    now = [100.0]
+    cooldowns = Cooldowns(clock=lambda: now[0])
+
+    cooldowns.hold("a", 2.0)
+    cooldowns.hold("a", 1.0)
+    now[0] = 101.5
+
+    assert cooldowns.remaining("a") == pytest.approx(0.5)
+    now[0] = 102.0
+    assert cooldowns.remaining("a") == 0.0
 
 
 def test_a_routing_file_with_unknown_references_is_rejected_clearly(tmp_path: Path) -> None:
     bad = tmp_path / "routing.yaml"
     bad.write_text("deployments: {}\nroutes:\n  chat: {deployments: [nope]}\n")
+    dangling = b"deployments: {a: {provider: mock, model: echo}}\n" \
+        b"routes: {chat: {deployments: [a], larger_context: big}}\n"  # fmt: skip
 
     with pytest.raises(ValueError, match="unknown deployments"):
         RoutingConfig.load(bad)
+    with pytest.raises(ValueError, match="unknown routes"):
+        RoutingConfig.parse(dangling)
+    with pytest.raises(ValueError, match="credentials"):
+        RoutingConfig.parse(
+            b"deployments: {a: {provider: openai, model: m, credentials: sk-live-123}}"
+        )
+
+
+def test_a_deployment_of_an_unconfigured_provider_is_rejected() -> None:
+    config = RoutingConfig.model_validate(CONFIG)
+
+    with pytest.raises(ValueError, match="'healthy', which is not configured"):
+        build_table(config, ModelRouter({"flaky": FlakyModel(0, _down())}, {}), lambda _: None)
+
+
+def _down() -> FerrymanError:
+    return FerrymanError(ErrorCode.UNAVAILABLE, "down", retryable=True)
 
 
 async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
     registry, publisher = CollectorRegistry(), RawPublisher()
-    down = FlakyModel(100, FerrymanError(ErrorCode.UNAVAILABLE, "down", retryable=True))
+    down = FlakyModel(100, _down())
     healthy = FlakyModel(0, FerrymanError(ErrorCode.INTERNAL, "unused"))
     healthy.provider = "healthy"
+    router = ModelRouter({"flaky": down, "healthy": healthy}, {})
     service = ChatService(
-        ModelRouter({"flaky": down, "healthy": healthy}, {}),
+        router,
         LlmMetrics(registry),
-        breakers=Breakers(registry, "t", fail_max=10, reset_timeout=30),
-        retry=RetryPolicy(max_attempts=2, base_delay=0.001, max_delay=0.002),
-        routing=RoutingConfig.model_validate(CONFIG),
+        resilience=Resilience(
+            breakers=Breakers(registry, "t", fail_max=10, reset_timeout=30),
+            retry=RetryPolicy(max_attempts=2, base_delay=0.001, max_delay=0.002),
+        ),
     )
+    service.apply_routing(build_table(RoutingConfig.model_validate(CONFIG), router, lambda _: None))
     request = ChatRequest.model_validate(
         {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
     )
@@ -90,3 +181,16 @@ async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
     ] * 4 + [("completed", None)]
     assert sorted(a["deployment"] for a in attempts[:4]) == ["a", "a", "b", "b"]
     assert attempts[4]["deployment"] == "c"
+    assert (
+        registry.get_sample_value(
+            "llm_worker_failovers_total", {"deployment": "a", "reason": "unavailable"}
+        )
+        == 1.0
+    )
+    assert (
+        registry.get_sample_value(
+            "llm_worker_requests_total",
+            {"alias": "chat", "deployment": "c", "outcome": "completed"},
+        )
+        == 1.0
+    )

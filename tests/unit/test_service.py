@@ -143,7 +143,8 @@ async def test_a_streamed_request_publishes_indexed_chunks_then_one_completed(
     assert [c.type for c in chunks] == [LLM_CHAT_CHUNK] * 5
     assert [c.data["index"] for c in chunks] == [0, 1, 2, 3, 4]
     assert all(
-        set(c.data) == {"index", "delta"} and set(c.data["delta"]) == {"content"} for c in chunks
+        set(c.data) == {"index", "delta", "attempt"} and set(c.data["delta"]) == {"content"}
+        for c in chunks
     )
     for record in publisher.records:
         assert (record.topic, record.key) == (REPLY_TOPIC, REQUEST_ID.encode())
@@ -158,9 +159,11 @@ async def test_a_streamed_request_publishes_indexed_chunks_then_one_completed(
     assert completed.data["finish_reason"] == "stop"
     assert completed.data["usage"] == {"input_tokens": 3, "output_tokens": 5}
     assert completed.data["latency_ms"]["first_token"] <= completed.data["latency_ms"]["total"]
-    labels = {"provider": "mock", "outcome": "completed"}
+    labels = {"alias": "direct", "deployment": "mock/*", "outcome": "completed"}
     assert registry.get_sample_value("llm_worker_requests_total", labels) == 1.0
-    assert registry.get_sample_value("llm_worker_stream_chunks_total", {"provider": "mock"}) == 5.0
+    assert (
+        registry.get_sample_value("llm_worker_stream_chunks_total", {"deployment": "mock/*"}) == 5.0
+    )
 
 
 async def test_a_non_streamed_request_publishes_only_the_completed_event(
@@ -190,7 +193,7 @@ async def test_an_unresolvable_model_publishes_exactly_one_invalid_request_failu
     assert failed.data["error"]["code"] == "invalid_request"
     assert failed.data["error"]["retryable"] is False
     assert failed.key == REQUEST_ID.encode()
-    labels = {"provider": "unknown", "outcome": "invalid_request"}
+    labels = {"alias": "unknown", "deployment": "none", "outcome": "invalid_request"}
     assert registry.get_sample_value("llm_worker_requests_total", labels) == 1.0
 
 
@@ -247,10 +250,12 @@ async def test_tool_call_fragments_are_published_as_tool_call_chunks(
     assert chunk0.data == {
         "index": 0,
         "delta": {"tool_calls": [{"index": 0, "id": "call_1", "name": "lookup"}]},
+        "attempt": 1,
     }
     assert chunk1.data == {
         "index": 1,
         "delta": {"tool_calls": [{"index": 0, "arguments": '{"q": 1}'}]},
+        "attempt": 1,
     }
     assert completed.data["tool_calls"] == [
         {"id": "call_1", "name": "lookup", "arguments": '{"q": 1}'}

@@ -12,7 +12,12 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.client import ChatFailedError, FerrymanClient, request_from_prompt
-from shared.contracts import DEFAULT_LLM_REPLY_TOPIC, DEFAULT_LLM_REQUEST_TOPIC, ChatCompleted
+from shared.contracts import (
+    DEFAULT_LLM_REPLY_TOPIC,
+    DEFAULT_LLM_REQUEST_TOPIC,
+    ChatCompleted,
+    ChatRestarted,
+)
 from shared.contracts import events as ev
 from shared.contracts.asyncapi import build_asyncapi
 from shared.dlq import DeadLetter, read_dead_letters, replay
@@ -57,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("topic")
     again.add_argument("--partition", type=int, default=None)
     again.add_argument("--offset", type=int, default=None, help="only this offset (default: all)")
-    spec = commands.add_parser("asyncapi", help="print the AsyncAPI document of the LLM events")
+    spec = commands.add_parser("asyncapi", help="print the AsyncAPI document of the events")
     spec.add_argument("--output", help="write to this file instead of stdout")
     return parser
 
@@ -95,6 +100,13 @@ async def _chat(servers: str, args: argparse.Namespace) -> int:
                         )
                     for call in event.tool_calls:
                         print(f"tool call {call.id}: {call.name}({call.arguments})")
+                elif isinstance(event, ChatRestarted):
+                    if not args.json:
+                        print(
+                            f"\n[restarted on {event.deployment}: {event.reason.code.value}; "
+                            f"discarding {event.discarded_chunks} chunks]",
+                            file=sys.stderr,
+                        )
                 elif event.delta.content and not args.json:
                     print(event.delta.content, end="", flush=True)
         except ChatFailedError as exc:

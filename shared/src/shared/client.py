@@ -4,6 +4,7 @@
 async with FerrymanClient("127.0.0.1:9092") as client:
     async for event in client.chat_stream(request):
         ...  # ChatChunk, ChatChunk, …, then a final ChatCompleted
+        # (a ChatRestarted in between means: discard the chunks shown so far)
     completed = await client.chat(request)
 ```
 """
@@ -31,10 +32,12 @@ from shared.contracts import (
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
     LLM_CHAT_REQUESTED,
+    LLM_CHAT_RESTARTED,
     ChatChunk,
     ChatCompleted,
     ChatFailed,
     ChatRequest,
+    ChatRestarted,
     ErrorInfo,
 )
 from shared.contracts.events import EXT_EXPIRY_TIME, EXT_REPLY_TO, EXT_TENANT
@@ -42,7 +45,8 @@ from shared.runtime.codec import encode_binary, header_value
 from shared.runtime.producer import KafkaPublisher
 from shared.runtime.topics import ensure_topics
 
-ChatEvent = ChatChunk | ChatCompleted
+ChatEvent = ChatChunk | ChatRestarted | ChatCompleted
+"""What `FerrymanClient.chat_stream` yields."""
 
 
 class ChatFailedError(Exception):
@@ -51,6 +55,42 @@ class ChatFailedError(Exception):
     def __init__(self, error: ErrorInfo) -> None:
         super().__init__(f"{error.code.value}: {error.message}")
         self.error = error
+
+
+class ReplySequencer:
+    """Puts the result events of one request in order, the way a reader should see them.
+
+    Chunks are accepted only for the current attempt and only at the next index, so
+    redelivered duplicates, keyed by (`attempt`, `index`), are dropped. A `ChatRestarted` for a
+    newer attempt is accepted and makes that attempt current, counting from index 0 again;
+    chunks of older attempts, and a repeat of a restart already seen, are dropped. Nothing is
+    accepted after the `ChatCompleted`.
+    """
+
+    def __init__(self) -> None:
+        self.attempt = 1
+        """The attempt whose chunks are accepted."""
+        self.next_index = 0
+        """The index of the next chunk accepted."""
+        self.done = False
+        """True once the `ChatCompleted` was accepted."""
+
+    def accept(self, event: ChatEvent) -> bool:
+        """Return whether `event` should reach the reader, and advance past it if so."""
+        if self.done:
+            return False
+        if isinstance(event, ChatCompleted):
+            self.done = True
+            return True
+        if isinstance(event, ChatRestarted):
+            if event.attempt <= self.attempt:
+                return False
+            self.attempt, self.next_index = event.attempt, 0
+            return True
+        if (event.attempt, event.index) != (self.attempt, self.next_index):
+            return False
+        self.next_index += 1
+        return True
 
 
 class FerrymanClient:
@@ -165,7 +205,10 @@ class FerrymanClient:
     ) -> AsyncIterator[ChatEvent]:
         """Publish `request` and yield its chunks in order, then its `ChatCompleted`.
 
-        Duplicate chunks (a redelivered request) are dropped by index.
+        When the worker restarts a failed stream on another deployment, a `ChatRestarted` is
+        yielded: discard the chunks received so far; the new attempt's chunks follow from
+        index 0. Duplicates (a redelivered request) and late chunks of an earlier attempt are
+        dropped (see `ReplySequencer`).
 
         Raises:
             ChatFailedError: the worker published `failed`.
@@ -176,20 +219,14 @@ class FerrymanClient:
         self._waiting[request_id] = queue
         try:
             await self.publish(request, request_id=request_id, **publish_options)
-            next_index = 0
+            sequencer = ReplySequencer()
             async with asyncio.timeout(timeout):
-                while True:
-                    event_type, value = await queue.get()
-                    if event_type == LLM_CHAT_CHUNK:
-                        chunk = ChatChunk.model_validate_json(value)
-                        if chunk.index == next_index:
-                            next_index += 1
-                            yield chunk
-                    elif event_type == LLM_CHAT_COMPLETED:
-                        yield ChatCompleted.model_validate_json(value)
-                        return
-                    elif event_type == LLM_CHAT_FAILED:
-                        raise ChatFailedError(ChatFailed.model_validate_json(value).error)
+                while not sequencer.done:
+                    event = _decode(*await queue.get())
+                    if isinstance(event, ChatFailed):
+                        raise ChatFailedError(event.error)
+                    if event is not None and sequencer.accept(event):
+                        yield event
         finally:
             self._waiting.pop(request_id, None)
 
@@ -218,6 +255,20 @@ class FerrymanClient:
                         continue
                     event_type = header_value(record.headers, "ce_type") or ""
                     queue.put_nowait((event_type, record.value or b""))
+
+
+_RESULT_MODELS: dict[str, type[ChatChunk | ChatRestarted | ChatCompleted | ChatFailed]] = {
+    LLM_CHAT_CHUNK: ChatChunk,
+    LLM_CHAT_RESTARTED: ChatRestarted,
+    LLM_CHAT_COMPLETED: ChatCompleted,
+    LLM_CHAT_FAILED: ChatFailed,
+}
+
+
+def _decode(event_type: str, value: bytes) -> ChatEvent | ChatFailed | None:
+    """Parse a result event's data; `None` for a type this client does not know."""
+    model = _RESULT_MODELS.get(event_type)
+    return None if model is None else model.model_validate_json(value)
 
 
 def request_from_prompt(prompt: str, *, model: str, stream: bool = True) -> ChatRequest:

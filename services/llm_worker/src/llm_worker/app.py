@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
 from llm_worker.capabilities import CapabilityTable
+from llm_worker.deployments import RoutingTable, build_table
 from llm_worker.handler import ChatRequestHandler
+from llm_worker.health import DeploymentRef, HealthMonitor
+from llm_worker.llm_metrics import LlmMetrics
 from llm_worker.ports import ChatModel
+from llm_worker.provider_factory import build_providers, dedicated_client
 from llm_worker.providers import ModelRouter
-from llm_worker.providers.mock import MockChatModel
-from llm_worker.providers.openai import OpenAIChatModel, create_client
-from llm_worker.routing import RoutingConfig
-from llm_worker.service import ChatService, LlmMetrics
+from llm_worker.routing import Deployment, RoutingConfig
+from llm_worker.service import ChatService, Resilience
 from llm_worker.settings import LlmWorkerSettings
 from llm_worker.stream_guard import StreamTimeouts
 from shared.contracts import FerrymanError
+from shared.runtime.config_watch import ConfigWatcher, content_version
 from shared.runtime.dedupe import RecentRequests
+from shared.runtime.health_events import publish_health
 from shared.runtime.hosting import create_host_app
 from shared.runtime.metrics import ConsumerMetrics
 from shared.runtime.parallel_consumer import ParallelConsumer
@@ -32,69 +37,19 @@ from shared.runtime.topics import ensure_topics
 logger = logging.getLogger(__name__)
 
 
-def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
-    """Create the providers the settings enable (`mock` always).
+class LlmWorker:
+    """The running worker: consumer, producer, handler, providers, routing and health.
+
+    Args:
+        settings: the worker's settings.
+        providers: the worker's client per provider.
+        registry: where metrics go.
+        make_client: builds a dedicated client for a deployment with its own endpoint or
+            credentials (None: the worker's client of its provider).
 
     Raises:
-        RuntimeError: a provider's configuration cannot be used (e.g. Entra ID without
-            azure-identity).
+        ValueError: the routing file is invalid (the worker refuses to start).
     """
-    providers: dict[str, ChatModel] = {
-        "mock": MockChatModel(token_delay=settings.mock_token_delay_ms / 1000.0)
-    }
-    openai_config = settings.openai
-    if openai_config.enabled:
-        key = openai_config.api_key
-        client = create_client(
-            api_key=key.get_secret_value() if key else None,
-            base_url=openai_config.base_url,
-            timeout=openai_config.timeout,
-            connect_timeout=openai_config.connect_timeout,
-        )
-        providers["openai"] = OpenAIChatModel(client)
-    # Provider SDKs are imported only when enabled: each costs tens of MB of memory.
-    if settings.azure.enabled:
-        from llm_worker.providers.azure import AzureChatModel
-
-        providers["azure"] = AzureChatModel(settings.azure)
-    anthropic_config = settings.anthropic
-    if anthropic_config.enabled:
-        from llm_worker.providers.anthropic import AnthropicChatModel
-        from llm_worker.providers.anthropic import create_client as create_anthropic_client
-
-        key = anthropic_config.api_key
-        anthropic_client = create_anthropic_client(
-            api_key=key.get_secret_value() if key else None,
-            base_url=anthropic_config.base_url,
-            timeout=anthropic_config.timeout,
-            connect_timeout=anthropic_config.connect_timeout,
-        )
-        providers["anthropic"] = AnthropicChatModel(
-            anthropic_client,
-            default_max_tokens=anthropic_config.default_max_tokens,
-            max_tokens_by_model=anthropic_config.max_tokens_by_model,
-            sampling=anthropic_config.sampling,
-            thinking_budget=anthropic_config.thinking_budget_tokens,
-        )
-    gemini_config = settings.gemini
-    if gemini_config.api_key is not None:
-        from llm_worker.providers.gemini import GeminiChatModel
-        from llm_worker.providers.gemini import create_client as create_gemini_client
-
-        gemini_client = create_gemini_client(
-            api_key=gemini_config.api_key.get_secret_value(),
-            base_url=gemini_config.base_url,
-            api_version=gemini_config.api_version or "v1",
-            timeout=gemini_config.timeout,
-        )
-        providers["gemini"] = GeminiChatModel(
-            gemini_client, safety_settings=gemini_config.safety_settings
-        )
-    return providers
-
-
-class LlmWorker:
-    """The running worker: consumer, producer, handler and providers."""
 
     def __init__(
         self,
@@ -102,10 +57,11 @@ class LlmWorker:
         *,
         providers: Mapping[str, ChatModel],
         registry: CollectorRegistry,
+        make_client: Callable[[Deployment], ChatModel | None] | None = None,
     ) -> None:
         self._settings = settings
         self.router = ModelRouter(providers, settings.model_aliases)
-        routing = RoutingConfig.load(settings.routing_file) if settings.routing_file else None
+        self._make_client = make_client or (lambda d: dedicated_client(settings, d))
         self.consumer_metrics = ConsumerMetrics(registry, "llm_worker")
         self.breakers = Breakers(
             registry,
@@ -115,24 +71,43 @@ class LlmWorker:
         )
         client_id = f"ferryman-llm-worker-{settings.instance_id}"
         self.publisher = KafkaPublisher(settings.kafka_bootstrap_servers, client_id=client_id)
-        handler = ChatRequestHandler(
-            service=ChatService(
-                self.router,
-                LlmMetrics(registry),
-                CapabilityTable(settings.capabilities),
-                StreamTimeouts(
-                    first_token=settings.first_token_timeout,
-                    idle=settings.stream_idle_timeout,
-                    total=settings.request_timeout,
-                ),
-                self.breakers,
-                RetryPolicy(
-                    max_attempts=settings.retry_max_attempts,
-                    base_delay=settings.retry_base_delay,
-                    max_delay=settings.retry_max_delay,
-                ),
-                routing,
+        self.resilience = Resilience(
+            breakers=self.breakers,
+            retry=RetryPolicy(
+                max_attempts=settings.retry_max_attempts,
+                base_delay=settings.retry_base_delay,
+                max_delay=settings.retry_max_delay,
             ),
+            attempt_budget=settings.attempt_budget,
+            restart_streams=settings.restart_streams,
+            share=lambda: self.consumer.share(),
+        )
+        self.service = ChatService(
+            self.router,
+            LlmMetrics(registry),
+            CapabilityTable(settings.capabilities),
+            StreamTimeouts(
+                first_token=settings.first_token_timeout,
+                idle=settings.stream_idle_timeout,
+                total=settings.request_timeout,
+            ),
+            self.resilience,
+        )
+        self._owned_clients: list[ChatModel] = []
+        self.watcher: ConfigWatcher[RoutingTable] | None = None
+        if settings.routing_file is not None:
+            self.watcher = ConfigWatcher(
+                settings.routing_file,
+                self._load_routing,
+                self._apply_routing,
+                registry=registry,
+                prefix="llm_worker",
+                name="routing",
+                interval=settings.routing_poll_interval,
+            )
+            self.watcher.load_initial()
+        handler = ChatRequestHandler(
+            service=self.service,
             publisher=self.publisher,
             recent=RecentRequests(
                 window=settings.dedupe_window, max_entries=settings.dedupe_max_entries
@@ -141,6 +116,7 @@ class LlmWorker:
             source=f"/ferryman/llm-worker/{settings.instance_id}",
             default_reply_topic=settings.default_reply_topic,
             dlq_topic=settings.dlq_topic,
+            share=lambda: self.consumer.share(),
         )
         self.consumer = ParallelConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -151,7 +127,50 @@ class LlmWorker:
             metrics=self.consumer_metrics,
             client_id=client_id,
         )
+        source = f"/ferryman/llm-worker/{settings.instance_id}"
+        self.monitor = HealthMonitor(
+            deployments=self._deployment_refs,
+            stats=self.resilience.stats,
+            circuits=lambda name: self.breakers.states().get(name, "closed"),
+            publish=lambda report: publish_health(
+                self.publisher, settings.health_topic, report, source=source
+            ),
+            service="llm_worker",
+            instance=settings.instance_id,
+            routing_version=lambda: self.watcher.version if self.watcher else None,
+            probe_interval=settings.health_probe_interval,
+            probe_timeout=settings.health_probe_timeout,
+            report_interval=settings.health_report_interval,
+            registry=registry,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+
+    def _load_routing(self, data: bytes) -> RoutingTable:
+        config = RoutingConfig.parse(data, f"routing file {self._settings.routing_file}")
+        return build_table(config, self.router, self._make_client, content_version(data))
+
+    def _apply_routing(self, table: RoutingTable, version: str) -> None:
+        self._owned_clients.extend(table.owned_clients)
+        self.service.apply_routing(table)
+        logger.info(
+            "routing version %s active: %d deployments, %d routes",
+            version,
+            len(table.config.deployments),
+            len(table.config.routes),
+        )
+
+    def _deployment_refs(self) -> list[DeploymentRef]:
+        table = self.service.routing
+        if table is None:  # no routing file: one entry per provider
+            return [
+                DeploymentRef(f"{name}/*", name, "*", client)
+                for name, client in sorted(self.router.providers.items())
+            ]
+        return [
+            DeploymentRef(name, d.provider, d.model, table.clients[name])
+            for name, d in sorted(table.config.deployments.items())
+        ]
 
     async def start(self) -> None:
         """Create missing topics, connect the producer and join the consumer group.
@@ -163,12 +182,15 @@ class LlmWorker:
         if s.create_topics:
             await ensure_topics(
                 s.kafka_bootstrap_servers,
-                [s.request_topic, s.dlq_topic, s.default_reply_topic],
+                [s.request_topic, s.dlq_topic, s.default_reply_topic, s.health_topic],
                 partitions=s.topic_partitions,
                 replication_factor=s.topic_replication_factor,
             )
         await self.publisher.start()
         await self.consumer.start()
+        self._tasks = [asyncio.create_task(self.monitor.run(), name="health-monitor")]
+        if self.watcher is not None:
+            self._tasks.append(asyncio.create_task(self.watcher.run(), name="routing-watch"))
         # Long-lived startup objects need not be scanned by every collection (shorter pauses).
         gc.freeze()
         self._started = True
@@ -182,9 +204,14 @@ class LlmWorker:
 
     async def stop(self) -> None:
         """Drain within the grace period, commit, and disconnect."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._started:
             await self.consumer.stop(self._settings.grace_period)
             await self.publisher.stop()
+        for client in self._owned_clients:
+            await client.aclose()
         await self.router.aclose()
         logger.info("llm worker stopped")
 
@@ -206,7 +233,14 @@ class LlmWorker:
             "ready": self._started and bool(status["assigned"]),
             "consumer": status,
             "providers": sorted(self.router.providers),
+            "routing": self.watcher.status() if self.watcher else None,
             "circuits": self.breakers.states(),
+            "deployments": self.monitor.snapshot(),
+            "quotas": {
+                "share": round(self.consumer.share(), 4),
+                "deployments": self.resilience.deployment_quotas.snapshot(),
+                "tenants": self.resilience.tenant_quotas.snapshot(),
+            },
         }
 
 
@@ -215,13 +249,19 @@ def create_app(
     *,
     providers: Mapping[str, ChatModel] | None = None,
     registry: CollectorRegistry | None = None,
+    make_client: Callable[[Deployment], ChatModel | None] | None = None,
 ) -> AsgiFastStream:
-    """Build the LLM worker's FastStream app (no I/O happens until it starts)."""
+    """Build the LLM worker's FastStream app (only the routing file is read before start).
+
+    Raises:
+        ValueError: the routing file is invalid.
+    """
     registry = registry or CollectorRegistry()
     worker = LlmWorker(
         settings,
         providers=providers if providers is not None else build_providers(settings),
         registry=registry,
+        make_client=make_client,
     )
     return create_host_app(
         worker,

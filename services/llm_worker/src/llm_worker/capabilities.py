@@ -58,12 +58,20 @@ class CapabilityTable:
         Raises:
             FerrymanError: `invalid_request` naming the first missing capability.
         """
-        have = self.lookup(provider, model)
+        self.check_against(request, self.lookup(provider, model), f"{provider}/{model}")
+
+    @staticmethod
+    def check_against(request: ChatRequest, have: Capabilities, target: str) -> None:
+        """Ensure a deployment with capabilities `have` (named `target`) can serve `request`.
+
+        Raises:
+            FerrymanError: `invalid_request` naming the first missing capability.
+        """
         for capability, reason in _needs(request, have):
             raise FerrymanError(
                 ErrorCode.INVALID_REQUEST,
-                f"{provider}/{model} lacks the capability {capability!r} ({reason})",
-                provider=provider,
+                f"{target} lacks the capability {capability!r} ({reason})",
+                provider=target.partition("/")[0],
             )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiokafka import ConsumerRecord
@@ -50,6 +51,8 @@ class ChatRequestHandler:
         source: `ce_source` of the events this worker publishes.
         default_reply_topic: used when a request has no `replyto`.
         dlq_topic: where poison records go.
+        share: this replica's share of the request topic's partitions (for tenant quotas
+            of requests not keyed by their tenant).
     """
 
     def __init__(
@@ -62,8 +65,10 @@ class ChatRequestHandler:
         source: str,
         default_reply_topic: str,
         dlq_topic: str,
+        share: Callable[[], float] = lambda: 1.0,
     ) -> None:
         self._service = service
+        self._share = share
         self._publisher = publisher
         self._recent = recent
         self._metrics = metrics
@@ -142,10 +147,19 @@ class ChatRequestHandler:
         replies: ReplyStream,
         deadline: float | None,
     ) -> None:
+        tenant = event.extension(EXT_TENANT)
+        # A record keyed by its tenant shares a partition with all of that tenant's
+        # requests, so this replica owns the tenant's whole budget; otherwise its share.
+        keyed = tenant is not None and record.key == tenant.encode()
+        job = ChatJob(
+            request=request,
+            replies=replies,
+            deadline=deadline,
+            tenant=tenant,
+            tenant_share=1.0 if keyed else self._share(),
+        )
         try:
-            await self._service.execute(
-                ChatJob(request=request, replies=replies, deadline=deadline)
-            )
+            await self._service.execute(job)
         except KafkaError:
             raise  # results not acknowledged: retry the record, do not commit
         except Exception as exc:

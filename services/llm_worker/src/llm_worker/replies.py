@@ -11,9 +11,11 @@ from shared.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
+    LLM_CHAT_RESTARTED,
     ChatChunk,
     ChatCompleted,
     ChatFailed,
+    ChatRestarted,
     ErrorInfo,
 )
 from shared.runtime.codec import BinaryHeaders
@@ -62,6 +64,14 @@ class ReplyStream:
         """
         await self._send(LLM_CHAT_CHUNK, chunk)
         self.chunk_count += 1
+
+    async def restarted(self, restart: ChatRestarted) -> None:
+        """Enqueue a `restarted` event: consumers discard the chunks published so far.
+
+        Raises:
+            aiokafka.errors.KafkaError: the producer refused the record.
+        """
+        await self._send(LLM_CHAT_RESTARTED, restart)
 
     async def completed(self, result: ChatCompleted) -> None:
         """Publish the `completed` event and wait until every event of the request is acknowledged.

@@ -1,86 +1,50 @@
-"""Executes one chat request: resolve the model, stream it, publish chunks and the result."""
+"""Executes one chat request: route it, call deployments until one serves, publish the result.
+
+The request-level rules live here (see the README's "Routing and resilience"):
+one attempt budget and one deadline per request; a retryable failure is retried on
+the same deployment with backoff, except a timeout (a silent deployment is not waited
+on twice) and a Retry-After (the deployment cools down and the request fails over, or
+waits if nothing else can serve); `context_length` moves to the route's larger-context
+route; `content_filter` ends the request unless the route says to fall back; a stream
+that fails after chunks were published is restarted on the next deployment (announced
+by a `restarted` event) or failed; when every deployment is at a quota or cooling
+down, the request waits (backpressure) until one frees up or its deadline passes.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
+import math
+import random
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter as Tally
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-
+from llm_worker.balancer import Candidate, Cooldowns, RoutePlan, Skip
+from llm_worker.calls import Call, CallResult, StreamProgress, run_call
 from llm_worker.capabilities import CapabilityTable
-from llm_worker.ports import ChatModel
+from llm_worker.deployment_stats import StatsBoard
+from llm_worker.deployments import DIRECT_ALIAS, DirectTables, RoutingTable
+from llm_worker.llm_metrics import LlmMetrics
 from llm_worker.providers import ModelRouter
+from llm_worker.quotas import QuotaBook
 from llm_worker.replies import ReplyStream
-from llm_worker.routing import RoutingConfig
-from llm_worker.stream_guard import StreamTimeouts, guard_stream
-from llm_worker.streaming import CompletionBuilder, TextDelta, ToolCallFragment
-from shared.contracts import (
-    ChatChunk,
-    ChatCompleted,
-    ChatRequest,
-    ChunkDelta,
-    ErrorCode,
-    FerrymanError,
-    Latency,
-    ToolCallDelta,
-)
+from llm_worker.stream_guard import StreamTimeouts
+from shared.contracts import ChatCompleted, ChatRequest, ChatRestarted, ErrorCode, FerrymanError
 from shared.contracts.llm import AttemptInfo
 from shared.runtime.resilience import Breakers, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["ChatJob", "ChatService", "LlmMetrics", "Resilience"]
 
-class LlmMetrics:
-    """Request outcomes and latencies, labelled by provider (never by request)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "llm_worker_requests_total",
-            "Chat requests by provider and outcome (completed, or the failure code).",
-            ["provider", "outcome"],
-            registry=registry,
-        )
-        self.chunks = Counter(
-            "llm_worker_stream_chunks_total",
-            "Chunk events published.",
-            ["provider"],
-            registry=registry,
-        )
-        self.first_token = Histogram(
-            "llm_worker_time_to_first_token_seconds",
-            "From the start of work to the first streamed token.",
-            ["provider"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "llm_worker_request_duration_seconds",
-            "From the start of work to the terminal event.",
-            ["provider"],
-            registry=registry,
-        )
-        self.retries = Counter(
-            "llm_worker_retries_total",
-            "Provider calls retried after a retryable failure (before any chunk was published).",
-            ["provider"],
-            registry=registry,
-        )
-        self.failovers = Counter(
-            "llm_worker_failovers_total",
-            "Requests moved to another deployment after a retryable failure.",
-            ["provider"],
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "llm_worker_tokens_total",
-            "Tokens reported by providers.",
-            ["provider", "direction"],
-            registry=registry,
-        )
+_SKIP_REASONS = {
+    "circuit_open": "circuit open",
+    "cooldown": "cooling down after Retry-After",
+    "quota": "at its quota",
+}
 
 
 @dataclass(frozen=True)
@@ -91,24 +55,71 @@ class ChatJob:
     replies: ReplyStream
     deadline: float | None = None
     """`loop.time()` by which the answer must be complete (the request's expiry), if any."""
+    tenant: str | None = None
+    tenant_share: float = 1.0
+    """This replica's share of the tenant's quota (see `QuotaBook`)."""
+
+
+@dataclass
+class Resilience:
+    """The shared state and policies every request uses (one per worker).
+
+    Args:
+        breakers: one circuit breaker per deployment.
+        retry: backoff and the default calls per deployment.
+        attempt_budget: default calls per request across deployments.
+        restart_streams: whether direct (unrouted) streams restart after chunks.
+        deployment_quotas: outbound limits per deployment.
+        tenant_quotas: inbound limits per tenant.
+        share: this replica's share of every outbound limit (assigned partitions ÷ all).
+        stats: per-deployment load and latency.
+        cooldowns: Retry-After holds per deployment.
+    """
+
+    breakers: Breakers | None = None
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=1))
+    attempt_budget: int = 6
+    restart_streams: bool = True
+    deployment_quotas: QuotaBook = field(default_factory=QuotaBook)
+    tenant_quotas: QuotaBook = field(default_factory=QuotaBook)
+    share: Callable[[], float] = lambda: 1.0
+    stats: StatsBoard = field(default_factory=StatsBoard)
+    cooldowns: Cooldowns = field(default_factory=Cooldowns)
+
+
+@dataclass
+class _Request:
+    """The progress of one request through its plan."""
+
+    job: ChatJob
+    table: RoutingTable
+    plan: RoutePlan
+    alias: str
+    deadline: float | None
+    budget: int
+    started: float = field(default_factory=time.monotonic)
+    log: list[AttemptInfo] = field(default_factory=list[AttemptInfo])
+    calls: Tally[str] = field(default_factory=Tally[str])
+    progress: StreamProgress = field(default_factory=StreamProgress)
+    last_error: FerrymanError | None = None
+    left: str | None = None
+    """The deployment the request last gave up on (a failover is counted when another is tried)."""
+    degraded: bool = False
 
 
 class ChatService:
-    """Runs chat requests against the configured providers.
+    """Runs chat requests against the configured deployments.
 
-    Provider failures end in a `failed` event; publishing failures propagate
-    (the caller must not commit the request's offset).
+    Provider failures end in a `failed` event; publishing failures propagate (the
+    caller must not commit the request's offset).
 
     Args:
-        router: resolves the request's `model`.
+        router: resolves `provider/model` requests and holds the providers.
         metrics: where outcomes are counted.
-        capabilities: what each deployment can do (requests needing more fail early).
-        timeouts: bounds on every provider call (first token, idle gaps, total).
-        breakers: one circuit breaker per `provider/model`; an open one fails fast.
-        retry: attempts on the same `provider/model` for retryable failures that happen
-            before any chunk was published (waiting at least the upstream's Retry-After).
-        routing: routes (alias → weighted deployments + fallbacks); a retryable failure
-            before the first chunk fails over to the next deployment.
+        capabilities: what each deployment can do (requests needing more skip it).
+        timeouts: worker-wide bounds (routes and deployments may override them).
+        resilience: breakers, retry policy, quotas, balancing state.
+        routing: the initial routing table (None: only `provider/model` requests).
     """
 
     def __init__(
@@ -117,17 +128,28 @@ class ChatService:
         metrics: LlmMetrics,
         capabilities: CapabilityTable | None = None,
         timeouts: StreamTimeouts | None = None,
-        breakers: Breakers | None = None,
-        retry: RetryPolicy | None = None,
-        routing: RoutingConfig | None = None,
+        resilience: Resilience | None = None,
+        routing: RoutingTable | None = None,
     ) -> None:
-        self._router = router
         self._metrics = metrics
         self._capabilities = capabilities or CapabilityTable({})
         self._timeouts = timeouts or StreamTimeouts()
-        self._breakers = breakers
-        self._retry = retry or RetryPolicy(max_attempts=1)
-        self._routing = routing
+        self._res = resilience or Resilience()
+        self._direct = DirectTables(router)
+        self.routing = routing
+        self._rng = random.Random()
+
+    @property
+    def resilience(self) -> Resilience:
+        """The shared breakers, quotas and stats."""
+        return self._res
+
+    def apply_routing(self, table: RoutingTable) -> None:
+        """Serve `table` from now on; requests in flight finish with the table they began with."""
+        self.routing = table
+        self._res.deployment_quotas.set_limits(table.config.deployment_quotas())
+        named, default = table.config.tenant_quotas()
+        self._res.tenant_quotas.set_limits(named, default)
 
     async def execute(self, job: ChatJob) -> None:
         """Execute `job`, publishing its chunks (when streaming) and exactly one terminal event.
@@ -135,209 +157,336 @@ class ChatService:
         Raises:
             aiokafka.errors.KafkaError: a result event could not be published.
         """
+        alias = "unknown"
         started = time.monotonic()
-        provider_name = "unknown"
-        loop = asyncio.get_running_loop()
-        budget = self._timeouts.total
-        ends = [t for t in (job.deadline, loop.time() + budget if budget else None) if t]
-        job = dataclasses.replace(job, deadline=min(ends) if ends else None)
-        attempts: list[AttemptInfo] = []
+        tenant_held = False
         try:
-            last: FerrymanError | None = None
-            for key, provider, model in self._candidates(job.request):
-                provider_name = provider.provider
-                try:
-                    self._capabilities.check(job.request, provider.provider, model)
-                except FerrymanError as exc:
-                    last = exc  # route around a deployment that cannot serve this request
-                    continue
-                try:
-                    completed = await self._attempts(job, provider, model, started, key, attempts)
-                    completed = completed.model_copy(
-                        update={"deployment": key, "attempts": list(attempts)}
-                    )
-                    break
-                except FerrymanError as exc:
-                    last = exc
-                    if not exc.retryable or job.replies.chunk_count > 0:
-                        raise
-                    self._metrics.failovers.labels(provider=provider.provider).inc()
-                    logger.info("failing over from %s after %s", key, exc.code.value)
-            else:
-                raise last or FerrymanError(
-                    ErrorCode.UNAVAILABLE,
-                    f"no deployment of {job.request.model!r} is available (all circuits open)",
-                    retryable=True,
-                )
+            state = self._begin(job)
+            alias = state.alias
+            if job.tenant is not None:
+                await self._admit_tenant(state, job.tenant)
+                tenant_held = True
+            completed, serving = await self._serve(state)
         except FerrymanError as exc:
-            if exc.provider is None and provider_name != "unknown":
-                exc.provider = provider_name
             await job.replies.failed(exc.to_info())
-            self._metrics.requests.labels(provider=provider_name, outcome=exc.code.value).inc()
+            self._metrics.requests.labels(alias=alias, deployment="none", outcome=exc.code).inc()
+            self._metrics.duration.labels(alias=alias, outcome=exc.code).observe(
+                time.monotonic() - started
+            )
             return
-        await job.replies.completed(completed)
-        self._metrics.requests.labels(provider=provider_name, outcome="completed").inc()
-        self._metrics.duration.labels(provider=provider_name).observe(time.monotonic() - started)
+        finally:
+            if tenant_held and job.tenant is not None:
+                self._res.tenant_quotas.release(job.tenant)
         usage = completed.usage
-        self._metrics.tokens.labels(provider=provider_name, direction="input").inc(
-            usage.input_tokens
+        if job.tenant is not None:
+            self._res.tenant_quotas.charge(job.tenant, usage.input_tokens + usage.output_tokens)
+        await job.replies.completed(completed)
+        self._metrics.requests.labels(alias=alias, deployment=serving, outcome="completed").inc()
+        self._metrics.duration.labels(alias=alias, outcome="completed").observe(
+            time.monotonic() - started
         )
-        self._metrics.tokens.labels(provider=provider_name, direction="output").inc(
-            usage.output_tokens
-        )
+        self._metrics.tokens.labels(deployment=serving, direction="input").inc(usage.input_tokens)
+        self._metrics.tokens.labels(deployment=serving, direction="output").inc(usage.output_tokens)
 
-    def _candidates(self, request: ChatRequest) -> Iterator[tuple[str, ChatModel, str]]:
-        """(breaker key, provider, model) to try, best first.
+    def _begin(self, job: ChatJob) -> _Request:
+        table = self.routing
+        model = job.request.model
+        routed = table is not None and model in table.config.routes
+        if not routed:
+            table = self._direct.get(model)  # raises invalid_request for unknown models
+        assert table is not None
+        route = table.config.routes[model]
+        loop = asyncio.get_running_loop()
+        total = route.timeouts.total or self._timeouts.total
+        ends = [t for t in (job.deadline, loop.time() + total if total else None) if t]
+        plan = RoutePlan(table.config, model, self._res.stats, self._gate, self._rng)
+        state = _Request(
+            job=job,
+            table=table,
+            plan=plan,
+            alias=model if routed else DIRECT_ALIAS,
+            deadline=min(ends) if ends else None,
+            budget=route.retry.max_attempts or self._res.attempt_budget,
+        )
+        return state
+
+    def _gate(self, name: str) -> Skip | None:
+        res = self._res
+        if res.breakers is not None and not res.breakers.get(name).allows():
+            return Skip("circuit_open", math.inf)
+        cooling = res.cooldowns.remaining(name)
+        if cooling > 0:
+            return Skip("cooldown", cooling)
+        wait = res.deployment_quotas.try_acquire(name, res.share())
+        if wait > 0:
+            return Skip("quota", wait)
+        return None
+
+    async def _admit_tenant(self, state: _Request, tenant: str) -> None:
+        book = self._res.tenant_quotas
+        counted = False
+        while (wait := book.try_acquire(tenant, state.job.tenant_share)) > 0:
+            if not counted:
+                self._metrics.quota_waits.labels(reason="tenant").inc()
+                counted = True
+            remaining = _remaining(state.deadline)
+            if wait == math.inf or remaining <= wait:
+                raise FerrymanError(
+                    ErrorCode.RATE_LIMITED,
+                    f"tenant {tenant!r} is over its quota and no budget frees up before"
+                    " the request's deadline",
+                    retryable=True,
+                    retry_after=None if wait == math.inf else wait,
+                )
+            await book.changed(min(wait, remaining))
+
+    async def _serve(self, state: _Request) -> tuple[ChatCompleted, str]:
+        plan = state.plan
+        while True:
+            candidate = plan.next()
+            if candidate is None:
+                await self._exhausted(state)
+                continue
+            if state.left is not None and state.left != candidate.name:
+                reason = state.last_error.code if state.last_error else "unknown"
+                self._metrics.failovers.labels(
+                    deployment=self._label(state, state.left), reason=reason
+                ).inc()
+                state.left = None
+            result = await self._on_deployment(state, candidate)
+            if result is not None:
+                completed = result.completed.model_copy(
+                    update={
+                        "deployment": candidate.name,
+                        "attempts": list(state.log),
+                        "degraded": True if state.degraded else None,
+                    }
+                )
+                return completed, self._label(state, candidate.name)
+
+    async def _exhausted(self, state: _Request) -> None:
+        """Nothing can be tried now: wait for a deployment (backpressure), degrade, or fail.
 
         Raises:
-            FerrymanError: `invalid_request` when the model names nothing configured.
+            FerrymanError: nothing will be able to serve before the deadline.
         """
-        routing = self._routing
-        if routing is None or request.model not in routing.routes:
-            provider, model = self._router.resolve(request.model)
-            yield f"{provider.provider}/{model}", provider, model
+        plan = state.plan
+        skipped = dict(plan.skipped)
+        wait = plan.reopen()
+        remaining = _remaining(state.deadline)
+        if wait < remaining and state.calls.total() < state.budget:
+            reasons = {s.reason for s in skipped.values() if s.retry_in == wait}
+            self._metrics.quota_waits.labels(reason="/".join(sorted(reasons))).inc()
+            await self._res.deployment_quotas.changed(wait)
             return
+        route = plan.config.routes[plan.alias]
+        if route.degraded is not None and not state.degraded:
+            state.degraded = True
+            plan.divert(route.degraded)
+            return
+        if state.last_error is not None:
+            raise state.last_error
+        why = "; ".join(
+            f"{name}: {_SKIP_REASONS.get(skip.reason, skip.reason)}"
+            for name, skip in sorted(skipped.items())
+        )
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE,
+            f"no deployment of {plan.alias!r} can serve before the request's deadline"
+            f" ({why or 'none left to try'})",
+            retryable=True,
+        )
 
-        def allowed(name: str) -> bool:
-            return self._breakers is None or self._breakers.get(name).allows()
+    async def _on_deployment(self, state: _Request, candidate: Candidate) -> CallResult | None:
+        """Call `candidate` (retrying it when that is right); None means fail over.
 
-        for name, deployment in routing.candidates(request.model, allowed=allowed):
-            provider, model = self._router.resolve(f"{deployment.provider}/{deployment.model}")
-            yield name, provider, model
+        The gate already holds one quota slot of the deployment for the first call.
 
-    async def _attempts(
-        self,
-        job: ChatJob,
-        provider: ChatModel,
-        model: str,
-        started: float,
-        key: str,
-        log: list[AttemptInfo],
-    ) -> ChatCompleted:
-        loop = asyncio.get_running_loop()
-        breaker = self._breakers.get(key) if self._breakers else None
-        attempt = 1
-        while True:
-            began = loop.time()
-            try:
-                if breaker is not None and not breaker.allows():
-                    raise FerrymanError(
-                        ErrorCode.UNAVAILABLE,
-                        f"circuit open for {key}",
-                        retryable=True,
-                        provider=provider.provider,
-                    )
-                async with breaker.guard() if breaker else contextlib.nullcontext():
-                    result = await self._attempt(job, provider, model, started)
-                log.append(_attempt_info(key, began, loop.time()))
-                return result
-            except FerrymanError as exc:
-                log.append(_attempt_info(key, began, loop.time(), exc.code))
-                delay = self._retry.delay(attempt, exc.retry_after)
-                retry = (
-                    exc.retryable
-                    and attempt < self._retry.max_attempts
-                    and job.replies.chunk_count == 0  # never splice two answers together
-                    and (breaker is None or breaker.allows())
-                    and (job.deadline is None or loop.time() + delay < job.deadline)
-                )
-                if not retry:
-                    raise
-                self._metrics.retries.labels(provider=provider.provider).inc()
-                logger.info(
-                    "retrying %s/%s in %.2fs after %s (attempt %d)",
-                    provider.provider, model, delay, exc.code.value, attempt,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                attempt += 1
-
-    async def _attempt(
-        self, job: ChatJob, provider: ChatModel, model: str, started: float
-    ) -> ChatCompleted:
-        if job.request.stream:
-            return await self._stream(job, provider, model, started)
-        return await self._generate(job, provider, model, started)
-
-    async def _generate(
-        self, job: ChatJob, provider: ChatModel, model: str, started: float
-    ) -> ChatCompleted:
+        Raises:
+            FerrymanError: the request must fail now.
+        """
+        res = self._res
+        name = candidate.name
+        label = self._label(state, name)
+        per_deployment = candidate.route_config.retry.per_deployment or res.retry.max_attempts
+        held = True
         try:
-            async with asyncio.timeout_at(job.deadline):
-                result = await provider.generate(job.request, model)
-        except TimeoutError as exc:
-            raise FerrymanError(
-                ErrorCode.TIMEOUT,
-                f"{provider.provider} did not answer within the request's time budget",
-                retryable=True,
-                provider=provider.provider,
-            ) from exc
-        return ChatCompleted(
-            content=result.content,
-            tool_calls=result.tool_calls,
-            finish_reason=result.finish_reason,
-            usage=result.usage,
-            provider=provider.provider,
-            model=result.model or model,
-            chunk_count=0,
-            latency_ms=Latency(first_token=None, total=_ms_since(started)),
-            filtered_categories=result.filtered_categories,
-        )
-
-    async def _stream(
-        self, job: ChatJob, provider: ChatModel, model: str, started: float
-    ) -> ChatCompleted:
-        builder = CompletionBuilder()
-        first_token: float | None = None
-        index = 0
-        events = guard_stream(
-            provider.stream(job.request, model),
-            dataclasses.replace(self._timeouts, total=None),  # job.deadline carries the budget
-            provider=provider.provider,
-            deadline=job.deadline,
-        )
-        async for event in events:
-            builder.add(event)
-            if isinstance(event, TextDelta):
-                delta = ChunkDelta(content=event.text)
-            elif isinstance(event, ToolCallFragment):
-                fragment = ToolCallDelta(
-                    index=event.index, id=event.id, name=event.name, arguments=event.arguments
-                )
-                delta = ChunkDelta(tool_calls=[fragment])
-            else:
+            self._check_capabilities(state.job.request, candidate)
+        except FerrymanError as exc:
+            res.deployment_quotas.release(name)
+            state.last_error = exc  # route around a deployment that cannot serve this request
+            return None
+        while True:
+            if not held:
+                wait = res.deployment_quotas.try_acquire(name, res.share())
+                if wait > 0:
+                    state.plan.skipped[name] = Skip("quota", wait)
+                    return None
+            held = False
+            try:
+                if state.calls.total() >= state.budget:
+                    raise state.last_error or _budget_error(state)
+                await self._announce_restart(state, candidate)
+                if state.calls[name]:
+                    self._metrics.retries.labels(deployment=label).inc()
+                state.calls[name] += 1
+                return await self._call(state, candidate)
+            except FerrymanError as failure:
+                state.last_error = exc = failure
+                if not self._may_continue(state, candidate, exc):
+                    raise
+            finally:
+                res.deployment_quotas.release(name)
+            if exc.retry_after is not None:
+                res.cooldowns.hold(name, exc.retry_after)
+            retry_here = (
+                exc.retryable
+                and exc.code is not ErrorCode.TIMEOUT  # never wait twice on a silent deployment
+                and exc.retry_after is None  # a cooling deployment: fail over, or wait for it
+                and state.calls[name] < per_deployment
+                and (res.breakers is None or res.breakers.get(name).allows())
+            )
+            delay = res.retry.delay(state.calls[name], None) if retry_here else 0.0
+            if retry_here and delay < _remaining(state.deadline):
+                calls = state.calls[name]
+                logger.info("retrying %s in %.2fs after %s (call %d)", name, delay, exc.code, calls)
+                await asyncio.sleep(delay)
                 continue
-            if first_token is None:
-                first_token = _ms_since(started)
-                self._metrics.first_token.labels(provider=provider.provider).observe(
-                    first_token / 1000.0
-                )
-            await job.replies.chunk(ChatChunk(index=index, delta=delta))
-            index += 1
-        result = builder.result()
-        self._metrics.chunks.labels(provider=provider.provider).inc(index)
-        return ChatCompleted(
-            content=result.content,
-            tool_calls=result.tool_calls,
-            finish_reason=result.finish_reason,
-            usage=result.usage,
-            provider=provider.provider,
-            model=result.model or model,
-            chunk_count=index,
-            latency_ms=Latency(first_token=first_token, total=_ms_since(started)),
-            filtered_categories=result.filtered_categories,
+            if exc.retry_after is not None and state.calls[name] < per_deployment:
+                # Usable again after its Retry-After: fail over now, or wait for it if
+                # nothing else can serve (see `_exhausted`).
+                state.plan.skipped[name] = Skip("cooldown", exc.retry_after)
+            state.left = name
+            logger.info("leaving %s after %s", name, exc.code)
+            return None
+
+    def _check_capabilities(self, request: ChatRequest, candidate: Candidate) -> None:
+        deployment = candidate.deployment
+        if deployment.capabilities is not None:
+            self._capabilities.check_against(request, deployment.capabilities, deployment.target)
+        else:
+            self._capabilities.check(request, deployment.provider, deployment.model)
+
+    def _may_continue(self, state: _Request, candidate: Candidate, exc: FerrymanError) -> bool:
+        """Whether the request may go on after `exc` (False: it fails with `exc`)."""
+        route = candidate.route_config
+        if state.progress.published and not self._restarts(state, candidate):
+            return False  # fail cleanly rather than splice two answers together
+        if exc.code is ErrorCode.CONTEXT_LENGTH:
+            state.plan.exclude(candidate.name)
+            target = route.larger_context
+            if target is None or state.plan.alias == target:
+                return False
+            state.plan.divert(target)
+            return True
+        if exc.code is ErrorCode.CONTENT_FILTER:
+            return route.content_filter == "fallback"
+        return exc.retryable
+
+    def _restarts(self, state: _Request, candidate: Candidate) -> bool:
+        if state.alias == DIRECT_ALIAS:
+            return self._res.restart_streams
+        return candidate.route_config.restart_streams
+
+    async def _announce_restart(self, state: _Request, candidate: Candidate) -> None:
+        progress = state.progress
+        if not progress.published:
+            return
+        error = state.last_error
+        assert error is not None
+        await state.job.replies.restarted(
+            ChatRestarted(
+                attempt=progress.attempt + 1,
+                discarded_chunks=progress.published,
+                reason=error.to_info(),
+                deployment=candidate.name,
+            )
         )
+        self._metrics.restarts.labels(deployment=self._label(state, candidate.name)).inc()
+        progress.attempt += 1
+        progress.published = 0
+
+    async def _call(self, state: _Request, candidate: Candidate) -> CallResult:
+        res = self._res
+        client = state.table.clients[candidate.name]
+        name = candidate.name
+        label = self._label(state, name)
+        deployment, route = candidate.deployment, candidate.route_config
+        call_timeouts = StreamTimeouts(
+            first_token=deployment.timeouts.first_token
+            or route.timeouts.first_token
+            or self._timeouts.first_token,
+            idle=deployment.timeouts.stream_idle
+            or route.timeouts.stream_idle
+            or self._timeouts.idle,
+            total=None,
+        )
+        deadline = state.deadline
+        if deployment.timeouts.total is not None:
+            own = asyncio.get_running_loop().time() + deployment.timeouts.total
+            deadline = own if deadline is None else min(deadline, own)
+        call = Call(client, deployment.model, label, call_timeouts, deadline)
+        stats = res.stats.get(name)
+        breaker = res.breakers.get(name) if res.breakers is not None else None
+        began = time.monotonic()
+        stats.started()
+        try:
+            if breaker is None:
+                result = await run_call(
+                    call, state.job.request, state.job.replies, state.progress,
+                    self._metrics, state.started,
+                )  # fmt: skip
+            else:
+                async with breaker.guard():
+                    result = await run_call(
+                        call, state.job.request, state.job.replies, state.progress,
+                        self._metrics, state.started,
+                    )  # fmt: skip
+        except FerrymanError as exc:
+            if exc.provider is None:
+                exc.provider = client.provider
+            stats.finished(failed=exc.retryable)
+            self._record(state, name, label, began, exc.code)
+            raise
+        except BaseException:
+            stats.finished(failed=False)
+            raise
+        stats.finished(failed=False, first_token=result.first_token)
+        usage = result.completed.usage
+        res.deployment_quotas.charge(name, usage.input_tokens + usage.output_tokens)
+        self._record(state, name, label, began, None)
+        return result
+
+    def _record(
+        self, state: _Request, name: str, label: str, began: float, error: ErrorCode | None
+    ) -> None:
+        state.log.append(
+            AttemptInfo(
+                deployment=name,
+                outcome="failed" if error else "completed",
+                error_code=error,
+                duration_ms=round((time.monotonic() - began) * 1000.0, 3),
+            )
+        )
+        self._metrics.attempts.labels(deployment=label, outcome=error or "completed").inc()
+
+    @staticmethod
+    def _label(state: _Request, name: str) -> str:
+        """The metrics label of deployment `name` (direct requests: `provider/*`)."""
+        if state.alias == DIRECT_ALIAS:
+            return name.partition("/")[0] + "/*"
+        return name
 
 
-def _attempt_info(
-    key: str, began: float, ended: float, error: ErrorCode | None = None
-) -> AttemptInfo:
-    return AttemptInfo(
-        deployment=key,
-        outcome="failed" if error else "completed",
-        error_code=error,
-        duration_ms=round((ended - began) * 1000.0, 3),
+def _remaining(deadline: float | None) -> float:
+    if deadline is None:
+        return math.inf
+    return deadline - asyncio.get_running_loop().time()
+
+
+def _budget_error(state: _Request) -> FerrymanError:
+    return FerrymanError(
+        ErrorCode.UNAVAILABLE,
+        f"the request's attempt budget ({state.budget} calls) is spent",
+        retryable=True,
     )
-
-
-def _ms_since(started: float) -> float:
-    return round((time.monotonic() - started) * 1000.0, 3)

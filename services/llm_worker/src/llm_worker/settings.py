@@ -22,6 +22,7 @@ from llm_worker.provider_config import (
     OpenAIConfig,
 )
 from shared.contracts.events import (
+    DEFAULT_HEALTH_TOPIC,
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
     dlq_topic_for,
@@ -60,9 +61,24 @@ class LlmWorkerSettings(WorkerSettings):
     request_timeout: float = Field(default=600.0, gt=0)
     """Seconds a provider call may take in all (and never past the request's `expirytime`)."""
     routing_file: Path | None = None
-    """YAML file of deployments and routes (aliases with weighted deployments and fallbacks)."""
+    """YAML file of deployments, routes and tenant quotas (hot-reloaded; see the README)."""
+    routing_poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds between checks of the routing file for a new version."""
     retry_max_attempts: int = Field(default=3, ge=1)
-    """Attempts per request on its provider for retryable failures before the first chunk."""
+    """Calls per request on one deployment (the first plus retries), unless a route says."""
+    attempt_budget: int = Field(default=6, ge=1)
+    """Calls per request across all deployments (retries and failovers), unless a route says."""
+    restart_streams: bool = True
+    """Restart a `provider/model` stream that failed after chunks were published (announced
+    by a `restarted` event); routes set this per route."""
+    health_topic: str = DEFAULT_HEALTH_TOPIC
+    """Topic of the periodic per-deployment health reports."""
+    health_report_interval: float = Field(default=15.0, gt=0)
+    """Seconds between health reports."""
+    health_probe_interval: float = Field(default=30.0, gt=0)
+    """Seconds between active probes (an unbilled model listing per provider client)."""
+    health_probe_timeout: float = Field(default=5.0, gt=0)
+    """Seconds a probe may take before it counts as failed."""
     retry_base_delay: float = Field(default=0.5, ge=0)
     """Backoff base (full jitter, doubling per attempt); never less than Retry-After."""
     retry_max_delay: float = Field(default=8.0, ge=0)

@@ -7,19 +7,24 @@ result payloads, and the shared error taxonomy.
 
 from shared.contracts.errors import ErrorCode, ErrorInfo, FerrymanError
 from shared.contracts.events import (
+    DEFAULT_HEALTH_TOPIC,
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
+    HEALTH_REPORTED,
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
     LLM_CHAT_REQUESTED,
+    LLM_CHAT_RESTARTED,
     dlq_topic_for,
 )
+from shared.contracts.health import DeploymentHealth, HealthReport, HealthStatus
 from shared.contracts.llm import (
     ChatChunk,
     ChatCompleted,
     ChatFailed,
     ChatRequest,
+    ChatRestarted,
     ChunkDelta,
     CompletedToolCall,
     FinishReason,
@@ -29,22 +34,29 @@ from shared.contracts.llm import (
 )
 
 __all__ = [
+    "DEFAULT_HEALTH_TOPIC",
     "DEFAULT_LLM_REPLY_TOPIC",
     "DEFAULT_LLM_REQUEST_TOPIC",
+    "HEALTH_REPORTED",
     "LLM_CHAT_CHUNK",
     "LLM_CHAT_COMPLETED",
     "LLM_CHAT_FAILED",
     "LLM_CHAT_REQUESTED",
+    "LLM_CHAT_RESTARTED",
     "ChatChunk",
     "ChatCompleted",
     "ChatFailed",
     "ChatRequest",
+    "ChatRestarted",
     "ChunkDelta",
     "CompletedToolCall",
+    "DeploymentHealth",
     "ErrorCode",
     "ErrorInfo",
     "FerrymanError",
     "FinishReason",
+    "HealthReport",
+    "HealthStatus",
     "Latency",
     "ToolCallDelta",
     "Usage",

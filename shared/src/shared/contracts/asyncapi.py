@@ -1,4 +1,4 @@
-"""The AsyncAPI 3.0 document of Ferryman's LLM events, generated from the contract models."""
+"""The AsyncAPI 3.0 document of Ferryman's events, generated from the contract models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.contracts import events as ev
-from shared.contracts.llm import ChatChunk, ChatCompleted, ChatFailed, ChatRequest
+from shared.contracts.health import HealthReport
+from shared.contracts.llm import ChatChunk, ChatCompleted, ChatFailed, ChatRequest, ChatRestarted
 
 _REF = "#/components/schemas/{model}"
 
@@ -53,6 +54,20 @@ def _result_headers(event_type: str) -> dict[str, Any]:
     }
 
 
+_HEALTH_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "description": "CloudEvents 1.0 binary mode; the Kafka key is the reporting instance.",
+    "required": ["ce_id", "ce_source", "ce_specversion", "ce_type"],
+    "properties": {
+        "ce_id": _header("Id of this report."),
+        "ce_source": _header("The reporting worker."),
+        "ce_specversion": _header("CloudEvents version.", const="1.0"),
+        "ce_type": _header("Event type.", const=ev.HEALTH_REPORTED),
+        "ce_time": _header("When the report was made.", format="date-time"),
+        "content-type": _header("Data content type.", const="application/json"),
+    },
+}
+
 _DLQ_HEADERS: dict[str, Any] = {
     "type": "object",
     "description": "The original record's key, value and headers byte for byte, plus these.",
@@ -74,7 +89,14 @@ def build_asyncapi(version: str = "0.1.0") -> dict[str, Any]:
     """Return the AsyncAPI 3.0 document as a JSON-able dict."""
     schemas: dict[str, Any] = {}
     payloads: dict[str, Any] = {}
-    models: list[type[BaseModel]] = [ChatRequest, ChatChunk, ChatCompleted, ChatFailed]
+    models: list[type[BaseModel]] = [
+        ChatRequest,
+        ChatChunk,
+        ChatRestarted,
+        ChatCompleted,
+        ChatFailed,
+        HealthReport,
+    ]
     for model in models:
         schema = model.model_json_schema(ref_template=_REF, by_alias=True)
         schemas.update(schema.pop("$defs", {}))
@@ -90,6 +112,12 @@ def build_asyncapi(version: str = "0.1.0") -> dict[str, Any]:
             _result_headers(ev.LLM_CHAT_CHUNK),
             payloads["ChatChunk"],
         ),
+        "chatRestarted": _message(
+            "chatRestarted",
+            ev.LLM_CHAT_RESTARTED,
+            _result_headers(ev.LLM_CHAT_RESTARTED),
+            payloads["ChatRestarted"],
+        ),
         "chatCompleted": _message(
             "chatCompleted",
             ev.LLM_CHAT_COMPLETED,
@@ -102,6 +130,9 @@ def build_asyncapi(version: str = "0.1.0") -> dict[str, Any]:
             _result_headers(ev.LLM_CHAT_FAILED),
             payloads["ChatFailed"],
         ),
+        "healthReported": _message(
+            "healthReported", ev.HEALTH_REPORTED, _HEALTH_HEADERS, payloads["HealthReport"]
+        ),
         "deadLetter": {
             "name": "deadLetter",
             "title": "Dead-lettered request record",
@@ -113,13 +144,16 @@ def build_asyncapi(version: str = "0.1.0") -> dict[str, Any]:
     def refs(*names: str) -> dict[str, Any]:
         return {n: {"$ref": f"#/components/messages/{n}"} for n in names}
 
+    results = ("chatChunk", "chatRestarted", "chatCompleted", "chatFailed")
+
     return {
         "asyncapi": "3.0.0",
         "info": {
-            "title": "Ferryman LLM events",
+            "title": "Ferryman events",
             "version": version,
             "description": "Chat requests in, streamed chunks and one terminal event out, "
-            "through Kafka. Generated from shared.contracts; do not edit by hand.",
+            "through Kafka; workers' health reports on their own topic. Generated from "
+            "shared.contracts; do not edit by hand.",
         },
         "defaultContentType": "application/json",
         "channels": {
@@ -130,11 +164,16 @@ def build_asyncapi(version: str = "0.1.0") -> dict[str, Any]:
             "llmResults": {
                 "address": ev.DEFAULT_LLM_REPLY_TOPIC,
                 "description": "Or the topic named by the request's replyto extension.",
-                "messages": refs("chatChunk", "chatCompleted", "chatFailed"),
+                "messages": refs(*results),
             },
             "llmDeadLetters": {
                 "address": ev.dlq_topic_for(ev.DEFAULT_LLM_REQUEST_TOPIC),
                 "messages": refs("deadLetter"),
+            },
+            "health": {
+                "address": ev.DEFAULT_HEALTH_TOPIC,
+                "description": "Each worker replica's periodic view of its deployments.",
+                "messages": refs("healthReported"),
             },
         },
         "operations": {
@@ -146,15 +185,17 @@ def build_asyncapi(version: str = "0.1.0") -> dict[str, Any]:
             "publishChatResults": {
                 "action": "send",
                 "channel": {"$ref": "#/channels/llmResults"},
-                "messages": [
-                    {"$ref": f"#/channels/llmResults/messages/{n}"}
-                    for n in ("chatChunk", "chatCompleted", "chatFailed")
-                ],
+                "messages": [{"$ref": f"#/channels/llmResults/messages/{n}"} for n in results],
             },
             "publishDeadLetters": {
                 "action": "send",
                 "channel": {"$ref": "#/channels/llmDeadLetters"},
                 "messages": [{"$ref": "#/channels/llmDeadLetters/messages/deadLetter"}],
+            },
+            "publishHealthReports": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/health"},
+                "messages": [{"$ref": "#/channels/health/messages/healthReported"}],
             },
         },
         "components": {"messages": messages, "schemas": schemas},

@@ -8,9 +8,12 @@ LLM_CHAT_REQUESTED: Final = "ferryman.llm.chat.requested"
 LLM_CHAT_CHUNK: Final = "ferryman.llm.chat.chunk"
 LLM_CHAT_COMPLETED: Final = "ferryman.llm.chat.completed"
 LLM_CHAT_FAILED: Final = "ferryman.llm.chat.failed"
+LLM_CHAT_RESTARTED: Final = "ferryman.llm.chat.restarted"
+HEALTH_REPORTED: Final = "ferryman.health.reported"
 
 DEFAULT_LLM_REQUEST_TOPIC: Final = "llm.requests"
 DEFAULT_LLM_REPLY_TOPIC: Final = "llm.results"
+DEFAULT_HEALTH_TOPIC: Final = "ferryman.health"
 
 EXT_REPLY_TO: Final = "replyto"
 EXT_PARTITION_KEY: Final = "partitionkey"

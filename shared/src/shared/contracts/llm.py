@@ -221,10 +221,35 @@ class ChunkDelta(_Strict):
 
 
 class ChatChunk(_Strict):
-    """The `data` of a `ferryman.llm.chat.chunk` event; `index` counts 0, 1, 2… with no gaps."""
+    """The `data` of a `ferryman.llm.chat.chunk` event.
+
+    `index` counts 0, 1, 2… with no gaps within one `attempt`. A stream that failed after
+    chunks were published may be restarted on another deployment: a
+    `ferryman.llm.chat.restarted` event then announces `attempt` + 1, whose chunks count
+    from 0 again, and consumers discard the chunks of earlier attempts.
+    """
 
     index: int = Field(ge=0)
     delta: ChunkDelta
+    attempt: int = Field(default=1, ge=1)
+    """Which streamed answer this chunk belongs to (1 unless the stream was restarted)."""
+
+
+class ChatRestarted(_Strict):
+    """The `data` of a `ferryman.llm.chat.restarted` event.
+
+    The stream of `attempt - 1` failed after some of its chunks were published; they must
+    be discarded. The chunks that follow carry `attempt` and count from index 0.
+    """
+
+    attempt: int = Field(ge=2)
+    """The attempt that starts now."""
+    discarded_chunks: int = Field(ge=0)
+    """How many chunks the failed attempt had published."""
+    reason: ErrorInfo
+    """Why the previous attempt failed."""
+    deployment: str
+    """The deployment that serves the new attempt."""
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
@@ -287,6 +312,10 @@ class ChatCompleted(_Strict):
     filtered_categories: list[str] | None = None
     """With `finish_reason` `content_filter`: the categories the provider's filter flagged
     (e.g. `hate=high`), when it says."""
+    stream_attempt: int | None = None
+    """With a restarted stream: the attempt whose chunks make up this answer."""
+    degraded: bool | None = None
+    """True when the route's degraded fallback served because nothing else could."""
 
 
 class ChatFailed(_Strict):

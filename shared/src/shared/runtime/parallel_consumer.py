@@ -107,6 +107,7 @@ class ParallelConsumer:
         self._stopping = False
         self._peak_in_flight = 0
         self._assigned_once = asyncio.Event()
+        self._share = 0.0
 
     @property
     def _consumer(self) -> AIOKafkaConsumer:
@@ -129,6 +130,21 @@ class ParallelConsumer:
         """Partitions currently assigned to this consumer."""
         return sorted(self._offsets, key=lambda tp: (tp.topic, tp.partition))
 
+    def share(self) -> float:
+        """This consumer's assigned partitions ÷ all partitions of its topics (0 before any).
+
+        Replicas of a group hold disjoint partitions, so their shares sum to 1: a limit
+        multiplied by each replica's share holds across replicas without shared state.
+        """
+        return self._share
+
+    def _update_share(self) -> None:
+        total = 0
+        for topic in self._topics:
+            partitions = self._consumer.partitions_for_topic(topic)
+            total += len(partitions) if partitions else 0
+        self._share = min(1.0, len(self._offsets) / total) if total else 0.0
+
     async def wait_assigned(self, timeout: float) -> bool:
         """Wait until the group assigned partitions at least once; return whether it did."""
         try:
@@ -143,6 +159,7 @@ class ParallelConsumer:
             "group_id": self._group_id,
             "topics": self._topics,
             "assigned": [f"{tp.topic}:{tp.partition}" for tp in self.assignment],
+            "share": round(self._share, 4),
             "in_flight": self.in_flight,
             "peak_in_flight": self._peak_in_flight,
             "max_in_flight": self._max_in_flight,
@@ -315,6 +332,7 @@ class ParallelConsumer:
                 self._consumer.seek(tp, state.next_fetch)
         if self._paused:
             self._consumer.pause(*assigned)
+        self._update_share()
         self._assigned_once.set()
         logger.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 

@@ -1,0 +1,164 @@
+"""One provider call: stream it into chunk events (or generate it), bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from llm_worker.llm_metrics import LlmMetrics
+from llm_worker.ports import ChatModel
+from llm_worker.replies import ReplyStream
+from llm_worker.stream_guard import StreamTimeouts, guard_stream
+from llm_worker.streaming import Completion, CompletionBuilder, TextDelta, ToolCallFragment
+from shared.contracts import (
+    ChatChunk,
+    ChatCompleted,
+    ChatRequest,
+    ChunkDelta,
+    ErrorCode,
+    FerrymanError,
+    Latency,
+    ToolCallDelta,
+)
+
+
+@dataclass
+class StreamProgress:
+    """What a request has published so far: the current stream attempt and its chunks."""
+
+    attempt: int = 1
+    published: int = 0
+    first_token_at: float | None = None
+    """`time.monotonic()` of the request's first published chunk."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """Where and how one call goes."""
+
+    client: ChatModel
+    model: str
+    deployment: str
+    """The metrics label of the deployment."""
+    timeouts: StreamTimeouts
+    deadline: float | None
+    """`loop.time()` the call must end by."""
+
+
+@dataclass
+class CallResult:
+    """A finished call: the answer, and its time to first token (seconds) if it streamed."""
+
+    completed: ChatCompleted
+    first_token: float | None
+
+
+async def run_call(
+    call: Call,
+    request: ChatRequest,
+    replies: ReplyStream,
+    progress: StreamProgress,
+    metrics: LlmMetrics,
+    started: float,
+) -> CallResult:
+    """Make one call; a streamed answer is published chunk by chunk as it arrives.
+
+    Args:
+        call: the deployment, model, bounds and deadline.
+        request: the chat request.
+        replies: where chunks go.
+        progress: updated with every published chunk.
+        metrics: chunk and time-to-first-token metrics.
+        started: `time.monotonic()` when the request's work began (for latencies).
+
+    Raises:
+        FerrymanError: the provider failed, timed out, or ended the stream unfinished.
+        aiokafka.errors.KafkaError: a chunk could not be enqueued.
+    """
+    if request.stream:
+        return await _stream(call, request, replies, progress, metrics, started)
+    return await _generate(call, request, started)
+
+
+async def _generate(call: Call, request: ChatRequest, started: float) -> CallResult:
+    provider = call.client.provider
+    try:
+        async with asyncio.timeout_at(call.deadline):
+            result = await call.client.generate(request, call.model)
+    except TimeoutError as exc:
+        raise FerrymanError(
+            ErrorCode.TIMEOUT,
+            f"{provider} did not answer within the call's time budget",
+            retryable=True,
+            provider=provider,
+        ) from exc
+    return CallResult(_completed(result, call, 0, Latency(total=_ms_since(started))), None)
+
+
+async def _stream(
+    call: Call,
+    request: ChatRequest,
+    replies: ReplyStream,
+    progress: StreamProgress,
+    metrics: LlmMetrics,
+    started: float,
+) -> CallResult:
+    provider = call.client.provider
+    builder = CompletionBuilder()
+    call_started = time.monotonic()
+    first_token: float | None = None
+    attempt = progress.attempt
+    events = guard_stream(
+        call.client.stream(request, call.model),
+        call.timeouts,
+        provider=provider,
+        deadline=call.deadline,
+    )
+    async for event in events:
+        builder.add(event)
+        if isinstance(event, TextDelta):
+            delta = ChunkDelta(content=event.text)
+        elif isinstance(event, ToolCallFragment):
+            fragment = ToolCallDelta(
+                index=event.index, id=event.id, name=event.name, arguments=event.arguments
+            )
+            delta = ChunkDelta(tool_calls=[fragment])
+        else:
+            continue
+        if first_token is None:
+            now = time.monotonic()
+            first_token = now - call_started
+            metrics.first_token.labels(deployment=call.deployment).observe(first_token)
+            if progress.first_token_at is None:
+                progress.first_token_at = now
+        await replies.chunk(ChatChunk(index=progress.published, delta=delta, attempt=attempt))
+        progress.published += 1
+    result = builder.result()
+    metrics.chunks.labels(deployment=call.deployment).inc(progress.published)
+    first_ms = None
+    if progress.first_token_at is not None:
+        first_ms = round((progress.first_token_at - started) * 1000.0, 3)
+    latency = Latency(first_token=first_ms, total=_ms_since(started))
+    completed = _completed(result, call, progress.published, latency)
+    if attempt > 1:
+        completed = completed.model_copy(update={"stream_attempt": attempt})
+    return CallResult(completed, first_token)
+
+
+def _completed(result: Completion, call: Call, chunks: int, latency: Latency) -> ChatCompleted:
+    return ChatCompleted(
+        content=result.content,
+        tool_calls=result.tool_calls,
+        finish_reason=result.finish_reason,
+        usage=result.usage,
+        provider=call.client.provider,
+        model=result.model or call.model,
+        chunk_count=chunks,
+        latency_ms=latency,
+        filtered_categories=result.filtered_categories,
+    )
+
+
+def _ms_since(started: float) -> float:
+    return round((time.monotonic() - started) * 1000.0, 3)

@@ -1,0 +1,93 @@
+"""What one replica observes about each deployment: load, latency and recent failures.
+
+Balancing reads `in_flight` (least in-flight) and `first_token_ewma` (lowest latency);
+health reads the passive window and the last active probe.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+
+_EWMA_WEIGHT = 0.3
+"""Weight of the newest time-to-first-token sample (recent latency matters most)."""
+
+
+class DeploymentStats:
+    """Counters of one deployment on this replica.
+
+    Args:
+        window: seconds of real traffic the error rate covers.
+        clock: monotonic seconds (injectable for tests).
+    """
+
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window = window
+        self._clock = clock
+        self._outcomes: deque[tuple[float, bool]] = deque(maxlen=10_000)
+        self.in_flight = 0
+        self.first_token_ewma: float | None = None
+        """Seconds; an exponentially weighted average over calls that produced a token."""
+        self.probe_ok: bool | None = None
+        self.probe_error: str | None = None
+        self.probe_at: datetime | None = None
+
+    def started(self) -> None:
+        """A call to the deployment began."""
+        self.in_flight += 1
+
+    def finished(self, *, failed: bool, first_token: float | None = None) -> None:
+        """A call ended; `failed` means an upstream (retryable) failure.
+
+        Args:
+            failed: whether the upstream failed (bad requests do not count).
+            first_token: seconds from the call to its first token, if one came.
+        """
+        self.in_flight = max(0, self.in_flight - 1)
+        self._outcomes.append((self._clock(), failed))
+        if first_token is not None:
+            previous = self.first_token_ewma
+            self.first_token_ewma = (
+                first_token
+                if previous is None
+                else _EWMA_WEIGHT * first_token + (1 - _EWMA_WEIGHT) * previous
+            )
+
+    def probed(self, *, error: str | None, at: datetime) -> None:
+        """Record an active probe's outcome (`error` None means it succeeded)."""
+        self.probe_ok = error is None
+        self.probe_error = error
+        self.probe_at = at
+
+    def recent(self) -> tuple[int, float]:
+        """`(calls, error_rate)` over the passive window."""
+        horizon = self._clock() - self._window
+        outcomes = self._outcomes
+        while outcomes and outcomes[0][0] < horizon:
+            outcomes.popleft()
+        calls = len(outcomes)
+        if not calls:
+            return 0, 0.0
+        return calls, sum(1 for _, failed in outcomes if failed) / calls
+
+
+class StatsBoard:
+    """`DeploymentStats` per deployment name, created on first use (kept across reloads)."""
+
+    def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window = window
+        self._clock = clock
+        self._stats: dict[str, DeploymentStats] = {}
+
+    def get(self, name: str) -> DeploymentStats:
+        """The stats of deployment `name`."""
+        stats = self._stats.get(name)
+        if stats is None:
+            stats = self._stats[name] = DeploymentStats(self._window, self._clock)
+        return stats
+
+    def names(self) -> list[str]:
+        """Every deployment seen so far."""
+        return sorted(self._stats)
