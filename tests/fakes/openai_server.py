@@ -5,8 +5,9 @@ Used by provider tests (in-process), by integration tests and by the benchmark
 
 Each request picks the scenario registered for its `model` (or the default):
 an echo answer streamed in tokens, tool calls streamed in fragments, HTTP
-errors with retry-after headers, delays before headers or before the first
-token, and faults mid-stream (cut, stall, malformed event, no terminator).
+errors with retry-after headers, a connection reset before headers, delays
+before headers or before the first token, and faults mid-stream (cut, stall,
+malformed event, no terminator).
 Every request is recorded for assertions.
 """
 
@@ -44,6 +45,8 @@ class Scenario:
     error_body: dict[str, Any] | None = None
     """The exact JSON body of the error response (default: an OpenAI-style error)."""
     delay_before_headers: float = 0.0
+    reset_before_headers: bool = False
+    """Abort the connection before sending any response (a reset before headers)."""
     first_token_delay: float = 0.0
     token_delay: float = 0.0
     cut_after: int | None = None
@@ -114,6 +117,10 @@ class FakeOpenAI(FakeHttpServer):
         scenario = self.scenario_for(body.get("model", ""))
         if scenario.delay_before_headers:
             await asyncio.sleep(scenario.delay_before_headers)
+        if scenario.reset_before_headers:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
         failing = scenario.status is not None
         if failing and scenario.fail_first is not None:
             seen = self._failures.get(body.get("model", ""), 0)

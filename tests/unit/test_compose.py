@@ -18,6 +18,7 @@ def test_compose_starts_kafka_then_topics_then_the_worker_built_from_its_dockerf
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert "llm.requests" in init["command"][0]
+    assert "ferryman.health" in init["command"][0]  # workers do not create topics here
     assert worker["depends_on"]["kafka-init"]["condition"] == "service_completed_successfully"
     assert (ROOT / worker["build"]["context"] / worker["build"]["dockerfile"]).is_file()
     assert worker["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:19092"

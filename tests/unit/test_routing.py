@@ -194,3 +194,16 @@ async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
         )
         == 1.0
     )
+
+
+def test_the_readme_example_routing_file_is_valid() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Routing and resilience", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+    config = RoutingConfig.parse(example.encode())
+
+    assert set(config.routes) == {"chat", "cheap", "long", "apology"}
+    assert config.routes["chat"].strategy == "least_in_flight"
+    assert config.deployments["openai-eu"].credentials == "env:OPENAI_EU_KEY"
+    assert config.tenant_quotas()[1] is not None

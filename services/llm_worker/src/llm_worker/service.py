@@ -6,8 +6,8 @@ the same deployment with backoff, except a timeout (a silent deployment is not w
 on twice) and a Retry-After (the deployment cools down and the request fails over, or
 waits if nothing else can serve); `context_length` moves to the route's larger-context
 route; `content_filter` ends the request unless the route says to fall back; a stream
-that fails after chunks were published is restarted on the next deployment (announced
-by a `restarted` event) or failed; when every deployment is at a quota or cooling
+that fails after chunks were published is restarted on the next call (announced by a
+`restarted` event) or failed; when every deployment is at a quota or cooling
 down, the request waits (backpressure) until one frees up or its deadline passes.
 """
 
@@ -286,6 +286,14 @@ class ChatService:
             return
         if state.last_error is not None:
             raise state.last_error
+        if skipped and all(skip.reason == "quota" for skip in skipped.values()):
+            raise FerrymanError(
+                ErrorCode.RATE_LIMITED,
+                f"every deployment of {plan.alias!r} is at its quota and none frees up"
+                " before the request's deadline",
+                retryable=True,
+                retry_after=None if wait == math.inf else wait,
+            )
         why = "; ".join(
             f"{name}: {_SKIP_REASONS.get(skip.reason, skip.reason)}"
             for name, skip in sorted(skipped.items())
@@ -323,9 +331,12 @@ class ChatService:
                     state.plan.skipped[name] = Skip("quota", wait)
                     return None
             held = False
+            if state.calls.total() >= state.budget:
+                # Outside the `try`: a spent budget ends the request, it is no failure
+                # of this deployment to retry (that would spin until the deadline).
+                res.deployment_quotas.release(name)
+                raise state.last_error or _budget_error(state)
             try:
-                if state.calls.total() >= state.budget:
-                    raise state.last_error or _budget_error(state)
                 await self._announce_restart(state, candidate)
                 if state.calls[name]:
                     self._metrics.retries.labels(deployment=label).inc()

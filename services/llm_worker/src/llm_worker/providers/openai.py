@@ -78,6 +78,8 @@ class OpenAIChatModel:
                 async for chunk in stream:
                     for event in mapper.events(chunk):
                         yield event
+                    if mapper.complete:
+                        break
         finish = mapper.finish()
         if finish is not None:
             yield finish

@@ -96,6 +96,7 @@ class ChunkMapper:
         self._filtered: set[str] = set()
         self._finish: str | None = None
         self._model: str | None = None
+        self._usage_seen = False
 
     def events(self, chunk: Any) -> list[StreamEvent]:
         """Return the events carried by one streamed chunk, decoded as plain JSON (choice 0 only).
@@ -134,8 +135,15 @@ class ChunkMapper:
             if results := choice.get("content_filter_results"):  # Azure, per chunk
                 self._filtered.update(filtered_categories(results))
         if (usage := chunk.get("usage")) is not None:
+            self._usage_seen = True
             out.append(usage_report(usage))
         return out
+
+    @property
+    def complete(self) -> bool:
+        """Whether the answer finished and its usage came: nothing else is worth waiting for
+        (a server that never sends `[DONE]` must not hold the request until a timeout)."""
+        return self._finish is not None and self._usage_seen
 
     def finish(self) -> Finish | None:
         """Return the `Finish` event once the stream ended, if the provider finished it."""
