@@ -236,6 +236,16 @@ async def test_a_deployment_limit_holds_across_two_replicas(
     assert served["limited"] == calls["limited"]
     assert served["spare"] == calls["spare"] == 30 - calls["limited"]
 
+    # Both replicas converge on a new version of the file (same bytes, same hash).
+    raised = routing.read_text().replace("rpm: 6", "rpm: 600")
+    version = replace_file(routing, raised)
+    converged = time.monotonic()
+    await eventually(lambda: all(health(w)["routing"]["version"] == version for w in workers))
+    note(f"two replicas converged on {version} in {time.monotonic() - converged:.2f}s")
+    for worker in workers:
+        assert sample(worker, "llm_worker_routing_version_info", version=version) == 1.0
+        assert health(worker)["quotas"]["deployments"]["limited"]["requests_limit"] == 600
+
 
 def busiest(times: list[float], window: float) -> int:
     """The most of `times` inside any window `[t, t + window)` that starts at one of them."""

@@ -1,0 +1,132 @@
+"""Deployments with their own endpoint and credentials get their own client; references are
+resolved without ever exposing the key; per-deployment capabilities route around."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from llm_worker.deployments import build_table
+from llm_worker.provider_factory import build_providers, dedicated_client, read_credentials
+from llm_worker.providers import ModelRouter
+from llm_worker.replies import ReplyStream
+from llm_worker.routing import Deployment, RoutingConfig
+from llm_worker.service import ChatJob, ChatService, LlmMetrics
+from llm_worker.settings import LlmWorkerSettings
+from shared.contracts import ChatRequest
+from shared.runtime.codec import header_value
+from tests.fakes.openai_server import FakeOpenAI
+from tests.unit.test_handler import RawPublisher
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def test_credentials_references_resolve_from_env_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EU_KEY", "sk-eu-secret")
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-file-secret\n")
+
+    assert read_credentials("env:EU_KEY").get_secret_value() == "sk-eu-secret"
+    assert read_credentials(f"file:{key_file}").get_secret_value() == "sk-file-secret"
+    with pytest.raises(ValueError, match="MISSING_KEY is not set"):
+        read_credentials("env:MISSING_KEY")
+    with pytest.raises(ValueError, match="cannot read credentials file"):
+        read_credentials(f"file:{tmp_path / 'nope'}")
+
+
+def test_a_routing_file_naming_an_unset_credentials_variable_is_rejected_without_the_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NOT_SET_KEY", raising=False)
+    settings = LlmWorkerSettings(_env_file=None)  # type: ignore[call-arg]
+    config = RoutingConfig.parse(
+        b"deployments: {eu: {provider: openai, model: m, credentials: 'env:NOT_SET_KEY'}}"
+    )
+    router = ModelRouter(build_providers(settings), {})
+
+    with pytest.raises(ValueError, match="deployment 'eu': credentials variable NOT_SET_KEY"):
+        build_table(config, router, lambda d: dedicated_client(settings, d))
+
+
+async def test_a_deployment_with_its_own_endpoint_and_key_is_called_there_with_that_key(
+    fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EU_KEY", "sk-eu-secret")
+    settings = LlmWorkerSettings(_env_file=None, OPENAI_API_KEY="sk-main")  # type: ignore[call-arg]
+    routing = (
+        f"deployments:\n"
+        f"  eu: {{provider: openai, model: gpt-eu, endpoint: '{fake.base_url}',"
+        f" credentials: 'env:EU_KEY'}}\n"
+        f"routes:\n  chat: {{deployments: [eu]}}\n"
+    ).encode()
+    router = ModelRouter(build_providers(settings), {})
+    table = build_table(
+        RoutingConfig.parse(routing), router, lambda d: dedicated_client(settings, d)
+    )
+    service = ChatService(router, LlmMetrics(CollectorRegistry()))
+    service.apply_routing(table)
+    publisher = RawPublisher()
+    request = ChatRequest.model_validate(
+        {"model": "chat", "messages": [{"role": "user", "content": "hi there"}]}
+    )
+    replies = ReplyStream(publisher, topic="r", request_id="q", source="/s", extensions={})  # type: ignore[arg-type]
+
+    await service.execute(ChatJob(request=request, replies=replies))
+
+    (call,) = fake.chat_requests()
+    assert call.headers["Authorization"] == "Bearer sk-eu-secret"
+    assert call.body["model"] == "gpt-eu"
+    assert table.clients["eu"] is not router.providers["openai"]
+    assert table.owned_clients == (table.clients["eu"],)
+    completed = json.loads(publisher.sent[-1][2])
+    assert header_value(publisher.sent[-1][3], "ce_type") == "ferryman.llm.chat.completed"
+    assert completed["deployment"] == "eu"
+    assert "sk-eu-secret" not in repr(table.config)
+    for client in table.owned_clients:
+        await client.aclose()
+    await router.aclose()
+
+
+async def test_per_deployment_capabilities_route_a_request_around_a_deployment() -> None:
+    routing = (
+        b"deployments:\n"
+        b"  plain: {provider: mock, model: echo, capabilities: {tools: false}}\n"
+        b"  tooled: {provider: mock, model: echo, capabilities: {tools: true}}\n"
+        b"routes:\n  chat: {deployments: [plain], fallbacks: [more]}\n"
+        b"  more: {deployments: [tooled]}\n"
+    )
+    settings = LlmWorkerSettings(_env_file=None)  # type: ignore[call-arg]
+    router = ModelRouter(build_providers(settings), {})
+    service = ChatService(router, LlmMetrics(CollectorRegistry()))
+    service.apply_routing(build_table(RoutingConfig.parse(routing), router, lambda _: None))
+    publisher = RawPublisher()
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    request = ChatRequest.model_validate(
+        {"model": "chat", "messages": [{"role": "user", "content": "x"}], "tools": [tool]}
+    )
+    replies = ReplyStream(publisher, topic="r", request_id="q", source="/s", extensions={})  # type: ignore[arg-type]
+
+    await service.execute(ChatJob(request=request, replies=replies))
+
+    completed = json.loads(publisher.sent[-1][2])
+    assert completed["deployment"] == "tooled"
+    assert [a["deployment"] for a in completed["attempts"]] == ["tooled"]
+
+
+def test_mock_deployments_take_no_endpoint() -> None:
+    settings = LlmWorkerSettings(_env_file=None)  # type: ignore[call-arg]
+
+    with pytest.raises(ValueError, match="takes no endpoint"):
+        dedicated_client(settings, Deployment(provider="mock", model="echo", endpoint="http://x"))
