@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.client import ChatFailedError, FerrymanClient
-from shared.contracts import ChatChunk
+from shared.contracts import ChatChunk, ChatCompleted, ChatRestarted
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 
 pytestmark = pytest.mark.integration
@@ -124,3 +124,43 @@ async def test_a_route_fails_over_from_a_down_deployment_to_its_fallback(
     assert len(fake_openai.chat_requests()) == 2
     failovers = 'llm_worker_failovers_total{deployment="main",reason="unavailable"} 1.0'
     assert failovers in worker.metrics()
+
+
+async def test_a_stream_cut_mid_answer_is_restarted_on_the_fallback_and_announced(
+    worker_factory, client: FerrymanClient, fake_openai: FakeOpenAI, tmp_path
+) -> None:
+    fake_openai.scenarios["cut"] = Scenario(cut_after=2)
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(
+        "deployments:\n"
+        "  main: {provider: openai, model: cut}\n"
+        "  spare: {provider: openai, model: whole}\n"
+        "routes:\n"
+        "  chat: {deployments: [main], fallbacks: [backup], retry: {per_deployment: 1}}\n"
+        "  backup: {deployments: [spare]}\n"
+    )
+    worker = worker_factory(
+        OPENAI_BASE_URL=fake_openai.base_url, LLM_WORKER_ROUTING_FILE=str(routing)
+    )
+    worker.start()
+    await worker.wait_ready()
+
+    events = [event async for event in client.chat_stream(_request("chat"), timeout=60)]
+
+    kinds = [type(event).__name__ for event in events]
+    restart_at = kinds.index("ChatRestarted")
+    assert kinds == ["ChatChunk"] * restart_at + ["ChatRestarted"] + ["ChatChunk"] * (
+        len(kinds) - restart_at - 2
+    ) + ["ChatCompleted"]
+    restarted, completed = events[restart_at], events[-1]
+    assert isinstance(restarted, ChatRestarted)
+    assert isinstance(completed, ChatCompleted)
+    assert (restarted.attempt, restarted.discarded_chunks, restarted.deployment) == (2, 2, "spare")
+    assert restarted.reason.code == "unavailable"
+    after = [e for e in events[restart_at + 1 : -1] if isinstance(e, ChatChunk)]
+    assert [c.attempt for c in after] == [2] * len(after)
+    assert [c.index for c in after] == list(range(len(after)))
+    assert "".join(c.delta.content or "" for c in after) == completed.content
+    assert completed.content == "Echo: one two three four"
+    assert (completed.deployment, completed.stream_attempt) == ("spare", 2)
+    assert 'llm_worker_stream_restarts_total{deployment="spare"} 1.0' in worker.metrics()
