@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -150,15 +151,24 @@ def worker_factory(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iter
         worker.kill()
 
 
+@contextlib.asynccontextmanager
+async def open_client(
+    bootstrap: str, topics: Topics, *, partitions: int
+) -> AsyncIterator[FerrymanClient]:
+    """Create the test's request and DLQ topics, then a client of them."""
+    await ensure_topics(
+        bootstrap, [topics.requests, topics.dlq], partitions=partitions, replication_factor=1
+    )
+    async with FerrymanClient(
+        bootstrap, request_topic=topics.requests, reply_topic=topics.replies
+    ) as c:
+        yield c
+
+
 @pytest.fixture
 async def client(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[FerrymanClient]:
     """A client publishing to this test's request topic and reading its reply topic."""
-    await ensure_topics(
-        kafka_bootstrap, [topics.requests, topics.dlq], partitions=3, replication_factor=1
-    )
-    async with FerrymanClient(
-        kafka_bootstrap, request_topic=topics.requests, reply_topic=topics.replies
-    ) as c:
+    async with open_client(kafka_bootstrap, topics, partitions=3) as c:
         yield c
 
 

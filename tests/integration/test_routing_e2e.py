@@ -22,9 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.client import ChatFailedError, FerrymanClient
 from shared.contracts import HEALTH_REPORTED, ChatCompleted, ErrorCode
 from shared.contracts.health import HealthReport
-from shared.runtime.topics import ensure_topics
 from tests.fakes.openai_server import FakeOpenAI, Scenario
-from tests.integration.conftest import Topics, WorkerProcess, read_topic
+from tests.integration.conftest import Topics, WorkerProcess, open_client, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -112,12 +111,7 @@ async def start_replicas(make: WorkerFactory, count: int, **env: str) -> list[Wo
 @pytest.fixture
 async def client4(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[FerrymanClient]:
     """A client of this test's topics, the request topic made with 4 partitions."""
-    await ensure_topics(
-        kafka_bootstrap, [topics.requests, topics.dlq], partitions=4, replication_factor=1
-    )
-    async with FerrymanClient(
-        kafka_bootstrap, request_topic=topics.requests, reply_topic=topics.replies
-    ) as c:
+    async with open_client(kafka_bootstrap, topics, partitions=4) as c:
         yield c
 
 

@@ -131,7 +131,7 @@ class LlmWorker:
         self.monitor = HealthMonitor(
             deployments=self._deployment_refs,
             stats=self.resilience.stats,
-            circuits=lambda name: self.breakers.states().get(name, "closed"),
+            circuits=self.breakers.state_of,
             publish=lambda report: publish_health(
                 self.publisher, settings.health_topic, report, source=source
             ),

@@ -87,7 +87,3 @@ class StatsBoard:
         if stats is None:
             stats = self._stats[name] = DeploymentStats(self._window, self._clock)
         return stats
-
-    def names(self) -> list[str]:
-        """Every deployment seen so far."""
-        return sorted(self._stats)

@@ -14,6 +14,7 @@ down, the request waits (backpressure) until one frees up or its deadline passes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -231,13 +232,7 @@ class ChatService:
                 counted = True
             remaining = _remaining(state.deadline)
             if wait == math.inf or remaining <= wait:
-                raise FerrymanError(
-                    ErrorCode.RATE_LIMITED,
-                    f"tenant {tenant!r} is over its quota and no budget frees up before"
-                    " the request's deadline",
-                    retryable=True,
-                    retry_after=None if wait == math.inf else wait,
-                )
+                raise _over_quota(f"tenant {tenant!r} is over its quota", wait)
             await book.changed(min(wait, remaining))
 
     async def _serve(self, state: _Request) -> tuple[ChatCompleted, str]:
@@ -287,13 +282,7 @@ class ChatService:
         if state.last_error is not None:
             raise state.last_error
         if skipped and all(skip.reason == "quota" for skip in skipped.values()):
-            raise FerrymanError(
-                ErrorCode.RATE_LIMITED,
-                f"every deployment of {plan.alias!r} is at its quota and none frees up"
-                " before the request's deadline",
-                retryable=True,
-                retry_after=None if wait == math.inf else wait,
-            )
+            raise _over_quota(f"every deployment of {plan.alias!r} is at its quota", wait)
         why = "; ".join(
             f"{name}: {_SKIP_REASONS.get(skip.reason, skip.reason)}"
             for name, skip in sorted(skipped.items())
@@ -442,17 +431,11 @@ class ChatService:
         began = time.monotonic()
         stats.started()
         try:
-            if breaker is None:
+            async with breaker.guard() if breaker is not None else contextlib.nullcontext():
                 result = await run_call(
                     call, state.job.request, state.job.replies, state.progress,
                     self._metrics, state.started,
                 )  # fmt: skip
-            else:
-                async with breaker.guard():
-                    result = await run_call(
-                        call, state.job.request, state.job.replies, state.progress,
-                        self._metrics, state.started,
-                    )  # fmt: skip
         except FerrymanError as exc:
             if exc.provider is None:
                 exc.provider = client.provider
@@ -493,6 +476,15 @@ def _remaining(deadline: float | None) -> float:
     if deadline is None:
         return math.inf
     return deadline - asyncio.get_running_loop().time()
+
+
+def _over_quota(what: str, wait: float) -> FerrymanError:
+    return FerrymanError(
+        ErrorCode.RATE_LIMITED,
+        f"{what} and no budget frees up before the request's deadline",
+        retryable=True,
+        retry_after=None if wait == math.inf else wait,
+    )
 
 
 def _budget_error(state: _Request) -> FerrymanError:

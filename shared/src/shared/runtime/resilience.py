@@ -153,6 +153,11 @@ class Breakers:
             self._breakers[key] = breaker
         return breaker
 
+    def state_of(self, key: str) -> str:
+        """`key`'s state (`closed` when it has no breaker yet; none is created)."""
+        breaker = self._breakers.get(key)
+        return breaker.state if breaker is not None else "closed"
+
     def states(self) -> dict[str, str]:
         """Every known upstream's state, for `/health`."""
         return {key: breaker.state for key, breaker in sorted(self._breakers.items())}
