@@ -73,7 +73,7 @@ def main() -> int:
             [
                 sys.executable,
                 "-m",
-                "shared.cli",
+                "ferryman.cli",
                 "--bootstrap-servers",
                 bootstrap,
                 "chat",

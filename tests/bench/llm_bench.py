@@ -244,11 +244,11 @@ async def bench(  # noqa: C901 - one linear script of three phases reads best in
     import psutil
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from shared.contracts import LLM_CHAT_REQUESTED
-    from shared.contracts.events import EXT_REPLY_TO
-    from shared.runtime.codec import encode_binary
-    from shared.runtime.producer import KafkaPublisher
-    from shared.runtime.topics import ensure_topics
+    from ferryman.codec import encode_binary
+    from ferryman.contracts import LLM_CHAT_REQUESTED
+    from ferryman.contracts.events import EXT_REPLY_TO
+    from ferryman.publisher import KafkaPublisher
+    from ferryman.topics import ensure_topics
 
     tag, fake = uuid.uuid4().hex[:8], fake_at[0]
     req_topic, reply_topic = f"bench-{tag}.llm.requests", f"bench-{tag}.llm.results"

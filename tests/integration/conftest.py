@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.client import FerrymanClient, wait_for_partitions
-from shared.runtime.topics import ensure_topics
+from ferryman.client import FerrymanClient, wait_for_partitions
+from ferryman.topics import ensure_topics
 from tests.fakes.openai_server import FakeOpenAI
 
 pytestmark = pytest.mark.integration

@@ -8,9 +8,9 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from shared.client import FerrymanClient
-from shared.contracts import events as ev
-from shared.runtime.codec import encode_binary, encode_structured, header_value
+from ferryman.client import FerrymanClient
+from ferryman.codec import encode_binary, encode_structured, header_value
+from ferryman.contracts import events as ev
 from tests.integration.conftest import Topics, read_topic
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from shared.client import ChatFailedError, FerrymanClient
-from shared.contracts import ChatChunk, ChatCompleted
-from shared.runtime.codec import encode_binary, header_value
+from ferryman.client import ChatFailedError, FerrymanClient
+from ferryman.codec import encode_binary, header_value
+from ferryman.contracts import ChatChunk, ChatCompleted
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.integration.conftest import Topics, read_topic
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from shared.client import FerrymanClient
-from shared.contracts import ChatChunk, ChatCompleted
+from ferryman.client import FerrymanClient
+from ferryman.contracts import ChatChunk, ChatCompleted
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 
 pytestmark = pytest.mark.integration

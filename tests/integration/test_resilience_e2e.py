@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.client import ChatFailedError, FerrymanClient
-from shared.contracts import ChatChunk, ChatCompleted, ChatRestarted
+from ferryman.client import ChatFailedError, FerrymanClient
+from ferryman.contracts import ChatChunk, ChatCompleted, ChatRestarted
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 
 pytestmark = pytest.mark.integration

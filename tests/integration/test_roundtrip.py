@@ -9,9 +9,9 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from shared.client import FerrymanClient
-from shared.contracts import ChatChunk, ChatCompleted
-from shared.runtime.codec import encode_structured, header_value
+from ferryman.client import FerrymanClient
+from ferryman.codec import encode_structured, header_value
+from ferryman.contracts import ChatChunk, ChatCompleted
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.integration.conftest import Topics, read_topic
 

@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.client import ChatFailedError, FerrymanClient
-from shared.contracts import HEALTH_REPORTED, ChatCompleted, ErrorCode
-from shared.contracts.health import HealthReport
+from ferryman.client import ChatFailedError, FerrymanClient
+from ferryman.contracts import HEALTH_REPORTED, ChatCompleted, ErrorCode
+from ferryman.contracts.health import HealthReport
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.integration.conftest import Topics, WorkerProcess, open_client, read_topic
 

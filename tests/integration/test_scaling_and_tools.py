@@ -7,9 +7,9 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from shared.cli import main as ferryman
-from shared.client import FerrymanClient
-from shared.contracts import events as ev
+from ferryman.cli import main as ferryman
+from ferryman.client import FerrymanClient
+from ferryman.contracts import events as ev
 from tests.integration.conftest import Topics, read_topic
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ from anthropic.types import (
     RawMessageStreamEvent,
 )
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.providers.anthropic_mapping import EventMapper, to_anthropic_params
 from llm_worker.streaming import (
     Finish,
@@ -24,7 +25,6 @@ from llm_worker.streaming import (
     UsageReport,
     fold_events,
 )
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 
 _EVENT_TYPES: dict[str, Any] = {
     "message_start": RawMessageStartEvent,
@@ -335,8 +335,8 @@ def test_a_malformed_event_is_a_retryable_unavailable_error() -> None:
 
 
 def test_extended_thinking_is_enabled_with_its_budget_when_configured() -> None:
+    from ferryman.contracts import ChatRequest, FerrymanError
     from llm_worker.providers.anthropic_mapping import to_anthropic_params
-    from shared.contracts import ChatRequest, FerrymanError
 
     request = ChatRequest.model_validate(
         {

@@ -9,10 +9,10 @@ from typing import Any
 import httpx2
 import pytest
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.providers.anthropic import AnthropicChatModel, create_client
 from llm_worker.providers.anthropic_mapping import SamplingPolicy
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport, fold
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 from tests.fakes.anthropic_server import DEFAULT_MODELS, FakeAnthropic, Scenario
 
 API_KEY = "sk-ant-test-SECRET-key-0042"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shared.contracts.asyncapi import build_asyncapi
+from ferryman.contracts.asyncapi import build_asyncapi
 
 ROOT = Path(__file__).resolve().parents[2]
 

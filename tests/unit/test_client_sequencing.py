@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared.client import ChatEvent, ChatFailedError, FerrymanClient, ReplySequencer
-from shared.contracts import (
+from ferryman.client import ChatEvent, ChatFailedError, FerrymanClient, ReplySequencer
+from ferryman.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.runtime.codec import (
+from ferryman.codec import (
     DecodeError,
     decode_event,
     encode_binary,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from shared.runtime.config_watch import ConfigWatcher
+from ferryman_runtime.config_watch import ConfigWatcher
 
 PREFIX = "test"
 VALID_A = b"model: alpha\n"
@@ -180,7 +180,7 @@ async def test_an_invalid_change_is_rejected_and_logged_once_then_a_fix_is_appli
     registry: CollectorRegistry,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="shared.runtime.config_watch")
+    caplog.set_level(logging.INFO, logger="ferryman_runtime.config_watch")
     watcher = _watcher(config_path, target, registry)
     watcher.load_initial()
 
@@ -215,7 +215,7 @@ async def test_a_deleted_file_is_rejected_once_and_the_old_config_keeps_serving(
     registry: CollectorRegistry,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="shared.runtime.config_watch")
+    caplog.set_level(logging.ERROR, logger="ferryman_runtime.config_watch")
     watcher = _watcher(config_path, target, registry)
     watcher.load_initial()
 
@@ -239,7 +239,7 @@ async def test_a_deleted_file_is_rejected_once_and_the_old_config_keeps_serving(
 async def test_an_apply_that_raises_is_rejected_and_the_version_is_unchanged(
     config_path: Path, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.ERROR, logger="shared.runtime.config_watch")
+    caplog.set_level(logging.ERROR, logger="ferryman_runtime.config_watch")
     calls: list[str] = []
 
     def apply(config: dict[str, Any], version: str) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared.contracts import (
+from ferryman.contracts import (
     ChatChunk,
     ChatCompleted,
     ChatRequest,
@@ -255,7 +255,7 @@ def test_to_info_drops_a_status_outside_the_http_range(status: int) -> None:
 def test_importing_the_contracts_pulls_in_no_sdk() -> None:
     banned = ["aiokafka", "cloudevents", "faststream", "openai", "httpx2", "prometheus_client"]
     script = (
-        "import sys, json, shared.contracts; "
+        "import sys, json, ferryman.contracts; "
         f"print(json.dumps([m for m in {banned!r} if m in sys.modules]))"
     )
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import pytest
 from aiokafka import ConsumerRecord
 
-from shared.contracts import events
-from shared.runtime.codec import DecodeError, decode_event
-from shared.runtime.dead_letter import DeadLetterReason, dead_letter_headers
+from ferryman.codec import DecodeError, decode_event
+from ferryman.contracts import events
+from ferryman_runtime.dead_letter import DeadLetterReason, dead_letter_headers
 
 FAILED_AT = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 

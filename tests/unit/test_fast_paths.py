@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from shared.runtime.codec import BinaryHeaders, decode_event, encode_event
-from shared.runtime.producer import _CachedKeyPartitioner  # pyright: ignore[reportPrivateUsage]
+from ferryman.codec import BinaryHeaders, decode_event, encode_event
+from ferryman.publisher import _CachedKeyPartitioner  # pyright: ignore[reportPrivateUsage]
 
 
 def test_binary_headers_match_the_sdk_encoding_except_id_and_time() -> None:

@@ -24,6 +24,15 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ferryman.codec import header_value
+from ferryman.contracts import (
+    LLM_CHAT_CHUNK,
+    LLM_CHAT_COMPLETED,
+    LLM_CHAT_FAILED,
+    LLM_CHAT_RESTARTED,
+    ChatRequest,
+)
+from ferryman_runtime.resilience import Breakers, RetryPolicy
 from llm_worker.deployments import build_table
 from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
@@ -32,15 +41,6 @@ from llm_worker.replies import ReplyStream
 from llm_worker.routing import RoutingConfig
 from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
 from llm_worker.stream_guard import StreamTimeouts
-from shared.contracts import (
-    LLM_CHAT_CHUNK,
-    LLM_CHAT_COMPLETED,
-    LLM_CHAT_FAILED,
-    LLM_CHAT_RESTARTED,
-    ChatRequest,
-)
-from shared.runtime.codec import header_value
-from shared.runtime.resilience import Breakers, RetryPolicy
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.unit.test_handler import RawPublisher
 

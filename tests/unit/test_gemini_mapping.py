@@ -12,6 +12,7 @@ import pytest
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.providers.gemini import from_api_error, map_errors
 from llm_worker.providers.gemini_mapping import (
     ResponseMapper,
@@ -20,7 +21,6 @@ from llm_worker.providers.gemini_mapping import (
     to_gemini_request,
 )
 from llm_worker.streaming import Finish, TextDelta, ToolCallFragment, UsageReport
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 
 
 def _request(messages: list[dict[str, Any]], **fields: Any) -> ChatRequest:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.providers.gemini import GeminiChatModel, create_client
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport, fold
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 from tests.fakes.gemini_server import FakeGemini, RecordedRequest, Scenario
 
 API_KEY = "AIza-test-SECRET-key-0042"
@@ -957,9 +957,9 @@ async def test_list_models_errors_are_mapped(
 
 
 async def test_a_candidate_stopped_for_safety_names_the_blocked_categories() -> None:
+    from ferryman.contracts import ChatRequest
     from llm_worker.providers.gemini import GeminiChatModel, create_client
     from llm_worker.streaming import fold
-    from shared.contracts import ChatRequest
     from tests.fakes.gemini_server import FakeGemini
     from tests.fakes.gemini_server import Scenario as GeminiScenario
 

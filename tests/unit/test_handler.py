@@ -12,15 +12,15 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
+from ferryman.codec import encode_binary, header_value
+from ferryman.contracts import ChatRequest
+from ferryman_runtime.dedupe import RecentRequests
+from ferryman_runtime.metrics import ConsumerMetrics
 from llm_worker.handler import ChatRequestHandler
 from llm_worker.providers import ModelRouter
 from llm_worker.providers.mock import MockChatModel
 from llm_worker.service import ChatService, LlmMetrics
 from llm_worker.streaming import Completion, StreamEvent, TextDelta
-from shared.contracts import ChatRequest
-from shared.runtime.codec import encode_binary, header_value
-from shared.runtime.dedupe import RecentRequests
-from shared.runtime.metrics import ConsumerMetrics
 
 
 class RawPublisher:

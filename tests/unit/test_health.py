@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ferryman.codec import decode_event
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from ferryman.contracts.events import HEALTH_REPORTED
+from ferryman.contracts.health import HealthReport
+from ferryman_runtime.health_events import publish_health
 from llm_worker.deployment_stats import DeploymentStats, StatsBoard
 from llm_worker.health import DeploymentRef, HealthMonitor, deployment_health
 from llm_worker.streaming import Completion, StreamEvent
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
-from shared.contracts.events import HEALTH_REPORTED
-from shared.contracts.health import HealthReport
-from shared.runtime.codec import decode_event
-from shared.runtime.health_events import publish_health
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 

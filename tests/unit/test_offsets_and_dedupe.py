@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.runtime.dedupe import RecentRequests
-from shared.runtime.offsets import PartitionOffsets
+from ferryman_runtime.dedupe import RecentRequests
+from ferryman_runtime.offsets import PartitionOffsets
 
 
 def _offsets(*added: int) -> PartitionOffsets:

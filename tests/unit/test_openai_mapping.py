@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from ferryman.contracts import ChatRequest
 from llm_worker.providers.openai_mapping import to_openai_params
-from shared.contracts import ChatRequest
 
 
 def _request(**extra: object) -> ChatRequest:

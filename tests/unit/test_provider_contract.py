@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.ports import ChatModel
 from llm_worker.provider_config import AzureOpenAIConfig
 from llm_worker.providers.anthropic import AnthropicChatModel
@@ -25,7 +26,6 @@ from llm_worker.providers.gemini import create_client as gemini_client
 from llm_worker.providers.openai import OpenAIChatModel
 from llm_worker.providers.openai import create_client as openai_client
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, fold
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 from tests.fakes import anthropic_server, gemini_server, openai_server
 
 IMAGE_URL = "https://example.com/cat.png"

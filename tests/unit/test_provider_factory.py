@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ferryman.codec import header_value
+from ferryman.contracts import ChatRequest
 from llm_worker.deployments import build_table
 from llm_worker.provider_factory import build_providers, dedicated_client, read_credentials
 from llm_worker.providers import ModelRouter
@@ -17,8 +19,6 @@ from llm_worker.replies import ReplyStream
 from llm_worker.routing import Deployment, RoutingConfig
 from llm_worker.service import ChatJob, ChatService, LlmMetrics
 from llm_worker.settings import LlmWorkerSettings
-from shared.contracts import ChatRequest
-from shared.runtime.codec import header_value
 from tests.fakes.openai_server import FakeOpenAI
 from tests.unit.test_handler import RawPublisher
 

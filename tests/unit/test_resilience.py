@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ferryman.codec import header_value
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from ferryman_runtime.resilience import Breaker, Breakers, RetryPolicy
 from llm_worker.providers import ModelRouter
 from llm_worker.replies import ReplyStream
 from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
 from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
-from shared.runtime.codec import header_value
-from shared.runtime.resilience import Breaker, Breakers, RetryPolicy
 from tests.unit.test_handler import RawPublisher
 
 

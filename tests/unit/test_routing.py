@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ferryman.codec import header_value
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from ferryman_runtime.resilience import Breakers, RetryPolicy
 from llm_worker.balancer import Cooldowns, RoutePlan, Skip
 from llm_worker.deployment_stats import StatsBoard
 from llm_worker.deployments import build_table
@@ -18,9 +21,6 @@ from llm_worker.providers import ModelRouter
 from llm_worker.replies import ReplyStream
 from llm_worker.routing import RoutingConfig
 from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
-from shared.runtime.codec import header_value
-from shared.runtime.resilience import Breakers, RetryPolicy
 from tests.unit.test_handler import RawPublisher
 from tests.unit.test_resilience import FlakyModel
 

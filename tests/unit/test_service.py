@@ -12,12 +12,8 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from prometheus_client import CollectorRegistry
 
-from llm_worker.providers import ModelRouter
-from llm_worker.providers.mock import MockChatModel
-from llm_worker.replies import ReplyStream
-from llm_worker.service import ChatJob, ChatService, LlmMetrics
-from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, ToolCallFragment, fold
-from shared.contracts import (
+from ferryman.codec import decode_event
+from ferryman.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
@@ -25,7 +21,11 @@ from shared.contracts import (
     ErrorCode,
     FerrymanError,
 )
-from shared.runtime.codec import decode_event
+from llm_worker.providers import ModelRouter
+from llm_worker.providers.mock import MockChatModel
+from llm_worker.replies import ReplyStream
+from llm_worker.service import ChatJob, ChatService, LlmMetrics
+from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, ToolCallFragment, fold
 
 REQUEST_ID = "req-42"
 REPLY_TOPIC = "test.replies"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.capabilities import Capabilities, CapabilityTable
 from llm_worker.settings import LlmWorkerSettings
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 
 
 def _settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> LlmWorkerSettings:

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from ferryman.contracts import ErrorCode, FerrymanError
 from llm_worker.stream_guard import StreamTimeouts, guard_stream
 from llm_worker.streaming import Finish, StreamEvent, TextDelta
-from shared.contracts import ErrorCode, FerrymanError
 
 
 class ScriptedStream:

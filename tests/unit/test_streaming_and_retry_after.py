@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from ferryman.contracts import CompletedToolCall, ErrorCode, FerrymanError, Usage
 from llm_worker.providers.http_errors import parse_retry_after
 from llm_worker.streaming import (
     CompletionBuilder,
@@ -20,7 +21,6 @@ from llm_worker.streaming import (
     fold,
     fold_events,
 )
-from shared.contracts import CompletedToolCall, ErrorCode, FerrymanError, Usage
 
 
 def test_a_builder_without_a_finish_reports_an_unfinished_stream() -> None:

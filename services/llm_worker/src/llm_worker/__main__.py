@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ferryman_runtime.hosting import serve
 from llm_worker.app import create_app
 from llm_worker.settings import LlmWorkerSettings
-from shared.runtime.hosting import serve
 
 try:
     import uvloop

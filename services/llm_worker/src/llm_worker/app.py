@@ -11,6 +11,16 @@ from typing import Any
 from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
+from ferryman.contracts import FerrymanError
+from ferryman.publisher import KafkaPublisher
+from ferryman.topics import ensure_topics
+from ferryman_runtime.config_watch import ConfigWatcher, content_version
+from ferryman_runtime.dedupe import RecentRequests
+from ferryman_runtime.health_events import publish_health
+from ferryman_runtime.hosting import create_host_app
+from ferryman_runtime.metrics import ConsumerMetrics
+from ferryman_runtime.parallel_consumer import ParallelConsumer
+from ferryman_runtime.resilience import Breakers, RetryPolicy
 from llm_worker.capabilities import CapabilityTable
 from llm_worker.deployments import RoutingTable, build_table
 from llm_worker.handler import ChatRequestHandler
@@ -23,16 +33,6 @@ from llm_worker.routing import Deployment, RoutingConfig
 from llm_worker.service import ChatService, Resilience
 from llm_worker.settings import LlmWorkerSettings
 from llm_worker.stream_guard import StreamTimeouts
-from shared.contracts import FerrymanError
-from shared.runtime.config_watch import ConfigWatcher, content_version
-from shared.runtime.dedupe import RecentRequests
-from shared.runtime.health_events import publish_health
-from shared.runtime.hosting import create_host_app
-from shared.runtime.metrics import ConsumerMetrics
-from shared.runtime.parallel_consumer import ParallelConsumer
-from shared.runtime.producer import KafkaPublisher
-from shared.runtime.resilience import Breakers, RetryPolicy
-from shared.runtime.topics import ensure_topics
 
 logger = logging.getLogger(__name__)
 

@@ -6,12 +6,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from llm_worker.llm_metrics import LlmMetrics
-from llm_worker.ports import ChatModel
-from llm_worker.replies import ReplyStream
-from llm_worker.stream_guard import StreamTimeouts, guard_stream
-from llm_worker.streaming import Completion, CompletionBuilder, TextDelta, ToolCallFragment
-from shared.contracts import (
+from ferryman.contracts import (
     ChatChunk,
     ChatCompleted,
     ChatRequest,
@@ -21,6 +16,11 @@ from shared.contracts import (
     Latency,
     ToolCallDelta,
 )
+from llm_worker.llm_metrics import LlmMetrics
+from llm_worker.ports import ChatModel
+from llm_worker.replies import ReplyStream
+from llm_worker.stream_guard import StreamTimeouts, guard_stream
+from llm_worker.streaming import Completion, CompletionBuilder, TextDelta, ToolCallFragment
 
 
 @dataclass

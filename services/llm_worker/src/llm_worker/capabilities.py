@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
-from shared.contracts.llm import ImagePart, JsonSchemaFormat, UserMessage
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from ferryman.contracts.llm import ImagePart, JsonSchemaFormat, UserMessage
 
 
 class Capabilities(BaseModel):

@@ -13,21 +13,21 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from llm_worker.replies import ReplyStream
-from llm_worker.service import ChatJob, ChatService
-from shared.contracts import LLM_CHAT_REQUESTED, ChatRequest, ErrorCode, ErrorInfo
-from shared.contracts.events import EXT_REPLY_TO, EXT_TENANT, EXT_TRACEPARENT, EXT_TRACESTATE
-from shared.runtime.codec import (
+from ferryman.codec import (
     DecodeError,
     IncomingEvent,
     decode_event,
     header_value,
     reply_topic_hint,
 )
-from shared.runtime.dead_letter import DeadLetterReason, publish_dead_letter
-from shared.runtime.dedupe import RecentRequests
-from shared.runtime.metrics import ConsumerMetrics
-from shared.runtime.producer import KafkaPublisher
+from ferryman.contracts import LLM_CHAT_REQUESTED, ChatRequest, ErrorCode, ErrorInfo
+from ferryman.contracts.events import EXT_REPLY_TO, EXT_TENANT, EXT_TRACEPARENT, EXT_TRACESTATE
+from ferryman.publisher import KafkaPublisher
+from ferryman_runtime.dead_letter import DeadLetterReason, publish_dead_letter
+from ferryman_runtime.dedupe import RecentRequests
+from ferryman_runtime.metrics import ConsumerMetrics
+from llm_worker.replies import ReplyStream
+from llm_worker.service import ChatJob, ChatService
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from ferryman.contracts.errors import FerrymanError
+from ferryman.contracts.health import DeploymentHealth, HealthReport, HealthStatus
 from llm_worker.deployment_stats import DeploymentStats, StatsBoard
 from llm_worker.ports import ChatModel
-from shared.contracts.errors import FerrymanError
-from shared.contracts.health import DeploymentHealth, HealthReport, HealthStatus
 
 logger = logging.getLogger(__name__)
 

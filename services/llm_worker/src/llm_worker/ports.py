@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from ferryman.contracts import ChatRequest
 from llm_worker.streaming import Completion, StreamEvent
-from shared.contracts import ChatRequest
 
 
 class ChatModel(Protocol):

@@ -7,7 +7,8 @@ import asyncio
 from aiokafka.structs import RecordMetadata
 from pydantic import BaseModel
 
-from shared.contracts import (
+from ferryman.codec import BinaryHeaders
+from ferryman.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
@@ -18,8 +19,7 @@ from shared.contracts import (
     ChatRestarted,
     ErrorInfo,
 )
-from shared.runtime.codec import BinaryHeaders
-from shared.runtime.producer import KafkaPublisher
+from ferryman.publisher import KafkaPublisher
 
 
 class ReplyStream:

@@ -23,6 +23,9 @@ from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ferryman.contracts import ChatCompleted, ChatRequest, ChatRestarted, ErrorCode, FerrymanError
+from ferryman.contracts.llm import AttemptInfo
+from ferryman_runtime.resilience import Breakers, RetryPolicy
 from llm_worker.balancer import Candidate, Cooldowns, RoutePlan, Skip
 from llm_worker.calls import Call, CallResult, StreamProgress, run_call
 from llm_worker.capabilities import CapabilityTable
@@ -33,9 +36,6 @@ from llm_worker.providers import ModelRouter
 from llm_worker.quotas import QuotaBook
 from llm_worker.replies import ReplyStream
 from llm_worker.stream_guard import StreamTimeouts
-from shared.contracts import ChatCompleted, ChatRequest, ChatRestarted, ErrorCode, FerrymanError
-from shared.contracts.llm import AttemptInfo
-from shared.runtime.resilience import Breakers, RetryPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,13 @@ from typing import TypeVar
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from ferryman.contracts.events import (
+    DEFAULT_HEALTH_TOPIC,
+    DEFAULT_LLM_REPLY_TOPIC,
+    DEFAULT_LLM_REQUEST_TOPIC,
+    dlq_topic_for,
+)
+from ferryman_runtime.settings import WorkerSettings
 from llm_worker.capabilities import Capabilities
 from llm_worker.provider_config import (
     AnthropicConfig,
@@ -21,13 +28,6 @@ from llm_worker.provider_config import (
     GeminiConfig,
     OpenAIConfig,
 )
-from shared.contracts.events import (
-    DEFAULT_HEALTH_TOPIC,
-    DEFAULT_LLM_REPLY_TOPIC,
-    DEFAULT_LLM_REQUEST_TOPIC,
-    dlq_topic_for,
-)
-from shared.runtime.settings import WorkerSettings
 
 
 def _env(*names: str) -> AliasChoices:

@@ -11,8 +11,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from ferryman.contracts import ErrorCode, FerrymanError
 from llm_worker.streaming import StreamEvent, TextDelta, ToolCallFragment
-from shared.contracts import ErrorCode, FerrymanError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.contracts import CompletedToolCall, ErrorCode, FerrymanError, FinishReason, Usage
+from ferryman.contracts import CompletedToolCall, ErrorCode, FerrymanError, FinishReason, Usage
 
 
 class _Event(BaseModel):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ferryman.contracts import ErrorCode, FerrymanError
 from llm_worker.ports import ChatModel
-from shared.contracts import ErrorCode, FerrymanError
 
 
 class ModelRouter:

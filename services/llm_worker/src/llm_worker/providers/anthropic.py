@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 import anthropic
 import httpx2
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.providers.anthropic_mapping import (
     PROVIDER,
     EventMapper,
@@ -21,7 +22,6 @@ from llm_worker.providers.anthropic_mapping import (
 )
 from llm_worker.providers.http_errors import RETRYABLE_CODES, code_for_status, parse_retry_after
 from llm_worker.streaming import Completion, StreamEvent, fold
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 

@@ -15,10 +15,8 @@ from typing import Any, Literal
 
 from anthropic.types import RawMessageStreamEvent
 
-from llm_worker.providers.tool_ids import neutral_tool_call_id
-from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError, FinishReason
-from shared.contracts.llm import (
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError, FinishReason
+from ferryman.contracts.llm import (
     AssistantMessage,
     FunctionDefinition,
     ImagePart,
@@ -30,6 +28,8 @@ from shared.contracts.llm import (
     ToolMessage,
     UserMessage,
 )
+from llm_worker.providers.tool_ids import neutral_tool_call_id
+from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
 
 PROVIDER = "anthropic"
 

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Callable
 import httpx2
 import openai
 
+from ferryman.contracts import ChatRequest
 from llm_worker.provider_config import AzureDeployment, AzureOpenAIConfig
 from llm_worker.providers.openai import OpenAIChatModel, map_errors
 from llm_worker.streaming import Completion, StreamEvent
-from shared.contracts import ChatRequest
 
 PROVIDER = "azure"
 _ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"

@@ -27,6 +27,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.providers.gemini_mapping import (
     PROVIDER,
     ResponseMapper,
@@ -35,7 +36,6 @@ from llm_worker.providers.gemini_mapping import (
 )
 from llm_worker.providers.http_errors import RETRYABLE_CODES, code_for_status, parse_retry_after
 from llm_worker.streaming import Completion, StreamEvent, fold_events
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 
 try:  # aiohttp is optional; the client built here never uses it, a caller's might.
     import aiohttp

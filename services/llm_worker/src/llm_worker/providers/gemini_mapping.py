@@ -37,10 +37,8 @@ from typing import Any
 
 from google.genai import types
 
-from llm_worker.providers.tool_ids import SIGNATURE_SEPARATOR
-from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError, FinishReason
-from shared.contracts.llm import (
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError, FinishReason
+from ferryman.contracts.llm import (
     AssistantMessage,
     ImagePart,
     NamedToolChoice,
@@ -50,6 +48,8 @@ from shared.contracts.llm import (
     ToolMessage,
     UserMessage,
 )
+from llm_worker.providers.tool_ids import SIGNATURE_SEPARATOR
+from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
 
 PROVIDER = "gemini"
 

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Mapping
 
-from shared.contracts import ErrorCode
+from ferryman.contracts import ErrorCode
 
 RETRYABLE_CODES = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})
 """Codes an upstream HTTP failure is worth retrying for."""

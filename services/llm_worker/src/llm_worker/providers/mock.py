@@ -10,9 +10,9 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from ferryman.contracts.llm import TextPart, UserMessage
 from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
-from shared.contracts.llm import TextPart, UserMessage
 
 _TOKEN = re.compile(r"\s*\S+")
 _MODELS = ("echo",)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx2
 import openai
 
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.providers.http_errors import RETRYABLE_CODES, code_for_status, parse_retry_after
 from llm_worker.providers.openai_mapping import (
     ChunkMapper,
@@ -20,7 +21,6 @@ from llm_worker.providers.openai_mapping import (
     to_openai_params,
 )
 from llm_worker.streaming import Completion, StreamEvent, fold_events
-from shared.contracts import ChatRequest, ErrorCode, FerrymanError
 
 PROVIDER = "openai"
 

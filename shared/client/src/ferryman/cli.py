@@ -5,33 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from shared.client import ChatFailedError, FerrymanClient, request_from_prompt
-from shared.contracts import (
+from ferryman.client import ChatFailedError, FerrymanClient, request_from_prompt
+from ferryman.contracts import (
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
     ChatCompleted,
     ChatRestarted,
 )
-from shared.contracts import events as ev
-from shared.contracts.asyncapi import build_asyncapi
-from shared.dlq import DeadLetter, read_dead_letters, replay
-from shared.runtime.producer import KafkaPublisher
+from ferryman.contracts import events as ev
+from ferryman.contracts.asyncapi import build_asyncapi
+from ferryman.dlq import DeadLetter, read_dead_letters, replay
+from ferryman.publisher import KafkaPublisher
 
-
-class CliSettings(BaseSettings):
-    """Environment of the CLI: `KAFKA_BOOTSTRAP_SERVERS`."""
-
-    model_config = SettingsConfigDict(extra="ignore")
-
-    kafka_bootstrap_servers: str = Field(
-        default="127.0.0.1:9092", validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS")
-    )
+DEFAULT_BOOTSTRAP_SERVERS = "127.0.0.1:9092"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -183,7 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "asyncapi":
         return _asyncapi(args)
-    servers = args.bootstrap_servers or CliSettings().kafka_bootstrap_servers
+    servers = args.bootstrap_servers or os.environ.get(
+        "KAFKA_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP_SERVERS
+    )
     runner = _chat if args.command == "chat" else _dlq
     try:
         return asyncio.run(runner(servers, args))

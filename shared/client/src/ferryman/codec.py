@@ -19,7 +19,7 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from shared.contracts.events import EXT_CORRELATION_ID, EXT_EXPIRY_TIME, EXT_REPLY_TO
+from ferryman.contracts.events import EXT_CORRELATION_ID, EXT_EXPIRY_TIME, EXT_REPLY_TO
 
 _FORMAT = JSONFormat()
 _STRUCTURED_PREFIX = "application/cloudevents"

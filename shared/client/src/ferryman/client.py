@@ -25,7 +25,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # pyright: ignore[reportMissingTypeStubs]
 
-from shared.contracts import (
+from ferryman.codec import encode_binary, header_value
+from ferryman.contracts import (
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
     LLM_CHAT_CHUNK,
@@ -40,10 +41,9 @@ from shared.contracts import (
     ChatRestarted,
     ErrorInfo,
 )
-from shared.contracts.events import EXT_EXPIRY_TIME, EXT_REPLY_TO, EXT_TENANT
-from shared.runtime.codec import encode_binary, header_value
-from shared.runtime.producer import KafkaPublisher
-from shared.runtime.topics import ensure_topics
+from ferryman.contracts.events import EXT_EXPIRY_TIME, EXT_REPLY_TO, EXT_TENANT
+from ferryman.publisher import KafkaPublisher
+from ferryman.topics import ensure_topics
 
 ChatEvent = ChatChunk | ChatRestarted | ChatCompleted
 """What `FerrymanClient.chat_stream` yields."""

@@ -5,7 +5,7 @@ subscribers either auto-commit (at-most-once) or run one message at a time per
 partition, and its `ack()` commits the consumer's whole position, past records
 still in flight. LLM calls take seconds, so a worker must run hundreds of them
 at once and still never commit past unfinished work. This engine runs on
-aiokafka inside the FastStream app (see `shared.runtime.hosting`):
+aiokafka inside the FastStream app (see `ferryman_runtime.hosting`):
 
 * every fetched record becomes a task; at most `max_in_flight` run at once;
   at the limit the consumer pauses its partitions (backpressure) but keeps
@@ -39,8 +39,8 @@ from aiokafka import (  # pyright: ignore[reportMissingTypeStubs]
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 from aiokafka.structs import OffsetAndMetadata  # pyright: ignore[reportMissingTypeStubs]
 
-from shared.runtime.metrics import ConsumerMetrics
-from shared.runtime.offsets import PartitionOffsets
+from ferryman_runtime.metrics import ConsumerMetrics
+from ferryman_runtime.offsets import PartitionOffsets
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from shared.contracts import events as ev
-from shared.contracts.health import HealthReport
-from shared.contracts.llm import ChatChunk, ChatCompleted, ChatFailed, ChatRequest, ChatRestarted
+from ferryman.contracts import events as ev
+from ferryman.contracts.health import HealthReport
+from ferryman.contracts.llm import ChatChunk, ChatCompleted, ChatFailed, ChatRequest, ChatRestarted
 
 _REF = "#/components/schemas/{model}"
 
@@ -153,7 +153,7 @@ def build_asyncapi(version: str = "0.1.0") -> dict[str, Any]:
             "version": version,
             "description": "Chat requests in, streamed chunks and one terminal event out, "
             "through Kafka; workers' health reports on their own topic. Generated from "
-            "shared.contracts; do not edit by hand.",
+            "ferryman.contracts; do not edit by hand.",
         },
         "defaultContentType": "application/json",
         "channels": {

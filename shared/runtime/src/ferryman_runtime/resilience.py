@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pybreaker  # pyright: ignore[reportMissingTypeStubs]
 from prometheus_client import CollectorRegistry, Gauge
 
-from shared.contracts import ErrorCode, FerrymanError
+from ferryman.contracts import ErrorCode, FerrymanError
 
 _STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
 

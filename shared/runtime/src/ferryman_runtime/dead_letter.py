@@ -7,8 +7,8 @@ from enum import StrEnum
 
 from aiokafka import ConsumerRecord  # pyright: ignore[reportMissingTypeStubs]
 
-from shared.contracts import events
-from shared.runtime.producer import Headers, KafkaPublisher
+from ferryman.contracts import events
+from ferryman.publisher import Headers, KafkaPublisher
 
 _MAX_MESSAGE = 1000
 

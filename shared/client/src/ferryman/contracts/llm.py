@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.contracts.errors import ErrorCode, ErrorInfo
+from ferryman.contracts.errors import ErrorCode, ErrorInfo
 
 
 class _Strict(BaseModel):

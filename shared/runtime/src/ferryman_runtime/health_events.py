@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.contracts.events import HEALTH_REPORTED
-from shared.contracts.health import HealthReport
-from shared.runtime.codec import encode_binary
-from shared.runtime.producer import KafkaPublisher
+from ferryman.codec import encode_binary
+from ferryman.contracts.events import HEALTH_REPORTED
+from ferryman.contracts.health import HealthReport
+from ferryman.publisher import KafkaPublisher
 
 
 async def publish_health(

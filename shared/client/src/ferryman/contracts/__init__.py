@@ -5,8 +5,8 @@ event type names, CloudEvents extension names, default topics, request and
 result payloads, and the shared error taxonomy.
 """
 
-from shared.contracts.errors import ErrorCode, ErrorInfo, FerrymanError
-from shared.contracts.events import (
+from ferryman.contracts.errors import ErrorCode, ErrorInfo, FerrymanError
+from ferryman.contracts.events import (
     DEFAULT_HEALTH_TOPIC,
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
@@ -18,8 +18,8 @@ from shared.contracts.events import (
     LLM_CHAT_RESTARTED,
     dlq_topic_for,
 )
-from shared.contracts.health import DeploymentHealth, HealthReport, HealthStatus
-from shared.contracts.llm import (
+from ferryman.contracts.health import DeploymentHealth, HealthReport, HealthStatus
+from ferryman.contracts.llm import (
     ChatChunk,
     ChatCompleted,
     ChatFailed,

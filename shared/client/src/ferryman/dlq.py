@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # pyright: ignore[reportMissingTypeStubs]
 
-from shared.client import wait_for_partitions
-from shared.contracts import events
-from shared.runtime.codec import header_value
-from shared.runtime.producer import KafkaPublisher
+from ferryman.client import wait_for_partitions
+from ferryman.codec import header_value
+from ferryman.contracts import events
+from ferryman.publisher import KafkaPublisher
 
 
 @dataclass(frozen=True)
