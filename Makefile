@@ -20,7 +20,7 @@ demo: setup  ## stream a chat through Kafka and the LLM worker (starts what is m
 test: setup  ## run the whole test suite (starts a local Kafka if none is configured)
 	@$(UV) run --frozen pytest
 
-bench: setup  ## benchmark the LLM worker through the real Kafka against a fake OpenAI
+bench: setup  ## benchmark the LLM worker via Kafka vs a fake OpenAI (BENCH_ARGS="--quick", "--baseline-ref bf3a7e6"; docs/benchmarks.md)
 	@$(UV) run --frozen python -m tests.bench.llm_bench $(BENCH_ARGS)
 
 kafka-up:  ## start the local Kafka (KRaft, from Maven Central jars) on FERRYMAN_KAFKA_PORT (9092)

@@ -3,17 +3,24 @@
 A fake subclasses `FakeHttpServer`, sets `scenario_type`, and implements `_dispatch`
 (which appends to `self.requests`). `run_standalone` runs one as a process, for the
 benchmark and for manual experiments.
+
+Every fake also counts the TCP connections it accepted (`connections`), and can answer
+every request, before its own routes, with a redirect (`redirect_to`) or with an error
+whose body echoes the request's headers, credentials included (`echo_headers_status`),
+as a careless proxy would.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, ClassVar
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 
 class FakeHttpServer:
@@ -30,8 +37,13 @@ class FakeHttpServer:
         self.scenarios: dict[str, Any] = {}
         self.requests: list[Any] = []
         self.port = 0
+        self.peers: set[tuple[str, int]] = set()
+        self.redirect_to: str | None = None
+        """When set, every request is answered `307` to this base URL plus the request path."""
+        self.echo_headers_status: int | None = None
+        """When set, every request is answered with this status and its headers in the body."""
         self._runner: web.AppRunner | None = None
-        app = web.Application()
+        app = web.Application(middlewares=[self._front])
         app.router.add_post("/_scenarios", self._set_scenarios)
         app.router.add_get("/_requests", self._get_requests)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
@@ -51,6 +63,29 @@ class FakeHttpServer:
         """Stop listening."""
         if self._runner is not None:
             await self._runner.cleanup()
+
+    @property
+    def connections(self) -> int:
+        """TCP connections that carried at least one request so far."""
+        return len(self.peers)
+
+    @web.middleware
+    async def _front(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer is not None:
+            self.peers.add((str(peer[0]), int(peer[1])))
+        if self.redirect_to is not None:
+            raise web.HTTPTemporaryRedirect(self.redirect_to.rstrip("/") + request.path_qs)
+        if self.echo_headers_status is not None:
+            echoed = json.dumps(dict(request.headers))
+            error = {
+                "message": f"upstream proxy refused the request; it received {echoed}",
+                "type": "invalid_request_error",
+                "status": "INVALID_ARGUMENT",
+                "code": self.echo_headers_status,
+            }
+            return web.json_response({"error": error}, status=self.echo_headers_status)
+        return await handler(request)
 
     def scenario_for(self, model: str) -> Any:
         """The scenario registered for `model`, else the default."""

@@ -8,12 +8,15 @@ an echo answer streamed in tokens, tool calls streamed in fragments, HTTP
 errors with retry-after headers, a connection reset before headers, delays
 before headers or before the first token, and faults mid-stream (cut, stall,
 malformed event, no terminator).
-Every request is recorded for assertions.
+Every request is recorded for assertions. `GET /_stats` answers the chat calls, the TCP
+connections that carried them and the concurrent streams (current and peak) since the last
+`POST /_stats`, which starts a new window (the benchmark reads these).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -58,10 +61,52 @@ class Scenario:
     error_event_after: int | None = None
     """Send an in-stream `{"error": ...}` event after this many content chunks."""
     send_done: bool = True
+    hold_open: bool = False
+    """After the usage chunk, send neither `[DONE]` nor the end of the response: keep the
+    connection open (a server that never ends a finished stream)."""
     finish_reason: str | None = None
     """Override the finish reason (default: stop, or tool_calls with tool calls)."""
     content_filter_results: dict[str, Any] | None = None
     """Azure's per-choice `content_filter_results`, sent with the finishing chunk."""
+    numbered: bool = False
+    """Start the answer with the call's ordinal, so every call answers differently (as a
+    real model does)."""
+
+
+@dataclass
+class ChatStats:
+    """Chat calls per TCP connection and concurrent streams, over a window."""
+
+    calls: int = 0
+    connections: set[tuple[str, int]] = field(default_factory=set)
+    """Connections (client address, port) that carried a chat call in the window."""
+    seen: set[tuple[str, int]] = field(default_factory=set)
+    """Every connection that ever carried a chat call."""
+    new_connections: int = 0
+    active_streams: int = 0
+    peak_streams: int = 0
+
+    def called(self, peer: tuple[str, int]) -> None:
+        self.calls += 1
+        self.connections.add(peer)
+        if peer not in self.seen:
+            self.seen.add(peer)
+            self.new_connections += 1
+
+    def reset(self) -> None:
+        """Start a new window (the peak restarts from the streams open now)."""
+        self.calls, self.new_connections = 0, 0
+        self.connections.clear()
+        self.peak_streams = self.active_streams
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "calls": self.calls,
+            "connections": len(self.connections),
+            "new_connections": self.new_connections,
+            "active_streams": self.active_streams,
+            "peak_streams": self.peak_streams,
+        }
 
 
 @dataclass
@@ -84,6 +129,7 @@ class FakeOpenAI(FakeHttpServer):
         super().__init__(default or Scenario())
         self.requests: list[RecordedRequest] = []
         self._failures: dict[str, int] = {}
+        self.stats = ChatStats()
 
     @property
     def base_url(self) -> str:
@@ -95,6 +141,10 @@ class FakeOpenAI(FakeHttpServer):
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/_stats":
+            if request.method == "POST":
+                self.stats.reset()
+            return web.json_response(self.stats.snapshot())
         body: dict[str, Any] = {}
         if request.can_read_body:
             body = await request.json()
@@ -114,7 +164,13 @@ class FakeOpenAI(FakeHttpServer):
             )
         if not request.path.endswith("/chat/completions"):
             return web.json_response({"error": {"message": "not found"}}, status=404)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        if peer is not None:
+            self.stats.called((str(peer[0]), int(peer[1])))
         scenario = self.scenario_for(body.get("model", ""))
+        if scenario.numbered:
+            numbered = f"call {len(self.requests)}: {_answer(body, scenario)}"
+            scenario = dataclasses.replace(scenario, answer=numbered, numbered=False)
         if scenario.delay_before_headers:
             await asyncio.sleep(scenario.delay_before_headers)
         if scenario.reset_before_headers:
@@ -135,7 +191,12 @@ class FakeOpenAI(FakeHttpServer):
             payload = scenario.error_body or {"error": error}
             return web.json_response(payload, status=scenario.status, headers=scenario.headers)
         if body.get("stream"):
-            return await self._stream(request, body, scenario)
+            self.stats.active_streams += 1
+            self.stats.peak_streams = max(self.stats.peak_streams, self.stats.active_streams)
+            try:
+                return await self._stream(request, body, scenario)
+            finally:
+                self.stats.active_streams -= 1
         return web.json_response(_completion(body, scenario), headers=scenario.headers)
 
     async def _stream(
@@ -198,6 +259,8 @@ class FakeOpenAI(FakeHttpServer):
                     "usage": usage,
                 }
             )
+        if scenario.hold_open:
+            await asyncio.sleep(3600)
         if scenario.send_done:
             await send("[DONE]")
         await response.write_eof()

@@ -155,9 +155,12 @@ def worker_factory(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iter
 async def open_client(
     bootstrap: str, topics: Topics, *, partitions: int
 ) -> AsyncIterator[FerrymanClient]:
-    """Create the test's request and DLQ topics, then a client of them."""
+    """Create the test's request, DLQ and reply topics, then a client of them."""
     await ensure_topics(
-        bootstrap, [topics.requests, topics.dlq], partitions=partitions, replication_factor=1
+        bootstrap,
+        [topics.requests, topics.dlq, topics.replies],
+        partitions=partitions,
+        replication_factor=1,
     )
     async with FerrymanClient(
         bootstrap, request_topic=topics.requests, reply_topic=topics.replies

@@ -17,6 +17,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from ferryman.client import ChatFailedError, FerrymanClient
 from ferryman.codec import encode_binary, header_value
 from ferryman.contracts import ChatChunk, ChatCompleted
+from ferryman.replies import RunRestarted
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.integration.conftest import Topics, read_topic
 
@@ -73,7 +74,9 @@ async def test_sigkill_mid_stream_then_restart_loses_no_request(
     async def run(i: int) -> None:
         chunks: list[ChatChunk] = []
         async for event in client.chat_stream(_request(texts[i]), timeout=90):
-            if isinstance(event, ChatChunk):
+            if isinstance(event, RunRestarted):
+                chunks.clear()  # the rerun after the crash: start the answer over
+            elif isinstance(event, ChatChunk):
                 chunks.append(event)
                 seen_chunk.set()
             else:
@@ -90,6 +93,47 @@ async def test_sigkill_mid_stream_then_restart_loses_no_request(
     await asyncio.wait_for(asyncio.gather(*tasks), 90)
     assert sorted(results) == list(range(len(texts)))
     assert all(results[i].content == f"You said: {texts[i]}" for i in results)
+
+
+async def test_a_rerun_after_sigkill_is_never_spliced_onto_the_first_runs_answer(
+    worker_factory, client: FerrymanClient, fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.scenarios["gpt-vary"] = Scenario(token_delay=0.1, numbered=True)
+    first = worker_factory(OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-test")
+    first.start()
+    await first.wait_ready()
+    texts = [f"question {i} asked with enough words to take a while" for i in range(6)]
+    seen_chunk = asyncio.Event()
+    shown: dict[int, str] = {}
+    abandoned: dict[int, str] = {}
+    results: dict[int, ChatCompleted] = {}
+
+    async def run(i: int) -> None:
+        text = ""
+        request = _request(texts[i], model="openai/gpt-vary")
+        async for event in client.chat_stream(request, timeout=90):
+            if isinstance(event, RunRestarted):
+                abandoned[i], text = text, ""
+            elif isinstance(event, ChatChunk):
+                text += event.delta.content or ""
+                seen_chunk.set()
+            elif isinstance(event, ChatCompleted):
+                shown[i], results[i] = text, event
+
+    tasks = [asyncio.create_task(run(i)) for i in range(len(texts))]
+    await asyncio.wait_for(seen_chunk.wait(), 30)
+    first.kill()
+    second = worker_factory(OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-test")
+    second.start()
+    await asyncio.wait_for(asyncio.gather(*tasks), 90)
+
+    assert sorted(results) == list(range(len(texts)))
+    for i, completed in results.items():
+        assert shown[i] == completed.content  # what the reader shows is one run's answer
+    assert abandoned, "no request was rerun, so the test proved nothing"
+    for i, partial in abandoned.items():
+        # the rerun answered differently (another call), and none of the first run shows
+        assert partial.split(":")[0] != results[i].content.split(":")[0]
 
 
 async def test_duplicate_request_id_is_executed_once(

@@ -136,7 +136,7 @@ async def test_a_stream_cut_mid_answer_is_restarted_on_the_fallback_and_announce
         "  main: {provider: openai, model: cut}\n"
         "  spare: {provider: openai, model: whole}\n"
         "routes:\n"
-        "  chat: {deployments: [main], fallbacks: [backup], retry: {per_deployment: 1}}\n"
+        "  chat: {deployments: [main], fallbacks: [backup], retry: {per_deployment: 3}}\n"
         "  backup: {deployments: [spare]}\n"
     )
     worker = worker_factory(
@@ -157,6 +157,9 @@ async def test_a_stream_cut_mid_answer_is_restarted_on_the_fallback_and_announce
     assert isinstance(completed, ChatCompleted)
     assert (restarted.attempt, restarted.discarded_chunks, restarted.deployment) == (2, 2, "spare")
     assert restarted.reason.code == "unavailable"
+    assert "stream was cut after 2 chunks" in restarted.reason.message
+    # `main` had calls left, but the restart went where the answer is published once more.
+    assert [r.body["model"] for r in fake_openai.chat_requests()] == ["cut", "whole"]
     after = [e for e in events[restart_at + 1 : -1] if isinstance(e, ChatChunk)]
     assert [c.attempt for c in after] == [2] * len(after)
     assert [c.index for c in after] == list(range(len(after)))

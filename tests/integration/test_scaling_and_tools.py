@@ -94,7 +94,7 @@ async def test_dlq_list_show_and_replay_republish_the_original_record(
     listing = capsys.readouterr().out
     assert await asyncio.to_thread(ferryman, [*args, "show", topics.dlq, "--offset", "0"]) == 0
     shown = capsys.readouterr().out
-    assert await asyncio.to_thread(ferryman, [*args, "replay", topics.dlq]) == 0
+    assert await asyncio.to_thread(ferryman, [*args, "replay", topics.dlq, "--all"]) == 0
     replayed = capsys.readouterr().out
 
     assert "decode" in listing

@@ -301,7 +301,7 @@ async def test_an_unexpressible_request_fails_before_any_call(
 
     assert failure.value.code is ErrorCode.INVALID_REQUEST
     assert failure.value.message == "response_format json_object is not supported by anthropic"
-    assert failure.value.provider == "anthropic"
+    assert failure.value.upstream == "anthropic"
     assert fake.message_requests() == []
 
 
@@ -464,7 +464,7 @@ _ERRORS: list[tuple[Scenario, ErrorCode, bool, float | None]] = [
     (Scenario(status=429, headers={"retry-after-ms": "1500"}), ErrorCode.RATE_LIMITED, True, 1.5),
     (Scenario(status=529, headers={"retry-after": "3"}), ErrorCode.UNAVAILABLE, True, 3.0),
     (Scenario(status=401), ErrorCode.AUTH, False, None),
-    (Scenario(status=403), ErrorCode.AUTH, False, None),
+    (Scenario(status=403), ErrorCode.PERMISSION_DENIED, False, None),
     (Scenario(status=402), ErrorCode.AUTH, False, None),
     (Scenario(status=408), ErrorCode.TIMEOUT, True, None),
     (Scenario(status=504), ErrorCode.TIMEOUT, True, None),
@@ -480,9 +480,9 @@ _ERRORS: list[tuple[Scenario, ErrorCode, bool, float | None]] = [
         False,
         None,
     ),
-    (Scenario(status=413), ErrorCode.INVALID_REQUEST, False, None),
+    (Scenario(status=413), ErrorCode.TOO_LARGE, False, None),
     (Scenario(status=400), ErrorCode.INVALID_REQUEST, False, None),
-    (Scenario(status=404), ErrorCode.INVALID_REQUEST, False, None),
+    (Scenario(status=404), ErrorCode.NOT_FOUND, False, None),
     (Scenario(status=409), ErrorCode.UNAVAILABLE, True, None),
     (Scenario(status=500), ErrorCode.UNAVAILABLE, True, None),
     (Scenario(status=503), ErrorCode.UNAVAILABLE, True, None),
@@ -515,7 +515,7 @@ async def test_http_errors_map_to_the_shared_taxonomy(
         assert error.retryable is retryable
         assert error.status == scenario.status
         assert error.retry_after == retry_after
-        assert error.provider == "anthropic"
+        assert error.upstream == "anthropic"
         assert API_KEY not in error.message
         assert API_KEY not in repr(error)
     assert len(fake.message_requests()) == 2, "SDK retries are off"
@@ -600,7 +600,7 @@ async def test_a_stream_failing_midway_raises_a_retryable_error_and_never_finish
 
     assert error.code is code
     assert error.retryable is True
-    assert error.provider == "anthropic"
+    assert error.upstream == "anthropic"
     assert events == [TextDelta(text=t) for t in ["a", " b", " c"][:delivered]]
 
 

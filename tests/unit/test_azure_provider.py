@@ -132,7 +132,7 @@ async def test_a_content_filter_rejection_names_the_filtered_categories(
     await model.aclose()
 
     error = failure.value
-    assert (error.code, error.retryable, error.status, error.provider) == (
+    assert (error.code, error.retryable, error.status, error.upstream) == (
         ErrorCode.CONTENT_FILTER,
         False,
         400,
@@ -169,3 +169,18 @@ def test_azure_config_rejects_a_key_together_with_entra_id() -> None:
         AzureOpenAIConfig.model_validate(
             {"endpoint": "https://x", "api_key": "k", "entra_id": True}
         )
+
+
+@pytest.mark.parametrize("alias", ["../../admin", "x/../y", "prod?api-version=1", "a b", "-x"])
+async def test_a_deployment_name_that_would_change_the_url_is_an_invalid_request(
+    east: FakeOpenAI, west: FakeOpenAI, alias: str
+) -> None:
+    model = AzureChatModel(_config(east, west))
+
+    with pytest.raises(FerrymanError) as failure:
+        await fold(model.stream(_request(), alias))
+    await model.aclose()
+
+    assert (failure.value.code, failure.value.retryable) == (ErrorCode.INVALID_REQUEST, False)
+    assert "not a plain name" in failure.value.message
+    assert east.requests == west.requests == []

@@ -25,6 +25,7 @@ from ferryman.contracts import (
     ToolCallDelta,
     Usage,
 )
+from ferryman.contracts.errors import RETRYABLE_CODES
 
 FULL_REQUEST: dict[str, Any] = {
     "model": "openai/gpt-4o-mini",
@@ -150,6 +151,48 @@ def test_a_request_without_messages_is_rejected() -> None:
         ChatRequest.model_validate({"model": "mock/echo", "messages": []})
 
 
+LONE = "\ud800"
+"""Half a UTF-16 surrogate pair: JSON can escape it (`"\\ud800"`), UTF-8 cannot carry it."""
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda r: r["messages"].append({"role": "user", "content": f"hi {LONE}"}), "messages[4]"),
+        (lambda r: r["messages"][1]["content"][0].update(text=LONE), "messages[1].content[0].text"),
+        (lambda r: r.update(model=f"openai/{LONE}"), "model"),
+        (lambda r: r.update(metadata={"user_id": LONE}), "metadata.user_id"),
+        (lambda r: r.update(metadata={LONE: "x"}), "metadata."),
+        (
+            lambda r: r["tools"][0]["function"]["parameters"].update(title=f"x{LONE}y"),
+            "tools[0].function.parameters.title",
+        ),
+    ],
+    ids=["message", "text-part", "model", "metadata-value", "metadata-key", "tool-schema"],
+)
+def test_a_lone_surrogate_anywhere_in_the_request_is_rejected_and_located(
+    change: Any, where: str
+) -> None:
+    request = copy.deepcopy(FULL_REQUEST)
+    change(request)
+
+    with pytest.raises(ValidationError, match="lone UTF-16 surrogate") as failure:
+        ChatRequest.model_validate(request)
+
+    assert where in str(failure.value)
+    # The message can itself be published: it never carries the surrogate.
+    failure.value.errors()[0]["msg"].encode("utf-8")
+
+
+def test_a_surrogate_pair_decoded_from_json_is_an_ordinary_character() -> None:
+    raw = json.dumps({"model": "mock/echo", "messages": [{"role": "user", "content": "🙂"}]})
+    assert "\\ud83d\\ude42" in raw  # escaped as a pair by json.dumps
+
+    request = ChatRequest.model_validate(json.loads(raw))
+
+    assert request.messages[0].model_dump()["content"] == "🙂"
+
+
 def test_a_text_chunk_serializes_as_index_content_delta_and_attempt_only() -> None:
     chunk = ChatChunk(index=3, delta=ChunkDelta(content="Hel"))
 
@@ -209,23 +252,54 @@ def test_a_completed_event_serializes_every_contract_field() -> None:
     }
 
 
-@pytest.mark.parametrize(
-    ("code", "retryable"),
-    [
-        (ErrorCode.INVALID_REQUEST, False),
-        (ErrorCode.AUTH, False),
-        (ErrorCode.RATE_LIMITED, True),
-        (ErrorCode.UNAVAILABLE, True),
-        (ErrorCode.TIMEOUT, True),
-        (ErrorCode.CONTENT_FILTER, False),
-        (ErrorCode.CONTEXT_LENGTH, False),
-        (ErrorCode.EXPIRED, False),
-        (ErrorCode.CANCELLED, False),
-        (ErrorCode.INTERNAL, True),
-    ],
-)
+DEFAULT_RETRYABILITY = {
+    ErrorCode.INVALID_REQUEST: False,
+    ErrorCode.AUTH: False,
+    ErrorCode.PERMISSION_DENIED: False,
+    ErrorCode.NOT_FOUND: False,
+    ErrorCode.CONFLICT: False,
+    ErrorCode.PRECONDITION_FAILED: False,
+    ErrorCode.TOO_LARGE: False,
+    ErrorCode.RATE_LIMITED: True,
+    ErrorCode.UNAVAILABLE: True,
+    ErrorCode.TIMEOUT: True,
+    ErrorCode.CONTENT_FILTER: False,
+    ErrorCode.CONTEXT_LENGTH: False,
+    ErrorCode.EXPIRED: False,
+    ErrorCode.CANCELLED: False,
+    ErrorCode.INTERNAL: False,
+}
+
+
+@pytest.mark.parametrize(("code", "retryable"), list(DEFAULT_RETRYABILITY.items()))
 def test_each_error_code_has_its_default_retryability(code: ErrorCode, retryable: bool) -> None:
     assert FerrymanError(code, "x").retryable is retryable
+    assert (code in RETRYABLE_CODES) is retryable
+
+
+def test_every_error_code_has_a_stated_default_retryability() -> None:
+    # A new code must take a side here, deliberately.
+    assert set(DEFAULT_RETRYABILITY) == set(ErrorCode)
+
+
+def test_the_new_codes_travel_under_their_wire_names() -> None:
+    wire = {
+        ErrorCode.NOT_FOUND: "not_found",
+        ErrorCode.CONFLICT: "conflict",
+        ErrorCode.PRECONDITION_FAILED: "precondition_failed",
+        ErrorCode.PERMISSION_DENIED: "permission_denied",
+        ErrorCode.TOO_LARGE: "too_large",
+    }
+    for code, name in wire.items():
+        info = FerrymanError(code, "m", upstream="s3").to_info()
+        assert json.loads(info.model_dump_json()) == {
+            "code": name,
+            "message": "m",
+            "retryable": False,
+            "upstream": "s3",
+            "status": None,
+        }
+        assert ErrorInfo.model_validate_json(info.model_dump_json()) == info
 
 
 def test_an_explicit_retryable_overrides_the_code_default() -> None:
@@ -233,16 +307,16 @@ def test_an_explicit_retryable_overrides_the_code_default() -> None:
     assert FerrymanError(ErrorCode.AUTH, "x", retryable=True).retryable is True
 
 
-def test_to_info_carries_code_message_retryability_provider_and_status() -> None:
+def test_to_info_carries_code_message_retryability_upstream_and_status() -> None:
     error = FerrymanError(
-        ErrorCode.RATE_LIMITED, "slow down", provider="openai", status=429, retry_after=2.0
+        ErrorCode.RATE_LIMITED, "slow down", upstream="openai", status=429, retry_after=2.0
     )
 
     assert error.to_info() == ErrorInfo(
         code=ErrorCode.RATE_LIMITED,
         message="slow down",
         retryable=True,
-        provider="openai",
+        upstream="openai",
         status=429,
     )
 

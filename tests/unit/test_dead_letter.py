@@ -71,7 +71,9 @@ def test_the_dlq_header_names_are_exactly_the_contract_list() -> None:
         failed_at=FAILED_AT,
     )
 
-    assert tuple(name for name, _ in headers) == events.DLQ_HEADERS
+    only_on_truncated_copies = {events.DLQ_TRUNCATED}
+    expected = tuple(name for name in events.DLQ_HEADERS if name not in only_on_truncated_copies)
+    assert tuple(name for name, _ in headers) == expected
 
 
 def test_the_failure_time_defaults_to_now_in_utc() -> None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import time
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +22,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ferryman.codec import header_value
 from ferryman.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
@@ -37,12 +34,11 @@ from llm_worker.deployments import build_table
 from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
 from llm_worker.providers.openai import OpenAIChatModel, create_client
-from llm_worker.replies import ReplyStream
 from llm_worker.routing import RoutingConfig
 from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
 from llm_worker.stream_guard import StreamTimeouts
 from tests.fakes.openai_server import FakeOpenAI, Scenario
-from tests.unit.test_handler import RawPublisher
+from tests.unit.recording_replies import RecordingReplies
 
 NOTES = Path("/tmp/notes/fault_matrix.txt")
 FIRST_TOKEN = 0.5
@@ -216,25 +212,16 @@ async def _send(
     tenant: str | None = None,
     deadline_in: float | None = None,
 ) -> Outcome:
-    publisher = RawPublisher()
-    replies = ReplyStream(
-        publisher,  # type: ignore[arg-type]
-        topic="replies",
-        request_id=uuid.uuid4().hex,
-        source="/test/fault-matrix",
-        extensions={},
-    )
+    replies = RecordingReplies()
     request = ChatRequest.model_validate({"model": alias, "messages": MESSAGES})
     loop = asyncio.get_running_loop()
     deadline = None if deadline_in is None else loop.time() + deadline_in
     started = time.monotonic()
     async with asyncio.timeout(15):
-        await service.execute(ChatJob(request, replies, deadline=deadline, tenant=tenant))
+        job = ChatJob(request, replies, deadline=deadline, tenant=tenant)  # type: ignore[arg-type]
+        await service.execute(job)
     elapsed = time.monotonic() - started
-    events = [
-        (header_value(headers, "ce_type") or "", json.loads(value or b"{}"))
-        for _, _, value, headers in publisher.sent
-    ]
+    events = replies.events
     return Outcome(events, elapsed)
 
 
@@ -295,6 +282,59 @@ async def test_a_429_with_retry_after_fails_over_at_once_when_another_deployment
     matrix.record(
         "429 Retry-After: 2, with fallback", upstream.calls(), outcome.elapsed, outcome.summary()
     )
+
+
+async def test_a_short_retry_after_is_waited_out_on_the_same_deployment_when_the_route_says_so(
+    upstream: Upstream, matrix: Matrix
+) -> None:
+    upstream.fake.scenarios["primary"] = Scenario(
+        status=429, fail_first=1, headers={"retry-after": "1"}, answer="after the wait"
+    )
+    config = _with_fallback("primary", retry={"wait_retry_after": 2})
+    service = _service({"openai": upstream.model}, config)
+
+    waiting = asyncio.create_task(_send(service))
+    async with asyncio.timeout(5):
+        while not upstream.calls():  # the 429 came back: `waiting` now waits it out
+            await asyncio.sleep(0.005)
+    other = await _send(service)
+    outcome = await waiting
+
+    _assert_served(outcome, "primary", "after the wait")
+    assert outcome.attempts() == [("primary", "rate_limited"), ("primary", None)]
+    first, second = upstream.times("primary")
+    assert 1.0 <= second - first < 1.5
+    # The cooldown still holds for every other request: they fail over meanwhile.
+    _assert_served(other, "fallback", FALLBACK_ANSWER)
+    assert other.attempts() == [("fallback", None)]
+    assert other.elapsed < 0.5
+    assert upstream.calls() == {"primary": 2, "fallback": 1}
+    matrix.record(
+        "429 Retry-After: 1, with fallback, wait_retry_after: 2",
+        upstream.calls(),
+        outcome.elapsed,
+        f"{outcome.summary()}; a concurrent request: {other.summary()}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "wait_up_to", "deadline_in"),
+    [("2", 1.0, None), ("1", 5.0, 0.8)],
+    ids=["longer-than-the-route-waits", "past-the-deadline"],
+)
+async def test_a_retry_after_the_route_will_not_wait_out_fails_over_at_once(
+    upstream: Upstream, retry_after: str, wait_up_to: float, deadline_in: float | None
+) -> None:
+    upstream.fake.scenarios["primary"] = Scenario(status=429, headers={"retry-after": retry_after})
+    config = _with_fallback("primary", retry={"wait_retry_after": wait_up_to})
+    service = _service({"openai": upstream.model}, config)
+
+    outcome = await _send(service, deadline_in=deadline_in)
+
+    _assert_served(outcome, "fallback", FALLBACK_ANSWER)
+    assert outcome.attempts() == [("primary", "rate_limited"), ("fallback", None)]
+    assert upstream.calls() == {"primary": 1, "fallback": 1}
+    assert outcome.elapsed < 0.5
 
 
 async def test_a_persistent_429_without_retry_after_backs_off_per_deployment_then_fails_over(
@@ -417,6 +457,27 @@ async def test_a_silent_deployment_is_bounded_by_its_total_timeout_and_not_calle
     matrix.record("no response at all", upstream.calls(), outcome.elapsed, outcome.summary())
 
 
+async def test_no_call_starts_after_the_request_deadline_not_even_on_a_fallback(
+    upstream: Upstream, matrix: Matrix
+) -> None:
+    upstream.fake.scenarios["silent"] = Scenario(delay_before_headers=3600)
+    config = _with_fallback("silent", timeouts={"first_token": 5})  # the deadline comes first
+    service = _service({"openai": upstream.model}, config)
+
+    outcome = await _send(service, deadline_in=0.5)
+
+    assert upstream.calls() == {"silent": 1}
+    _assert_failed(outcome, "timeout", retryable=True, says="deadline passed before fallback")
+    assert "request's time budget" in outcome.data["error"]["message"]  # what used it up
+    assert 0.5 <= outcome.elapsed < 1.0
+    matrix.record(
+        "no response, deadline 0.5 s, with fallback",
+        upstream.calls(),
+        outcome.elapsed,
+        outcome.summary(),
+    )
+
+
 async def test_a_slow_first_token_fails_over_after_the_first_token_timeout(
     upstream: Upstream, matrix: Matrix
 ) -> None:
@@ -444,7 +505,9 @@ async def test_a_cut_stream_without_restarts_fails_after_its_chunks_never_trunca
 
     outcome = await _send(service)
 
-    _assert_failed(outcome, "unavailable", retryable=True, says="cannot reach OpenAI")
+    # Says what happened to the stream, not that OpenAI cannot be reached.
+    _assert_failed(outcome, "unavailable", retryable=True, says="stream was cut after 2 chunks")
+    assert outcome.data["error"]["message"].startswith("openai stream was cut after 2 chunks")
     assert [t for t, _ in outcome.events] == [LLM_CHAT_CHUNK] * 2 + [LLM_CHAT_FAILED]
     assert [c["delta"]["content"] for c in outcome.chunks()] == ["one", " two"]
     assert upstream.calls() == {"faulty": 1}
@@ -502,30 +565,87 @@ async def test_a_stalled_stream_restarts_on_the_fallback_after_the_idle_timeout(
     matrix.record("stream stall", upstream.calls(), outcome.elapsed, outcome.summary())
 
 
-async def test_a_malformed_event_restarts_the_stream_on_each_next_call(
+async def test_a_malformed_event_restarts_the_stream_once_on_the_fallback_not_the_same_deployment(
     upstream: Upstream, matrix: Matrix
 ) -> None:
     upstream.fake.scenarios["faulty"] = Scenario(answer=ANSWER, malformed_after=2)
-    service = _service({"openai": upstream.model}, _with_fallback("faulty"))
+    config = _with_fallback("faulty", retry={"per_deployment": 3})
+    service = _service({"openai": upstream.model}, config)
 
     outcome = await _send(service)
 
-    # Retryable, so the same deployment is called again first (attempt 2), then the fallback.
-    restarts = [(r["attempt"], r["deployment"], r["discarded_chunks"]) for r in outcome.restarts()]
-    assert restarts == [(2, "faulty", 2), (3, "fallback", 2)]
-    assert all(r["reason"]["code"] == "unavailable" for r in outcome.restarts())
-    _assert_served(outcome, "fallback", FALLBACK_ANSWER)
-    third = outcome.chunks(3)
-    assert [c["index"] for c in third] == list(range(len(third)))
-    assert "".join(c["delta"]["content"] for c in third) == outcome.data["content"]
-    assert outcome.data["stream_attempt"] == 3
-    assert [len(outcome.chunks(1)), len(outcome.chunks(2))] == [2, 2]
-    failed = [("faulty", "unavailable")] * 2
-    assert outcome.attempts() == [*failed, ("fallback", None)]
-    assert upstream.calls() == {"faulty": 2, "fallback": 1}
+    # Retryable, and `faulty` has calls left, but another deployment can serve: the
+    # answer is published twice (2 discarded chunks + the fallback's), not four times.
+    _assert_restarted_on_fallback(outcome, "unavailable")
+    assert "stream was cut after 2 chunks" in outcome.restarts()[0]["reason"]["message"]
+    assert outcome.attempts() == [("faulty", "unavailable"), ("fallback", None)]
+    assert upstream.calls() == {"faulty": 1, "fallback": 1}
+    chunk_events = [t for t, _ in outcome.events].count(LLM_CHAT_CHUNK)
+    assert chunk_events == 2 + len(FALLBACK_ANSWER.split(" "))
     assert outcome.elapsed < 1.0
     matrix.record(
         "malformed event mid-stream", upstream.calls(), outcome.elapsed, outcome.summary()
+    )
+
+
+async def test_a_stream_cut_with_nothing_else_to_serve_restarts_on_the_same_deployment(
+    upstream: Upstream, matrix: Matrix
+) -> None:
+    upstream.fake.scenarios["only"] = Scenario(answer=ANSWER, cut_after=2)
+    service = _service({"openai": upstream.model}, _single("only"))
+
+    outcome = await _send(service)
+
+    # RETRY allows two calls on `only`; both are cut, each restart is announced.
+    restarts = [(r["attempt"], r["deployment"], r["discarded_chunks"]) for r in outcome.restarts()]
+    assert restarts == [(2, "only", 2)]
+    _assert_failed(outcome, "unavailable", retryable=True, says="stream was cut after 2 chunks")
+    assert [len(outcome.chunks(1)), len(outcome.chunks(2))] == [2, 2]
+    assert upstream.calls() == {"only": 2}
+    assert outcome.elapsed < 1.0
+    matrix.record(
+        "stream cut, one deployment", upstream.calls(), outcome.elapsed, outcome.summary()
+    )
+
+
+async def test_a_stream_that_stalls_then_is_closed_fails_over_as_a_timeout(
+    upstream: Upstream, matrix: Matrix
+) -> None:
+    # 0.35 s of silence (over half the 0.5 s idle bound), then the connection is closed.
+    upstream.fake.scenarios["faulty"] = Scenario(answer=ANSWER, token_delay=0.35, cut_after=2)
+    config = _with_fallback("faulty", retry={"per_deployment": 3})
+    service = _service({"openai": upstream.model}, config)
+
+    outcome = await _send(service)
+
+    _assert_restarted_on_fallback(outcome, "timeout")
+    reason = outcome.restarts()[0]["reason"]["message"]
+    assert "went silent for" in reason
+    assert "after 2 chunks, then was closed" in reason
+    assert outcome.attempts() == [("faulty", "timeout"), ("fallback", None)]
+    assert upstream.calls() == {"faulty": 1, "fallback": 1}  # not called again: a timeout
+    assert outcome.elapsed < 1.5
+    matrix.record("stream stall, then closed", upstream.calls(), outcome.elapsed, outcome.summary())
+
+
+async def test_a_stall_then_close_on_the_only_deployment_is_not_called_again(
+    upstream: Upstream, matrix: Matrix
+) -> None:
+    upstream.fake.scenarios["only"] = Scenario(answer=ANSWER, token_delay=0.35, cut_after=2)
+    config = _routing({"only": {}}, chat={"deployments": ["only"], "retry": {"per_deployment": 3}})
+    service = _service({"openai": upstream.model}, config)
+
+    outcome = await _send(service)
+
+    _assert_failed(outcome, "timeout", retryable=True, says="then was closed")
+    assert outcome.restarts() == []
+    assert upstream.calls() == {"only": 1}
+    assert outcome.elapsed < 1.5
+    matrix.record(
+        "stream stall then closed, one deployment",
+        upstream.calls(),
+        outcome.elapsed,
+        outcome.summary(),
     )
 
 

@@ -316,7 +316,7 @@ def test_transport_errors_of_either_http_stack_are_mapped(
 
     assert failure.value.code is code
     assert failure.value.retryable is True
-    assert failure.value.provider == "gemini"
+    assert failure.value.upstream == "gemini"
 
 
 def test_an_error_without_a_status_is_a_retryable_unavailable() -> None:

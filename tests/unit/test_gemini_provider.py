@@ -335,6 +335,38 @@ async def test_an_invalid_safety_override_is_an_invalid_request_and_sends_nothin
     assert fake.generate_requests() == []
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["../v1beta/models/other", "gemini-fake/../../x", "gemini-fake?alt=json", "a b", "%2e%2e", ""],
+)
+@pytest.mark.parametrize("call", ["stream", "generate"])
+async def test_a_model_name_that_would_change_the_url_is_an_invalid_request_and_sends_nothing(
+    fake: FakeGemini, make_model: Callable[..., GeminiChatModel], name: str, call: str
+) -> None:
+    model = make_model()
+    with pytest.raises(FerrymanError) as failure:
+        await (
+            _collect(model, _request(), name)
+            if call == "stream"
+            else model.generate(_request(), name)
+        )
+
+    assert (failure.value.code, failure.value.retryable) == (ErrorCode.INVALID_REQUEST, False)
+    assert "not a plain model name" in failure.value.message
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("name", ["gemini-2.5-flash", "models/gemini-fake", "gemini-1.5-pro-002"])
+async def test_plain_model_names_are_sent(
+    fake: FakeGemini, make_model: Callable[..., GeminiChatModel], name: str
+) -> None:
+    await _collect(make_model(), _request(), name)
+
+    assert _only(fake).path.endswith(
+        f"/models/{name.removeprefix('models/')}:streamGenerateContent"
+    )
+
+
 def test_invalid_deployment_safety_settings_are_refused_at_construction() -> None:
     client = create_client(api_key=API_KEY, base_url="http://127.0.0.1:9/", timeout=1.0)
     with pytest.raises(ValueError, match="HARM_CATEGORY_TYPO"):
@@ -675,7 +707,7 @@ async def test_a_blocked_prompt_is_a_content_filter_error_naming_reason_and_cate
     for error in (streamed, generated.value):
         assert error.code is ErrorCode.CONTENT_FILTER
         assert error.retryable is False
-        assert error.provider == "gemini"
+        assert error.upstream == "gemini"
         assert "SAFETY" in error.message
         assert "HARM_CATEGORY_HARASSMENT, HARM_CATEGORY_DANGEROUS_CONTENT" in error.message
         assert "HATE_SPEECH" not in error.message, "only blocked categories are named"
@@ -755,7 +787,13 @@ _ERRORS: list[tuple[str, Scenario, ErrorCode, bool, float | None]] = [
         None,
     ),
     ("401", Scenario(status=401, error_message=f"bad key {API_KEY}"), ErrorCode.AUTH, False, None),
-    ("403", Scenario(status=403, error_message=f"denied {API_KEY}"), ErrorCode.AUTH, False, None),
+    (
+        "403",
+        Scenario(status=403, error_message=f"denied {API_KEY}"),
+        ErrorCode.PERMISSION_DENIED,
+        False,
+        None,
+    ),
     (
         "400-context",
         Scenario(
@@ -768,7 +806,7 @@ _ERRORS: list[tuple[str, Scenario, ErrorCode, bool, float | None]] = [
         None,
     ),
     ("400", Scenario(status=400), ErrorCode.INVALID_REQUEST, False, None),
-    ("404", Scenario(status=404), ErrorCode.INVALID_REQUEST, False, None),
+    ("404", Scenario(status=404), ErrorCode.NOT_FOUND, False, None),
     ("408", Scenario(status=408), ErrorCode.TIMEOUT, True, None),
     ("500", Scenario(status=500), ErrorCode.UNAVAILABLE, True, None),
     ("503", Scenario(status=503, headers={"retry-after": "1"}), ErrorCode.UNAVAILABLE, True, None),
@@ -801,7 +839,7 @@ async def test_http_errors_map_to_the_shared_taxonomy(
         assert error.retryable is retryable
         assert error.status == scenario.status
         assert error.retry_after == retry_after
-        assert error.provider == "gemini"
+        assert error.upstream == "gemini"
         assert API_KEY not in error.message
         assert API_KEY not in repr(error)
     if code is ErrorCode.AUTH:
@@ -854,7 +892,7 @@ async def test_a_stream_failing_midway_raises_a_retryable_error_and_never_finish
     assert error.code is code
     assert error.retryable is True
     assert error.status == status
-    assert error.provider == "gemini"
+    assert error.upstream == "gemini"
     assert events == [TextDelta(text=t) for t in ["a", " b", " c"][:delivered]]
     assert len(fake.generate_requests()) == 1, "no hidden reconnect"
 

@@ -187,7 +187,7 @@ async def test_deployments_sharing_a_client_are_probed_with_one_listing_call() -
 
 
 async def test_a_failing_probe_marks_every_deployment_of_its_client_unhealthy() -> None:
-    broken = ListingModel(error=FerrymanError(ErrorCode.AUTH, "invalid API key", provider="fake"))
+    broken = ListingModel(error=FerrymanError(ErrorCode.AUTH, "invalid API key", upstream="fake"))
     fine = ListingModel("other")
     monitor, _ = _monitor([*_refs(broken, "a", "b"), *_refs(fine, "c")])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -185,7 +186,7 @@ _ERRORS: list[tuple[Scenario, ErrorCode, bool, float | None]] = [
     (Scenario(status=429, headers={"retry-after": "2"}), ErrorCode.RATE_LIMITED, True, 2.0),
     (Scenario(status=429, headers={"retry-after-ms": "1500"}), ErrorCode.RATE_LIMITED, True, 1.5),
     (Scenario(status=401), ErrorCode.AUTH, False, None),
-    (Scenario(status=403), ErrorCode.AUTH, False, None),
+    (Scenario(status=403), ErrorCode.PERMISSION_DENIED, False, None),
     (Scenario(status=408), ErrorCode.TIMEOUT, True, None),
     (
         Scenario(status=400, error_code="context_length_exceeded"),
@@ -201,7 +202,7 @@ _ERRORS: list[tuple[Scenario, ErrorCode, bool, float | None]] = [
         None,
     ),
     (Scenario(status=400), ErrorCode.INVALID_REQUEST, False, None),
-    (Scenario(status=404), ErrorCode.INVALID_REQUEST, False, None),
+    (Scenario(status=404), ErrorCode.NOT_FOUND, False, None),
     (Scenario(status=409), ErrorCode.UNAVAILABLE, True, None),
     (Scenario(status=500), ErrorCode.UNAVAILABLE, True, None),
     (Scenario(status=503), ErrorCode.UNAVAILABLE, True, None),
@@ -234,7 +235,7 @@ async def test_http_errors_map_to_the_shared_taxonomy(
         assert error.retryable is retryable
         assert error.status == scenario.status
         assert error.retry_after == retry_after
-        assert error.provider == "openai"
+        assert error.upstream == "openai"
         assert API_KEY not in error.message
         assert API_KEY not in repr(error)
     if code is ErrorCode.AUTH:
@@ -277,7 +278,7 @@ async def test_a_stream_failing_midway_raises_a_retryable_error_and_never_finish
 
     assert error.code is code
     assert error.retryable is True
-    assert error.provider == "openai"
+    assert error.upstream == "openai"
     assert events == [TextDelta(text=t) for t in ["a", " b", " c"][:delivered]]
 
 
@@ -301,6 +302,20 @@ async def test_a_stream_without_the_done_terminator_still_finishes(
 
     assert events[0] == TextDelta(text="a")
     assert events[-1] == Finish(reason="stop", model="m-nodone")
+
+
+async def test_a_finished_stream_held_open_without_done_ends_without_waiting_for_the_timeout(
+    fake: FakeOpenAI, make_model: Callable[..., OpenAIChatModel]
+) -> None:
+    fake.scenarios["m-held"] = Scenario(answer="a b", hold_open=True)
+    model = make_model(timeout=60.0)
+
+    # Bounded far below the 60 s read timeout: only the drain bound can end it this soon.
+    async with asyncio.timeout(10):
+        events = await _collect(model, _request(), "m-held")
+
+    assert events[-1] == Finish(reason="stop", model="m-held")
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "a b"
 
 
 async def test_list_models_returns_the_servers_model_ids(

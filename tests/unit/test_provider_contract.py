@@ -4,11 +4,15 @@ Whichever provider serves a request, the stream must have the same shape: text d
 that concatenate to the answer, tool calls with stable indexes and JSON arguments, usage,
 a finish reason from one set, the same error codes for the same HTTP failures, and a
 mid-stream failure that never folds into a truncated success.
+
+And the same edge: no credential in any error (even when the upstream echoes the
+request's headers), no redirect followed, one connection reused by sequential calls.
 """
 
 from __future__ import annotations
 
 import json
+import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +31,16 @@ from llm_worker.providers.openai import OpenAIChatModel
 from llm_worker.providers.openai import create_client as openai_client
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, fold
 from tests.fakes import anthropic_server, gemini_server, openai_server
+from tests.fakes.http_fake import FakeHttpServer
 
 IMAGE_URL = "https://example.com/cat.png"
+# Keys of no known shape: only the adapters' knowledge of their own key can redact them.
+KEYS = {
+    "openai": "contract-openai-Zq8xW3kP0",
+    "azure": "contract-azure-Jt5mV9rL2",
+    "anthropic": "contract-anthropic-Hc4nB7sD1",
+    "gemini": "contract-gemini-Qw2eR6tY8",
+}
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},
 ]
@@ -47,6 +59,8 @@ class Harness:
     bodies: Callable[[], list[dict[str, Any]]]
     has_tool_result: Callable[[dict[str, Any], str, str], bool]
     has_image: Callable[[dict[str, Any], str], bool]
+    fake: FakeHttpServer
+    key: str
 
 
 def _openai_tool_result(body: dict[str, Any], call_id: str, content: str) -> bool:
@@ -92,16 +106,17 @@ def _gemini_image(body: dict[str, Any], url: str) -> bool:
 @pytest.fixture(params=["openai", "azure", "anthropic", "gemini"])
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     name: str = request.param
+    key = KEYS[name]
     if name in ("openai", "azure"):
         fake: Any = openai_server.FakeOpenAI()
         await fake.start()
         if name == "openai":
             model: ChatModel = OpenAIChatModel(
-                openai_client(api_key="k", base_url=fake.base_url, timeout=5, connect_timeout=5)
+                openai_client(api_key=key, base_url=fake.base_url, timeout=5, connect_timeout=5)
             )
             model_name = scenario_key = "gpt-contract"
         else:
-            config = AzureOpenAIConfig(endpoint=f"http://127.0.0.1:{fake.port}", api_key="k")  # type: ignore[arg-type]
+            config = AzureOpenAIConfig(endpoint=f"http://127.0.0.1:{fake.port}", api_key=key)  # type: ignore[arg-type]
             model, model_name, scenario_key = AzureChatModel(config), "contract", "contract"
 
         def script(**fields: Any) -> None:
@@ -110,11 +125,12 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness(
             name, model, model_name, script,
             lambda: [r.body for r in fake.chat_requests()], _openai_tool_result, _openai_image,
+            fake, key,
         )  # fmt: skip
     elif name == "gemini":
         fake = gemini_server.FakeGemini()
         await fake.start()
-        model = GeminiChatModel(gemini_client(api_key="k", base_url=fake.base_url, timeout=5))
+        model = GeminiChatModel(gemini_client(api_key=key, base_url=fake.base_url, timeout=5))
 
         def script(**fields: Any) -> None:
             calls = fields.pop("tool_calls", [])
@@ -126,12 +142,13 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness(
             name, model, "gemini-contract", script,
             lambda: [r.body for r in fake.generate_requests()], _gemini_tool_result, _gemini_image,
+            fake, key,
         )  # fmt: skip
     else:
         fake = anthropic_server.FakeAnthropic()
         await fake.start()
         model = AnthropicChatModel(
-            anthropic_client(api_key="k", base_url=fake.base_url, timeout=5, connect_timeout=5)
+            anthropic_client(api_key=key, base_url=fake.base_url, timeout=5, connect_timeout=5)
         )
 
         def script(**fields: Any) -> None:
@@ -140,7 +157,7 @@ async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
         yield Harness(
             name, model, "claude-contract", script,
             lambda: [r.body for r in fake.message_requests()], _anthropic_tool_result,
-            _anthropic_image,
+            _anthropic_image, fake, key,
         )  # fmt: skip
     await model.aclose()
     await fake.stop()
@@ -239,8 +256,8 @@ async def test_an_image_input_reaches_the_provider(h: Harness) -> None:
     [
         (400, ErrorCode.INVALID_REQUEST, False),
         (401, ErrorCode.AUTH, False),
-        (403, ErrorCode.AUTH, False),
-        (404, ErrorCode.INVALID_REQUEST, False),
+        (403, ErrorCode.PERMISSION_DENIED, False),
+        (404, ErrorCode.NOT_FOUND, False),
         (429, ErrorCode.RATE_LIMITED, True),
         (500, ErrorCode.UNAVAILABLE, True),
         (503, ErrorCode.UNAVAILABLE, True),
@@ -255,7 +272,7 @@ async def test_each_http_error_class_maps_to_the_same_code(
         await fold(h.model.stream(_request(_user("hi")), h.model_name))
 
     error = failure.value
-    assert (error.code, error.retryable, error.status, error.provider) == (
+    assert (error.code, error.retryable, error.status, error.upstream) == (
         status and code,
         retryable,
         status,
@@ -279,6 +296,62 @@ async def test_a_stream_cut_mid_answer_fails_instead_of_completing(h: Harness) -
 
     assert failure.value.retryable
     assert not any(isinstance(e, Finish) for e in events)
+
+
+async def _failure(h: Harness, call: str = "stream") -> FerrymanError:
+    async def run() -> object:
+        if call == "stream":
+            return await fold(h.model.stream(_request(_user("hi")), h.model_name))
+        return await h.model.list_models()
+
+    with pytest.raises(FerrymanError) as failure:
+        await run()
+    return failure.value
+
+
+@pytest.mark.parametrize("call", ["stream", "list_models"])
+async def test_a_key_echoed_in_an_upstream_error_never_reaches_the_error(
+    h: Harness, call: str
+) -> None:
+    h.fake.echo_headers_status = 400
+
+    error = await _failure(h, call)
+
+    published = error.to_info().model_dump_json()
+    logged = "".join(traceback.format_exception(error))
+    assert "upstream proxy refused the request" in error.message  # the echo did arrive
+    assert "[REDACTED]" in error.message
+    for text in (error.message, str(error), repr(error), published, logged):
+        assert h.key not in text
+    assert error.code is ErrorCode.INVALID_REQUEST
+    assert error.upstream == h.name
+
+
+async def test_a_redirect_to_another_origin_is_never_followed(h: Harness) -> None:
+    elsewhere = openai_server.FakeOpenAI()
+    await elsewhere.start()
+    try:
+        h.fake.redirect_to = f"http://127.0.0.1:{elsewhere.port}"
+
+        error = await _failure(h)
+
+        assert (error.code, error.retryable, error.status) == (ErrorCode.UNAVAILABLE, False, 307)
+        assert f"redirecting to http://127.0.0.1:{elsewhere.port}" in error.message
+        assert "never followed" in error.message
+        assert elsewhere.connections == 0
+        assert elsewhere.requests == []
+    finally:
+        await elsewhere.stop()
+
+
+async def test_sequential_streams_reuse_one_connection(h: Harness) -> None:
+    h.script(answer="one two three")
+
+    for _ in range(20):
+        completion = await fold(h.model.stream(_request(_user("hi")), h.model_name))
+        assert completion.content == "one two three"
+
+    assert h.fake.connections == 1
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ resolved without ever exposing the key; per-deployment capabilities route around
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,14 +14,22 @@ from prometheus_client import CollectorRegistry
 from ferryman.codec import header_value
 from ferryman.contracts import ChatRequest
 from llm_worker.deployments import build_table
-from llm_worker.provider_factory import build_providers, dedicated_client, read_credentials
+from llm_worker.provider_config import OpenAIConfig
+from llm_worker.provider_factory import (
+    PROBE_CONNECTIONS,
+    build_providers,
+    dedicated_client,
+    openai_client,
+    pool_size,
+    read_credentials,
+)
 from llm_worker.providers import ModelRouter
-from llm_worker.replies import ReplyStream
 from llm_worker.routing import Deployment, RoutingConfig
 from llm_worker.service import ChatJob, ChatService, LlmMetrics
 from llm_worker.settings import LlmWorkerSettings
-from tests.fakes.openai_server import FakeOpenAI
-from tests.unit.test_handler import RawPublisher
+from llm_worker.streaming import fold
+from tests.fakes.openai_server import FakeOpenAI, Scenario
+from tests.fakes.publisher import RawPublisher, chat_replies
 
 
 @pytest.fixture
@@ -81,7 +90,7 @@ async def test_a_deployment_with_its_own_endpoint_and_key_is_called_there_with_t
     request = ChatRequest.model_validate(
         {"model": "chat", "messages": [{"role": "user", "content": "hi there"}]}
     )
-    replies = ReplyStream(publisher, topic="r", request_id="q", source="/s", extensions={})  # type: ignore[arg-type]
+    replies = chat_replies(publisher)
 
     await service.execute(ChatJob(request=request, replies=replies))
 
@@ -116,7 +125,7 @@ async def test_per_deployment_capabilities_route_a_request_around_a_deployment()
     request = ChatRequest.model_validate(
         {"model": "chat", "messages": [{"role": "user", "content": "x"}], "tools": [tool]}
     )
-    replies = ReplyStream(publisher, topic="r", request_id="q", source="/s", extensions={})  # type: ignore[arg-type]
+    replies = chat_replies(publisher)
 
     await service.execute(ChatJob(request=request, replies=replies))
 
@@ -130,3 +139,31 @@ def test_mock_deployments_take_no_endpoint() -> None:
 
     with pytest.raises(ValueError, match="takes no endpoint"):
         dedicated_client(settings, Deployment(provider="mock", model="echo", endpoint="http://x"))
+
+
+def test_a_provider_pool_holds_every_call_in_flight_plus_probes_unless_capped() -> None:
+    settings = LlmWorkerSettings(_env_file=None, max_in_flight=3000)  # type: ignore[call-arg]
+
+    assert pool_size(settings.openai, settings.max_in_flight) == 3000 + PROBE_CONNECTIONS
+    capped = settings.gemini.model_copy(update={"max_connections": 64})
+    assert pool_size(capped, settings.max_in_flight) == 64
+
+
+async def test_the_configured_pool_caps_the_connections_a_provider_client_opens(
+    fake: FakeOpenAI,
+) -> None:
+    # Three overlapping streams through a pool of two: the third waits for a connection
+    # and reuses it, so the server never sees a third one.
+    fake.default = Scenario(answer="a b", first_token_delay=0.2)
+    config = OpenAIConfig(base_url=fake.base_url, max_connections=2)
+    client = openai_client(config, max_in_flight=100)
+    request = ChatRequest.model_validate(
+        {"model": "openai/m", "messages": [{"role": "user", "content": "hi"}]}
+    )
+
+    completions = await asyncio.gather(*(fold(client.stream(request, "m")) for _ in range(3)))
+    await client.aclose()
+
+    assert [c.content for c in completions] == ["a b"] * 3
+    assert len(fake.chat_requests()) == 3
+    assert fake.connections == 2

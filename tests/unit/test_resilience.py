@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -10,14 +12,14 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ferryman.codec import header_value
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breaker, Breakers, RetryPolicy
+from llm_worker.balancer import Skip
 from llm_worker.providers import ModelRouter
-from llm_worker.replies import ReplyStream
+from llm_worker.retry_rules import LEAVE, Allowance, FailedCall, NextStep, next_step
 from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
 from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
-from tests.unit.test_handler import RawPublisher
+from tests.unit.recording_replies import RecordingReplies
 
 
 def _retryable() -> FerrymanError:
@@ -130,8 +132,8 @@ class FlakyModel:
 
 async def _execute(
     model: FlakyModel, attempts: int = 3, *, restart: bool = True
-) -> tuple[list[str | None], str]:
-    registry, publisher = CollectorRegistry(), RawPublisher()
+) -> tuple[list[str], str]:
+    registry, replies = CollectorRegistry(), RecordingReplies()
     service = ChatService(
         ModelRouter({"flaky": model}, {}),
         LlmMetrics(registry),
@@ -144,10 +146,9 @@ async def _execute(
     request = ChatRequest.model_validate(
         {"model": "flaky/m", "messages": [{"role": "user", "content": "hi"}]}
     )
-    replies = ReplyStream(publisher, topic="r", request_id="q", source="/s", extensions={})  # type: ignore[arg-type]
-    await service.execute(ChatJob(request=request, replies=replies))
-    types = [header_value(h, "ce_type") for _, _, _, h in publisher.sent]
-    return types, publisher.sent[-1][2].decode() if publisher.sent else ""
+    await service.execute(ChatJob(request=request, replies=replies))  # type: ignore[arg-type]
+    last = json.dumps(replies.events[-1][1], separators=(",", ":")) if replies.events else ""
+    return replies.types(), last
 
 
 async def test_a_retryable_failure_before_any_chunk_is_retried_and_succeeds() -> None:
@@ -198,3 +199,80 @@ async def test_attempts_are_bounded() -> None:
 
     assert model.calls == 3
     assert types == ["ferryman.llm.chat.failed"]
+
+
+def _failed(
+    code: ErrorCode = ErrorCode.UNAVAILABLE,
+    *,
+    retry_after: float | None = None,
+    calls: int = 1,
+    published: bool = False,
+    retryable: bool | None = None,
+) -> FailedCall:
+    error = FerrymanError(code, "x", retryable=retryable, retry_after=retry_after)
+    return FailedCall(error, calls_here=calls, published=published)
+
+
+def _allowed(
+    *, remaining: float = math.inf, closed: bool = True, wait: float | None = None
+) -> Allowance:
+    return Allowance(
+        per_deployment=3, circuit_closed=closed, remaining=remaining, wait_retry_after=wait
+    )
+
+
+@pytest.mark.parametrize(
+    ("failure", "allowed", "expected"),
+    [
+        (_failed(ErrorCode.TIMEOUT), _allowed(), LEAVE),
+        (_failed(ErrorCode.AUTH), _allowed(), LEAVE),
+        (_failed(retryable=False), _allowed(), LEAVE),
+        (_failed(calls=3), _allowed(), LEAVE),
+        (_failed(), _allowed(), NextStep(retry_in=0.25)),
+        (_failed(calls=2), _allowed(remaining=0.5), LEAVE),
+        (_failed(), _allowed(closed=False), LEAVE),
+        (_failed(published=True), _allowed(), NextStep(come_back=Skip("restart", 0.25))),
+        (_failed(ErrorCode.TIMEOUT, published=True), _allowed(), LEAVE),
+        (_failed(retry_after=1.0), _allowed(), NextStep(come_back=Skip("cooldown", 1.0))),
+        (_failed(retry_after=1.0), _allowed(wait=2.0), NextStep(retry_in=1.0)),
+        (_failed(retry_after=2.0), _allowed(wait=2.0), NextStep(retry_in=2.0)),
+        (
+            _failed(retry_after=3.0),
+            _allowed(wait=2.0),
+            NextStep(come_back=Skip("cooldown", 3.0)),
+        ),
+        (
+            _failed(retry_after=1.0),
+            _allowed(wait=2.0, remaining=1.0),
+            NextStep(come_back=Skip("cooldown", 1.0)),
+        ),
+        (
+            _failed(retry_after=1.0),
+            _allowed(wait=2.0, closed=False),
+            NextStep(come_back=Skip("cooldown", 1.0)),
+        ),
+        (_failed(retry_after=1.0, calls=3), _allowed(wait=2.0), LEAVE),
+    ],
+    ids=[
+        "timeout-never-again",
+        "not-retryable-code",
+        "not-retryable-flag",
+        "per-deployment-spent",
+        "backoff",
+        "backoff-past-the-deadline",
+        "circuit-open",
+        "mid-stream-restarts-elsewhere-first",
+        "mid-stream-timeout",
+        "retry-after-fails-over",
+        "short-retry-after-waited-out",
+        "retry-after-at-the-threshold",
+        "retry-after-over-the-threshold",
+        "retry-after-past-the-deadline",
+        "retry-after-circuit-open",
+        "retry-after-per-deployment-spent",
+    ],
+)
+def test_what_a_request_does_with_a_deployment_after_a_failed_call(
+    failure: FailedCall, allowed: Allowance, expected: NextStep
+) -> None:
+    assert next_step(failure, allowed, lambda calls: 0.25 * calls) == expected

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections import Counter
@@ -11,17 +10,15 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ferryman.codec import header_value
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breakers, RetryPolicy
 from llm_worker.balancer import Cooldowns, RoutePlan, Skip
 from llm_worker.deployment_stats import StatsBoard
 from llm_worker.deployments import build_table
 from llm_worker.providers import ModelRouter
-from llm_worker.replies import ReplyStream
 from llm_worker.routing import RoutingConfig
 from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
-from tests.unit.test_handler import RawPublisher
+from tests.unit.recording_replies import RecordingReplies
 from tests.unit.test_resilience import FlakyModel
 
 CONFIG = {
@@ -147,7 +144,7 @@ def _down() -> FerrymanError:
 
 
 async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
-    registry, publisher = CollectorRegistry(), RawPublisher()
+    registry, replies = CollectorRegistry(), RecordingReplies()
     down = FlakyModel(100, _down())
     healthy = FlakyModel(0, FerrymanError(ErrorCode.INTERNAL, "unused"))
     healthy.provider = "healthy"
@@ -164,16 +161,14 @@ async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
     request = ChatRequest.model_validate(
         {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
     )
-    replies = ReplyStream(publisher, topic="r", request_id="q", source="/s", extensions={})  # type: ignore[arg-type]
 
-    await service.execute(ChatJob(request=request, replies=replies))
+    await service.execute(ChatJob(request=request, replies=replies))  # type: ignore[arg-type]
 
-    types = [header_value(h, "ce_type") for _, _, _, h in publisher.sent]
-    assert types[-1] == "ferryman.llm.chat.completed"
-    assert b'"provider":"healthy"' in publisher.sent[-1][2]
+    assert replies.types()[-1] == "ferryman.llm.chat.completed"
+    completed = replies.events[-1][1]
+    assert completed["provider"] == "healthy"
     assert down.calls == 4  # two deployments of the primary route, two attempts each
     assert healthy.calls == 1
-    completed = json.loads(publisher.sent[-1][2] or b"")
     assert completed["deployment"] == "c"
     attempts = completed["attempts"]
     assert [(a["outcome"], a.get("error_code")) for a in attempts] == [
@@ -207,3 +202,15 @@ def test_the_readme_example_routing_file_is_valid() -> None:
     assert config.routes["chat"].strategy == "least_in_flight"
     assert config.deployments["openai-eu"].credentials == "env:OPENAI_EU_KEY"
     assert config.tenant_quotas()[1] is not None
+
+
+def test_waiting_out_a_retry_after_is_a_per_route_choice_off_by_default() -> None:
+    routes = b"deployments: {a: {provider: p, model: m}}\nroutes: {chat: {deployments: [a]%s}}"
+
+    waiting = RoutingConfig.parse(routes % b", retry: {wait_retry_after: 2.5}")
+    default = RoutingConfig.parse(routes % b"")
+
+    assert waiting.routes["chat"].retry.wait_retry_after == 2.5
+    assert default.routes["chat"].retry.wait_retry_after is None
+    with pytest.raises(ValueError, match="wait_retry_after"):
+        RoutingConfig.parse(routes % b", retry: {wait_retry_after: -1}")

@@ -17,15 +17,21 @@ from ferryman.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
+    LLM_CHAT_RESTARTED,
     ChatRequest,
     ErrorCode,
     FerrymanError,
 )
+from ferryman_runtime.resilience import RetryPolicy
+from llm_worker.deployments import build_table
 from llm_worker.providers import ModelRouter
 from llm_worker.providers.mock import MockChatModel
-from llm_worker.replies import ReplyStream
-from llm_worker.service import ChatJob, ChatService, LlmMetrics
+from llm_worker.routing import RoutingConfig
+from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
+from llm_worker.stream_guard import StreamTimeouts
 from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, ToolCallFragment, fold
+from tests.fakes.publisher import chat_replies
+from tests.unit.recording_replies import RecordingReplies
 
 REQUEST_ID = "req-42"
 REPLY_TOPIC = "test.replies"
@@ -120,12 +126,8 @@ def _job(publisher: FakePublisher, model: str = "default", **fields: Any) -> Cha
     request = ChatRequest.model_validate(
         {"model": model, "messages": [{"role": "user", "content": "hello big world"}], **fields}
     )
-    replies = ReplyStream(
-        publisher,  # type: ignore[arg-type]
-        topic=REPLY_TOPIC,
-        request_id=REQUEST_ID,
-        source="/ferryman/test",
-        extensions={"tenant": "acme"},
+    replies = chat_replies(
+        publisher, topic=REPLY_TOPIC, request_id=REQUEST_ID, extensions={"tenant": "acme"}
     )
     return ChatJob(request=request, replies=replies)
 
@@ -212,7 +214,7 @@ async def test_a_provider_failing_midstream_publishes_its_chunks_then_one_failed
             "code": "rate_limited",
             "message": "slow down",
             "retryable": True,
-            "provider": "scripted",
+            "upstream": "scripted",
             "status": 429,
         }
     }
@@ -276,3 +278,196 @@ async def test_unacknowledged_replies_make_execute_raise(
 
     assert publisher.records, "the terminal event was attempted"
     assert publisher.records[-1].type in (LLM_CHAT_COMPLETED, LLM_CHAT_FAILED)
+
+
+class ManualClock:
+    """The service's clock in the tests below: it moves only when a provider says so."""
+
+    def __init__(self) -> None:
+        self.now = 5000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One call of a `PlannedModel`: `tokens` tokens, `silence` seconds on the clock, then
+    `error` (None: the answer finishes)."""
+
+    tokens: int = 3
+    silence: float = 0.0
+    error: FerrymanError | None = None
+
+
+class PlannedModel:
+    """A provider whose calls follow `plans` in turn (the last one repeats)."""
+
+    def __init__(self, provider: str, clock: ManualClock, *plans: Plan) -> None:
+        self.provider, self._clock, self._plans = provider, clock, plans
+        self.calls = 0
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        plan = self._plans[min(self.calls, len(self._plans) - 1)]
+        self.calls += 1
+        for i in range(plan.tokens):
+            await asyncio.sleep(0)
+            yield TextDelta(text=f"{self.provider}{i} ")
+        self._clock.now += plan.silence
+        if plan.error is not None:
+            raise plan.error
+        yield Finish(reason="stop")
+
+    async def generate(self, request: ChatRequest, model: str) -> Completion:
+        return await fold(self.stream(request, model))
+
+    async def list_models(self) -> list[str]:
+        return [self.provider]
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _connection_lost(provider: str) -> FerrymanError:
+    return FerrymanError(ErrorCode.UNAVAILABLE, f"cannot reach {provider}: Connection error")
+
+
+def _routed(clock: ManualClock, *models: PlannedModel, per_deployment: int = 3) -> ChatService:
+    """Route `chat` to the first model's deployment, falling back to the others in turn."""
+    router = ModelRouter({m.provider: m for m in models}, {})
+    names = [m.provider for m in models]
+    config = RoutingConfig.model_validate(
+        {
+            "deployments": {name: {"provider": name, "model": "m"} for name in names},
+            "routes": {
+                "chat": {
+                    "deployments": names[:1],
+                    "fallbacks": names[1:],
+                    "retry": {"per_deployment": per_deployment},
+                },
+                **{name: {"deployments": [name]} for name in names[1:]},
+            },
+        }
+    )
+    service = ChatService(
+        router,
+        LlmMetrics(CollectorRegistry()),
+        timeouts=StreamTimeouts(first_token=30, idle=30, total=None),
+        resilience=Resilience(retry=RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002)),
+        clock=clock,
+    )
+    service.apply_routing(build_table(config, router, lambda _: None))
+    return service
+
+
+async def _run(service: ChatService, deadline: float | None = None) -> RecordingReplies:
+    replies = RecordingReplies()
+    request = ChatRequest.model_validate(
+        {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    async with asyncio.timeout(5):
+        await service.execute(ChatJob(request, replies, deadline=deadline))  # type: ignore[arg-type]
+    return replies
+
+
+def _restarts(replies: RecordingReplies) -> list[tuple[int, str, int, str]]:
+    return [
+        (r["attempt"], r["deployment"], r["discarded_chunks"], r["reason"]["code"])
+        for r in replies.of_type(LLM_CHAT_RESTARTED)
+    ]
+
+
+async def test_a_stream_cut_mid_answer_restarts_on_the_fallback_not_on_the_same_deployment() -> (
+    None
+):
+    clock = ManualClock()
+    primary = PlannedModel("primary", clock, Plan(tokens=2, error=_connection_lost("primary")))
+    spare = PlannedModel("spare", clock, Plan(tokens=3))
+
+    replies = await _run(_routed(clock, primary, spare, per_deployment=3))
+
+    assert (primary.calls, spare.calls) == (1, 1)
+    assert replies.types() == [LLM_CHAT_CHUNK] * 2 + [LLM_CHAT_RESTARTED] + [LLM_CHAT_CHUNK] * 3 + [
+        LLM_CHAT_COMPLETED
+    ]
+    assert _restarts(replies) == [(2, "spare", 2, "unavailable")]
+    [restarted] = replies.of_type(LLM_CHAT_RESTARTED)
+    assert restarted["reason"]["message"] == (
+        "primary stream was cut after 2 chunks (cannot reach primary: Connection error)"
+    )
+    completed = replies.events[-1][1]
+    assert (completed["deployment"], completed["stream_attempt"]) == ("spare", 2)
+
+
+async def test_when_the_fallback_fails_too_the_restart_comes_back_to_the_first_deployment() -> None:
+    clock = ManualClock()
+    primary = PlannedModel(
+        "primary", clock, Plan(tokens=2, error=_connection_lost("primary")), Plan(tokens=3)
+    )
+    spare = PlannedModel("spare", clock, Plan(tokens=1, error=_connection_lost("spare")))
+
+    replies = await _run(_routed(clock, primary, spare))
+
+    assert (primary.calls, spare.calls) == (2, 1)
+    assert _restarts(replies) == [(2, "spare", 2, "unavailable"), (3, "primary", 1, "unavailable")]
+    completed = replies.events[-1][1]
+    assert (completed["deployment"], completed["stream_attempt"]) == ("primary", 3)
+    attempts = [(a["deployment"], a.get("error_code")) for a in completed["attempts"]]
+    assert attempts == [("primary", "unavailable"), ("spare", "unavailable"), ("primary", None)]
+
+
+async def test_a_stream_silent_then_closed_is_a_timeout_that_fails_over_and_is_not_retried() -> (
+    None
+):
+    clock = ManualClock()
+    primary = PlannedModel(
+        "primary", clock, Plan(tokens=2, silence=20.0, error=_connection_lost("primary"))
+    )
+    spare = PlannedModel("spare", clock, Plan(tokens=3))
+
+    replies = await _run(_routed(clock, primary, spare, per_deployment=3))
+
+    assert (primary.calls, spare.calls) == (1, 1)
+    assert _restarts(replies) == [(2, "spare", 2, "timeout")]
+    [restarted] = replies.of_type(LLM_CHAT_RESTARTED)
+    assert "went silent for 20.0s after 2 chunks, then was closed" in restarted["reason"]["message"]
+    assert replies.events[-1][1]["deployment"] == "spare"
+
+
+async def test_a_stream_silent_then_closed_on_the_only_deployment_fails_as_a_timeout() -> None:
+    clock = ManualClock()
+    only = PlannedModel(
+        "only", clock, Plan(tokens=0, silence=16.0, error=_connection_lost("only")), Plan()
+    )
+
+    replies = await _run(_routed(clock, only, per_deployment=3))
+
+    assert only.calls == 1
+    [(kind, data)] = replies.events
+    assert kind == LLM_CHAT_FAILED
+    assert (data["error"]["code"], data["error"]["retryable"]) == ("timeout", True)
+    assert "went silent for 16.0s after 0 chunks, then was closed" in data["error"]["message"]
+
+
+async def test_no_call_starts_once_the_request_deadline_has_passed() -> None:
+    clock = ManualClock()
+    deadline = clock.now + 10.0
+    primary = PlannedModel(
+        "primary", clock, Plan(tokens=0, silence=11.0, error=_over_capacity("primary"))
+    )
+    spare = PlannedModel("spare", clock, Plan(tokens=3))
+
+    replies = await _run(_routed(clock, primary, spare), deadline=deadline)
+
+    assert (primary.calls, spare.calls) == (1, 0)
+    [(kind, data)] = replies.events
+    assert kind == LLM_CHAT_FAILED
+    assert (data["error"]["code"], data["error"]["retryable"]) == ("timeout", True)
+    assert data["error"]["message"] == (
+        "the request's deadline passed before spare could be called"
+        " (after unavailable: primary returned 503)"
+    )
+
+
+def _over_capacity(provider: str) -> FerrymanError:
+    return FerrymanError(ErrorCode.UNAVAILABLE, f"{provider} returned 503", status=503)

@@ -2,6 +2,9 @@
 """Run a local single-node Kafka broker (KRaft) from Maven Central jars, without Docker.
 
 Usage: ``python3 tools/kafka/local_kafka.py up|down|status [--port N] [--home DIR]``.
+``ensure_running(..., sasl_users={"alice": "secret"})`` starts a broker whose only client
+listener is SASL_PLAINTEXT (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for those users); give it
+its own port and home, and ``libs_home=default_home()`` to reuse the resolved jars.
 Stdlib only, so it runs before any venv exists. Environment (defaults in brackets):
   FERRYMAN_KAFKA_PORT [9092]             FERRYMAN_KAFKA_CONTROLLER_PORT [port+1]
   FERRYMAN_KAFKA_HOME [<repo>/.kafka]    FERRYMAN_KAFKA_TIMEOUT [90 s startup wait]
@@ -51,6 +54,22 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 """
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SASL_PROPERTIES = """\
+listeners=SASL_PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}
+advertised.listeners=SASL_PLAINTEXT://{host}:{port}
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SASL_PLAINTEXT
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=\
+org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+"""
+BROKER_USER = "ferryman-broker"  # the broker's own (inter-broker) PLAIN identity
 LOG_FILES = ("broker.out", "server.log")  # JVM stdout/stderr (WARN+), log4j file (INFO+)
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # brokers started by this process
 
@@ -74,17 +93,47 @@ def default_port() -> int:
     return int(os.environ.get("FERRYMAN_KAFKA_PORT", "9092"))
 
 
-def _call(host: str, port: int, api_key: int, version: int, body: bytes, timeout: float) -> bytes:
-    """Send one request (header v1); return the response after its correlation id."""
+def _exchange(sock: socket.socket, f: object, api_key: int, version: int, body: bytes) -> bytes:
+    """Send one request (header v1) on ``sock``; return the response after its correlation id."""
     corr = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
     client = b"ferryman-probe"
     req = struct.pack(">hhih", api_key, version, corr, len(client)) + client + body
+    sock.sendall(struct.pack(">i", len(req)) + req)
+    size, got = struct.unpack(">ii", f.read(8))  # type: ignore[attr-defined]
+    if got != corr or not 4 <= size < 64 << 20:
+        raise ConnectionError("not a Kafka response")
+    return f.read(size - 4)  # type: ignore[attr-defined]
+
+
+def _call(host: str, port: int, api_key: int, version: int, body: bytes, timeout: float) -> bytes:
+    """Send one request on a new connection; return the response after its correlation id."""
     with socket.create_connection((host, port), timeout=timeout) as sock, sock.makefile("rb") as f:
-        sock.sendall(struct.pack(">i", len(req)) + req)
-        size, got = struct.unpack(">ii", f.read(8))
-        if got != corr or not 4 <= size < 64 << 20:
-            raise ConnectionError("not a Kafka response")
-        return f.read(size - 4)
+        return _exchange(sock, f, api_key, version, body)
+
+
+def _kafka_string(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+def sasl_broker_count(
+    user: str, password: str, host: str = HOST, port: int | None = None, timeout: float = 2.0
+) -> int:
+    """Like ``broker_count``, after authenticating with SASL PLAIN; 0 on any error."""
+    auth = f"\0{user}\0{password}".encode()
+    try:
+        with (
+            socket.create_connection((host, port or default_port()), timeout=timeout) as sock,
+            sock.makefile("rb") as f,
+        ):
+            handshake = _exchange(sock, f, 17, 1, _kafka_string("PLAIN"))  # SaslHandshake v1
+            authenticated = _exchange(sock, f, 36, 0, struct.pack(">i", len(auth)) + auth)
+            if struct.unpack(">h", handshake[:2])[0] or struct.unpack(">h", authenticated[:2])[0]:
+                return 0
+            body = _exchange(sock, f, 3, 4, struct.pack(">i?", 0, False))  # Metadata v4
+            return struct.unpack(">i", body[4:8])[0]
+    except (OSError, struct.error):
+        return 0
 
 
 def is_answering(host: str = HOST, port: int | None = None, timeout: float = 2.0) -> bool:
@@ -169,22 +218,53 @@ def ensure_libs(home: Path) -> Path:
     return libs
 
 
-def _start(home: Path, port: int, cport: int) -> int:
+def _server_properties(home: Path, port: int, cport: int, sasl_users: dict[str, str] | None) -> str:
+    plain = SERVER_PROPERTIES.format(host=HOST, port=port, cport=cport, home=home)
+    if sasl_users is None:
+        return plain
+    kept = [
+        ln
+        for ln in plain.splitlines()
+        if not ln.startswith(("listeners=", "advertised.", "listener."))
+    ]
+    users = " ".join(f'user_{name}="{secret}"' for name, secret in sasl_users.items())
+    jaas = f'username="{BROKER_USER}" password="{sasl_users[BROKER_USER]}" {users}'
+    sasl = SASL_PROPERTIES.format(host=HOST, port=port, cport=cport, plain_users=jaas)
+    return "\n".join(kept) + "\n" + sasl
+
+
+def _scram_arguments(sasl_users: dict[str, str] | None) -> list[str]:
+    """``kafka-storage format --add-scram`` arguments creating each user's SCRAM credentials."""
+    arguments: list[str] = []
+    for name, secret in (sasl_users or {}).items():
+        for mechanism in SASL_MECHANISMS[1:]:
+            arguments += ["--add-scram", f"{mechanism}=[name={name},password={secret}]"]
+    return arguments
+
+
+def _start(
+    home: Path,
+    port: int,
+    cport: int,
+    sasl_users: dict[str, str] | None = None,
+    libs_home: Path | None = None,
+) -> int:
     """Resolve jars, write config, format storage if new, and spawn the broker; return pid."""
     java_home = os.environ.get("JAVA_HOME")
     java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
     if not java or not Path(java).exists():
         raise KafkaError("java not found (need Java 17+ on PATH or JAVA_HOME)")
     props = [f"-Dlog4j2.configurationFile={LOG4J}", f"-Dkafka.logs.dir={home / 'logs'}"]
-    cmd = [java, *JAVA_OPTS, *props, "-cp", f"{ensure_libs(home) / '*'}"]
+    cmd = [java, *JAVA_OPTS, *props, "-cp", f"{ensure_libs(libs_home or home) / '*'}"]
     config = home / "server.properties"
-    config.write_text(SERVER_PROPERTIES.format(host=HOST, port=port, cport=cport, home=home))
+    config.write_text(_server_properties(home, port, cport, sasl_users))
     if not (home / "data" / "meta.properties").exists():
         cluster_id = "-"
         while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid() does
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         _log(f"formatting storage in {home / 'data'} (cluster id {cluster_id})")
         fmt = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
+        fmt += _scram_arguments(sasl_users)
         _run([*cmd, *fmt], "kafka storage format")
     _log(f"starting broker on {HOST}:{port} (controller {HOST}:{cport})")
     with open(home / "logs" / "broker.out", "ab") as out:
@@ -197,13 +277,24 @@ def _start(home: Path, port: int, cport: int) -> int:
     return proc.pid
 
 
-def _wait(home: Path, port: int, pid: int, timeout: float, started: bool) -> None:
+def _wait(
+    home: Path,
+    port: int,
+    pid: int,
+    timeout: float,
+    started: bool,
+    sasl_users: dict[str, str] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(pid):
             problem = f"broker (pid {pid}) exited during startup"
             break
-        if is_answering(HOST, port, 1.0) and broker_count(HOST, port, 2.0) > 0:
+        if sasl_users is None:
+            ready = is_answering(HOST, port, 1.0) and broker_count(HOST, port, 2.0) > 0
+        else:
+            ready = sasl_broker_count(BROKER_USER, sasl_users[BROKER_USER], HOST, port) > 0
+        if ready:
             return
         time.sleep(0.25)
     else:
@@ -213,16 +304,29 @@ def _wait(home: Path, port: int, pid: int, timeout: float, started: bool) -> Non
     raise KafkaError("\n".join([problem, *(_tail(home / "logs" / f) for f in LOG_FILES)]))
 
 
-def ensure_running(port: int | None = None, home: Path | None = None, timeout: float = 90) -> str:
+def ensure_running(
+    port: int | None = None,
+    home: Path | None = None,
+    timeout: float = 90,
+    *,
+    controller_port: int | None = None,
+    sasl_users: dict[str, str] | None = None,
+    libs_home: Path | None = None,
+) -> str:
     """Start the broker unless one answers already; return ``"127.0.0.1:<port>"``.
 
     Without ``port``, FERRYMAN_KAFKA_PORT and FERRYMAN_KAFKA_CONTROLLER_PORT apply; with one,
-    the controller listens on port+1. ``home`` defaults to FERRYMAN_KAFKA_HOME or
-    ``<repo>/.kafka``. Raises KafkaError (stopping a broker it started that never got ready).
+    the controller listens on ``controller_port`` (default port+1). ``home`` defaults to
+    FERRYMAN_KAFKA_HOME or ``<repo>/.kafka``. With ``sasl_users`` (name -> password) the only
+    client listener is SASL_PLAINTEXT; the users exist for PLAIN and both SCRAM mechanisms
+    (set when the storage is formatted, so use a fresh home). ``libs_home`` takes the jars
+    from another home. Raises KafkaError (stopping a broker it started that never got ready).
     """
     env_ctrl = os.environ.get("FERRYMAN_KAFKA_CONTROLLER_PORT") if port is None else None
     port = port or default_port()
-    controller_port = int(env_ctrl) if env_ctrl else port + 1
+    controller_port = controller_port or (int(env_ctrl) if env_ctrl else port + 1)
+    if sasl_users is not None:
+        sasl_users = {BROKER_USER: base64.b32encode(os.urandom(10)).decode(), **sasl_users}
     home = (home or default_home()).resolve()
     (home / "data").mkdir(parents=True, exist_ok=True)
     (home / "logs").mkdir(exist_ok=True)
@@ -237,9 +341,9 @@ def ensure_running(port: int | None = None, home: Path | None = None, timeout: f
         started = pid is None
         if not started:
             _log(f"broker pid {pid} from {home} is already starting; waiting for it")
-        pid = pid or _start(home, port, controller_port)
+        pid = pid or _start(home, port, controller_port, sasl_users, libs_home)
         t0 = time.monotonic()
-        _wait(home, port, pid, timeout, started)
+        _wait(home, port, pid, timeout, started, sasl_users)
         _log(f"broker ready on {HOST}:{port} (pid {pid}, {time.monotonic() - t0:.1f}s)")
     return f"{HOST}:{port}"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -12,18 +10,14 @@ from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
 from ferryman.contracts import FerrymanError
-from ferryman.publisher import KafkaPublisher
-from ferryman.topics import ensure_topics
 from ferryman_runtime.config_watch import ConfigWatcher, content_version
-from ferryman_runtime.dedupe import RecentRequests
 from ferryman_runtime.health_events import publish_health
-from ferryman_runtime.hosting import create_host_app
-from ferryman_runtime.metrics import ConsumerMetrics
-from ferryman_runtime.parallel_consumer import ParallelConsumer
 from ferryman_runtime.resilience import Breakers, RetryPolicy
+from ferryman_runtime.worker import Worker
+from llm_worker.balancer import Cooldowns
 from llm_worker.capabilities import CapabilityTable
+from llm_worker.contract import CHAT_REQUESTS, ChatRequests
 from llm_worker.deployments import RoutingTable, build_table
-from llm_worker.handler import ChatRequestHandler
 from llm_worker.health import DeploymentRef, HealthMonitor
 from llm_worker.llm_metrics import LlmMetrics
 from llm_worker.ports import ChatModel
@@ -38,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 
 class LlmWorker:
-    """The running worker: consumer, producer, handler, providers, routing and health.
+    """The LLM worker: the shared `Worker` around the chat service, its providers, routing
+    and health monitor.
 
     Args:
         settings: the worker's settings.
@@ -62,15 +57,13 @@ class LlmWorker:
         self._settings = settings
         self.router = ModelRouter(providers, settings.model_aliases)
         self._make_client = make_client or (lambda d: dedicated_client(settings, d))
-        self.consumer_metrics = ConsumerMetrics(registry, "llm_worker")
         self.breakers = Breakers(
             registry,
             "llm_worker",
             fail_max=settings.breaker_fail_max,
             reset_timeout=settings.breaker_reset_timeout,
+            max_ad_hoc=settings.max_direct_models,
         )
-        client_id = f"ferryman-llm-worker-{settings.instance_id}"
-        self.publisher = KafkaPublisher(settings.kafka_bootstrap_servers, client_id=client_id)
         self.resilience = Resilience(
             breakers=self.breakers,
             retry=RetryPolicy(
@@ -80,7 +73,8 @@ class LlmWorker:
             ),
             attempt_budget=settings.attempt_budget,
             restart_streams=settings.restart_streams,
-            share=lambda: self.consumer.share(),
+            share=lambda: self.worker.share(),
+            cooldowns=Cooldowns(max_ad_hoc=settings.max_direct_models),
         )
         self.service = ChatService(
             self.router,
@@ -106,34 +100,12 @@ class LlmWorker:
                 interval=settings.routing_poll_interval,
             )
             self.watcher.load_initial()
-        handler = ChatRequestHandler(
-            service=self.service,
-            publisher=self.publisher,
-            recent=RecentRequests(
-                window=settings.dedupe_window, max_entries=settings.dedupe_max_entries
-            ),
-            metrics=self.consumer_metrics,
-            source=f"/ferryman/llm-worker/{settings.instance_id}",
-            default_reply_topic=settings.default_reply_topic,
-            dlq_topic=settings.dlq_topic,
-            share=lambda: self.consumer.share(),
-        )
-        self.consumer = ParallelConsumer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            topics=[settings.request_topic],
-            group_id=settings.group_id,
-            handler=handler,
-            max_in_flight=settings.max_in_flight,
-            metrics=self.consumer_metrics,
-            client_id=client_id,
-        )
-        source = f"/ferryman/llm-worker/{settings.instance_id}"
         self.monitor = HealthMonitor(
             deployments=self._deployment_refs,
             stats=self.resilience.stats,
             circuits=self.breakers.state_of,
             publish=lambda report: publish_health(
-                self.publisher, settings.health_topic, report, source=source
+                self.worker.publisher, settings.health_topic, report, source=self.worker.source
             ),
             service="llm_worker",
             instance=settings.instance_id,
@@ -143,8 +115,19 @@ class LlmWorker:
             report_interval=settings.health_report_interval,
             registry=registry,
         )
-        self._tasks: list[asyncio.Task[None]] = []
-        self._started = False
+        background = [self.monitor.run]
+        if self.watcher is not None:
+            background.append(self.watcher.run)
+        self.worker = Worker(
+            settings,
+            name="llm_worker",
+            spec=CHAT_REQUESTS,
+            service=ChatRequests(self.service),
+            registry=registry,
+            background=background,
+            on_stop=[self._close_clients],
+            details=self._details,
+        )
 
     def _load_routing(self, data: bytes) -> RoutingTable:
         config = RoutingConfig.parse(data, f"routing file {self._settings.routing_file}")
@@ -172,48 +155,10 @@ class LlmWorker:
             for name, d in sorted(table.config.deployments.items())
         ]
 
-    async def start(self) -> None:
-        """Create missing topics, connect the producer and join the consumer group.
-
-        Raises:
-            aiokafka.errors.KafkaError: Kafka could not be reached.
-        """
-        s = self._settings
-        if s.create_topics:
-            await ensure_topics(
-                s.kafka_bootstrap_servers,
-                [s.request_topic, s.dlq_topic, s.default_reply_topic, s.health_topic],
-                partitions=s.topic_partitions,
-                replication_factor=s.topic_replication_factor,
-            )
-        await self.publisher.start()
-        await self.consumer.start()
-        self._tasks = [asyncio.create_task(self.monitor.run(), name="health-monitor")]
-        if self.watcher is not None:
-            self._tasks.append(asyncio.create_task(self.watcher.run(), name="routing-watch"))
-        # Long-lived startup objects need not be scanned by every collection (shorter pauses).
-        gc.freeze()
-        self._started = True
-        logger.info(
-            "llm worker consuming %s as group %s (max in flight %d, providers: %s)",
-            s.request_topic,
-            s.group_id,
-            s.max_in_flight,
-            ", ".join(sorted(self.router.providers)),
-        )
-
-    async def stop(self) -> None:
-        """Drain within the grace period, commit, and disconnect."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._started:
-            await self.consumer.stop(self._settings.grace_period)
-            await self.publisher.stop()
+    async def _close_clients(self) -> None:
         for client in self._owned_clients:
             await client.aclose()
         await self.router.aclose()
-        logger.info("llm worker stopped")
 
     async def models(self) -> tuple[int, dict[str, Any]]:
         """`/models`: each provider's models from its (unbilled) listing API, or its error."""
@@ -225,19 +170,15 @@ class LlmWorker:
                 listing[name] = {"error": exc.to_info().model_dump(exclude_none=True)}
         return 200, {"providers": listing}
 
-    def health(self) -> dict[str, Any]:
-        """Readiness (partitions assigned) and consumer status."""
-        status = self.consumer.status()
+    def _details(self) -> dict[str, Any]:
+        """The LLM worker's part of `/health`."""
         return {
-            "service": "llm_worker",
-            "ready": self._started and bool(status["assigned"]),
-            "consumer": status,
             "providers": sorted(self.router.providers),
             "routing": self.watcher.status() if self.watcher else None,
             "circuits": self.breakers.states(),
             "deployments": self.monitor.snapshot(),
             "quotas": {
-                "share": round(self.consumer.share(), 4),
+                "share": round(self.worker.share(), 4),
                 "deployments": self.resilience.deployment_quotas.snapshot(),
                 "tenants": self.resilience.tenant_quotas.snapshot(),
             },
@@ -263,9 +204,4 @@ def create_app(
         registry=registry,
         make_client=make_client,
     )
-    return create_host_app(
-        worker,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        registry=registry,
-        extra_routes={"/models": worker.models},
-    )
+    return worker.worker.app({"/models": worker.models})

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ferryman_runtime.bounded_keys import BoundedKeys
 from llm_worker.deployment_stats import StatsBoard
 from llm_worker.routing import Deployment, Route, RoutingConfig, Strategy
 
@@ -33,34 +34,63 @@ class Skip:
     """Why a deployment was passed over, and when it may be usable again."""
 
     reason: str
-    """`circuit_open`, `cooldown` (Retry-After), or `quota`."""
+    """`circuit_open`, `cooldown` (Retry-After), `quota`, or `restart` (its stream failed
+    after chunks were published: it restarts the answer only if nothing else can)."""
     retry_in: float
     """Seconds until it may be usable (`math.inf`: not during this request)."""
 
 
+@dataclass
+class _Hold:
+    until: float
+
+
 class Cooldowns:
-    """Deployments that asked us (Retry-After) not to call them before a time."""
+    """Deployments that asked us (Retry-After) not to call them before a time.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    Holds of ad hoc deployments (direct `provider/model` requests) are kept for at most
+    `max_ad_hoc` of them, expired holds dropped first (see `BoundedKeys`).
+
+    Args:
+        clock: monotonic seconds (injectable for tests).
+        max_ad_hoc: most ad hoc deployments held at once.
+
+    Raises:
+        ValueError: `max_ad_hoc` is below 1.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, max_ad_hoc: int = 256) -> None:
         self._clock = clock
-        self._until: dict[str, float] = {}
+        self._holds = BoundedKeys(
+            lambda _: _Hold(0.0), max_ad_hoc=max_ad_hoc, idle=lambda h: h.until <= self._clock()
+        )
 
-    def hold(self, name: str, seconds: float) -> None:
-        """Do not pick `name` for `seconds` (extends, never shortens, a hold)."""
+    def hold(self, name: str, seconds: float, group: str | None = None) -> None:
+        """Do not pick `name` for `seconds` (extends, never shortens, a hold).
+
+        Args:
+            name: the deployment.
+            seconds: how long to hold it.
+            group: None for a configured deployment; for an ad hoc one, its group
+                (e.g. `openai/*`).
+        """
         until = self._clock() + seconds
-        if until > self._until.get(name, 0.0):
-            self._until[name] = until
+        held = self._holds.get(name, group)
+        held.until = max(held.until, until)
 
     def remaining(self, name: str) -> float:
         """Seconds left on `name`'s hold (0 when none)."""
-        until = self._until.get(name)
-        if until is None:
+        held = self._holds.peek(name)
+        if held is None:
             return 0.0
-        left = until - self._clock()
+        left = held.until - self._clock()
         if left <= 0:
-            del self._until[name]
+            self._holds.discard(name)
             return 0.0
         return left
+
+    def __len__(self) -> int:
+        return len(self._holds)
 
 
 @dataclass

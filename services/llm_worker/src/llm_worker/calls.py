@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ferryman.contracts import (
@@ -18,7 +19,7 @@ from ferryman.contracts import (
 )
 from llm_worker.llm_metrics import LlmMetrics
 from llm_worker.ports import ChatModel
-from llm_worker.replies import ReplyStream
+from llm_worker.replies import ChatReplies
 from llm_worker.stream_guard import StreamTimeouts, guard_stream
 from llm_worker.streaming import Completion, CompletionBuilder, TextDelta, ToolCallFragment
 
@@ -43,7 +44,9 @@ class Call:
     """The metrics label of the deployment."""
     timeouts: StreamTimeouts
     deadline: float | None
-    """`loop.time()` the call must end by."""
+    """The time on `clock` the call must end by."""
+    clock: Callable[[], float] | None = None
+    """The clock of `deadline` and the stream bounds (default: the event loop's)."""
 
 
 @dataclass
@@ -57,7 +60,7 @@ class CallResult:
 async def run_call(
     call: Call,
     request: ChatRequest,
-    replies: ReplyStream,
+    replies: ChatReplies,
     progress: StreamProgress,
     metrics: LlmMetrics,
     started: float,
@@ -83,15 +86,19 @@ async def run_call(
 
 async def _generate(call: Call, request: ChatRequest, started: float) -> CallResult:
     provider = call.client.provider
+    budget = None
+    if call.deadline is not None:
+        now = call.clock() if call.clock else asyncio.get_running_loop().time()
+        budget = call.deadline - now
     try:
-        async with asyncio.timeout_at(call.deadline):
+        async with asyncio.timeout(budget):
             result = await call.client.generate(request, call.model)
     except TimeoutError as exc:
         raise FerrymanError(
             ErrorCode.TIMEOUT,
             f"{provider} did not answer within the call's time budget",
             retryable=True,
-            provider=provider,
+            upstream=provider,
         ) from exc
     return CallResult(_completed(result, call, 0, Latency(total=_ms_since(started))), None)
 
@@ -99,7 +106,7 @@ async def _generate(call: Call, request: ChatRequest, started: float) -> CallRes
 async def _stream(
     call: Call,
     request: ChatRequest,
-    replies: ReplyStream,
+    replies: ChatReplies,
     progress: StreamProgress,
     metrics: LlmMetrics,
     started: float,
@@ -114,6 +121,7 @@ async def _stream(
         call.timeouts,
         provider=provider,
         deadline=call.deadline,
+        clock=call.clock,
     )
     async for event in events:
         builder.add(event)

@@ -71,7 +71,7 @@ class CapabilityTable:
             raise FerrymanError(
                 ErrorCode.INVALID_REQUEST,
                 f"{target} lacks the capability {capability!r} ({reason})",
-                provider=target.partition("/")[0],
+                upstream=target.partition("/")[0],
             )
 
 

@@ -74,7 +74,11 @@ class DeploymentStats:
 
 
 class StatsBoard:
-    """`DeploymentStats` per deployment name, created on first use (kept across reloads)."""
+    """`DeploymentStats` per deployment name, created on first use (kept across reloads).
+
+    Names are configured deployments and `provider/*` (every direct `provider/model`
+    request of the provider), never a name a producer chose: the board stays small.
+    """
 
     def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._window = window
@@ -87,3 +91,6 @@ class StatsBoard:
         if stats is None:
             stats = self._stats[name] = DeploymentStats(self._window, self._clock)
         return stats
+
+    def __len__(self) -> int:
+        return len(self._stats)

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from ferryman.contracts import ErrorCode, FerrymanError
 from llm_worker.ports import ChatModel
 from llm_worker.providers import ModelRouter
 from llm_worker.routing import Deployment, Route, RoutingConfig
@@ -19,6 +20,10 @@ DIRECT_ALIAS = "direct"
 """The metrics label of requests that name `provider/model` instead of a route."""
 
 _DIRECT_CACHE = 1024
+
+MAX_DIRECT_MODEL = 256
+"""Characters a directly requested `provider/model` may have (real names are far shorter):
+per-model state is kept for such names, so their size is bounded too."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,14 @@ class DirectTables:
         """The table whose only route, named `model`, serves `model`.
 
         Raises:
-            FerrymanError: `invalid_request` when `model` resolves to no configured provider.
+            FerrymanError: `invalid_request` when `model` is longer than `MAX_DIRECT_MODEL`
+                or resolves to no configured provider.
         """
+        if len(model) > MAX_DIRECT_MODEL:
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST,
+                f"model is {len(model)} characters long; at most {MAX_DIRECT_MODEL} are accepted",
+            )
         table = self._tables.get(model)
         if table is not None:
             self._tables.move_to_end(model)

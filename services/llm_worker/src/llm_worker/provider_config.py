@@ -42,7 +42,16 @@ class _KeyedConfig(_Config):
         return self
 
 
-class OpenAIConfig(_KeyedConfig):
+class _ProviderConfig(_KeyedConfig):
+    """A provider configuration: a key, and the size of the client's connection pool."""
+
+    max_connections: int | None = Field(default=None, ge=1)
+    """Connections the provider's client may open at once (each open stream holds one).
+    Default: the worker's `max_in_flight` plus room for health probes, so that every
+    call in flight can reach the provider; set it lower for a server that takes fewer."""
+
+
+class OpenAIConfig(_ProviderConfig):
     """OpenAI, or any OpenAI-compatible server (vLLM, Ollama, …) via `base_url`."""
 
     _name: ClassVar[str] = "openai"
@@ -71,7 +80,7 @@ class AzureDeployment(_Config):
     """Overrides the provider's `api_version` for this deployment."""
 
 
-class AzureOpenAIConfig(_KeyedConfig):
+class AzureOpenAIConfig(_ProviderConfig):
     """Azure OpenAI: an endpoint, an API version and deployments per model alias."""
 
     _name: ClassVar[str] = "azure"
@@ -111,7 +120,7 @@ class AzureOpenAIConfig(_KeyedConfig):
         return reachable and (self.api_key is not None or self.entra_id)
 
 
-class AnthropicConfig(_KeyedConfig):
+class AnthropicConfig(_ProviderConfig):
     """Anthropic's Messages API."""
 
     _name: ClassVar[str] = "anthropic"
@@ -136,7 +145,7 @@ class AnthropicConfig(_KeyedConfig):
         return self.api_key is not None
 
 
-class GeminiConfig(_KeyedConfig):
+class GeminiConfig(_ProviderConfig):
     """Google Gemini through `google-genai`."""
 
     _name: ClassVar[str] = "gemini"

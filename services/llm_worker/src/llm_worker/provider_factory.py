@@ -1,7 +1,8 @@
 """Provider clients from settings: the worker's one client per provider, and dedicated
 clients for deployments that name their own endpoint or credentials.
 
-Provider SDKs are imported only when used: each costs tens of MB of memory.
+Provider SDKs are imported only when used: each costs tens of MB of memory. Each
+client's connection pool is sized so that every call in flight can hold a connection.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from llm_worker.providers.openai import OpenAIChatModel, create_client
 from llm_worker.routing import Deployment
 from llm_worker.settings import LlmWorkerSettings
 
+PROBE_CONNECTIONS = 8
+"""Pool room beyond `max_in_flight`, for health probes (model listings) beside full load."""
+
 
 def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
     """Create the providers the settings enable (`mock` always).
@@ -35,14 +39,15 @@ def build_providers(settings: LlmWorkerSettings) -> dict[str, ChatModel]:
     providers: dict[str, ChatModel] = {
         "mock": MockChatModel(token_delay=settings.mock_token_delay_ms / 1000.0)
     }
+    in_flight = settings.max_in_flight
     if settings.openai.enabled:
-        providers["openai"] = openai_client(settings.openai)
+        providers["openai"] = openai_client(settings.openai, in_flight)
     if settings.azure.enabled:
-        providers["azure"] = azure_client(settings.azure)
+        providers["azure"] = azure_client(settings.azure, in_flight)
     if settings.anthropic.enabled:
-        providers["anthropic"] = anthropic_client(settings.anthropic)
+        providers["anthropic"] = anthropic_client(settings.anthropic, in_flight)
     if settings.gemini.api_key is not None:
-        providers["gemini"] = gemini_client(settings.gemini)
+        providers["gemini"] = gemini_client(settings.gemini, in_flight)
     return providers
 
 
@@ -55,17 +60,15 @@ def dedicated_client(settings: LlmWorkerSettings, deployment: Deployment) -> Cha
     if deployment.endpoint is None and deployment.credentials is None:
         return None
     key = read_credentials(deployment.credentials) if deployment.credentials else None
-    provider = deployment.provider
+    provider, endpoint, in_flight = deployment.provider, deployment.endpoint, settings.max_in_flight
     if provider == "openai":
-        config = _override(settings.openai, key, base_url=deployment.endpoint)
-        return openai_client(config)
+        return openai_client(_override(settings.openai, key, base_url=endpoint), in_flight)
     if provider == "azure":
-        config = _override(settings.azure, key, endpoint=deployment.endpoint)
-        return azure_client(config)
+        return azure_client(_override(settings.azure, key, endpoint=endpoint), in_flight)
     if provider == "anthropic":
-        return anthropic_client(_override(settings.anthropic, key, base_url=deployment.endpoint))
+        return anthropic_client(_override(settings.anthropic, key, base_url=endpoint), in_flight)
     if provider == "gemini":
-        return gemini_client(_override(settings.gemini, key, base_url=deployment.endpoint))
+        return gemini_client(_override(settings.gemini, key, base_url=endpoint), in_flight)
     raise ValueError(f"provider {provider!r} takes no endpoint or credentials")
 
 
@@ -100,7 +103,17 @@ def _override(config: ConfigT, key: SecretStr | None, **fields: str | None) -> C
     return config.model_copy(update=updates)
 
 
-def openai_client(config: OpenAIConfig) -> ChatModel:
+def pool_size(
+    config: OpenAIConfig | AzureOpenAIConfig | AnthropicConfig | GeminiConfig, max_in_flight: int
+) -> int:
+    """The connection pool of a provider client: `config.max_connections` when set, else
+    one connection per call in flight plus `PROBE_CONNECTIONS`."""
+    if config.max_connections is not None:
+        return config.max_connections
+    return max_in_flight + PROBE_CONNECTIONS
+
+
+def openai_client(config: OpenAIConfig, max_in_flight: int) -> ChatModel:
     """An OpenAI (or OpenAI-compatible) client."""
     key = config.api_key
     client = create_client(
@@ -108,11 +121,12 @@ def openai_client(config: OpenAIConfig) -> ChatModel:
         base_url=config.base_url,
         timeout=config.timeout,
         connect_timeout=config.connect_timeout,
+        max_connections=pool_size(config, max_in_flight),
     )
     return OpenAIChatModel(client)
 
 
-def azure_client(config: AzureOpenAIConfig) -> ChatModel:
+def azure_client(config: AzureOpenAIConfig, max_in_flight: int) -> ChatModel:
     """An Azure OpenAI client.
 
     Raises:
@@ -120,10 +134,10 @@ def azure_client(config: AzureOpenAIConfig) -> ChatModel:
     """
     from llm_worker.providers.azure import AzureChatModel
 
-    return AzureChatModel(config)
+    return AzureChatModel(config, max_connections=pool_size(config, max_in_flight))
 
 
-def anthropic_client(config: AnthropicConfig) -> ChatModel:
+def anthropic_client(config: AnthropicConfig, max_in_flight: int) -> ChatModel:
     """An Anthropic client."""
     from llm_worker.providers.anthropic import AnthropicChatModel
     from llm_worker.providers.anthropic import create_client as create_anthropic_client
@@ -134,6 +148,7 @@ def anthropic_client(config: AnthropicConfig) -> ChatModel:
         base_url=config.base_url,
         timeout=config.timeout,
         connect_timeout=config.connect_timeout,
+        max_connections=pool_size(config, max_in_flight),
     )
     return AnthropicChatModel(
         client,
@@ -144,7 +159,7 @@ def anthropic_client(config: AnthropicConfig) -> ChatModel:
     )
 
 
-def gemini_client(config: GeminiConfig) -> ChatModel:
+def gemini_client(config: GeminiConfig, max_in_flight: int) -> ChatModel:
     """A Gemini client.
 
     Raises:
@@ -160,5 +175,6 @@ def gemini_client(config: GeminiConfig) -> ChatModel:
         base_url=config.base_url,
         api_version=config.api_version or "v1",
         timeout=config.timeout,
+        max_connections=pool_size(config, max_in_flight),
     )
     return GeminiChatModel(client, safety_settings=config.safety_settings)

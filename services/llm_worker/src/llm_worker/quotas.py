@@ -23,6 +23,9 @@ _CONCURRENCY_HINT = 0.25
 _SWEEP_FLOOR = 64
 """Histories kept before the first sweep of idle keys."""
 
+REPORTED_UNNAMED = 16
+"""Keys under the default limits that `QuotaBook.snapshot()` reports at most."""
+
 
 @dataclass(frozen=True)
 class QuotaLimits:
@@ -210,10 +213,18 @@ class QuotaBook:
         }
 
     def snapshot(self) -> dict[str, dict[str, float | int | None]]:
-        """`usage()` of every configured or active limited key (for health reports)."""
+        """`usage()` of every configured limited key, and of the busiest active keys under
+        the default limits (at most `REPORTED_UNNAMED`: producers name those), for health."""
         self._sweep()
-        keys = set(self._limits) | set(self._history) | set(self._in_flight)
-        return {key: self.usage(key) for key in sorted(keys) if self.limits_for(key)}
+        named = {key: self.usage(key) for key in self._limits if self.limits_for(key)}
+        unnamed = [
+            (key, self.usage(key))
+            for key in set(self._history) | set(self._in_flight)
+            if key not in self._limits and self.limits_for(key)
+        ]
+        unnamed.sort(key=lambda item: (-_load(item[1]), item[0]))
+        named.update(unnamed[:REPORTED_UNNAMED])
+        return dict(sorted(named.items()))
 
     def _wait(self, key: str, config: QuotaLimits, share: float) -> float:
         waits = [0.0]
@@ -257,6 +268,10 @@ class QuotaBook:
         if self._event is not None:
             self._event.set()
             self._event = None
+
+
+def _load(usage: Mapping[str, float | int | None]) -> float:
+    return float(usage["requests"] or 0) + float(usage["in_flight"] or 0)
 
 
 def _requests_wait(history: _History, limit: int, share: float, window: float, now: float) -> float:

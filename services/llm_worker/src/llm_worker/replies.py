@@ -1,60 +1,30 @@
-"""Publishes a request's result events (chunks, completed, failed) to its reply topic."""
+"""The chat reply events of one execution, on top of the shared `ReplyStream`."""
 
 from __future__ import annotations
 
-import asyncio
-
-from aiokafka.structs import RecordMetadata
-from pydantic import BaseModel
-
-from ferryman.codec import BinaryHeaders
 from ferryman.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
-    LLM_CHAT_FAILED,
     LLM_CHAT_RESTARTED,
     ChatChunk,
     ChatCompleted,
-    ChatFailed,
     ChatRestarted,
     ErrorInfo,
 )
-from ferryman.publisher import KafkaPublisher
+from ferryman_runtime.replies import ReplyStream
 
 
-class ReplyStream:
-    """The result events of one request, keyed by its id, in order.
-
-    Chunks are enqueued without waiting for each acknowledgement (the
-    idempotent producer keeps their order); `close()` waits for all of them and
-    the terminal event, so an offset is committed only after everything landed.
+class ChatReplies:
+    """Typed chat events over one `ReplyStream`: chunks, restarts, then completed or failed.
 
     Args:
-        publisher: the worker's producer.
-        topic: the reply topic.
-        request_id: the request's `ce_id` (the Kafka key and `ce_correlationid`).
-        source: `ce_source` naming the worker.
-        extensions: extensions echoed from the request (trace context, tenant).
+        stream: the execution's reply stream (run id, ordering, acknowledgements).
     """
 
-    def __init__(
-        self,
-        publisher: KafkaPublisher,
-        *,
-        topic: str,
-        request_id: str,
-        source: str,
-        extensions: dict[str, str],
-    ) -> None:
-        self._publisher = publisher
-        self._topic = topic
-        self._request_id = request_id
-        self._key = request_id.encode()
-        self._source = source
-        self._extensions = extensions
-        self._pending: list[asyncio.Future[RecordMetadata]] = []
-        self._headers: dict[str, BinaryHeaders] = {}
+    def __init__(self, stream: ReplyStream) -> None:
+        self.stream = stream
         self.chunk_count = 0
+        """Chunks published so far by this execution."""
 
     async def chunk(self, chunk: ChatChunk) -> None:
         """Enqueue a chunk event.
@@ -62,7 +32,7 @@ class ReplyStream:
         Raises:
             aiokafka.errors.KafkaError: the producer refused the record.
         """
-        await self._send(LLM_CHAT_CHUNK, chunk)
+        await self.stream.emit(LLM_CHAT_CHUNK, chunk)
         self.chunk_count += 1
 
     async def restarted(self, restart: ChatRestarted) -> None:
@@ -71,41 +41,20 @@ class ReplyStream:
         Raises:
             aiokafka.errors.KafkaError: the producer refused the record.
         """
-        await self._send(LLM_CHAT_RESTARTED, restart)
+        await self.stream.emit(LLM_CHAT_RESTARTED, restart)
 
     async def completed(self, result: ChatCompleted) -> None:
-        """Publish the `completed` event and wait until every event of the request is acknowledged.
+        """Publish `completed` and wait until every event of the execution is acknowledged.
 
         Raises:
             aiokafka.errors.KafkaError: some event was not acknowledged.
         """
-        await self._send(LLM_CHAT_COMPLETED, result)
-        await self._wait()
+        await self.stream.finish(LLM_CHAT_COMPLETED, result)
 
     async def failed(self, error: ErrorInfo) -> None:
-        """Publish the `failed` event and wait until every event of the request is acknowledged.
+        """Publish `failed` and wait until every event of the execution is acknowledged.
 
         Raises:
             aiokafka.errors.KafkaError: some event was not acknowledged.
         """
-        await self._send(LLM_CHAT_FAILED, ChatFailed(error=error))
-        await self._wait()
-
-    async def _send(self, event_type: str, payload: BaseModel) -> None:
-        value = payload.model_dump_json(exclude_none=True).encode()
-        make_headers = self._headers.get(event_type)
-        if make_headers is None:
-            make_headers = self._headers[event_type] = BinaryHeaders(
-                event_type=event_type,
-                source=self._source,
-                correlation_id=self._request_id,
-                extensions=self._extensions,
-            )
-        headers = make_headers()
-        self._pending.append(
-            await self._publisher.send(self._topic, value, key=self._key, headers=headers)
-        )
-
-    async def _wait(self) -> None:
-        pending, self._pending = self._pending, []
-        await asyncio.gather(*pending)
+        await self.stream.fail(error)

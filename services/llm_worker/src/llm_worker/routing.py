@@ -11,7 +11,8 @@ routes:
   cheap: {deployments: [haiku]}
 ```
 
-The README's "Routing and resilience" section documents every key with a full example.
+The README's "Routing and resilience" section documents every key with a full example;
+docs/llm-routing.md explains timeouts, retries and stream restarts.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class RetryBudget(_Strict):
     """Provider calls per request across all deployments (retries and failovers included)."""
     per_deployment: int | None = Field(default=None, ge=1)
     """Calls per request on one deployment (the first call plus its retries)."""
+    wait_retry_after: float | None = Field(default=None, ge=0)
+    """Seconds: a `Retry-After` up to this long is waited out and the same deployment
+    called again (if the request's deadline allows) instead of failing over at once.
+    Unset: fail over at once whenever another deployment can serve. Either way the
+    deployment cools down for the other requests."""
 
 
 class DeploymentLimits(_Strict):

@@ -1,14 +1,14 @@
 """Executes one chat request: route it, call deployments until one serves, publish the result.
 
-The request-level rules live here (see the README's "Routing and resilience"):
-one attempt budget and one deadline per request; a retryable failure is retried on
-the same deployment with backoff, except a timeout (a silent deployment is not waited
-on twice) and a Retry-After (the deployment cools down and the request fails over, or
-waits if nothing else can serve); `context_length` moves to the route's larger-context
-route; `content_filter` ends the request unless the route says to fall back; a stream
-that fails after chunks were published is restarted on the next call (announced by a
-`restarted` event) or failed; when every deployment is at a quota or cooling
-down, the request waits (backpressure) until one frees up or its deadline passes.
+The request-level rules live here (see docs/llm-routing.md and the README's "Routing and
+resilience"): one attempt budget and one deadline per request, and no call starts once
+the deadline has passed; what happens to a deployment after a failed call is decided by
+`retry_rules` (retry it, come back to it only if nothing else can serve, or leave it);
+`context_length` moves to the route's larger-context route; `content_filter` ends the
+request unless the route says to fall back; a stream that fails after chunks were
+published is restarted (announced by a `restarted` event) or failed; when every
+deployment is at a quota or cooling down, the request waits (backpressure) until one
+frees up or its deadline passes.
 """
 
 from __future__ import annotations
@@ -19,22 +19,25 @@ import logging
 import math
 import random
 import time
-from collections import Counter as Tally
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ferryman.contracts import ChatCompleted, ChatRequest, ChatRestarted, ErrorCode, FerrymanError
 from ferryman.contracts.llm import AttemptInfo
-from ferryman_runtime.resilience import Breakers, RetryPolicy
-from llm_worker.balancer import Candidate, Cooldowns, RoutePlan, Skip
-from llm_worker.calls import Call, CallResult, StreamProgress, run_call
+from llm_worker.balancer import Candidate, RoutePlan, Skip
+from llm_worker.calls import Call, CallResult, run_call
 from llm_worker.capabilities import CapabilityTable
-from llm_worker.deployment_stats import StatsBoard
+from llm_worker.chat_job import (
+    ChatJob,
+    RequestState,
+    Resilience,
+    budget_error,
+    deadline_error,
+    over_quota_error,
+)
 from llm_worker.deployments import DIRECT_ALIAS, DirectTables, RoutingTable
 from llm_worker.llm_metrics import LlmMetrics
 from llm_worker.providers import ModelRouter
-from llm_worker.quotas import QuotaBook
-from llm_worker.replies import ReplyStream
+from llm_worker.retry_rules import Allowance, FailedCall, next_step
 from llm_worker.stream_guard import StreamTimeouts
 
 logger = logging.getLogger(__name__)
@@ -45,67 +48,8 @@ _SKIP_REASONS = {
     "circuit_open": "circuit open",
     "cooldown": "cooling down after Retry-After",
     "quota": "at its quota",
+    "restart": "its stream failed mid-answer",
 }
-
-
-@dataclass(frozen=True)
-class ChatJob:
-    """One request to execute and where its results go."""
-
-    request: ChatRequest
-    replies: ReplyStream
-    deadline: float | None = None
-    """`loop.time()` by which the answer must be complete (the request's expiry), if any."""
-    tenant: str | None = None
-    tenant_share: float = 1.0
-    """This replica's share of the tenant's quota (see `QuotaBook`)."""
-
-
-@dataclass
-class Resilience:
-    """The shared state and policies every request uses (one per worker).
-
-    Args:
-        breakers: one circuit breaker per deployment.
-        retry: backoff and the default calls per deployment.
-        attempt_budget: default calls per request across deployments.
-        restart_streams: whether direct (unrouted) streams restart after chunks.
-        deployment_quotas: outbound limits per deployment.
-        tenant_quotas: inbound limits per tenant.
-        share: this replica's share of every outbound limit (assigned partitions ÷ all).
-        stats: per-deployment load and latency.
-        cooldowns: Retry-After holds per deployment.
-    """
-
-    breakers: Breakers | None = None
-    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=1))
-    attempt_budget: int = 6
-    restart_streams: bool = True
-    deployment_quotas: QuotaBook = field(default_factory=QuotaBook)
-    tenant_quotas: QuotaBook = field(default_factory=QuotaBook)
-    share: Callable[[], float] = lambda: 1.0
-    stats: StatsBoard = field(default_factory=StatsBoard)
-    cooldowns: Cooldowns = field(default_factory=Cooldowns)
-
-
-@dataclass
-class _Request:
-    """The progress of one request through its plan."""
-
-    job: ChatJob
-    table: RoutingTable
-    plan: RoutePlan
-    alias: str
-    deadline: float | None
-    budget: int
-    started: float = field(default_factory=time.monotonic)
-    log: list[AttemptInfo] = field(default_factory=list[AttemptInfo])
-    calls: Tally[str] = field(default_factory=Tally[str])
-    progress: StreamProgress = field(default_factory=StreamProgress)
-    last_error: FerrymanError | None = None
-    left: str | None = None
-    """The deployment the request last gave up on (a failover is counted when another is tried)."""
-    degraded: bool = False
 
 
 class ChatService:
@@ -121,6 +65,8 @@ class ChatService:
         timeouts: worker-wide bounds (routes and deployments may override them).
         resilience: breakers, retry policy, quotas, balancing state.
         routing: the initial routing table (None: only `provider/model` requests).
+        clock: the clock deadlines and stream bounds are measured on (default: the
+            event loop's); waits still take real time.
     """
 
     def __init__(
@@ -131,6 +77,7 @@ class ChatService:
         timeouts: StreamTimeouts | None = None,
         resilience: Resilience | None = None,
         routing: RoutingTable | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._metrics = metrics
         self._capabilities = capabilities or CapabilityTable({})
@@ -139,6 +86,7 @@ class ChatService:
         self._direct = DirectTables(router)
         self.routing = routing
         self._rng = random.Random()
+        self._clock = clock
 
     @property
     def resilience(self) -> Resilience:
@@ -189,7 +137,7 @@ class ChatService:
         self._metrics.tokens.labels(deployment=serving, direction="input").inc(usage.input_tokens)
         self._metrics.tokens.labels(deployment=serving, direction="output").inc(usage.output_tokens)
 
-    def _begin(self, job: ChatJob) -> _Request:
+    def _begin(self, job: ChatJob) -> RequestState:
         table = self.routing
         model = job.request.model
         routed = table is not None and model in table.config.routes
@@ -197,11 +145,10 @@ class ChatService:
             table = self._direct.get(model)  # raises invalid_request for unknown models
         assert table is not None
         route = table.config.routes[model]
-        loop = asyncio.get_running_loop()
         total = route.timeouts.total or self._timeouts.total
-        ends = [t for t in (job.deadline, loop.time() + total if total else None) if t]
+        ends = [t for t in (job.deadline, self._now() + total if total else None) if t]
         plan = RoutePlan(table.config, model, self._res.stats, self._gate, self._rng)
-        state = _Request(
+        state = RequestState(
             job=job,
             table=table,
             plan=plan,
@@ -213,7 +160,7 @@ class ChatService:
 
     def _gate(self, name: str) -> Skip | None:
         res = self._res
-        if res.breakers is not None and not res.breakers.get(name).allows():
+        if res.breakers is not None and not res.breakers.allows(name):
             return Skip("circuit_open", math.inf)
         cooling = res.cooldowns.remaining(name)
         if cooling > 0:
@@ -223,19 +170,19 @@ class ChatService:
             return Skip("quota", wait)
         return None
 
-    async def _admit_tenant(self, state: _Request, tenant: str) -> None:
+    async def _admit_tenant(self, state: RequestState, tenant: str) -> None:
         book = self._res.tenant_quotas
         counted = False
         while (wait := book.try_acquire(tenant, state.job.tenant_share)) > 0:
             if not counted:
                 self._metrics.quota_waits.labels(reason="tenant").inc()
                 counted = True
-            remaining = _remaining(state.deadline)
+            remaining = self._remaining(state.deadline)
             if wait == math.inf or remaining <= wait:
-                raise _over_quota(f"tenant {tenant!r} is over its quota", wait)
+                raise over_quota_error(f"tenant {tenant!r} is over its quota", wait)
             await book.changed(min(wait, remaining))
 
-    async def _serve(self, state: _Request) -> tuple[ChatCompleted, str]:
+    async def _serve(self, state: RequestState) -> tuple[ChatCompleted, str]:
         plan = state.plan
         while True:
             candidate = plan.next()
@@ -259,7 +206,7 @@ class ChatService:
                 )
                 return completed, self._label(state, candidate.name)
 
-    async def _exhausted(self, state: _Request) -> None:
+    async def _exhausted(self, state: RequestState) -> None:
         """Nothing can be tried now: wait for a deployment (backpressure), degrade, or fail.
 
         Raises:
@@ -268,10 +215,11 @@ class ChatService:
         plan = state.plan
         skipped = dict(plan.skipped)
         wait = plan.reopen()
-        remaining = _remaining(state.deadline)
+        remaining = self._remaining(state.deadline)
         if wait < remaining and state.calls.total() < state.budget:
             reasons = {s.reason for s in skipped.values() if s.retry_in == wait}
-            self._metrics.quota_waits.labels(reason="/".join(sorted(reasons))).inc()
+            if reasons - {"restart"}:  # a restart's backoff is no quota wait
+                self._metrics.quota_waits.labels(reason="/".join(sorted(reasons))).inc()
             await self._res.deployment_quotas.changed(wait)
             return
         route = plan.config.routes[plan.alias]
@@ -282,7 +230,7 @@ class ChatService:
         if state.last_error is not None:
             raise state.last_error
         if skipped and all(skip.reason == "quota" for skip in skipped.values()):
-            raise _over_quota(f"every deployment of {plan.alias!r} is at its quota", wait)
+            raise over_quota_error(f"every deployment of {plan.alias!r} is at its quota", wait)
         why = "; ".join(
             f"{name}: {_SKIP_REASONS.get(skip.reason, skip.reason)}"
             for name, skip in sorted(skipped.items())
@@ -294,7 +242,7 @@ class ChatService:
             retryable=True,
         )
 
-    async def _on_deployment(self, state: _Request, candidate: Candidate) -> CallResult | None:
+    async def _on_deployment(self, state: RequestState, candidate: Candidate) -> CallResult | None:
         """Call `candidate` (retrying it when that is right); None means fail over.
 
         The gate already holds one quota slot of the deployment for the first call.
@@ -320,11 +268,13 @@ class ChatService:
                     state.plan.skipped[name] = Skip("quota", wait)
                     return None
             held = False
-            if state.calls.total() >= state.budget:
-                # Outside the `try`: a spent budget ends the request, it is no failure
-                # of this deployment to retry (that would spin until the deadline).
+            if state.calls.total() >= state.budget or self._remaining(state.deadline) <= 0:
+                # Outside the `try`: a spent budget or deadline ends the request, it is no
+                # failure of this deployment to retry (that would spin until the deadline).
                 res.deployment_quotas.release(name)
-                raise state.last_error or _budget_error(state)
+                if state.calls.total() >= state.budget:
+                    raise state.last_error or budget_error(state)
+                raise deadline_error(state, name)
             try:
                 await self._announce_restart(state, candidate)
                 if state.calls[name]:
@@ -338,24 +288,27 @@ class ChatService:
             finally:
                 res.deployment_quotas.release(name)
             if exc.retry_after is not None:
-                res.cooldowns.hold(name, exc.retry_after)
-            retry_here = (
-                exc.retryable
-                and exc.code is not ErrorCode.TIMEOUT  # never wait twice on a silent deployment
-                and exc.retry_after is None  # a cooling deployment: fail over, or wait for it
-                and state.calls[name] < per_deployment
-                and (res.breakers is None or res.breakers.get(name).allows())
+                # For every request of the replica.
+                res.cooldowns.hold(name, exc.retry_after, self._group(state, name))
+            step = next_step(
+                FailedCall(exc, state.calls[name], published=state.progress.published > 0),
+                Allowance(
+                    per_deployment=per_deployment,
+                    circuit_closed=res.breakers is None or res.breakers.allows(name),
+                    remaining=self._remaining(state.deadline),
+                    wait_retry_after=candidate.route_config.retry.wait_retry_after,
+                ),
+                lambda calls: res.retry.delay(calls, None),
             )
-            delay = res.retry.delay(state.calls[name], None) if retry_here else 0.0
-            if retry_here and delay < _remaining(state.deadline):
+            if step.retry_in is not None:
                 calls = state.calls[name]
-                logger.info("retrying %s in %.2fs after %s (call %d)", name, delay, exc.code, calls)
-                await asyncio.sleep(delay)
+                logger.info(
+                    "retrying %s in %.2fs after %s (call %d)", name, step.retry_in, exc.code, calls
+                )
+                await asyncio.sleep(step.retry_in)
                 continue
-            if exc.retry_after is not None and state.calls[name] < per_deployment:
-                # Usable again after its Retry-After: fail over now, or wait for it if
-                # nothing else can serve (see `_exhausted`).
-                state.plan.skipped[name] = Skip("cooldown", exc.retry_after)
+            if step.come_back is not None:
+                state.plan.skipped[name] = step.come_back  # tried again only by `_exhausted`
             state.left = name
             logger.info("leaving %s after %s", name, exc.code)
             return None
@@ -367,7 +320,7 @@ class ChatService:
         else:
             self._capabilities.check(request, deployment.provider, deployment.model)
 
-    def _may_continue(self, state: _Request, candidate: Candidate, exc: FerrymanError) -> bool:
+    def _may_continue(self, state: RequestState, candidate: Candidate, exc: FerrymanError) -> bool:
         """Whether the request may go on after `exc` (False: it fails with `exc`)."""
         route = candidate.route_config
         if state.progress.published and not self._restarts(state, candidate):
@@ -383,12 +336,12 @@ class ChatService:
             return route.content_filter == "fallback"
         return exc.retryable
 
-    def _restarts(self, state: _Request, candidate: Candidate) -> bool:
+    def _restarts(self, state: RequestState, candidate: Candidate) -> bool:
         if state.alias == DIRECT_ALIAS:
             return self._res.restart_streams
         return candidate.route_config.restart_streams
 
-    async def _announce_restart(self, state: _Request, candidate: Candidate) -> None:
+    async def _announce_restart(self, state: RequestState, candidate: Candidate) -> None:
         progress = state.progress
         if not progress.published:
             return
@@ -406,7 +359,7 @@ class ChatService:
         progress.attempt += 1
         progress.published = 0
 
-    async def _call(self, state: _Request, candidate: Candidate) -> CallResult:
+    async def _call(self, state: RequestState, candidate: Candidate) -> CallResult:
         res = self._res
         client = state.table.clients[candidate.name]
         name = candidate.name
@@ -423,11 +376,12 @@ class ChatService:
         )
         deadline = state.deadline
         if deployment.timeouts.total is not None:
-            own = asyncio.get_running_loop().time() + deployment.timeouts.total
+            own = self._now() + deployment.timeouts.total
             deadline = own if deadline is None else min(deadline, own)
-        call = Call(client, deployment.model, label, call_timeouts, deadline)
-        stats = res.stats.get(name)
-        breaker = res.breakers.get(name) if res.breakers is not None else None
+        call = Call(client, deployment.model, label, call_timeouts, deadline, self._clock)
+        stats = res.stats.get(label)  # direct requests: one board entry per provider
+        group = self._group(state, name)
+        breaker = res.breakers.get(name, group) if res.breakers is not None else None
         began = time.monotonic()
         stats.started()
         try:
@@ -437,8 +391,8 @@ class ChatService:
                     self._metrics, state.started,
                 )  # fmt: skip
         except FerrymanError as exc:
-            if exc.provider is None:
-                exc.provider = client.provider
+            if exc.upstream is None:
+                exc.upstream = client.provider
             stats.finished(failed=exc.retryable)
             self._record(state, name, label, began, exc.code)
             raise
@@ -452,7 +406,7 @@ class ChatService:
         return result
 
     def _record(
-        self, state: _Request, name: str, label: str, began: float, error: ErrorCode | None
+        self, state: RequestState, name: str, label: str, began: float, error: ErrorCode | None
     ) -> None:
         state.log.append(
             AttemptInfo(
@@ -464,32 +418,22 @@ class ChatService:
         )
         self._metrics.attempts.labels(deployment=label, outcome=error or "completed").inc()
 
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    def _remaining(self, deadline: float | None) -> float:
+        """Seconds until `deadline` (`math.inf` for none)."""
+        return math.inf if deadline is None else deadline - self._now()
+
     @staticmethod
-    def _label(state: _Request, name: str) -> str:
-        """The metrics label of deployment `name` (direct requests: `provider/*`)."""
+    def _group(state: RequestState, name: str) -> str | None:
+        """`provider/*` for a direct request's deployment (named by the producer, so its
+        per-deployment state is bounded), None for a configured one."""
         if state.alias == DIRECT_ALIAS:
             return name.partition("/")[0] + "/*"
-        return name
+        return None
 
-
-def _remaining(deadline: float | None) -> float:
-    if deadline is None:
-        return math.inf
-    return deadline - asyncio.get_running_loop().time()
-
-
-def _over_quota(what: str, wait: float) -> FerrymanError:
-    return FerrymanError(
-        ErrorCode.RATE_LIMITED,
-        f"{what} and no budget frees up before the request's deadline",
-        retryable=True,
-        retry_after=None if wait == math.inf else wait,
-    )
-
-
-def _budget_error(state: _Request) -> FerrymanError:
-    return FerrymanError(
-        ErrorCode.UNAVAILABLE,
-        f"the request's attempt budget ({state.budget} calls) is spent",
-        retryable=True,
-    )
+    @staticmethod
+    def _label(state: RequestState, name: str) -> str:
+        """The metrics label of deployment `name` (direct requests: `provider/*`)."""
+        return ChatService._group(state, name) or name

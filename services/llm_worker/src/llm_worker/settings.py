@@ -15,10 +15,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import SettingsConfigDict
 
 from ferryman.contracts.events import (
-    DEFAULT_HEALTH_TOPIC,
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
-    dlq_topic_for,
 )
 from ferryman_runtime.settings import WorkerSettings
 from llm_worker.capabilities import Capabilities
@@ -46,17 +44,17 @@ class LlmWorkerSettings(WorkerSettings):
     http_port: int = Field(default=8081, ge=0, le=65535)
     request_topic: str = DEFAULT_LLM_REQUEST_TOPIC
     """Topic the worker consumes chat requests from."""
-    dlq_topic: str = ""
-    """Dead-letter topic; empty means `<request_topic>.dlq`."""
     default_reply_topic: str = DEFAULT_LLM_REPLY_TOPIC
     """Reply topic for requests without a `replyto` extension."""
     model_aliases: dict[str, str] = Field(default_factory=dict)
     """JSON object mapping alias → `provider/model`, e.g. `{"default": "openai/gpt-4o-mini"}`."""
     capabilities: dict[str, Capabilities] = Field(default_factory=dict)
     """JSON object: `provider/model` or `provider/*` → capabilities (see `Capabilities`)."""
-    first_token_timeout: float = Field(default=120.0, gt=0)
-    """Seconds a provider may take to send the first token before the request fails (timeout)."""
-    stream_idle_timeout: float = Field(default=60.0, gt=0)
+    first_token_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a provider may take to send the first token before the call fails (timeout)
+    and the request fails over; raise it per deployment for slow starters (reasoning
+    models, very long prompts). See docs/llm-routing.md for why 30."""
+    stream_idle_timeout: float = Field(default=30.0, gt=0)
     """Seconds a provider's stream may stay silent after the first token."""
     request_timeout: float = Field(default=600.0, gt=0)
     """Seconds a provider call may take in all (and never past the request's `expirytime`)."""
@@ -64,29 +62,20 @@ class LlmWorkerSettings(WorkerSettings):
     """YAML file of deployments, routes and tenant quotas (hot-reloaded; see the README)."""
     routing_poll_interval: float = Field(default=1.0, gt=0)
     """Seconds between checks of the routing file for a new version."""
-    retry_max_attempts: int = Field(default=3, ge=1)
-    """Calls per request on one deployment (the first plus retries), unless a route says."""
     attempt_budget: int = Field(default=6, ge=1)
     """Calls per request across all deployments (retries and failovers), unless a route says."""
     restart_streams: bool = True
     """Restart a `provider/model` stream that failed after chunks were published (announced
     by a `restarted` event); routes set this per route."""
-    health_topic: str = DEFAULT_HEALTH_TOPIC
-    """Topic of the periodic per-deployment health reports."""
+    max_direct_models: int = Field(default=256, ge=1)
+    """Direct `provider/model` upstreams whose circuit breaker and Retry-After hold are kept
+    at once (producers choose these names; the least recently used idle one is forgotten)."""
     health_report_interval: float = Field(default=15.0, gt=0)
     """Seconds between health reports."""
     health_probe_interval: float = Field(default=30.0, gt=0)
     """Seconds between active probes (an unbilled model listing per provider client)."""
     health_probe_timeout: float = Field(default=5.0, gt=0)
     """Seconds a probe may take before it counts as failed."""
-    retry_base_delay: float = Field(default=0.5, ge=0)
-    """Backoff base (full jitter, doubling per attempt); never less than Retry-After."""
-    retry_max_delay: float = Field(default=8.0, ge=0)
-    """Backoff cap."""
-    breaker_fail_max: int = Field(default=5, ge=1)
-    """Consecutive retryable failures of one `provider/model` that open its circuit."""
-    breaker_reset_timeout: float = Field(default=30.0, gt=0)
-    """Seconds an open circuit waits before letting one probe request through."""
     mock_token_delay_ms: float = Field(default=0.0, ge=0)
     """Delay between the mock provider's tokens (for demos)."""
 
@@ -126,8 +115,6 @@ class LlmWorkerSettings(WorkerSettings):
 
     @model_validator(mode="after")
     def _complete(self) -> LlmWorkerSettings:
-        if not self.dlq_topic:
-            self.dlq_topic = dlq_topic_for(self.request_topic)
         for alias, target in self.model_aliases.items():
             if "/" not in target:
                 raise ValueError(

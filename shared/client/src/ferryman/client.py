@@ -1,12 +1,18 @@
-"""Python client for producers: publish chat requests, read streamed results.
+"""Python client: publish requests to Ferryman workers and read their replies.
 
 ```python
-async with FerrymanClient("127.0.0.1:9092") as client:
-    async for event in client.chat_stream(request):
+connection = KafkaConnection.from_env(os.environ)
+async with FerrymanClient(connection, reply_topic="app-7.replies") as client:
+    async for event in client.chat_stream(request, expires_in=60):
         ...  # ChatChunk, ChatChunk, …, then a final ChatCompleted
-        # (a ChatRestarted in between means: discard the chunks shown so far)
+        # (a ChatRestarted or RunRestarted in between means: discard what was shown so far)
     completed = await client.chat(request)
 ```
+
+The client reads only replies meant for it: either its own reply topic (every partition), or
+one partition of a shared reply topic (`reply_partition`). Workers key replies by request id,
+so in the second mode the client picks request ids whose key hashes (Kafka's default
+murmur2 partitioner, as the workers' producer uses) to its partition. See docs/client.md.
 """
 # aiokafka's annotations are partial (unparameterized generics); strict mode would flag every call.
 # pyright: reportUnknownMemberType=false, reportUnknownVariableType=false, reportUnknownArgumentType=false
@@ -14,42 +20,64 @@ async with FerrymanClient("127.0.0.1:9092") as client:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
+import logging
 import os
+import secrets
 import socket
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, cast
 
-from aiokafka import AIOKafkaConsumer, TopicPartition  # pyright: ignore[reportMissingTypeStubs]
+from pydantic import BaseModel, ValidationError
 
-from ferryman.codec import encode_binary, header_value
 from ferryman.contracts import (
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
-    LLM_CHAT_CHUNK,
-    LLM_CHAT_COMPLETED,
-    LLM_CHAT_FAILED,
     LLM_CHAT_REQUESTED,
-    LLM_CHAT_RESTARTED,
     ChatChunk,
     ChatCompleted,
-    ChatFailed,
     ChatRequest,
     ChatRestarted,
     ErrorInfo,
 )
-from ferryman.contracts.events import EXT_EXPIRY_TIME, EXT_REPLY_TO, EXT_TENANT
+from ferryman.kafka_config import KafkaConnection
 from ferryman.publisher import KafkaPublisher
-from ferryman.topics import ensure_topics
+from ferryman.replies import (
+    ReplyRegistry,
+    ReplyRole,
+    ReplySequencer,
+    RunRestarted,
+    default_registry,
+    reply_token_matches,
+)
+from ferryman.reply_reader import ReplyReader
+from ferryman.request_encoding import RequestOptions, encode_request
+from ferryman.topics import ensure_topics, wait_for_partitions
 
-ChatEvent = ChatChunk | ChatRestarted | ChatCompleted
+__all__ = [
+    "ChatEvent",
+    "ChatFailedError",
+    "FerrymanClient",
+    "PublishedRequest",
+    "ReplySequencer",
+    "RequestFailedError",
+    "RunRestarted",
+    "TopicSpec",
+    "dumps_event",
+    "request_from_prompt",
+    "wait_for_partitions",
+]
+
+logger = logging.getLogger(__name__)
+
+ChatEvent = ChatChunk | ChatRestarted | RunRestarted | ChatCompleted
 """What `FerrymanClient.chat_stream` yields."""
 
 
-class ChatFailedError(Exception):
+class RequestFailedError(Exception):
     """The worker answered with a `failed` event; `error` carries code and retryability."""
 
     def __init__(self, error: ErrorInfo) -> None:
@@ -57,218 +85,311 @@ class ChatFailedError(Exception):
         self.error = error
 
 
-class ReplySequencer:
-    """Puts the result events of one request in order, the way a reader should see them.
+ChatFailedError = RequestFailedError
+"""The name `chat` callers catch; the same class as `RequestFailedError`."""
 
-    Chunks are accepted only for the current attempt and only at the next index, so
-    redelivered duplicates, keyed by (`attempt`, `index`), are dropped. A `ChatRestarted` for a
-    newer attempt is accepted and makes that attempt current, counting from index 0 again;
-    chunks of older attempts, and a repeat of a restart already seen, are dropped. Nothing is
-    accepted after the `ChatCompleted`.
-    """
 
-    def __init__(self) -> None:
-        self.attempt = 1
-        """The attempt whose chunks are accepted."""
-        self.next_index = 0
-        """The index of the next chunk accepted."""
-        self.done = False
-        """True once the `ChatCompleted` was accepted."""
+class _Failed(Protocol):
+    @property
+    def error(self) -> ErrorInfo: ...
 
-    def accept(self, event: ChatEvent) -> bool:
-        """Return whether `event` should reach the reader, and advance past it if so."""
-        if self.done:
-            return False
-        if isinstance(event, ChatCompleted):
-            self.done = True
-            return True
-        if isinstance(event, ChatRestarted):
-            if event.attempt <= self.attempt:
-                return False
-            self.attempt, self.next_index = event.attempt, 0
-            return True
-        if (event.attempt, event.index) != (self.attempt, self.next_index):
-            return False
-        self.next_index += 1
-        return True
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """Partitions and replication of a topic the client is asked to create."""
+
+    partitions: int = 6
+    replication_factor: int = 1
+
+
+@dataclass(frozen=True)
+class PublishedRequest:
+    """A request on its way: its id, and the reply token its replies must carry (if any)."""
+
+    id: str
+    reply_token: str | None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class FerrymanClient:
-    """Publishes chat requests and reads their results from a reply topic.
+    """Publishes requests and reads their replies.
 
     Args:
-        bootstrap_servers: comma-separated `host:port` list.
-        request_topic: where requests go.
-        reply_topic: where this client reads results (sent as the `replyto` extension).
+        connection: a `KafkaConnection`, or the bootstrap list of a plaintext cluster.
+        request_topic: where requests go unless a call names another topic.
+        reply_topic: where replies are read (sent as the `replyto` extension).
+        reply_partition: read only this partition of `reply_topic` (a topic shared by
+            several clients, each owning a partition); None reads every partition (a topic
+            of this client's own).
+        create_reply_topic: create `reply_topic` if missing (True: 6 partitions, replication
+            1, for development); by default the topic must exist.
         source: `ce_source` of the requests; (`source`, id) identifies a request.
+        reply_tokens: send a secret `replytoken` with each request and accept only replies
+            that echo it.
+        registry: the request types and their reply types (LLM chat by default).
+        clock: the current time (for `expires_in`).
+        metadata_timeout: seconds to wait for the reply topic's partitions.
     """
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        connection: str | KafkaConnection = "127.0.0.1:9092",
         *,
         request_topic: str = DEFAULT_LLM_REQUEST_TOPIC,
         reply_topic: str = DEFAULT_LLM_REPLY_TOPIC,
+        reply_partition: int | None = None,
+        create_reply_topic: bool | TopicSpec = False,
         source: str | None = None,
+        reply_tokens: bool = True,
+        registry: ReplyRegistry | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        metadata_timeout: float = 10.0,
     ) -> None:
-        self._bootstrap = bootstrap_servers
+        if reply_partition is not None and reply_partition < 0:
+            raise ValueError(f"reply_partition must be >= 0, not {reply_partition}")
+        self._connection = KafkaConnection.coerce(connection)
         self._request_topic = request_topic
         self._reply_topic = reply_topic
+        self._reply_partition = reply_partition
+        self._create_reply_topic = (
+            TopicSpec() if create_reply_topic is True else create_reply_topic or None
+        )
         self._source = source or f"/ferryman/client/{socket.gethostname()}-{os.getpid()}"
-        self._publisher = KafkaPublisher(bootstrap_servers, client_id="ferryman-client")
-        self._consumer: AIOKafkaConsumer | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._waiting: dict[str, asyncio.Queue[tuple[str, bytes]]] = {}
+        self._reply_tokens = reply_tokens
+        self._registry = registry or default_registry()
+        self._clock = clock
+        self._publisher = KafkaPublisher(
+            self._connection.bootstrap_servers,
+            client_id=self._connection.client_id or "ferryman-client",
+            connection=self._connection.security_options(),
+        )
+        self._replies = ReplyReader(
+            self._connection, reply_topic, reply_partition, metadata_timeout=metadata_timeout
+        )
 
     async def __aenter__(self) -> FerrymanClient:
-        """Connect, and start reading the reply topic from its current end.
+        """Connect, and start reading the reply topic (or partition) from its current end.
 
         Raises:
-            aiokafka.errors.KafkaError: Kafka could not be reached.
+            LookupError: the reply topic does not exist (and was not to be created).
+            ValueError: `reply_partition` is not a partition of the reply topic.
+            aiokafka.errors.KafkaError: Kafka could not be reached or refused the credentials.
         """
-        await ensure_topics(
-            self._bootstrap, [self._reply_topic], partitions=6, replication_factor=1
-        )
-        await self._publisher.start()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False
-        )
+        spec = self._create_reply_topic
+        if spec is not None:
+            await ensure_topics(
+                self._connection,
+                [self._reply_topic],
+                partitions=spec.partitions,
+                replication_factor=spec.replication_factor,
+            )
         try:
-            await consumer.start()
-            partitions = await wait_for_partitions(consumer, self._reply_topic)
-            assigned = [TopicPartition(self._reply_topic, p) for p in sorted(partitions)]
-            consumer.assign(assigned)
-            await consumer.seek_to_end(*assigned)
-            for tp in assigned:  # pin the positions before anything is published
-                await consumer.position(tp)
+            await self._publisher.start()
+            await self._replies.start()
         except BaseException:
-            await consumer.stop()
             await self._publisher.stop()
             raise
-        self._consumer = consumer
-        self._reader = asyncio.create_task(self._read_replies(consumer))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Disconnect."""
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._replies.stop()
         await self._publisher.stop()
 
+    def new_request_id(self) -> str:
+        """A fresh request id; with `reply_partition`, one whose replies land there."""
+        while True:
+            request_id = str(uuid.uuid4())
+            if self._replies.receives(request_id):
+                return request_id
+
     async def publish(
-        self,
-        request: ChatRequest | Mapping[str, Any],
-        *,
-        request_id: str | None = None,
-        expires_at: datetime | None = None,
-        tenant: str | None = None,
-        key: bytes | None = None,
-    ) -> str:
-        """Publish a request without waiting for results; return its id.
+        self, event_type: str, data: BaseModel | Mapping[str, Any], **options: Any
+    ) -> PublishedRequest:
+        """Publish a request without waiting for its replies.
+
+        Options are those of `request_stream` but `timeout`.
 
         Raises:
-            pydantic.ValidationError: `request` is not a valid chat request.
-            aiokafka.errors.KafkaError: Kafka did not acknowledge it.
+            pydantic.ValidationError: `data` is not valid for a registered request type.
+            ValueError: an option is malformed (see `request_stream`).
+            aiokafka.errors.KafkaError: Kafka did not acknowledge the request.
         """
-        if not isinstance(request, ChatRequest):
-            request = ChatRequest.model_validate(request)
-        request_id = request_id or str(uuid.uuid4())
-        attributes: dict[str, Any] = {
-            "id": request_id,
-            "type": LLM_CHAT_REQUESTED,
-            "source": self._source,
-            "datacontenttype": "application/json",
-            EXT_REPLY_TO: self._reply_topic,
-        }
-        if expires_at is not None:
-            attributes[EXT_EXPIRY_TIME] = expires_at.isoformat().replace("+00:00", "Z")
-        if tenant is not None:
-            attributes[EXT_TENANT] = tenant
-        data = request.model_dump_json(exclude_none=True, by_alias=True).encode()
-        headers, value = encode_binary(attributes, data)
-        await self._publisher.send_and_wait(
-            self._request_topic, value, key=key or request_id.encode(), headers=headers
+        request_id = self._request_id(options.pop("request_id", None))
+        token = secrets.token_urlsafe(24) if self._reply_tokens else None
+        await self._send(event_type, data, request_id, token, **options)
+        return PublishedRequest(request_id, token)
+
+    def _request_id(self, given: str | None) -> str:
+        if given is None:
+            return self.new_request_id()
+        if not given:
+            raise ValueError("request_id must not be empty")
+        if not self._replies.receives(given):
+            raise ValueError(
+                f"request id {given!r} does not hash to reply partition {self._reply_partition}; "
+                "let the client choose it (new_request_id())"
+            )
+        return given
+
+    async def _send(
+        self,
+        event_type: str,
+        data: BaseModel | Mapping[str, Any],
+        request_id: str,
+        reply_token: str | None,
+        *,
+        topic: str | None = None,
+        key: bytes | None = None,
+        **options: Any,
+    ) -> None:
+        headers, value = encode_request(
+            event_type=event_type,
+            data=data,
+            request_id=request_id,
+            source=self._source,
+            reply_topic=self._reply_topic,
+            reply_token=reply_token,
+            options=RequestOptions(**options),
+            registry=self._registry,
+            now=self._clock(),
         )
-        return request_id
+        await self._publisher.send_and_wait(
+            topic or self._request_topic, value, key=key or request_id.encode(), headers=headers
+        )
+
+    async def request_stream(
+        self,
+        event_type: str,
+        data: BaseModel | Mapping[str, Any],
+        *,
+        timeout: float = 600.0,
+        **options: Any,
+    ) -> AsyncIterator[BaseModel]:
+        """Publish a request and yield its replies in order, ending with the completed one.
+
+        A `RunRestarted` (the request was redelivered and runs again) or a restart reply
+        (`ChatRestarted`) means: discard what was shown so far. Duplicates, replies of
+        older runs or attempts, replies with a wrong reply token and undecodable replies
+        are dropped (see `ferryman.replies`).
+
+        Options: `request_id`, `topic` (default: the client's request topic), `key` (the
+        request's Kafka key; default: its id), `tenant`, `traceparent`, `tracestate`,
+        `expires_in` (seconds) or `expires_at` (aware datetime).
+
+        Raises:
+            RequestFailedError: the worker published the failed reply.
+            TimeoutError: no terminal reply within `timeout` seconds.
+            LookupError: `event_type` has no registered reply types.
+            ValueError: an option is malformed.
+            aiokafka.errors.KafkaError: publishing failed, or reading replies failed.
+        """
+        replies = self._registry.kind(event_type).replies
+        request_id = self._request_id(options.pop("request_id", None))
+        token = secrets.token_urlsafe(24) if self._reply_tokens else None
+        queue = self._replies.register(request_id)
+        try:
+            await self._send(event_type, data, request_id, token, **options)
+            sequencer = ReplySequencer()
+            async with asyncio.timeout(timeout):
+                while not sequencer.done:
+                    delivery = await queue.get()
+                    if isinstance(delivery, BaseException):
+                        raise delivery
+                    reply_type = replies.get(delivery.event_type)
+                    if reply_type is None:
+                        continue
+                    if not reply_token_matches(token, delivery.reply_token):
+                        logger.warning(
+                            "dropped reply %s to request %s: wrong reply token",
+                            delivery.event_id,
+                            request_id,
+                        )
+                        continue
+                    try:
+                        payload = reply_type.model.model_validate_json(delivery.value)
+                    except ValidationError as exc:
+                        logger.warning(
+                            "dropped undecodable reply %s to request %s: %d errors",
+                            delivery.event_id,
+                            request_id,
+                            exc.error_count(),
+                        )
+                        continue
+                    for shown in sequencer.accept(
+                        payload,
+                        reply_type.role,
+                        run_id=delivery.run_id,
+                        event_id=delivery.event_id,
+                    ):
+                        if shown is payload and reply_type.role is ReplyRole.FAILED:
+                            raise RequestFailedError(cast(_Failed, payload).error)
+                        yield shown
+        finally:
+            self._replies.unregister(request_id)
+
+    async def request(
+        self,
+        event_type: str,
+        data: BaseModel | Mapping[str, Any],
+        *,
+        timeout: float = 600.0,
+        **options: Any,
+    ) -> BaseModel:
+        """Publish a request and return its completed reply (options of `request_stream`).
+
+        Raises:
+            RequestFailedError: the worker published the failed reply.
+            TimeoutError: no terminal reply within `timeout` seconds.
+            LookupError: `event_type` has no registered reply types.
+            ValueError: an option is malformed.
+        """
+        replies = self._registry.kind(event_type).replies.values()
+        completed = tuple(r.model for r in replies if r.role is ReplyRole.COMPLETED)
+        async for event in self.request_stream(event_type, data, timeout=timeout, **options):
+            if isinstance(event, completed):
+                return event
+        raise RuntimeError("the reply stream ended without a terminal event")
 
     async def chat_stream(
         self,
         request: ChatRequest | Mapping[str, Any],
         *,
-        request_id: str | None = None,
         timeout: float = 600.0,
-        **publish_options: Any,
+        **options: Any,
     ) -> AsyncIterator[ChatEvent]:
-        """Publish `request` and yield its chunks in order, then its `ChatCompleted`.
+        """Publish a chat request and yield its chunks in order, then its `ChatCompleted`.
 
-        When the worker restarts a failed stream on another deployment, a `ChatRestarted` is
-        yielded: discard the chunks received so far; the new attempt's chunks follow from
-        index 0. Duplicates (a redelivered request) and late chunks of an earlier attempt are
-        dropped (see `ReplySequencer`).
+        A `ChatRestarted` (the worker restarted a failed stream on another deployment) or a
+        `RunRestarted` (the request was redelivered) means: discard the chunks received so
+        far. Options are those of `request_stream`.
 
         Raises:
             ChatFailedError: the worker published `failed`.
             TimeoutError: no terminal event within `timeout` seconds.
+            pydantic.ValidationError: `request` is not a valid chat request.
+            ValueError: an option is malformed.
         """
-        request_id = request_id or str(uuid.uuid4())
-        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-        self._waiting[request_id] = queue
-        try:
-            await self.publish(request, request_id=request_id, **publish_options)
-            sequencer = ReplySequencer()
-            async with asyncio.timeout(timeout):
-                while not sequencer.done:
-                    event = _decode(*await queue.get())
-                    if isinstance(event, ChatFailed):
-                        raise ChatFailedError(event.error)
-                    if event is not None and sequencer.accept(event):
-                        yield event
-        finally:
-            self._waiting.pop(request_id, None)
+        stream = self.request_stream(LLM_CHAT_REQUESTED, request, timeout=timeout, **options)
+        async for event in stream:
+            yield cast(ChatEvent, event)
 
     async def chat(
         self, request: ChatRequest | Mapping[str, Any], *, timeout: float = 600.0, **options: Any
     ) -> ChatCompleted:
-        """Publish `request` and return its `ChatCompleted`.
+        """Publish a chat request and return its `ChatCompleted`.
 
         Raises:
             ChatFailedError: the worker published `failed`.
             TimeoutError: no terminal event within `timeout` seconds.
+            pydantic.ValidationError: `request` is not a valid chat request.
+            ValueError: an option is malformed.
         """
-        async for event in self.chat_stream(request, timeout=timeout, **options):
-            if isinstance(event, ChatCompleted):
-                return event
-        raise RuntimeError("the result stream ended without a terminal event")
-
-    async def _read_replies(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for records in batch.values():
-                for record in records:
-                    correlation = header_value(record.headers, "ce_correlationid")
-                    queue = self._waiting.get(correlation or "")
-                    if queue is None:
-                        continue
-                    event_type = header_value(record.headers, "ce_type") or ""
-                    queue.put_nowait((event_type, record.value or b""))
-
-
-_RESULT_MODELS: dict[str, type[ChatChunk | ChatRestarted | ChatCompleted | ChatFailed]] = {
-    LLM_CHAT_CHUNK: ChatChunk,
-    LLM_CHAT_RESTARTED: ChatRestarted,
-    LLM_CHAT_COMPLETED: ChatCompleted,
-    LLM_CHAT_FAILED: ChatFailed,
-}
-
-
-def _decode(event_type: str, value: bytes) -> ChatEvent | ChatFailed | None:
-    """Parse a result event's data; `None` for a type this client does not know."""
-    model = _RESULT_MODELS.get(event_type)
-    return None if model is None else model.model_validate_json(value)
+        completed = await self.request(LLM_CHAT_REQUESTED, request, timeout=timeout, **options)
+        return cast(ChatCompleted, completed)
 
 
 def request_from_prompt(prompt: str, *, model: str, stream: bool = True) -> ChatRequest:
@@ -278,26 +399,6 @@ def request_from_prompt(prompt: str, *, model: str, stream: bool = True) -> Chat
     )
 
 
-def dumps_event(event: ChatEvent) -> str:
+def dumps_event(event: BaseModel) -> str:
     """Render an event as compact JSON."""
-    return json.dumps(event.model_dump(exclude_none=True), separators=(",", ":"))
-
-
-async def wait_for_partitions(
-    consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0
-) -> set[int]:
-    """Return the partitions of `topic`, waiting for metadata of a just-created topic.
-
-    Raises:
-        LookupError: the topic has no partitions after `timeout` seconds.
-    """
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions:
-            return set(partitions)
-        if asyncio.get_running_loop().time() > deadline:
-            raise LookupError(f"topic {topic!r} does not exist (no partitions in metadata)")
-        await consumer._client.force_metadata_update()  # pyright: ignore[reportPrivateUsage]
-        if not consumer.partitions_for_topic(topic):
-            await asyncio.sleep(0.1)  # metadata of a new topic propagates within moments
+    return json.dumps(event.model_dump(mode="json", exclude_none=True), separators=(",", ":"))

@@ -8,12 +8,13 @@ Outgoing events are always binary mode.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
@@ -113,10 +114,14 @@ def decode_event(headers: Sequence[tuple[str, bytes | None]], value: bytes | Non
     structured = content_type.lower().startswith(_STRUCTURED_PREFIX)
     try:
         if structured:
+            _require_structured_id(value or b"")
             event = ce_kafka.from_structured(message, _FORMAT)
         else:
             if "ce_specversion" not in header_map:
                 raise DecodeError("no ce_specversion header and not a structured-mode record")
+            if "ce_id" not in header_map:
+                # The SDK would invent one; CloudEvents requires the producer's.
+                raise DecodeError("no ce_id header: CloudEvents requires an id")
             event = ce_kafka.from_binary(message, _FORMAT)
     except DecodeError:
         raise
@@ -125,11 +130,46 @@ def decode_event(headers: Sequence[tuple[str, bytes | None]], value: bytes | Non
     attributes = event.get_attributes()
     if attributes.get("specversion") != "1.0":
         raise DecodeError(f"unsupported specversion {attributes.get('specversion')!r}")
+    for name, attribute in attributes.items():
+        if isinstance(attribute, str) and not _encodable(attribute):
+            # A lone surrogate (from a JSON escape) cannot be echoed in a Kafka header.
+            raise DecodeError(f"attribute {name!r} is not valid Unicode text")
+        if isinstance(attribute, str) and len(attribute) > MAX_ATTRIBUTE_LENGTH:
+            raise DecodeError(
+                f"attribute {name!r} is {len(attribute)} characters long "
+                f"(at most {MAX_ATTRIBUTE_LENGTH}); it is echoed on every reply event"
+            )
     return IncomingEvent(
         attributes=attributes,
         data=event.get_data(),
         mode="structured" if structured else "binary",
     )
+
+
+MAX_ATTRIBUTE_LENGTH = 4096
+"""Longest accepted attribute value: ids and extensions are echoed on every reply event."""
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _require_structured_id(value: bytes) -> None:
+    try:
+        document = json.loads(value)
+    except ValueError as exc:
+        raise DecodeError(
+            f"structured-mode value is not JSON ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(document, dict):
+        raise DecodeError("structured-mode value is not a JSON object")
+    event_id = cast(dict[str, Any], document).get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise DecodeError("no id: CloudEvents requires a non-empty string id")
 
 
 def encode_event(
@@ -187,12 +227,12 @@ class BinaryHeaders:
         )
         self._fixed = [(k, v) for k, v in template if k not in _PER_EVENT]
 
-    def __call__(self) -> Headers:
-        """Headers of one new event (fresh id and time)."""
+    def __call__(self, event_id: str | None = None) -> Headers:
+        """Headers of one new event: `event_id` (a fresh UUID by default) and the time."""
         now = datetime.now(UTC).isoformat()
         return [
             *self._fixed,
-            ("ce_id", str(uuid.uuid4()).encode()),
+            ("ce_id", (event_id or str(uuid.uuid4())).encode()),
             ("ce_time", (now[:-6] + "Z").encode()),
         ]
 

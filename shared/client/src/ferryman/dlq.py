@@ -1,18 +1,15 @@
 """Reading and replaying dead-letter topics (used by `ferryman dlq`)."""
-# aiokafka's annotations are partial (unparameterized generics); strict mode would flag every call.
-# pyright: reportUnknownMemberType=false, reportUnknownVariableType=false, reportUnknownArgumentType=false
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition  # pyright: ignore[reportMissingTypeStubs]
-
-from ferryman.client import wait_for_partitions
 from ferryman.codec import header_value
 from ferryman.contracts import events
+from ferryman.kafka_config import KafkaConnection
 from ferryman.publisher import KafkaPublisher
+from ferryman.topic_reader import read_topic_records
 
 
 @dataclass(frozen=True)
@@ -41,43 +38,24 @@ class DeadLetter:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
 
-async def read_dead_letters(bootstrap_servers: str, topic: str) -> AsyncIterator[DeadLetter]:
+async def read_dead_letters(
+    connection: str | KafkaConnection, topic: str
+) -> AsyncIterator[DeadLetter]:
     """Yield every record of `topic` from the beginning to its current end.
 
     Raises:
         LookupError: the topic does not exist.
-        aiokafka.errors.KafkaError: Kafka could not be reached.
+        aiokafka.errors.KafkaError: Kafka could not be reached or refused the credentials.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        partitions = await wait_for_partitions(consumer, topic, timeout=5.0)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(assigned)
-        await consumer.seek_to_beginning(*assigned)
-        ends: dict[TopicPartition, int] = await consumer.end_offsets(assigned)
-        remaining = {tp for tp in assigned if ends[tp] > await consumer.position(tp)}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset >= ends[tp]:
-                        continue
-                    yield DeadLetter(
-                        topic=tp.topic,
-                        partition=tp.partition,
-                        offset=record.offset,
-                        key=record.key,
-                        value=record.value,
-                        headers=list(record.headers),
-                    )
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
+    async for record in read_topic_records(connection, topic):
+        yield DeadLetter(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+        )
 
 
 async def replay(publisher: KafkaPublisher, letter: DeadLetter) -> str:
@@ -89,12 +67,19 @@ async def replay(publisher: KafkaPublisher, letter: DeadLetter) -> str:
         the topic the record was replayed to.
 
     Raises:
-        ValueError: the record has no `dlq-original-topic` header.
+        ValueError: the record has no `dlq-original-topic` header, or it was truncated to
+            fit the dead-letter topic (its original value is lost).
         aiokafka.errors.KafkaError: Kafka did not acknowledge the replay.
     """
     original_topic = letter.header(events.DLQ_ORIGINAL_TOPIC)
     if not original_topic:
         raise ValueError(f"{letter.location} has no {events.DLQ_ORIGINAL_TOPIC} header")
+    truncated = letter.header(events.DLQ_TRUNCATED)
+    if truncated is not None:
+        raise ValueError(
+            f"{letter.location} holds only part of the original value ({truncated} bytes); "
+            "replaying it would publish a different request"
+        )
     headers = [
         *[(k, v) for k, v in letter.original_headers if k != events.DLQ_REPLAY_OF],
         (events.DLQ_REPLAY_OF, letter.location.encode()),

@@ -6,6 +6,15 @@ byte (FastStream's header API is `dict[str, str]` and adds headers of its own),
 and chunks are sent without waiting for each acknowledgement so a fast stream
 is not paced by broker round trips; per-partition order still holds because
 the producer is idempotent.
+
+aiokafka's idempotent producer numbers each partition's batches when it hands
+them to the network and never takes a number back. A batch that fails for good
+(too large for the topic, or expired while a partition had no leader during a
+broker outage) leaves a gap, and the broker then refuses every later batch of
+that partition with `OutOfOrderSequenceNumber` until the process restarts.
+`KafkaPublisher` closes the gap the way Kafka's Java producer does: after any
+failed batch it drops the producer id, so the next batch asks the broker for a
+fresh id whose sequences start at zero.
 """
 # aiokafka's annotations are partial (unparameterized generics); strict mode would flag every call.
 # pyright: reportUnknownMemberType=false, reportUnknownVariableType=false, reportUnknownArgumentType=false
@@ -13,14 +22,73 @@ the producer is idempotent.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import functools
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # pyright: ignore[reportMissingTypeStubs]
+from aiokafka.errors import (  # pyright: ignore[reportMissingTypeStubs]
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from aiokafka.partitioner import DefaultPartitioner, murmur2  # pyright: ignore[reportMissingTypeStubs]
+from aiokafka.producer.transaction_manager import (  # pyright: ignore[reportMissingTypeStubs]
+    NO_PRODUCER_EPOCH,
+    NO_PRODUCER_ID,
+    PidAndEpoch,
+)
 from aiokafka.structs import RecordMetadata  # pyright: ignore[reportMissingTypeStubs]
 
 Headers = Sequence[tuple[str, bytes]]
+
+logger = logging.getLogger(__name__)
+
+_OWNED_OPTIONS = frozenset(
+    {
+        "bootstrap_servers",
+        "client_id",
+        "acks",
+        "enable_idempotence",
+        "transactional_id",
+        "linger_ms",
+        "partitioner",
+    }
+)
+
+
+class RecordTooLarge(MessageSizeTooLargeError):
+    """The broker or this producer refused a record as too large; resending it cannot succeed.
+
+    A `MessageSizeTooLargeError`, so `KafkaError` handlers see it; `retriable` is False.
+    """
+
+    def __init__(self, topic: str, size: int) -> None:
+        super().__init__(
+            f"a record of about {size} bytes is larger than topic {topic!r} accepts "
+            "(topic max.message.bytes, or the producer's max_request_size)"
+        )
+        self.topic = topic
+        self.size = size
+
+
+class ProducerRestarted(KafkaError):
+    """The producer's background sender stopped and a fresh producer replaced it.
+
+    Records still queued in the stopped one were not delivered; send them again.
+    """
+
+    retriable = True
+
+
+def is_record_too_large(error: BaseException) -> bool:
+    """Tell whether `error` means the record is too large for Kafka (not retryable).
+
+    A reply that is too large should end its request with a small `failed`
+    event rather than be retried; a dead letter should be truncated.
+    """
+    return isinstance(error, MessageSizeTooLargeError | RecordListTooLargeError)
 
 
 class _CachedKeyPartitioner:
@@ -45,16 +113,64 @@ class _CachedKeyPartitioner:
         return all_partitions[digest % len(all_partitions)]
 
 
+def _forget_producer_id(producer: AIOKafkaProducer) -> bool:
+    """Drop `producer`'s id and sequence numbers so its sender fetches a fresh id.
+
+    Relies on aiokafka 0.14's TransactionManager; tests/unit/test_publisher.py guards it.
+    Returns False when there was nothing to drop (a fresh id is already on its way).
+    """
+    manager = producer._txn_manager  # pyright: ignore[reportPrivateUsage]
+    if manager is None or not manager.has_pid():
+        return False
+    # The sender checks for an id before every drain and asks the broker when there is
+    # none. Batches already numbered keep the old id; the broker still accepts their
+    # retries, and their partition stays muted until they are done, so order holds.
+    manager._pid_waiter = asyncio.get_running_loop().create_future()  # pyright: ignore[reportPrivateUsage]
+    manager._sequence_numbers.clear()  # pyright: ignore[reportPrivateUsage]
+    manager._pid_and_epoch = PidAndEpoch(NO_PRODUCER_ID, NO_PRODUCER_EPOCH)  # pyright: ignore[reportPrivateUsage]
+    return True
+
+
+def _sender_stopped(producer: AIOKafkaProducer) -> bool:
+    task = producer._sender.sender_task  # pyright: ignore[reportPrivateUsage]
+    return task is not None and task.done()
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    return len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+
+
 class KafkaPublisher:
     """Publishes records with `acks=all` and idempotence on.
+
+    A failed record never stops later records to the same partition: the
+    producer takes a fresh producer id after any failed batch, and is replaced
+    outright if its background sender dies.
 
     Args:
         bootstrap_servers: comma-separated `host:port` list.
         client_id: names this client in broker logs.
         linger_ms: how long the producer may wait to batch records.
+        connection: extra `AIOKafkaProducer` options (security protocol, SASL,
+            SSL context, timeouts), merged into the producer's options.
+
+    Raises:
+        ValueError: `connection` sets an option the publisher owns (acks,
+            idempotence, partitioner, linger, servers, client id).
     """
 
-    def __init__(self, bootstrap_servers: str, *, client_id: str, linger_ms: int = 0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        client_id: str,
+        linger_ms: int = 0,
+        connection: Mapping[str, Any] | None = None,
+    ) -> None:
+        extra = dict(connection or {})
+        owned = sorted(_OWNED_OPTIONS & extra.keys())
+        if owned:
+            raise ValueError(f"KafkaPublisher sets these producer options itself: {owned}")
         self._options: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "client_id": client_id,
@@ -63,8 +179,10 @@ class KafkaPublisher:
             "linger_ms": linger_ms,
             "max_request_size": 4 * 1024 * 1024,
             "partitioner": _CachedKeyPartitioner(),
+            **extra,
         }
         self._producer_or_none: AIOKafkaProducer | None = None
+        self._replacing = asyncio.Lock()
 
     @property
     def _producer(self) -> AIOKafkaProducer:
@@ -78,9 +196,17 @@ class KafkaPublisher:
         Raises:
             aiokafka.errors.KafkaConnectionError: no broker answered.
         """
+        self._producer_or_none = await self._started_producer()
+
+    async def _started_producer(self) -> AIOKafkaProducer:
         # Created here, not in __init__: aiokafka binds to the running event loop.
-        self._producer_or_none = AIOKafkaProducer(**self._options)
-        await self._producer_or_none.start()
+        producer = AIOKafkaProducer(**self._options)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
 
     async def stop(self) -> None:
         """Flush pending records and disconnect."""
@@ -97,13 +223,26 @@ class KafkaPublisher:
     ) -> asyncio.Future[RecordMetadata]:
         """Enqueue a record; the returned future resolves when Kafka acknowledged it.
 
+        The future fails with `RecordTooLarge` when the broker refuses the record's
+        size, and with another `KafkaError` when it was not delivered (send it again).
+
         Raises:
+            RecordTooLarge: the record exceeds the producer's `max_request_size`.
             aiokafka.errors.KafkaError: the record could not be enqueued.
         """
-        future: asyncio.Future[RecordMetadata] = await self._producer.send(  # pyright: ignore[reportUnknownMemberType]
-            topic, value=value, key=key, headers=list(headers)
-        )
-        return future
+        producer = self._producer
+        if _sender_stopped(producer):
+            producer = await self._replace_stopped(producer)
+        try:
+            sent: asyncio.Future[RecordMetadata] = await producer.send(
+                topic, value=value, key=key, headers=list(headers)
+            )
+        except MessageSizeTooLargeError as exc:
+            raise RecordTooLarge(topic, _record_size(key, value, headers)) from exc
+        acked: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        size = functools.partial(_record_size, key, value, headers)
+        sent.add_done_callback(functools.partial(self._settle, acked, producer, topic, size))
+        return acked
 
     async def send_and_wait(
         self,
@@ -116,6 +255,53 @@ class KafkaPublisher:
         """Publish a record and wait until Kafka acknowledged it.
 
         Raises:
+            RecordTooLarge: the record is larger than the topic or producer accepts.
             aiokafka.errors.KafkaError: the record was not acknowledged.
         """
         return await (await self.send(topic, value, key=key, headers=headers))
+
+    def _settle(
+        self,
+        acked: asyncio.Future[RecordMetadata],
+        producer: AIOKafkaProducer,
+        topic: str,
+        size: functools.partial[int],
+        sent: asyncio.Future[RecordMetadata],
+    ) -> None:
+        # Runs before the sender drains the partition again: the failed batch's callbacks
+        # were scheduled before the sender task could wake up.
+        if sent.cancelled():
+            acked.cancel()
+            return
+        error = sent.exception()
+        if error is None:
+            if not acked.done():
+                acked.set_result(sent.result())
+            return
+        if producer is self._producer_or_none and _forget_producer_id(producer):
+            logger.warning(
+                "a batch to %s failed (%s); taking a fresh producer id so later records "
+                "to its partition are accepted",
+                topic,
+                type(error).__name__,
+            )
+        if is_record_too_large(error):
+            too_large = RecordTooLarge(topic, size())
+            too_large.__cause__ = error
+            error = too_large
+        if not acked.done():
+            acked.set_exception(error)
+
+    async def _replace_stopped(self, stopped: AIOKafkaProducer) -> AIOKafkaProducer:
+        async with self._replacing:
+            if self._producer_or_none is not stopped:
+                return self._producer
+            logger.error("the Kafka producer's sender stopped; starting a fresh producer")
+            fresh = await self._started_producer()
+            self._producer_or_none = fresh
+        # Whatever the dead sender left queued would wait forever; fail it so callers resend.
+        stopped._message_accumulator.fail_all(  # pyright: ignore[reportPrivateUsage]
+            ProducerRestarted("the producer was replaced before this record was delivered")
+        )
+        await stopped.stop()
+        return fresh

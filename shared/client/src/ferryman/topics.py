@@ -1,4 +1,6 @@
-"""Creates missing topics at startup (idempotent)."""
+"""Creates missing topics (idempotent) and waits for a topic's partitions to be known."""
+# aiokafka's annotations are partial (unparameterized generics); strict mode would flag every call.
+# pyright: reportUnknownMemberType=false, reportUnknownVariableType=false, reportUnknownArgumentType=false
 
 from __future__ import annotations
 
@@ -8,14 +10,17 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer  # pyright: ignore[reportMissingTypeStubs]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # pyright: ignore[reportMissingTypeStubs]
 from aiokafka.errors import TopicAlreadyExistsError  # pyright: ignore[reportMissingTypeStubs]
+
+from ferryman.kafka_config import KafkaConnection
 
 logger = logging.getLogger(__name__)
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    connection: str | KafkaConnection,
     names: Iterable[str],
     *,
     partitions: int,
@@ -25,10 +30,14 @@ async def ensure_topics(
     """Create each topic in `names` that does not exist yet, and wait until its partitions
     have leaders (at most `ready_timeout` seconds).
 
+    `connection` is a `KafkaConnection`, or a bootstrap list of a plaintext cluster.
+
     Raises:
-        aiokafka.errors.KafkaError: the cluster refused or could not be reached.
+        aiokafka.errors.KafkaError: the cluster refused (for example, the principal may not
+            create topics) or could not be reached.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    options = KafkaConnection.coerce(connection).aiokafka_options("ferryman-admin")
+    admin = AIOKafkaAdminClient(**options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -69,3 +78,24 @@ def _has_leaders(topic: dict[str, Any]) -> bool:
         and bool(partitions)
         and all(p.get("leader", -1) >= 0 for p in partitions)
     )
+
+
+async def wait_for_partitions(
+    consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0
+) -> set[int]:
+    """Return the partitions of `topic`, waiting for metadata of a just-created topic.
+
+    Raises:
+        LookupError: the topic has no partitions after `timeout` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return set(partitions)
+        if loop.time() > deadline:
+            raise LookupError(f"topic {topic!r} does not exist (no partitions in metadata)")
+        await consumer._client.force_metadata_update()  # pyright: ignore[reportPrivateUsage]
+        if not consumer.partitions_for_topic(topic):
+            await asyncio.sleep(0.1)  # metadata of a new topic propagates within moments

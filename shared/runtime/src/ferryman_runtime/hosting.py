@@ -9,6 +9,7 @@ connections of its own.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
@@ -42,6 +43,36 @@ class HostedService(Protocol):
     def health(self) -> dict[str, Any]:
         """A JSON-able status; `ready` says whether it is consuming."""
         ...
+
+    async def wait_failed(self) -> BaseException | None:
+        """Return (only) when the service failed for good and the process must exit."""
+        ...
+
+
+class _FailureWatch:
+    """Turns a service's fatal failure into an orderly shutdown and a non-zero exit."""
+
+    def __init__(self) -> None:
+        self.failure: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, service: HostedService) -> None:
+        self.failure = None
+        self._task = asyncio.create_task(self._run(service), name="ferryman-failure-watch")
+
+    async def _run(self, service: HostedService) -> None:
+        failure = await service.wait_failed()
+        self.failure = failure or RuntimeError("the service failed")
+        logger.critical("service failed, shutting down to be restarted: %r", self.failure)
+        # uvicorn's own SIGTERM path drains the service, then `serve` reports the failure.
+        signal.raise_signal(signal.SIGTERM)
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+_WATCH = _FailureWatch()
 
 
 JsonEndpoint = Callable[[], Awaitable[tuple[int, dict[str, Any]]]]
@@ -87,11 +118,20 @@ def create_host_app(
     routes: list[tuple[str, Any]] = [("/metrics", make_asgi_app(registry))]  # pyright: ignore[reportUnknownArgumentType]
     routes.append(("/health", json_route(health)))
     routes.extend((path, json_route(endpoint)) for path, endpoint in (extra_routes or {}).items())
+
+    async def start() -> None:
+        await service.start()
+        _WATCH.watch(service)
+
+    async def stop() -> None:
+        _WATCH.cancel()
+        await service.stop()
+
     return AsgiFastStream(
         broker,
         asgi_routes=routes,
-        on_startup=[service.start],
-        on_shutdown=[service.stop],
+        on_startup=[start],
+        on_shutdown=[stop],
         logger=None,
     )
 
@@ -104,12 +144,15 @@ class _DrainingServer(uvicorn.Server):
             self._captured_signals.remove(sig)  # pyright: ignore[reportPrivateUsage]
 
 
-async def serve(app: AsgiFastStream, *, host: str, port: int) -> None:
+async def serve(app: AsgiFastStream, *, host: str, port: int) -> int:
     """Run `app` under uvicorn until SIGTERM or SIGINT, then shut it down in order.
 
-    After SIGTERM the process exits 0 once in-flight work is drained.
+    Returns:
+        the process exit code: 0 after SIGTERM once in-flight work is drained, 1 when the
+        service failed for good (its consumer died) and shut itself down.
     """
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", lifespan="on", access_log=False
     )
     await _DrainingServer(config).serve()
+    return 0 if _WATCH.failure is None else 1

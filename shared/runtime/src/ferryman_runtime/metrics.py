@@ -32,6 +32,18 @@ class ConsumerMetrics:
             ["topic"],
             registry=registry,
         )
+        self.exhausted = Counter(
+            f"{prefix}_records_exhausted_total",
+            "Records whose handler failed its last allowed attempt (handed to on_exhausted).",
+            ["topic"],
+            registry=registry,
+        )
+        self.undecodable = Counter(
+            f"{prefix}_records_undecodable_total",
+            "Records the Kafka client could not decode (handed to on_undecodable).",
+            ["topic"],
+            registry=registry,
+        )
         self.commits = Counter(
             f"{prefix}_offset_commits_total", "Successful offset commits.", registry=registry
         )

@@ -10,12 +10,19 @@ aiokafka inside the FastStream app (see `ferryman_runtime.hosting`):
 * every fetched record becomes a task; at most `max_in_flight` run at once;
   at the limit the consumer pauses its partitions (backpressure) but keeps
   polling, so the group never sees it as dead;
+* with `key_ordered`, records of one key (per partition) run one at a time in
+  offset order (`ferryman_runtime.key_order`);
 * completion is tracked per partition (`PartitionOffsets`) and only the lowest
   unfinished offset is committed, soon after it advances;
 * a handler that raises is retried with capped exponential backoff without
-  committing (a worker that cannot reach the DLQ must not lose the record);
+  committing; after `max_attempts` the record goes to `on_exhausted` (which
+  dead-letters it) and only then counts as finished (`record_attempts`);
+* a record aiokafka cannot decode is read raw and handed to `on_undecodable`,
+  and its partition moves on (`ferryman_runtime.undecodable`);
 * on rebalance, revoked partitions get a last commit of what is finished, and
   work on partitions that did not come back is cancelled, uncommitted;
+* the fetch and commit loops are supervised: if one dies, `failure` is set,
+  `failed` fires and `ready` turns false, so the host can exit non-zero;
 * `stop()` stops fetching, lets in-flight work finish within a grace period,
   cancels the rest (it will be redelivered), commits and leaves the group.
 """
@@ -26,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import (  # pyright: ignore[reportMissingTypeStubs]
@@ -37,15 +45,23 @@ from aiokafka import (  # pyright: ignore[reportMissingTypeStubs]
     TopicPartition,
 )
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
-from aiokafka.structs import OffsetAndMetadata  # pyright: ignore[reportMissingTypeStubs]
 
+from ferryman_runtime.in_flight import InFlight
+from ferryman_runtime.log_throttle import quiet_kafka_client_logs
 from ferryman_runtime.metrics import ConsumerMetrics
-from ferryman_runtime.offsets import PartitionOffsets
+from ferryman_runtime.offsets import OffsetCommitter, PartitionOffsets
+from ferryman_runtime.record_attempts import (
+    Backoff,
+    ExhaustedHandler,
+    RecordAttempts,
+    RecordHandler,
+    UndecodableHandler,
+)
+from ferryman_runtime.skip_undecodable import UndecodableSkipper
+
+__all__ = ["ExhaustedHandler", "ParallelConsumer", "RecordHandler", "UndecodableHandler"]
 
 logger = logging.getLogger(__name__)
-
-RecordHandler = Callable[[ConsumerRecord[bytes, bytes], int], Awaitable[None]]
-"""Processes one record; the int is the attempt number (1 on first delivery)."""
 
 
 class ParallelConsumer:
@@ -56,11 +72,26 @@ class ParallelConsumer:
         topics: topics to subscribe to.
         group_id: the consumer group shared by all replicas.
         handler: called once per record (again on failure, with a higher attempt).
-        max_in_flight: records processed at once by this process.
-        metrics: where to count records, retries and commits.
+        max_in_flight: records processed at once by this process (records waiting for
+            an earlier record of their key count too).
+        metrics: where to count records, retries, hand-overs and commits.
         client_id: names this client in broker logs.
-        retry_backoff: first and maximum delay between handler retries, seconds.
+        retry_backoff: first and maximum delay between handler retries, seconds (also
+            between retries of `on_exhausted` and `on_undecodable`).
         commit_interval: minimum seconds between two commits (they are coalesced).
+        session_timeout_ms: the group session timeout (heartbeats every quarter of it).
+        key_ordered: run records of one key (in one partition) one at a time, in offset
+            order; records without a key never wait.
+        max_attempts: handler calls per record before `on_exhausted` takes it over.
+        on_exhausted: `(record, attempts, last_error)`, awaited after the last failed
+            attempt (or at once for a non-retryable `FerrymanError`); retried until it
+            succeeds, then the record is finished. None: retry the handler forever.
+        on_undecodable: awaited with each record aiokafka cannot decode, then the
+            record is finished; retried until it succeeds. None: such a record makes
+            the consumer fail (see `failure`) instead of skipping it.
+        client_options: extra `AIOKafkaConsumer` options (security, fetch sizes, ...).
+        log_interval: seconds between two log lines of one repeated Kafka failure.
+        final_commit_timeout: seconds `stop()` waits for its last commit.
     """
 
     def __init__(
@@ -76,16 +107,27 @@ class ParallelConsumer:
         retry_backoff: tuple[float, float] = (0.5, 30.0),
         commit_interval: float = 0.2,
         session_timeout_ms: int = 10_000,
+        key_ordered: bool = False,
+        max_attempts: int = 5,
+        on_exhausted: ExhaustedHandler | None = None,
+        on_undecodable: UndecodableHandler | None = None,
+        client_options: Mapping[str, Any] | None = None,
+        log_interval: float = 30.0,
+        final_commit_timeout: float = 10.0,
     ) -> None:
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
         self._topics = list(topics)
         self._group_id = group_id
-        self._handler = handler
-        self._max_in_flight = max_in_flight
         self._metrics = metrics
-        self._retry_backoff = retry_backoff
-        self._commit_interval = commit_interval
+        self._attempts = RecordAttempts(
+            handler=handler,
+            max_attempts=max_attempts,
+            on_exhausted=on_exhausted,
+            on_undecodable=on_undecodable,
+            backoff=Backoff(*retry_backoff),
+            metrics=metrics,
+        )
+        self._log_interval = log_interval
+        self._final_commit_timeout = final_commit_timeout
         self._consumer_options: dict[str, Any] = {
             "bootstrap_servers": bootstrap_servers,
             "group_id": group_id,
@@ -94,18 +136,41 @@ class ParallelConsumer:
             "auto_offset_reset": "earliest",
             "session_timeout_ms": session_timeout_ms,
             "heartbeat_interval_ms": max(session_timeout_ms // 4, 500),
+            # aiokafka's 100 ms default retries metadata, coordinator lookups and fetches
+            # ten times a second while a broker is down; half a second is plenty.
+            "retry_backoff_ms": 500,
+            **(client_options or {}),
         }
         self._consumer_or_none: AIOKafkaConsumer | None = None
-        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
-        self._tasks: dict[tuple[TopicPartition, int], asyncio.Task[None]] = {}
-        self._slot_freed = asyncio.Event()
-        self._commit_wanted = asyncio.Event()
-        self._commit_lock = asyncio.Lock()
+        self._in_flight = InFlight(
+            max_in_flight=max_in_flight,
+            key_ordered=key_ordered,
+            metrics=metrics,
+            on_advance=lambda: self._committer.wanted.set(),
+            on_bug=self._fail,
+        )
+        self._offsets = self._in_flight.partitions
+        self._committer = OffsetCommitter(
+            lambda: self._consumer,
+            self._offsets,
+            metrics,
+            interval=commit_interval,
+            log_interval=log_interval,
+        )
+        self._undecodable = UndecodableSkipper(
+            lambda: self._consumer,
+            self._in_flight,
+            self._attempts,
+            max_bytes=int(self._consumer_options.get("max_partition_fetch_bytes", 1 << 20)),
+        )
         self._fetch_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._paused = False
+        self._started = False
         self._stopping = False
-        self._peak_in_flight = 0
+        self._joined = False
+        self._failure: BaseException | None = None
+        self._failed = asyncio.Event()
         self._assigned_once = asyncio.Event()
         self._share = 0.0
 
@@ -118,17 +183,45 @@ class ParallelConsumer:
     @property
     def in_flight(self) -> int:
         """Records being processed right now."""
-        return len(self._tasks)
+        return self._in_flight.count
 
     @property
     def peak_in_flight(self) -> int:
         """The most records ever processed at once by this consumer."""
-        return self._peak_in_flight
+        return self._in_flight.peak
 
     @property
     def assignment(self) -> list[TopicPartition]:
         """Partitions currently assigned to this consumer."""
         return sorted(self._offsets, key=lambda tp: (tp.topic, tp.partition))
+
+    @property
+    def ready(self) -> bool:
+        """Whether this consumer is running and in its group.
+
+        True exactly when: `start()` returned and `stop()` was not called; no loop
+        failed (`failure` is None); the fetch loop is running; the group completed a
+        join with this member (it may hold zero partitions when the group has more
+        replicas than partitions); and the group coordinator is reachable and still
+        knows this member: aiokafka forgets the coordinator when a request to it fails
+        or no heartbeat succeeded for a session timeout, and the generation when the
+        broker no longer recognises the member, until it rejoins.
+        """
+        if not self._started or self._stopping or self._failure is not None:
+            return False
+        if self._fetch_task is None or self._fetch_task.done() or not self._joined:
+            return False
+        return _is_group_member(self._consumer)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why the fetch or commit loop died, or None while they run."""
+        return self._failure
+
+    @property
+    def failed(self) -> asyncio.Event:
+        """Set when the fetch or commit loop died; consumption has stopped for good."""
+        return self._failed
 
     def share(self) -> float:
         """This consumer's assigned partitions ÷ all partitions of its topics (0 before any).
@@ -146,7 +239,8 @@ class ParallelConsumer:
         self._share = min(1.0, len(self._offsets) / total) if total else 0.0
 
     async def wait_assigned(self, timeout: float) -> bool:
-        """Wait until the group assigned partitions at least once; return whether it did."""
+        """Wait until the group assigned partitions (possibly none) at least once; return
+        whether it did."""
         try:
             await asyncio.wait_for(self._assigned_once.wait(), timeout)
         except TimeoutError:
@@ -155,16 +249,19 @@ class ParallelConsumer:
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for `/health`."""
+        failure = self._failure
         return {
             "group_id": self._group_id,
             "topics": self._topics,
+            "ready": self.ready,
             "assigned": [f"{tp.topic}:{tp.partition}" for tp in self.assignment],
             "share": round(self._share, 4),
             "in_flight": self.in_flight,
-            "peak_in_flight": self._peak_in_flight,
-            "max_in_flight": self._max_in_flight,
+            "peak_in_flight": self._in_flight.peak,
+            "max_in_flight": self._in_flight.max_in_flight,
             "paused": self._paused,
             "stopping": self._stopping,
+            "failure": None if failure is None else f"{type(failure).__name__}: {failure}"[:500],
         }
 
     async def start(self) -> None:
@@ -173,27 +270,31 @@ class ParallelConsumer:
         Raises:
             aiokafka.errors.KafkaConnectionError: no broker answered.
         """
+        quiet_kafka_client_logs(self._log_interval)
         # Created here, not in __init__: aiokafka binds to the running event loop.
         self._consumer_or_none = AIOKafkaConsumer(**self._consumer_options)
         await self._consumer.start()
         self._consumer.subscribe(topics=self._topics, listener=_Listener(self))
-        self._fetch_task = asyncio.create_task(self._fetch_loop(), name="ferryman-fetch")
-        self._commit_task = asyncio.create_task(self._commit_loop(), name="ferryman-commit")
+        self._fetch_task = self._supervised(self._fetch_loop(), "ferryman-fetch")
+        self._commit_task = self._supervised(self._committer.run(), "ferryman-commit")
+        self._started = True
 
     async def stop(self, grace_period: float) -> None:
         """Stop fetching, finish in-flight work within `grace_period` seconds, commit, leave.
 
         Work still running after the grace period is cancelled and not committed,
-        so the group redelivers it after a restart.
+        so the group redelivers it after a restart. The last commit is abandoned after
+        `final_commit_timeout` (e.g. during a broker outage); its records are redelivered.
         """
+        if self._consumer_or_none is None:
+            return
         self._stopping = True
         if self._fetch_task is not None:
             self._fetch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._fetch_task
+            await asyncio.gather(self._fetch_task, return_exceptions=True)
         with contextlib.suppress(KafkaError, AssertionError):
             self._consumer.pause(*self._consumer.assignment())
-        pending = list(self._tasks.values())
+        pending = self._in_flight.tasks()
         if pending:
             logger.info("draining %d in-flight records (grace %.1fs)", len(pending), grace_period)
             _done, still_running = await asyncio.wait(pending, timeout=grace_period)
@@ -204,37 +305,63 @@ class ParallelConsumer:
                 await asyncio.gather(*still_running, return_exceptions=True)
         if self._commit_task is not None:
             self._commit_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._commit_task
-        await self._commit()
+            await asyncio.gather(self._commit_task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._committer.commit(), self._final_commit_timeout)
+        except TimeoutError:
+            logger.warning("last commit abandoned after %.1fs", self._final_commit_timeout)
         await self._consumer.stop()
+
+    def _supervised(self, loop: Awaitable[None], name: str) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(loop)
+        task.set_name(name)
+        task.add_done_callback(self._loop_ended)
+        return task
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if self._stopping:
+            return
+        if task.cancelled():
+            self._fail(RuntimeError(f"{task.get_name()} was cancelled"))
+        else:
+            self._fail(task.exception() or RuntimeError(f"{task.get_name()} returned"))
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is not None:
+            return
+        self._failure = error
+        logger.error(
+            "consumer of %s failed; no more records will be fetched", self._topics, exc_info=error
+        )
+        self._failed.set()
 
     async def _fetch_loop(self) -> None:
         while True:
-            free = self._max_in_flight - len(self._tasks)
-            if free <= 0:
-                self._pause()
-                self._slot_freed.clear()
-                # Poll even while paused so the group does not evict us (max.poll.interval).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
-                batch = await self._consumer.getmany(timeout_ms=0)
-            else:
-                self._resume()
-                batch = await self._consumer.getmany(timeout_ms=500, max_records=free)
+            try:
+                batch = await self._poll()
+            except UnicodeDecodeError as exc:
+                await self._undecodable.skip(exc)
+                continue
             for tp, records in batch.items():
                 offsets = self._offsets.get(tp)
                 if offsets is None:  # revoked while the batch was in hand
                     continue
                 for record in records:
-                    if offsets.seen(record.offset):
-                        continue
-                    offsets.add(record.offset)
-                    self._metrics.records.labels(topic=tp.topic).inc()
-                    task = asyncio.create_task(self._process(tp, record, offsets))
-                    self._tasks[(tp, record.offset)] = task
-            self._peak_in_flight = max(self._peak_in_flight, len(self._tasks))
-            self._metrics.in_flight.set(len(self._tasks))
+                    if not offsets.seen(record.offset):
+                        settle = functools.partial(self._attempts.settle, record)
+                        self._in_flight.dispatch(tp, offsets, record.offset, record.key, settle)
+
+    async def _poll(self) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        free = self._in_flight.free
+        if free <= 0:
+            self._pause()
+            self._in_flight.slot_freed.clear()
+            # Poll even while paused so the group does not evict us (max.poll.interval).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._in_flight.slot_freed.wait(), timeout=1.0)
+            return await self._consumer.getmany(timeout_ms=0)
+        self._resume()
+        return await self._consumer.getmany(timeout_ms=500, max_records=free)
 
     def _pause(self) -> None:
         if not self._paused:
@@ -250,79 +377,18 @@ class ParallelConsumer:
             self._paused = False
             self._metrics.paused.set(0)
 
-    async def _process(
-        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], offsets: PartitionOffsets
-    ) -> None:
-        attempt = 1
-        try:
-            while True:
-                try:
-                    await self._handler(record, attempt)
-                    break
-                except Exception:
-                    delay = min(self._retry_backoff[1], self._retry_backoff[0] * 2 ** (attempt - 1))
-                    logger.exception(
-                        "handler failed for %s:%d@%d (attempt %d); retrying in %.1fs",
-                        tp.topic,
-                        tp.partition,
-                        record.offset,
-                        attempt,
-                        delay,
-                    )
-                    self._metrics.handler_retries.labels(topic=tp.topic).inc()
-                    attempt += 1
-                    await asyncio.sleep(delay)
-            if offsets.finish(record.offset):
-                self._commit_wanted.set()
-        finally:
-            self._tasks.pop((tp, record.offset), None)
-            self._metrics.in_flight.set(len(self._tasks))
-            self._slot_freed.set()
-
-    async def _commit_loop(self) -> None:
-        while True:
-            await self._commit_wanted.wait()
-            self._commit_wanted.clear()
-            await self._commit()
-            # Coalesce: completions during this pause share the next commit.
-            await asyncio.sleep(self._commit_interval)
-
-    async def _commit(self, partitions: Iterable[TopicPartition] | None = None) -> None:
-        async with self._commit_lock:
-            wanted = self._offsets if partitions is None else partitions
-            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-            for tp in wanted:
-                state = self._offsets.get(tp)
-                if state is not None and state.needs_commit() and state.committable is not None:
-                    offsets[tp] = OffsetAndMetadata(state.committable, "")
-            if not offsets:
-                return
-            try:
-                await self._consumer.commit(offsets)  # pyright: ignore[reportArgumentType]
-            except (KafkaError, AssertionError) as exc:
-                # A rebalance is in progress or we lost the group; the next commit retries.
-                logger.warning("commit failed (%s); will retry", exc)
-                self._commit_wanted.set()
-                return
-            for tp, meta in offsets.items():
-                self._offsets[tp].committed = meta.offset
-            self._metrics.commits.inc()
-
     async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
         if revoked:
-            await self._commit(revoked)
+            await self._committer.commit(revoked)
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         lost = set(self._offsets) - assigned
         for tp in lost:
-            tasks = [task for (t, _), task in self._tasks.items() if t == tp]
-            if tasks:
+            cancelled = self._in_flight.drop(tp)
+            if cancelled:
                 logger.warning(
-                    "partition %s:%d lost; cancelling %d", tp.topic, tp.partition, len(tasks)
+                    "partition %s:%d lost; cancelled %d", tp.topic, tp.partition, cancelled
                 )
-            for task in tasks:
-                task.cancel()
-            del self._offsets[tp]
         for tp in assigned:
             state = self._offsets.get(tp)
             if state is None:
@@ -333,8 +399,18 @@ class ParallelConsumer:
         if self._paused:
             self._consumer.pause(*assigned)
         self._update_share()
+        self._joined = True
         self._assigned_once.set()
         logger.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+
+def _is_group_member(consumer: AIOKafkaConsumer) -> bool:
+    # aiokafka exposes no membership state; these GroupCoordinator attributes (read in
+    # 0.14) are None / -1 while the coordinator is unreachable / the member is unknown.
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None:
+        return False
+    return coordinator.coordinator_id is not None and coordinator.generation >= 0
 
 
 class _Listener(ConsumerRebalanceListener):  # pyright: ignore[reportUntypedBaseClass]

@@ -11,15 +11,22 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 
 import pybreaker  # pyright: ignore[reportMissingTypeStubs]
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from ferryman.contracts import ErrorCode, FerrymanError
+from ferryman_runtime.bounded_keys import BoundedKeys
 
 _STATE_VALUES = {"closed": 0, "half-open": 1, "open": 2}
+
+REPORTED_AD_HOC = 16
+"""Ad hoc circuits that are not closed listed by `Breakers.states()` at most."""
 
 
 def _not_a_failure(error: BaseException) -> bool:
@@ -58,6 +65,7 @@ class Breaker:
             name=name,
         )
         self._probe = asyncio.Lock()
+        self._calls = 0
 
     def _state_changed(self, state: str) -> None:
         self._opened_at = time.monotonic() if state == "open" else None
@@ -68,6 +76,15 @@ class Breaker:
     def state(self) -> str:
         """`closed`, `open` or `half-open`."""
         return str(self._breaker.current_state)
+
+    @property
+    def idle(self) -> bool:
+        """Closed, with no failure counted and no call in flight: a new breaker is the same."""
+        return (
+            self._calls == 0
+            and self._breaker.current_state == "closed"
+            and self._breaker.fail_counter == 0
+        )
 
     def allows(self) -> bool:
         """Whether a call may go through now (routing skips upstreams that are not allowed)."""
@@ -94,6 +111,7 @@ class Breaker:
         if not closed and self._probe.locked():
             raise self._open_error()
         async with lock:  # type: ignore[attr-defined]
+            self._calls += 1
             try:
                 with self._breaker.calling():
                     yield
@@ -102,6 +120,8 @@ class Breaker:
                 if isinstance(cause, FerrymanError):  # the call that tripped the circuit
                     raise cause from None
                 raise self._open_error() from exc
+            finally:
+                self._calls -= 1
 
     def _open_error(self) -> FerrymanError:
         return FerrymanError(ErrorCode.UNAVAILABLE, f"circuit open for {self.name}", retryable=True)
@@ -116,51 +136,118 @@ class _StateListener(pybreaker.CircuitBreakerListener):  # pyright: ignore[repor
 
 
 class Breakers:
-    """A breaker per upstream key, created on first use, with state exported as a gauge.
+    """A breaker per upstream key, created on first use, with its state exported as a gauge.
+
+    Listed keys (configured upstreams) keep a breaker and a gauge series each, for good.
+    Ad hoc keys (upstreams a producer names, e.g. a model requested directly) get a breaker
+    each too, so one broken model does not open its whole provider, but at most
+    `max_ad_hoc` of them are kept and they share their group's gauge series, which shows
+    the group's worst state. A full map forgets idle breakers first (closed, no failure
+    counted, no call in flight: a new one would behave the same); only when none is idle
+    does it forget the least recently used whatever its state: with more broken models
+    than the bound, bounded memory comes before remembering every open circuit.
 
     Args:
         registry: where `<prefix>_circuit_state{upstream}` (0 closed, 1 half-open, 2 open) goes.
         prefix: metric name prefix.
         fail_max: see `Breaker`.
         reset_timeout: see `Breaker`.
+        max_ad_hoc: most ad hoc breakers kept at once.
+
+    Raises:
+        ValueError: `max_ad_hoc` is below 1.
     """
 
     def __init__(
-        self, registry: CollectorRegistry, prefix: str, *, fail_max: int, reset_timeout: float
+        self,
+        registry: CollectorRegistry,
+        prefix: str,
+        *,
+        fail_max: int,
+        reset_timeout: float,
+        max_ad_hoc: int = 256,
     ) -> None:
         self._fail_max = fail_max
         self._reset_timeout = reset_timeout
-        self._breakers: dict[str, Breaker] = {}
-        self._gauge = Gauge(
-            f"{prefix}_circuit_state",
-            "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
-            ["upstream"],
-            registry=registry,
-        )
+        self._breakers = BoundedKeys(self._new, max_ad_hoc=max_ad_hoc, idle=lambda b: b.idle)
+        self._groups: set[str] = set()
+        registry.register(_CircuitGauge(f"{prefix}_circuit_state", self))
 
-    def get(self, key: str) -> Breaker:
-        """Return the breaker of `key`."""
-        breaker = self._breakers.get(key)
-        if breaker is None:
-            gauge = self._gauge.labels(upstream=key)
-            gauge.set(0)
-            breaker = Breaker(
-                key,
-                fail_max=self._fail_max,
-                reset_timeout=self._reset_timeout,
-                on_state=lambda state: gauge.set(_STATE_VALUES.get(state, 2)),
-            )
-            self._breakers[key] = breaker
-        return breaker
+    def _new(self, key: str) -> Breaker:
+        return Breaker(key, fail_max=self._fail_max, reset_timeout=self._reset_timeout)
+
+    def get(self, key: str, group: str | None = None) -> Breaker:
+        """Return the breaker of `key`.
+
+        Args:
+            key: the upstream.
+            group: None for a listed (configured) upstream; otherwise the few-valued name
+                that stands for ad hoc upstream `key` in the gauge (e.g. `openai/*`).
+        """
+        if group is not None:
+            self._groups.add(group)
+        return self._breakers.get(key, group)
+
+    def allows(self, key: str) -> bool:
+        """Whether a call to `key` may go through now (no breaker is created)."""
+        breaker = self._breakers.peek(key)
+        return breaker is None or breaker.allows()
 
     def state_of(self, key: str) -> str:
         """`key`'s state (`closed` when it has no breaker yet; none is created)."""
-        breaker = self._breakers.get(key)
+        breaker = self._breakers.peek(key)
         return breaker.state if breaker is not None else "closed"
 
     def states(self) -> dict[str, str]:
-        """Every known upstream's state, for `/health`."""
-        return {key: breaker.state for key, breaker in sorted(self._breakers.items())}
+        """For `/health`: every listed upstream's state, and the most recently used ad hoc
+        upstreams whose circuit is not closed (at most `REPORTED_AD_HOC` of them)."""
+        states = {key: breaker.state for key, breaker in self._breakers.listed()}
+        reported = 0
+        for key, _, breaker in self._breakers.ad_hoc():
+            if reported == REPORTED_AD_HOC:
+                break
+            state = breaker.state
+            if state != "closed":
+                states[key] = state
+                reported += 1
+        return dict(sorted(states.items()))
+
+    def series(self) -> dict[str, int]:
+        """The gauge's values: listed upstreams by key, ad hoc ones by group (worst state)."""
+        values = dict.fromkeys(sorted(self._groups), 0)
+        for key, breaker in self._breakers.listed():
+            values[key] = max(values.get(key, 0), _STATE_VALUES.get(breaker.state, 2))
+        for _, group, breaker in self._breakers.ad_hoc():
+            values[group] = max(values[group], _STATE_VALUES.get(breaker.state, 2))
+        return values
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+
+class _CircuitGauge(Collector):
+    """Reads `Breakers.series()` at every scrape, so an ad hoc breaker leaves no series."""
+
+    def __init__(self, name: str, breakers: Breakers) -> None:
+        self._name = name
+        self._breakers = breakers
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            self._name,
+            "Circuit breaker state per upstream (configured upstreams by name, upstreams"
+            " named by producers by group, at their worst): 0 closed, 1 half-open, 2 open.",
+            labels=["upstream"],
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for upstream, value in self._breakers.series().items():
+            family.add_metric([upstream], value)
+        return [family]
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import socket
+from typing import Literal, Self
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ferryman.contracts.events import DEFAULT_HEALTH_TOPIC, dlq_topic_for
+from ferryman.kafka_config import KafkaConnection
 
 
 class WorkerSettings(BaseSettings):
-    """Kafka, concurrency and HTTP settings common to all workers.
+    """Kafka, topics, delivery, resilience and HTTP settings common to all workers.
 
     `KAFKA_BOOTSTRAP_SERVERS` is read without prefix so one variable names the
-    brokers for every worker and the CLI.
+    brokers for every worker and the CLI. Each service subclasses this with its own
+    env prefix and its own topic defaults.
     """
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
@@ -22,8 +27,75 @@ class WorkerSettings(BaseSettings):
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
     )
     """Comma-separated `host:port` list of Kafka brokers."""
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol"),
+    )
+    """How the worker's Kafka clients connect (`KAFKA_SECURITY_PROTOCOL`, no prefix)."""
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism")
+    )
+    """SASL mechanism (`KAFKA_SASL_MECHANISM`)."""
+    kafka_sasl_username: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_USERNAME", "kafka_sasl_username")
+    )
+    """SASL user (`KAFKA_SASL_USERNAME`)."""
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD", "kafka_sasl_password")
+    )
+    """SASL password (`KAFKA_SASL_PASSWORD`); never logged."""
+    kafka_ssl_cafile: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CAFILE", "kafka_ssl_cafile")
+    )
+    """CA bundle that signs the brokers' certificates (`KAFKA_SSL_CAFILE`)."""
+    kafka_ssl_certfile: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CERTFILE", "kafka_ssl_certfile")
+    )
+    """Client certificate for mTLS (`KAFKA_SSL_CERTFILE`)."""
+    kafka_ssl_keyfile: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_KEYFILE", "kafka_ssl_keyfile")
+    )
+    """Client key for mTLS (`KAFKA_SSL_KEYFILE`)."""
+    kafka_ssl_password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_PASSWORD", "kafka_ssl_password")
+    )
+    """Password of the client key (`KAFKA_SSL_PASSWORD`)."""
     group_id: str = "ferryman"
     """Consumer group shared by all replicas of the service."""
+    request_topic: str = "requests"
+    """Topic the worker consumes requests from."""
+    dlq_topic: str = ""
+    """Dead-letter topic; empty means `<request_topic>.dlq`."""
+    default_reply_topic: str = "results"
+    """Reply topic for requests without a `replyto` extension."""
+    reply_topics: list[str] = Field(
+        default_factory=lambda: ["*.results", "*.results.*", "*.replies", "*.replies.*"]
+    )
+    """Patterns (`fnmatch`, `*` matches dots too) a request's `replyto` must match; the
+    default reply topic is always allowed, internal topics and the worker's own request,
+    dead-letter and health topics never are."""
+    reply_topics_by_tenant: dict[str, list[str]] = Field(default_factory=dict)
+    """Per tenant, the patterns its requests' `replyto` must match instead of `reply_topics`."""
+    health_topic: str = DEFAULT_HEALTH_TOPIC
+    """Topic of the periodic health reports."""
+    handler_max_attempts: int = Field(default=8, ge=1)
+    """Deliveries of one record to the handler when publishing its results fails (Kafka
+    errors); after the last one the record is dead-lettered with the reason."""
+    handler_retry_base_delay: float = Field(default=0.5, ge=0)
+    """First delay between two deliveries of a record (doubling each time)."""
+    handler_retry_max_delay: float = Field(default=30.0, ge=0)
+    """Longest delay between two deliveries (8 attempts span about a minute, long enough
+    to ride out a broker restart before a record is dead-lettered)."""
+    retry_max_attempts: int = Field(default=3, ge=1)
+    """Calls per request on one upstream (the first plus retries)."""
+    retry_base_delay: float = Field(default=0.5, ge=0)
+    """Backoff base (full jitter, doubling per attempt); never less than Retry-After."""
+    retry_max_delay: float = Field(default=8.0, ge=0)
+    """Backoff cap."""
+    breaker_fail_max: int = Field(default=5, ge=1)
+    """Consecutive retryable failures of one upstream that open its circuit."""
+    breaker_reset_timeout: float = Field(default=30.0, gt=0)
+    """Seconds an open circuit waits before letting one probe request through."""
     instance_id: str = Field(default_factory=socket.gethostname)
     """Names this replica in `ce_source` and client ids."""
     max_in_flight: int = Field(default=256, ge=1)
@@ -46,3 +118,27 @@ class WorkerSettings(BaseSettings):
     """Port of the `/metrics` and `/health` server."""
     log_level: str = "INFO"
     """Python logging level."""
+
+    @model_validator(mode="after")
+    def _derive_topics(self) -> Self:
+        if not self.dlq_topic:
+            self.dlq_topic = dlq_topic_for(self.request_topic)
+        return self
+
+    def kafka_connection(self) -> KafkaConnection:
+        """The Kafka connection every client of the worker uses (producer, consumer, admin).
+
+        Raises:
+            pydantic.ValidationError: the security settings are inconsistent.
+        """
+        return KafkaConnection(
+            bootstrap_servers=self.kafka_bootstrap_servers,
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=self.kafka_ssl_cafile,
+            ssl_certfile=self.kafka_ssl_certfile,
+            ssl_keyfile=self.kafka_ssl_keyfile,
+            ssl_password=self.kafka_ssl_password,
+        )

@@ -1,6 +1,7 @@
 """The Anthropic provider (Messages API), over `anthropic.AsyncAnthropic`.
 
-SDK retries are off (`max_retries=0`): retrying belongs to Ferryman.
+SDK retries are off (`max_retries=0`): retrying belongs to Ferryman. Redirects are
+never followed, and every upstream message is redacted of credentials.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 
 import anthropic
 import httpx2
@@ -20,10 +21,19 @@ from llm_worker.providers.anthropic_mapping import (
     SamplingPolicy,
     to_anthropic_params,
 )
-from llm_worker.providers.http_errors import RETRYABLE_CODES, code_for_status, parse_retry_after
+from llm_worker.providers.http_errors import (
+    code_for_status,
+    is_redirect,
+    parse_retry_after,
+    pooled_http_client,
+    redirect_error,
+    scrubbed,
+)
 from llm_worker.streaming import Completion, StreamEvent, fold
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_MAX_CONNECTIONS = 10_000
+"""Pool size when the caller names none: above any `max_in_flight` one process runs."""
 
 # Anthropic reports an over-long prompt as a plain 400 `invalid_request_error`
 # ("prompt is too long: 207791 tokens > 200000 maximum"; 413 "Request size exceeds
@@ -40,9 +50,10 @@ _STREAM_ERROR_CODES: dict[str, ErrorCode] = {
     "rate_limit_error": ErrorCode.RATE_LIMITED,
     "timeout_error": ErrorCode.TIMEOUT,
     "invalid_request_error": ErrorCode.INVALID_REQUEST,
-    "not_found_error": ErrorCode.INVALID_REQUEST,
+    "not_found_error": ErrorCode.NOT_FOUND,
+    "request_too_large": ErrorCode.TOO_LARGE,
     "authentication_error": ErrorCode.AUTH,
-    "permission_error": ErrorCode.AUTH,
+    "permission_error": ErrorCode.PERMISSION_DENIED,
     "billing_error": ErrorCode.AUTH,
 }
 
@@ -53,9 +64,11 @@ def create_client(
     base_url: str | None,
     timeout: float,
     connect_timeout: float,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     http_client: httpx2.AsyncClient | None = None,
 ) -> anthropic.AsyncAnthropic:
-    """Build the SDK client with retries off and explicit timeouts.
+    """Build the SDK client with retries off, explicit timeouts, redirects off and a pool
+    of `max_connections` (unless `http_client`, caller-built, is given).
 
     The key and base URL are always passed explicitly so that the SDK never
     falls back to `ANTHROPIC_*` environment variables or on-disk profiles:
@@ -67,7 +80,7 @@ def create_client(
         base_url=base_url or DEFAULT_BASE_URL,
         max_retries=0,
         timeout=httpx2.Timeout(timeout, connect=connect_timeout),
-        http_client=http_client,
+        http_client=http_client or pooled_http_client(max_connections),
     )
 
 
@@ -94,6 +107,7 @@ class AnthropicChatModel:
         thinking_budget: int | None = None,
     ) -> None:
         self._client = client
+        self._secrets = (client.api_key, client.auth_token)
         self._default_max_tokens = default_max_tokens
         self._max_tokens_by_model = dict(max_tokens_by_model or {})
         self._sampling: SamplingPolicy = sampling
@@ -114,7 +128,7 @@ class AnthropicChatModel:
             thinking_budget=self._thinking_budget,
         )
         mapper = EventMapper()
-        with map_errors():
+        with map_errors(self._secrets):
             # Raw events (not the `.stream()` helper, which accumulates a snapshot
             # message and adds synthetic events we would only skip).
             stream = await self._client.messages.create(**params, stream=True)
@@ -128,7 +142,7 @@ class AnthropicChatModel:
                 ErrorCode.UNAVAILABLE,
                 "Anthropic's stream ended before the answer was finished",
                 retryable=True,
-                provider=PROVIDER,
+                upstream=PROVIDER,
             )
         for out in closing:
             yield out
@@ -152,7 +166,7 @@ class AnthropicChatModel:
         Raises:
             FerrymanError: the listing failed.
         """
-        with map_errors():
+        with map_errors(self._secrets):
             return sorted([model.id async for model in self._client.models.list()])
 
     async def aclose(self) -> None:
@@ -161,44 +175,53 @@ class AnthropicChatModel:
 
 
 @contextlib.contextmanager
-def map_errors() -> Iterator[None]:
-    """Translate `anthropic` SDK errors into `FerrymanError`, keeping status and retry-after.
+def map_errors(secrets: Iterable[str | None] = ()) -> Iterator[None]:
+    """Translate `anthropic` SDK errors into `FerrymanError`, keeping status and retry-after,
+    with `secrets` (and anything shaped like a credential) redacted from the message.
 
     Raises:
         FerrymanError: for every SDK or transport error raised inside the block.
     """
     try:
         yield
-    except anthropic.APIStatusError as exc:
-        if exc.status_code < 400:  # an `error` event inside a 200 stream
-            raise _from_stream_error(exc) from exc
-        raise _from_status(exc) from exc
-    except anthropic.APITimeoutError as exc:
-        raise FerrymanError(
-            ErrorCode.TIMEOUT, "request to Anthropic timed out", provider=PROVIDER
-        ) from exc
-    except anthropic.APIConnectionError as exc:
-        raise FerrymanError(
-            ErrorCode.UNAVAILABLE, f"cannot reach Anthropic: {exc.message}", provider=PROVIDER
-        ) from exc
-    except anthropic.APIError as exc:  # e.g. a response the SDK could not read
-        raise FerrymanError(
-            ErrorCode.UNAVAILABLE, f"Anthropic error: {exc.message}", provider=PROVIDER
-        ) from exc
-    except json.JSONDecodeError as exc:  # the SDK's SSE decoder lets these through
-        raise FerrymanError(
-            ErrorCode.UNAVAILABLE, "Anthropic sent a malformed stream event", provider=PROVIDER
-        ) from exc
-    except httpx2.TimeoutException as exc:  # a read timeout while iterating a stream
-        raise FerrymanError(
-            ErrorCode.TIMEOUT, "Anthropic's stream stalled", provider=PROVIDER
-        ) from exc
-    except httpx2.HTTPError as exc:  # transport errors while iterating a stream
-        raise FerrymanError(
+    except Exception as exc:
+        error = _translate(exc)
+        if error is None:
+            raise
+        # The SDK's exception holds the upstream body unredacted: never chain it.
+        cause = None if isinstance(exc, anthropic.APIError) else exc
+        raise scrubbed(error, secrets) from cause
+
+
+def _translate(exc: Exception) -> FerrymanError | None:
+    if isinstance(exc, anthropic.APIStatusError):
+        # Below 400: an `error` event inside a 200 stream, or a redirect.
+        if exc.status_code < 400 and not is_redirect(exc.status_code):
+            return _from_stream_error(exc)
+        return _from_status(exc)
+    if isinstance(exc, anthropic.APITimeoutError):
+        return FerrymanError(ErrorCode.TIMEOUT, "request to Anthropic timed out", upstream=PROVIDER)
+    if isinstance(exc, anthropic.APIConnectionError):
+        return FerrymanError(
+            ErrorCode.UNAVAILABLE, f"cannot reach Anthropic: {exc.message}", upstream=PROVIDER
+        )
+    if isinstance(exc, anthropic.APIError):  # e.g. a response the SDK could not read
+        return FerrymanError(
+            ErrorCode.UNAVAILABLE, f"Anthropic error: {exc.message}", upstream=PROVIDER
+        )
+    if isinstance(exc, json.JSONDecodeError):  # the SDK's SSE decoder lets these through
+        return FerrymanError(
+            ErrorCode.UNAVAILABLE, "Anthropic sent a malformed stream event", upstream=PROVIDER
+        )
+    if isinstance(exc, httpx2.TimeoutException):  # a read timeout while iterating a stream
+        return FerrymanError(ErrorCode.TIMEOUT, "Anthropic's stream stalled", upstream=PROVIDER)
+    if isinstance(exc, httpx2.HTTPError):  # transport errors while iterating a stream
+        return FerrymanError(
             ErrorCode.UNAVAILABLE,
             f"Anthropic stream broke: {type(exc).__name__}",
-            provider=PROVIDER,
-        ) from exc
+            upstream=PROVIDER,
+        )
+    return None
 
 
 def _api_message(exc: anthropic.APIStatusError) -> str:
@@ -208,6 +231,8 @@ def _api_message(exc: anthropic.APIStatusError) -> str:
 
 def _from_status(exc: anthropic.APIStatusError) -> FerrymanError:
     status = exc.status_code
+    if is_redirect(status):
+        return redirect_error(PROVIDER, status, exc.response.headers)
     retry_after = parse_retry_after(exc.response.headers)
     detail = _api_message(exc)
     message = f"Anthropic returned {status}: {detail}"
@@ -226,14 +251,7 @@ def _from_status(exc: anthropic.APIStatusError) -> FerrymanError:
             if status == 402
             else f"Anthropic rejected the credentials ({status})"
         )
-    return FerrymanError(
-        code,
-        message,
-        retryable=code in RETRYABLE_CODES,
-        provider=PROVIDER,
-        status=status,
-        retry_after=retry_after,
-    )
+    return FerrymanError(code, message, upstream=PROVIDER, status=status, retry_after=retry_after)
 
 
 def _from_stream_error(exc: anthropic.APIStatusError) -> FerrymanError:
@@ -248,9 +266,5 @@ def _from_stream_error(exc: anthropic.APIStatusError) -> FerrymanError:
         else f"Anthropic stream error ({kind or 'unknown'}): {detail}"
     )
     return FerrymanError(
-        code,
-        message,
-        retryable=code in RETRYABLE_CODES,
-        provider=PROVIDER,
-        retry_after=parse_retry_after(exc.response.headers),
+        code, message, upstream=PROVIDER, retry_after=parse_retry_after(exc.response.headers)
     )

@@ -59,7 +59,7 @@ _DATA_URL = re.compile(
 
 
 def _invalid(message: str) -> FerrymanError:
-    return FerrymanError(ErrorCode.INVALID_REQUEST, message, provider=PROVIDER)
+    return FerrymanError(ErrorCode.INVALID_REQUEST, message, upstream=PROVIDER)
 
 
 def to_anthropic_params(
@@ -292,7 +292,7 @@ class EventMapper:
                 ErrorCode.UNAVAILABLE,
                 f"Anthropic sent a malformed {getattr(event, 'type', 'unknown')!s} event",
                 retryable=True,
-                provider=PROVIDER,
+                upstream=PROVIDER,
             ) from exc
 
     def _events(self, event: RawMessageStreamEvent) -> list[StreamEvent]:

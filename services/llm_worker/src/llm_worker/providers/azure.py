@@ -6,22 +6,29 @@ deployment may live on its own regional endpoint (data residency); one client
 is kept per endpoint and API version. The wire format is OpenAI's, so the
 OpenAI adapter does the work; Azure's content-filter errors carry the
 filtered categories (see `openai.filtered_categories`).
+
+A deployment name is a path segment of the request URL: one that is not a plain
+name (`../`, `?`, `%`, ...) is refused before anything is sent.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 
 import httpx2
 import openai
 
-from ferryman.contracts import ChatRequest
+from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.provider_config import AzureDeployment, AzureOpenAIConfig
-from llm_worker.providers.openai import OpenAIChatModel, map_errors
+from llm_worker.providers.http_errors import pooled_http_client
+from llm_worker.providers.openai import DEFAULT_MAX_CONNECTIONS, OpenAIChatModel, map_errors
 from llm_worker.streaming import Completion, StreamEvent
 
 PROVIDER = "azure"
 _ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+# Azure deployment names: letters, digits, `-`, `_` and `.`, starting with a letter or digit.
+_DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def entra_token_provider() -> Callable[[], str]:
@@ -47,9 +54,11 @@ class AzureChatModel:
 
     Args:
         config: the validated Azure configuration.
-        http_client: an `httpx2.AsyncClient` to share (tests inject a transport here).
+        http_client: an `httpx2.AsyncClient` to share (tests inject a transport here);
+            default: one pool of `max_connections` per endpoint, redirects off.
         token_provider: Entra ID token provider (default: built from `azure-identity` when
             `config.entra_id` is set).
+        max_connections: each endpoint's pool size.
     """
 
     provider = PROVIDER
@@ -60,16 +69,26 @@ class AzureChatModel:
         *,
         http_client: httpx2.AsyncClient | None = None,
         token_provider: Callable[[], str] | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self._config = config
         self._http_client = http_client
+        self._max_connections = max_connections
         if config.entra_id and token_provider is None:
             token_provider = entra_token_provider()
         self._token_provider = token_provider
         self._models: dict[tuple[str, str], OpenAIChatModel] = {}
 
     def _deployment(self, alias: str) -> AzureDeployment:
-        return self._config.deployments.get(alias) or AzureDeployment(deployment=alias)
+        deployment = self._config.deployments.get(alias) or AzureDeployment(deployment=alias)
+        if not _DEPLOYMENT_NAME.fullmatch(deployment.deployment):
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST,
+                f"azure deployment name {deployment.deployment!r} is not a plain name"
+                " (letters, digits, '-', '_', '.')",
+                upstream=PROVIDER,
+            )
+        return deployment
 
     def _model_for(self, deployment: AzureDeployment) -> OpenAIChatModel:
         endpoint = deployment.endpoint or self._config.endpoint
@@ -85,7 +104,7 @@ class AzureChatModel:
                 azure_ad_token_provider=self._token_provider,
                 max_retries=0,
                 timeout=httpx2.Timeout(self._config.timeout, connect=self._config.connect_timeout),
-                http_client=self._http_client,
+                http_client=self._http_client or pooled_http_client(self._max_connections),
             )
             self._models[key] = OpenAIChatModel(client, provider=PROVIDER)
         return self._models[key]
@@ -118,7 +137,8 @@ class AzureChatModel:
         probe = AzureDeployment(deployment="-", endpoint=None if first is None else first.endpoint)
         if self._config.endpoint is not None:
             probe = AzureDeployment(deployment="-")
-        with map_errors(PROVIDER):
+        secret = self._config.api_key
+        with map_errors(PROVIDER, (secret.get_secret_value() if secret is not None else None,)):
             return await self._model_for(probe).list_models()
 
     async def aclose(self) -> None:

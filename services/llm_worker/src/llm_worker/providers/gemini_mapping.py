@@ -106,7 +106,7 @@ _DEFAULT_IMAGE_TYPE = "image/jpeg"
 
 
 def _invalid(message: str) -> FerrymanError:
-    return FerrymanError(ErrorCode.INVALID_REQUEST, message, retryable=False, provider=PROVIDER)
+    return FerrymanError(ErrorCode.INVALID_REQUEST, message, retryable=False, upstream=PROVIDER)
 
 
 # --- thought signatures in tool-call ids ----------------------------------------------------
@@ -467,7 +467,7 @@ def blocked_prompt_error(feedback: types.GenerateContentResponsePromptFeedback) 
     message = f"Gemini blocked the prompt (block reason {reason})"
     if blocked:
         message += f"; blocked categories: {', '.join(blocked)}"
-    return FerrymanError(ErrorCode.CONTENT_FILTER, message, retryable=False, provider=PROVIDER)
+    return FerrymanError(ErrorCode.CONTENT_FILTER, message, retryable=False, upstream=PROVIDER)
 
 
 class ResponseMapper:
@@ -584,7 +584,7 @@ class ResponseMapper:
                 ErrorCode.UNAVAILABLE,
                 "Gemini paused the answer without a continuation token to resume it",
                 retryable=True,
-                provider=PROVIDER,
+                upstream=PROVIDER,
             )
         if (failure := _FAILED_FINISH_REASONS.get(self._finish)) is not None:
             code, retryable, what = failure
@@ -592,7 +592,7 @@ class ResponseMapper:
                 code,
                 f"Gemini ended the answer with {what} (finish reason {self._finish})",
                 retryable=retryable,
-                provider=PROVIDER,
+                upstream=PROVIDER,
             )
         reason = _FINISH_REASONS.get(self._finish, "stop")
         if reason == "stop" and self._calls:

@@ -1,4 +1,5 @@
-"""HTTP details shared by provider adapters: status codes and `Retry-After` parsing."""
+"""HTTP details shared by provider adapters: status codes, redirects, `Retry-After`, and the
+connection pool every SDK client is given."""
 
 from __future__ import annotations
 
@@ -6,21 +7,28 @@ import contextlib
 import email.utils
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from ferryman.contracts import ErrorCode
+import httpx2
 
-RETRYABLE_CODES = frozenset({ErrorCode.RATE_LIMITED, ErrorCode.TIMEOUT, ErrorCode.UNAVAILABLE})
-"""Codes an upstream HTTP failure is worth retrying for."""
+from ferryman.contracts import ErrorCode, FerrymanError
+from ferryman_runtime.redaction import redact
 
 
 def code_for_status(status: int | None) -> ErrorCode:
     """The taxonomy code of an upstream HTTP status no provider-specific rule claimed.
 
-    No status (an error without a response) counts as the upstream being unavailable.
+    No status (an error without a response) counts as the upstream being unavailable;
+    409 too, because LLM APIs use it for transient conflicts (a concurrent request).
     """
-    if status in (401, 403):
+    if status == 401:
         return ErrorCode.AUTH
+    if status == 403:
+        return ErrorCode.PERMISSION_DENIED
+    if status == 404:
+        return ErrorCode.NOT_FOUND
+    if status == 413:
+        return ErrorCode.TOO_LARGE
     if status == 429:
         return ErrorCode.RATE_LIMITED
     if status == 408:
@@ -28,6 +36,67 @@ def code_for_status(status: int | None) -> ErrorCode:
     if status is None or status == 409 or status >= 500:
         return ErrorCode.UNAVAILABLE
     return ErrorCode.INVALID_REQUEST
+
+
+def is_redirect(status: int | None) -> bool:
+    """Whether `status` is a 3xx answer (which provider clients never follow)."""
+    return status is not None and 300 <= status < 400
+
+
+def redirect_error(upstream: str, status: int, headers: Mapping[str, str]) -> FerrymanError:
+    """The error for a redirect: never followed (the prompt and the key would go wherever
+    it points), and not retryable (the same endpoint answers the same way).
+
+    The message names only the target's origin: a `Location` may carry a signed query.
+    """
+    location = {k.lower(): v for k, v in headers.items()}.get("location")
+    target = "no location"
+    if location:
+        with contextlib.suppress(httpx2.InvalidURL):
+            url = httpx2.URL(location)
+            port = "" if url.port is None else f":{url.port}"
+            target = f"{url.scheme}://{url.host}{port}" if url.host else "a path of its own"
+    return FerrymanError(
+        ErrorCode.UNAVAILABLE,
+        f"{upstream} answered {status} redirecting to {target}; redirects are never followed"
+        " (check the endpoint configured for it)",
+        retryable=False,
+        upstream=upstream,
+        status=status,
+    )
+
+
+def scrubbed(error: FerrymanError, secrets: Iterable[str | None]) -> FerrymanError:
+    """`error` with `secrets`, and anything shaped like a credential, redacted from its message
+    (upstream text: a provider or a proxy may echo the request's auth header)."""
+    message = redact(error.message, secrets)
+    if message == error.message:
+        return error
+    return FerrymanError(
+        error.code,
+        message,
+        retryable=error.retryable,
+        upstream=error.upstream,
+        status=error.status,
+        retry_after=error.retry_after,
+    )
+
+
+def pooled_http_client(max_connections: int) -> httpx2.AsyncClient:
+    """An `httpx2.AsyncClient` for one provider SDK client: redirects off, pool sized.
+
+    The SDKs' own clients follow redirects (a 307 to another origin would receive the
+    prompt, and their auth headers) and pool at most 1,000 connections, fewer than the
+    streams one worker may hold open. Timeouts are the SDK's, sent with each request.
+
+    Args:
+        max_connections: connections the pool may hold (one per concurrent call); all may
+            stay alive between calls, for a burst's connections to be reused, not re-opened.
+    """
+    limits = httpx2.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    return httpx2.AsyncClient(limits=limits, follow_redirects=False)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

@@ -34,13 +34,13 @@ class MockChatModel:
         """Stream the echo answer.
 
         Raises:
-            FerrymanError: `invalid_request` for a model other than `echo`.
+            FerrymanError: `not_found` for a model other than `echo`.
         """
         if model not in _MODELS:
             raise FerrymanError(
-                ErrorCode.INVALID_REQUEST,
+                ErrorCode.NOT_FOUND,
                 f"mock has no model {model!r} (models: echo)",
-                provider="mock",
+                upstream="mock",
             )
         answer = f"You said: {_last_user_text(request)}"
         tokens = _TOKEN.findall(answer)
@@ -56,7 +56,7 @@ class MockChatModel:
         """Return the echo answer at once.
 
         Raises:
-            FerrymanError: `invalid_request` for a model other than `echo`.
+            FerrymanError: `not_found` for a model other than `echo`.
         """
         return await fold(self.stream(request, model))
 

@@ -1,19 +1,28 @@
 """The OpenAI provider (and any OpenAI-compatible server), over `openai.AsyncOpenAI`.
 
-SDK retries are off (`max_retries=0`): retrying belongs to Ferryman.
+SDK retries are off (`max_retries=0`): retrying belongs to Ferryman. Redirects are
+never followed, and every upstream message is redacted of credentials.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 
 import httpx2
 import openai
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from llm_worker.providers.http_errors import RETRYABLE_CODES, code_for_status, parse_retry_after
+from llm_worker.providers.http_errors import (
+    code_for_status,
+    is_redirect,
+    parse_retry_after,
+    pooled_http_client,
+    redirect_error,
+    scrubbed,
+)
 from llm_worker.providers.openai_mapping import (
     ChunkMapper,
     completion_events,
@@ -24,6 +33,14 @@ from llm_worker.streaming import Completion, StreamEvent, fold_events
 
 PROVIDER = "openai"
 
+DEFAULT_MAX_CONNECTIONS = 10_000
+"""Pool size when the caller names none: above any `max_in_flight` one process runs."""
+
+DRAIN_SECONDS = 0.5
+"""How long a finished stream may take to reach its end (`[DONE]`) so that its connection
+returns to the pool; a server that holds the response open past it loses the connection
+rather than holding the request."""
+
 
 def create_client(
     *,
@@ -31,16 +48,18 @@ def create_client(
     base_url: str | None,
     timeout: float,
     connect_timeout: float,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     http_client: httpx2.AsyncClient | None = None,
 ) -> openai.AsyncOpenAI:
-    """Build the SDK client with retries off and explicit timeouts."""
+    """Build the SDK client with retries off, explicit timeouts, redirects off and a pool
+    of `max_connections` (unless `http_client`, caller-built, is given)."""
     return openai.AsyncOpenAI(
         # Local OpenAI-compatible servers take no key; the SDK insists on one.
         api_key=api_key or "unused",
         base_url=base_url,
         max_retries=0,
         timeout=httpx2.Timeout(timeout, connect=connect_timeout),
-        http_client=http_client,
+        http_client=http_client or pooled_http_client(max_connections),
     )
 
 
@@ -55,6 +74,10 @@ class OpenAIChatModel:
     def __init__(self, client: openai.AsyncOpenAI, *, provider: str = PROVIDER) -> None:
         self._client = client
         self.provider = provider
+        self._secrets = (client.api_key,)
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return map_errors(self.provider, self._secrets)
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
         """Stream the answer (text, tool-call fragments, usage, finish).
@@ -64,7 +87,7 @@ class OpenAIChatModel:
         """
         params = to_openai_params(request, model, stream=True)
         mapper = ChunkMapper()
-        with map_errors(self.provider):
+        with self._errors():
             # Plain dicts (cast_to=object): the SDK still decodes SSE, raises in-stream
             # errors, maps timeouts; it skips building a pydantic model per chunk (~100 µs).
             stream = await self._client.post(
@@ -79,6 +102,7 @@ class OpenAIChatModel:
                     for event in mapper.events(chunk):
                         yield event
                     if mapper.complete:
+                        await _drain(stream)
                         break
         finish = mapper.finish()
         if finish is not None:
@@ -91,7 +115,7 @@ class OpenAIChatModel:
             FerrymanError: the call failed or the answer was unfinished.
         """
         params = to_openai_params(request, model, stream=False)
-        with map_errors(self.provider):
+        with self._errors():
             completion = await self._client.chat.completions.create(**params)
         return fold_events(completion_events(completion))
 
@@ -101,7 +125,7 @@ class OpenAIChatModel:
         Raises:
             FerrymanError: the listing failed.
         """
-        with map_errors(self.provider):
+        with self._errors():
             page = await self._client.models.list()
             return sorted([model.id async for model in page])
 
@@ -110,41 +134,64 @@ class OpenAIChatModel:
         await self._client.close()
 
 
+async def _drain(stream: openai.AsyncStream[object]) -> None:
+    """Read a finished stream to its end, within `DRAIN_SECONDS`, to keep its connection.
+
+    The answer is complete: whatever the rest holds or however it fails is of no account.
+    """
+    with contextlib.suppress(TimeoutError, openai.APIError, httpx2.HTTPError, ValueError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in stream:
+                pass
+
+
 @contextlib.contextmanager
-def map_errors(provider: str = PROVIDER) -> Iterator[None]:
-    """Translate `openai` SDK errors into `FerrymanError`, keeping status and retry-after.
+def map_errors(provider: str = PROVIDER, secrets: Iterable[str | None] = ()) -> Iterator[None]:
+    """Translate `openai` SDK errors into `FerrymanError`, keeping status and retry-after,
+    with `secrets` (and anything shaped like a credential) redacted from the message.
 
     Raises:
-        FerrymanError: for every SDK error raised inside the block.
+        FerrymanError: for every SDK or transport error raised inside the block.
     """
     try:
         yield
-    except openai.APIStatusError as exc:
-        raise _from_status(exc, provider) from exc
-    except openai.APITimeoutError as exc:
-        raise FerrymanError(
-            ErrorCode.TIMEOUT, "request to OpenAI timed out", provider=provider
-        ) from exc
-    except openai.APIConnectionError as exc:
-        raise FerrymanError(
-            ErrorCode.UNAVAILABLE, f"cannot reach OpenAI: {exc.message}", provider=provider
-        ) from exc
-    except openai.APIError as exc:  # an error event inside an otherwise healthy stream
-        raise FerrymanError(
-            ErrorCode.UNAVAILABLE, f"OpenAI stream error: {exc.message}", provider=provider
-        ) from exc
-    except json.JSONDecodeError as exc:  # the SDK's SSE decoder lets these through
-        raise FerrymanError(
-            ErrorCode.UNAVAILABLE, "OpenAI sent a malformed stream event", provider=provider
-        ) from exc
-    except httpx2.HTTPError as exc:  # transport errors while iterating a stream
-        raise FerrymanError(
-            ErrorCode.UNAVAILABLE, f"OpenAI stream broke: {type(exc).__name__}", provider=provider
-        ) from exc
+    except Exception as exc:
+        error = _translate(exc, provider)
+        if error is None:
+            raise
+        # The SDK's exception holds the upstream body unredacted: never chain it.
+        cause = None if isinstance(exc, openai.APIError) else exc
+        raise scrubbed(error, secrets) from cause
+
+
+def _translate(exc: Exception, provider: str) -> FerrymanError | None:
+    if isinstance(exc, openai.APIStatusError):
+        return _from_status(exc, provider)
+    if isinstance(exc, openai.APITimeoutError):
+        return FerrymanError(ErrorCode.TIMEOUT, "request to OpenAI timed out", upstream=provider)
+    if isinstance(exc, openai.APIConnectionError):
+        return FerrymanError(
+            ErrorCode.UNAVAILABLE, f"cannot reach OpenAI: {exc.message}", upstream=provider
+        )
+    if isinstance(exc, openai.APIError):  # an error event inside an otherwise healthy stream
+        return FerrymanError(
+            ErrorCode.UNAVAILABLE, f"OpenAI stream error: {exc.message}", upstream=provider
+        )
+    if isinstance(exc, json.JSONDecodeError):  # the SDK's SSE decoder lets these through
+        return FerrymanError(
+            ErrorCode.UNAVAILABLE, "OpenAI sent a malformed stream event", upstream=provider
+        )
+    if isinstance(exc, httpx2.HTTPError):  # transport errors while iterating a stream
+        return FerrymanError(
+            ErrorCode.UNAVAILABLE, f"OpenAI stream broke: {type(exc).__name__}", upstream=provider
+        )
+    return None
 
 
 def _from_status(exc: openai.APIStatusError, provider: str) -> FerrymanError:
     status = exc.status_code
+    if is_redirect(status):
+        return redirect_error(provider, status, exc.response.headers)
     code_text = str(getattr(exc, "code", "") or "")
     message = f"OpenAI returned {status}: {exc.message}"
     retry_after = parse_retry_after(exc.response.headers)
@@ -160,14 +207,7 @@ def _from_status(exc: openai.APIStatusError, provider: str) -> FerrymanError:
         code = ErrorCode.CONTENT_FILTER
         if categories := error_filtered_categories(exc.body):
             message = f"{message} (filtered: {', '.join(categories)})"
-    return FerrymanError(
-        code,
-        message,
-        retryable=code in RETRYABLE_CODES,
-        provider=provider,
-        status=status,
-        retry_after=retry_after,
-    )
+    return FerrymanError(code, message, upstream=provider, status=status, retry_after=retry_after)
 
 
 def error_filtered_categories(body: object) -> list[str]:

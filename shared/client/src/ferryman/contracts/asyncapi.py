@@ -1,14 +1,16 @@
-"""The AsyncAPI 3.0 document of Ferryman's events, generated from the contract models."""
+"""The AsyncAPI 3.0 document of Ferryman's events, generated from the domain registry."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
 
 from ferryman.contracts import events as ev
+from ferryman.contracts.channels import RequestDomain
 from ferryman.contracts.health import HealthReport
-from ferryman.contracts.llm import ChatChunk, ChatCompleted, ChatFailed, ChatRequest, ChatRestarted
+from ferryman.contracts.registry import DOMAINS
 
 _REF = "#/components/schemas/{model}"
 
@@ -17,38 +19,56 @@ def _header(description: str, **extra: Any) -> dict[str, Any]:
     return {"type": "string", "description": description, **extra}
 
 
-_REQUEST_HEADERS: dict[str, Any] = {
-    "type": "object",
-    "description": "CloudEvents 1.0 binary mode (ce_* headers). Structured mode is also "
-    "accepted: content-type application/cloudevents+json and the whole event as the value.",
-    "required": ["ce_id", "ce_source", "ce_specversion", "ce_type"],
-    "properties": {
-        "ce_id": _header("Request id; (ce_source, ce_id) identifies the request."),
-        "ce_source": _header("Producer URI-reference."),
-        "ce_specversion": _header("CloudEvents version.", const="1.0"),
-        "ce_type": _header("Event type.", const=ev.LLM_CHAT_REQUESTED),
-        "content-type": _header("Data content type.", const="application/json"),
-        "ce_replyto": _header("Reply topic.", default=ev.DEFAULT_LLM_REPLY_TOPIC),
-        "ce_partitionkey": _header("Partitioning key (CloudEvents partitioning extension)."),
-        "ce_expirytime": _header("RFC 3339; work does not start after it.", format="date-time"),
-        "ce_traceparent": _header("W3C trace context, echoed on results."),
-        "ce_tracestate": _header("W3C trace state, echoed on results."),
-        "ce_tenant": _header("Tenant of the request, echoed on results."),
-    },
-}
+def _request_headers(domain: RequestDomain, event_type: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": "CloudEvents 1.0 binary mode (ce_* headers). Structured mode is also "
+        "accepted: content-type application/cloudevents+json and the whole event as the value.",
+        "required": ["ce_id", "ce_source", "ce_specversion", "ce_type"],
+        "properties": {
+            "ce_id": _header("Request id (required); (ce_source, ce_id) identifies the request."),
+            "ce_source": _header("Producer URI-reference."),
+            "ce_specversion": _header("CloudEvents version.", const="1.0"),
+            "ce_type": _header("Event type.", const=event_type),
+            "content-type": _header("Data content type.", const="application/json"),
+            "ce_replyto": _header(
+                "Reply topic; must match the worker's allowed reply topics.",
+                default=domain.reply_topic,
+            ),
+            "ce_partitionkey": _header("Partitioning key (CloudEvents partitioning extension)."),
+            "ce_expirytime": _header("RFC 3339; work does not start after it.", format="date-time"),
+            "ce_traceparent": _header("W3C trace context, echoed on replies."),
+            "ce_tracestate": _header("W3C trace state, echoed on replies."),
+            "ce_tenant": _header("Tenant of the request, echoed on replies."),
+            "ce_replytoken": _header("A secret of the requester's, echoed on replies."),
+        },
+    }
 
 
-def _result_headers(event_type: str) -> dict[str, Any]:
+def _reply_headers(event_type: str) -> dict[str, Any]:
     return {
         "type": "object",
         "description": "CloudEvents 1.0 binary mode; the Kafka key is the request's ce_id.",
-        "required": ["ce_id", "ce_source", "ce_specversion", "ce_type", "ce_correlationid"],
+        "required": [
+            "ce_id",
+            "ce_source",
+            "ce_specversion",
+            "ce_type",
+            "ce_correlationid",
+            "ce_runid",
+        ],
         "properties": {
-            "ce_id": _header("Id of this result event."),
-            "ce_source": _header("The worker that produced it, /ferryman/llm-worker/<instance>."),
+            "ce_id": _header("Id of this reply event: <ce_runid>.<sequence within the run>."),
+            "ce_source": _header("The worker that produced it, /ferryman/<worker>/<instance>."),
             "ce_specversion": _header("CloudEvents version.", const="1.0"),
             "ce_type": _header("Event type.", const=event_type),
             "ce_correlationid": _header("The request's ce_id."),
+            "ce_runid": _header(
+                "The execution that produced the event. A redelivered request runs again under "
+                "a new run id; run ids of one request sort in the order runs started. Follow the "
+                "greatest run id seen and discard what earlier runs published."
+            ),
+            "ce_replytoken": _header("The request's reply token, when it had one."),
             "content-type": _header("Data content type.", const="application/json"),
         },
     }
@@ -75,128 +95,115 @@ _DLQ_HEADERS: dict[str, Any] = {
 }
 
 
-def _message(name: str, title: str, headers: dict[str, Any], payload: Any) -> dict[str, Any]:
+def _message(name: str, title: str, headers: dict[str, Any], payload: str) -> dict[str, Any]:
     return {
         "name": name,
         "title": title,
         "contentType": "application/json",
         "headers": headers,
-        "payload": payload,
+        "payload": {"$ref": _REF.format(model=payload)},
     }
 
 
-def build_asyncapi(version: str = "0.1.0") -> dict[str, Any]:
-    """Return the AsyncAPI 3.0 document as a JSON-able dict."""
+def _schemas(models: Iterable[type[BaseModel]]) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    payloads: dict[str, Any] = {}
-    models: list[type[BaseModel]] = [
-        ChatRequest,
-        ChatChunk,
-        ChatRestarted,
-        ChatCompleted,
-        ChatFailed,
-        HealthReport,
-    ]
     for model in models:
         schema = model.model_json_schema(ref_template=_REF, by_alias=True)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-        payloads[model.__name__] = {"$ref": _REF.format(model=model.__name__)}
-    messages = {
-        "chatRequested": _message(
-            "chatRequested", ev.LLM_CHAT_REQUESTED, _REQUEST_HEADERS, payloads["ChatRequest"]
-        ),
-        "chatChunk": _message(
-            "chatChunk",
-            ev.LLM_CHAT_CHUNK,
-            _result_headers(ev.LLM_CHAT_CHUNK),
-            payloads["ChatChunk"],
-        ),
-        "chatRestarted": _message(
-            "chatRestarted",
-            ev.LLM_CHAT_RESTARTED,
-            _result_headers(ev.LLM_CHAT_RESTARTED),
-            payloads["ChatRestarted"],
-        ),
-        "chatCompleted": _message(
-            "chatCompleted",
-            ev.LLM_CHAT_COMPLETED,
-            _result_headers(ev.LLM_CHAT_COMPLETED),
-            payloads["ChatCompleted"],
-        ),
-        "chatFailed": _message(
-            "chatFailed",
-            ev.LLM_CHAT_FAILED,
-            _result_headers(ev.LLM_CHAT_FAILED),
-            payloads["ChatFailed"],
-        ),
-        "healthReported": _message(
-            "healthReported", ev.HEALTH_REPORTED, _HEALTH_HEADERS, payloads["HealthReport"]
-        ),
-        "deadLetter": {
-            "name": "deadLetter",
-            "title": "Dead-lettered request record",
-            "headers": _DLQ_HEADERS,
-            "payload": {"description": "The original bytes."},
-        },
+    return schemas
+
+
+def _refs(*names: str) -> dict[str, Any]:
+    return {n: {"$ref": f"#/components/messages/{n}"} for n in names}
+
+
+def _operation(action: str, channel: str, names: Iterable[str]) -> dict[str, Any]:
+    return {
+        "action": action,
+        "channel": {"$ref": f"#/channels/{channel}"},
+        "messages": [{"$ref": f"#/channels/{channel}/messages/{n}"} for n in names],
     }
 
-    def refs(*names: str) -> dict[str, Any]:
-        return {n: {"$ref": f"#/components/messages/{n}"} for n in names}
 
-    results = ("chatChunk", "chatRestarted", "chatCompleted", "chatFailed")
+def _add_domain(domain: RequestDomain, document: dict[str, Any]) -> None:
+    messages, channels, operations = (
+        document["components"]["messages"],
+        document["channels"],
+        document["operations"],
+    )
+    for event in domain.requests:
+        messages[event.name] = _message(
+            event.name,
+            event.event_type,
+            _request_headers(domain, event.event_type),
+            event.payload.__name__,
+        )
+    for event in domain.replies:
+        messages[event.name] = _message(
+            event.name, event.event_type, _reply_headers(event.event_type), event.payload.__name__
+        )
+    requests = [e.name for e in domain.requests]
+    replies = [e.name for e in domain.replies]
+    prefix, title = domain.name, domain.name[:1].upper() + domain.name[1:]
+    channels[f"{prefix}Requests"] = {"address": domain.request_topic, "messages": _refs(*requests)}
+    channels[f"{prefix}Results"] = {
+        "address": domain.reply_topic,
+        "description": "Or the topic named by the request's replyto extension.",
+        "messages": _refs(*replies),
+    }
+    channels[f"{prefix}DeadLetters"] = {
+        "address": ev.dlq_topic_for(domain.request_topic),
+        "messages": _refs("deadLetter"),
+    }
+    operations[f"consume{title}Requests"] = _operation("receive", f"{prefix}Requests", requests)
+    operations[f"publish{title}Results"] = _operation("send", f"{prefix}Results", replies)
+    operations[f"publish{title}DeadLetters"] = _operation(
+        "send", f"{prefix}DeadLetters", ["deadLetter"]
+    )
 
-    return {
+
+def build_asyncapi(
+    version: str = "0.1.0", domains: Iterable[RequestDomain] = DOMAINS
+) -> dict[str, Any]:
+    """Return the AsyncAPI 3.0 document of `domains` (every registered one by default)."""
+    domains = list(domains)
+    models = [e.payload for d in domains for e in (*d.requests, *d.replies)]
+    document: dict[str, Any] = {
         "asyncapi": "3.0.0",
         "info": {
             "title": "Ferryman events",
             "version": version,
-            "description": "Chat requests in, streamed chunks and one terminal event out, "
-            "through Kafka; workers' health reports on their own topic. Generated from "
-            "ferryman.contracts; do not edit by hand.",
+            "description": "Requests in, streamed progress and one terminal event out, through "
+            "Kafka; workers' health reports on their own topic. Generated from "
+            "ferryman.contracts.registry; do not edit by hand.",
         },
         "defaultContentType": "application/json",
         "channels": {
-            "llmRequests": {
-                "address": ev.DEFAULT_LLM_REQUEST_TOPIC,
-                "messages": refs("chatRequested"),
-            },
-            "llmResults": {
-                "address": ev.DEFAULT_LLM_REPLY_TOPIC,
-                "description": "Or the topic named by the request's replyto extension.",
-                "messages": refs(*results),
-            },
-            "llmDeadLetters": {
-                "address": ev.dlq_topic_for(ev.DEFAULT_LLM_REQUEST_TOPIC),
-                "messages": refs("deadLetter"),
-            },
             "health": {
                 "address": ev.DEFAULT_HEALTH_TOPIC,
-                "description": "Each worker replica's periodic view of its deployments.",
-                "messages": refs("healthReported"),
+                "description": "Each worker replica's periodic view of its upstreams.",
+                "messages": _refs("healthReported"),
             },
         },
         "operations": {
-            "consumeChatRequests": {
-                "action": "receive",
-                "channel": {"$ref": "#/channels/llmRequests"},
-                "messages": [{"$ref": "#/channels/llmRequests/messages/chatRequested"}],
-            },
-            "publishChatResults": {
-                "action": "send",
-                "channel": {"$ref": "#/channels/llmResults"},
-                "messages": [{"$ref": f"#/channels/llmResults/messages/{n}"} for n in results],
-            },
-            "publishDeadLetters": {
-                "action": "send",
-                "channel": {"$ref": "#/channels/llmDeadLetters"},
-                "messages": [{"$ref": "#/channels/llmDeadLetters/messages/deadLetter"}],
-            },
-            "publishHealthReports": {
-                "action": "send",
-                "channel": {"$ref": "#/channels/health"},
-                "messages": [{"$ref": "#/channels/health/messages/healthReported"}],
-            },
+            "publishHealthReports": _operation("send", "health", ["healthReported"]),
         },
-        "components": {"messages": messages, "schemas": schemas},
+        "components": {
+            "messages": {
+                "healthReported": _message(
+                    "healthReported", ev.HEALTH_REPORTED, _HEALTH_HEADERS, "HealthReport"
+                ),
+                "deadLetter": {
+                    "name": "deadLetter",
+                    "title": "Dead-lettered request record",
+                    "headers": _DLQ_HEADERS,
+                    "payload": {"description": "The original bytes."},
+                },
+            },
+            "schemas": _schemas([*models, HealthReport]),
+        },
     }
+    for domain in domains:
+        _add_domain(domain, document)
+    return document

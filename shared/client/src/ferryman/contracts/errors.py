@@ -12,10 +12,27 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorCode(StrEnum):
-    """Error codes carried in `failed` events."""
+    """Error codes carried in `failed` events.
+
+    The set grows as workers do. A consumer that meets a code it does not know
+    must not fail: it should treat the error by its `retryable` flag, which every
+    error carries.
+    """
 
     INVALID_REQUEST = "invalid_request"
+    """The request is malformed or cannot be sent as it is."""
     AUTH = "auth"
+    """The upstream rejected the credentials (missing, invalid, expired, unpaid)."""
+    PERMISSION_DENIED = "permission_denied"
+    """The credentials are valid but may not do this (model, resource or region)."""
+    NOT_FOUND = "not_found"
+    """What the request names does not exist upstream (a model, a deployment, an object)."""
+    CONFLICT = "conflict"
+    """The request conflicts with the upstream's current state (e.g. it already exists)."""
+    PRECONDITION_FAILED = "precondition_failed"
+    """A condition the request set no longer holds (e.g. an object changed since read)."""
+    TOO_LARGE = "too_large"
+    """The request (or an object in it) exceeds a size limit."""
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     TIMEOUT = "timeout"
@@ -24,11 +41,18 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     CANCELLED = "cancelled"
     INTERNAL = "internal"
+    """A fault in Ferryman itself (a bug); not retryable: the same input meets the same bug."""
 
 
-_RETRYABLE_BY_DEFAULT = frozenset(
-    {ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.INTERNAL}
+RETRYABLE_CODES: frozenset[ErrorCode] = frozenset(
+    {ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT}
 )
+"""The codes whose errors are retryable unless the raiser says otherwise: the only table.
+
+Every other code is a verdict on the request, the credentials or the state upstream
+that sending the same request again does not change (a `conflict` or a failed
+precondition needs a new request, not a repeat).
+"""
 
 
 class ErrorInfo(BaseModel):
@@ -37,13 +61,13 @@ class ErrorInfo(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     code: ErrorCode
-    """One code of the shared taxonomy."""
+    """One code of the shared taxonomy; fall back on `retryable` for codes you do not know."""
     message: str
     """Human-readable description; never contains secrets."""
     retryable: bool
     """Whether sending the same request again may succeed."""
-    provider: str | None = None
-    """The upstream provider that produced the error, when there is one."""
+    upstream: str | None = None
+    """The upstream service that produced the error (e.g. `openai`), when there is one."""
     status: int | None = Field(default=None, ge=100, le=599)
     """The upstream HTTP status, when there is one."""
 
@@ -54,8 +78,8 @@ class FerrymanError(Exception):
     Args:
         code: the taxonomy code.
         message: a description safe to publish (no secrets).
-        retryable: overrides the code's default retryability.
-        provider: the upstream provider, if any.
+        retryable: overrides the code's default retryability (`RETRYABLE_CODES`).
+        upstream: the upstream service (provider, tool server, store), if any.
         status: the upstream HTTP status, if any.
         retry_after: seconds the upstream asked us to wait, if it said.
     """
@@ -66,15 +90,15 @@ class FerrymanError(Exception):
         message: str,
         *,
         retryable: bool | None = None,
-        provider: str | None = None,
+        upstream: str | None = None,
         status: int | None = None,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
-        self.retryable = code in _RETRYABLE_BY_DEFAULT if retryable is None else retryable
-        self.provider = provider
+        self.retryable = code in RETRYABLE_CODES if retryable is None else retryable
+        self.upstream = upstream
         self.status = status
         self.retry_after = retry_after
 
@@ -85,7 +109,7 @@ class FerrymanError(Exception):
             code=self.code,
             message=self.message,
             retryable=self.retryable,
-            provider=self.provider,
+            upstream=self.upstream,
             status=status,
         )
 

@@ -22,6 +22,13 @@ EXT_TRACEPARENT: Final = "traceparent"
 EXT_TRACESTATE: Final = "tracestate"
 EXT_TENANT: Final = "tenant"
 EXT_CORRELATION_ID: Final = "correlationid"
+EXT_RUN_ID: Final = "runid"
+"""On every reply event: the execution that produced it. A redelivered request runs again
+under a new run id; run ids of one request sort in the order the runs started, so a consumer
+follows the greatest run id it has seen and discards what earlier runs published."""
+EXT_REPLY_TOKEN: Final = "replytoken"
+"""Optional on a request: a secret the worker echoes on every reply event, so a client can
+accept only replies to requests it sent."""
 
 REQUEST_EXTENSIONS: Final = (
     EXT_REPLY_TO,
@@ -30,6 +37,7 @@ REQUEST_EXTENSIONS: Final = (
     EXT_TRACEPARENT,
     EXT_TRACESTATE,
     EXT_TENANT,
+    EXT_REPLY_TOKEN,
 )
 
 # Headers added to dead-lettered records (Kafka header names, not CloudEvents attributes).
@@ -42,6 +50,8 @@ DLQ_ERROR_MESSAGE: Final = "dlq-error-message"
 DLQ_ATTEMPTS: Final = "dlq-attempts"
 DLQ_FAILED_AT: Final = "dlq-failed-at"
 DLQ_REPLAY_OF: Final = "dlq-replay-of"
+DLQ_TRUNCATED: Final = "dlq-truncated"
+"""Only on a dead letter whose value was cut to fit the topic: the original value's size."""
 DLQ_HEADERS: Final = (
     DLQ_ORIGINAL_TOPIC,
     DLQ_ORIGINAL_PARTITION,
@@ -51,6 +61,7 @@ DLQ_HEADERS: Final = (
     DLQ_ERROR_MESSAGE,
     DLQ_ATTEMPTS,
     DLQ_FAILED_AT,
+    DLQ_TRUNCATED,
 )
 
 

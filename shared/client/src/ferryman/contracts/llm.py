@@ -7,11 +7,14 @@ instead of being silently ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ferryman.contracts.errors import ErrorCode, ErrorInfo
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Strict(BaseModel):
@@ -185,6 +188,16 @@ class ChatRequest(_Strict):
     metadata: dict[str, str] | None = None
     """Free-form tags; `user_id` is passed to providers that take an end-user id."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_lone_surrogates(cls, data: Any) -> Any:
+        # JSON may escape half a UTF-16 pair (`"\ud800"`): no provider can be sent it, and no
+        # reply could carry its echo; refuse it before any work.
+        if (where := _lone_surrogate(data, "")) is not None:
+            where = where.encode("utf-8", "backslashreplace").decode()  # it may name a bad key
+            raise ValueError(f"{where or 'the request'} holds a lone UTF-16 surrogate")
+        return data
+
     @model_validator(mode="after")
     def _check_consistency(self) -> ChatRequest:
         if isinstance(self.stop, list) and not 1 <= len(self.stop) <= 4:
@@ -198,6 +211,26 @@ class ChatRequest(_Strict):
                     f"tool_choice names unknown tool {self.tool_choice.function.name!r}"
                 )
         return self
+
+
+def _lone_surrogate(value: Any, path: str) -> str | None:
+    """The path of the first string (key or value) in `value` holding a lone surrogate."""
+    if isinstance(value, str):
+        return path if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in cast(dict[Any, Any], value).items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and _SURROGATE.search(key):
+                return where
+            if (found := _lone_surrogate(item, where)) is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(cast(list[Any], value)):
+            if (found := _lone_surrogate(item, f"{path}[{index}]")) is not None:
+                return found
+    elif isinstance(value, BaseModel):
+        return _lone_surrogate(value.model_dump(), path)
+    return None
 
 
 class ToolCallDelta(_Strict):

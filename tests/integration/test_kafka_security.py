@@ -1,0 +1,149 @@
+"""SASL against a real broker: a second local broker whose only client listener is
+SASL_PLAINTEXT (PLAIN and SCRAM), started for this module; the shared broker is not touched."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from aiokafka.errors import KafkaConnectionError
+
+from ferryman.cli import main as ferryman
+from ferryman.codec import encode_binary
+from ferryman.kafka_config import KafkaConnection
+from ferryman.publisher import KafkaPublisher
+from ferryman.topic_reader import read_topic_records
+from ferryman.topics import ensure_topics
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+USER, PASSWORD = "alice", "alice-Secret-42"
+LOCAL_KAFKA = Path(__file__).resolve().parents[2] / "tools" / "kafka" / "local_kafka.py"
+
+
+def load_local_kafka() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("local_kafka_for_sasl", LOCAL_KAFKA)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sasl_bootstrap(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A SASL-only broker on fresh ports, with the jars of the shared local broker."""
+    del kafka_bootstrap  # the shared broker's jars are resolved first; that broker is left alone
+    local_kafka = load_local_kafka()
+    home = tmp_path_factory.mktemp("sasl-kafka")
+    port = free_port()
+    bootstrap = local_kafka.ensure_running(
+        port,
+        home,
+        120,
+        controller_port=free_port(),
+        sasl_users={USER: PASSWORD},
+        libs_home=local_kafka.default_home(),
+    )
+    try:
+        yield bootstrap
+    finally:
+        local_kafka.stop(home, port)
+
+
+def connection(bootstrap: str, mechanism: str, password: str = PASSWORD) -> KafkaConnection:
+    return KafkaConnection.model_validate(
+        {
+            "bootstrap_servers": bootstrap,
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": mechanism,
+            "sasl_username": USER,
+            "sasl_password": password,
+        }
+    )
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+async def test_topics_are_created_written_and_read_with_good_credentials(
+    sasl_bootstrap: str, unique: str, mechanism: str
+) -> None:
+    good = connection(sasl_bootstrap, mechanism)
+    topic = f"t-{unique}.secure"
+    await ensure_topics(good, [topic], partitions=2, replication_factor=1)
+    publisher = KafkaPublisher(
+        good.bootstrap_servers, client_id="test", connection=good.security_options()
+    )
+    await publisher.start()
+    try:
+        await publisher.send_and_wait(topic, b"hello", key=b"k", headers=[("h", b"1")])
+    finally:
+        await publisher.stop()
+
+    records = [record async for record in read_topic_records(good, topic)]
+
+    assert [(r.key, r.value, r.headers) for r in records] == [(b"k", b"hello", [("h", b"1")])]
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
+async def test_a_wrong_password_fails_at_connect(sasl_bootstrap: str, mechanism: str) -> None:
+    bad = connection(sasl_bootstrap, mechanism, password="wrong")
+
+    async with asyncio.timeout(30):
+        with pytest.raises(KafkaConnectionError):
+            await ensure_topics(bad, ["never-created"], partitions=1, replication_factor=1)
+
+
+async def test_a_plaintext_client_cannot_use_the_sasl_listener(sasl_bootstrap: str) -> None:
+    async with asyncio.timeout(60):
+        with pytest.raises((KafkaConnectionError, LookupError)):
+            _ = [r async for r in read_topic_records(sasl_bootstrap, "anything")]
+
+
+async def test_the_cli_reads_credentials_from_the_environment(
+    sasl_bootstrap: str, unique: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    good = connection(sasl_bootstrap, "SCRAM-SHA-256")
+    topic = f"t-{unique}.cli"
+    await ensure_topics(good, [topic], partitions=1, replication_factor=1)
+    publisher = KafkaPublisher(sasl_bootstrap, client_id="test", connection=good.security_options())
+    await publisher.start()
+    try:
+        headers, value = encode_binary(
+            {"id": "e-1", "type": "demo.event", "source": "/t", "datacontenttype": "text/plain"},
+            b"hi",
+        )
+        await publisher.send_and_wait(topic, value, key=None, headers=headers)
+    finally:
+        await publisher.stop()
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", USER)
+    args = ["tail", topic, "--from-beginning", "-b", sasl_bootstrap]
+
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", PASSWORD)
+    assert await asyncio.to_thread(ferryman, args) == 0
+    shown = capsys.readouterr()
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "not-" + PASSWORD)
+    assert await asyncio.to_thread(ferryman, args) == 1
+    refused = capsys.readouterr()
+
+    assert "demo.event\tid=e-1" in shown.out
+    assert "cannot connect to Kafka" in refused.err
+    assert "SCRAM-SHA-256 as alice" in refused.err
+    assert PASSWORD not in refused.err + refused.out
+    assert os.environ["KAFKA_SASL_PASSWORD"] not in refused.err
+
+
+def test_the_shared_broker_still_serves_plaintext(
+    kafka_bootstrap: str, sasl_bootstrap: str
+) -> None:
+    host, port = kafka_bootstrap.rsplit(":", 1)
+
+    assert sasl_bootstrap != kafka_bootstrap
+    assert load_local_kafka().broker_count(host, int(port)) > 0

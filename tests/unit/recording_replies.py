@@ -1,0 +1,54 @@
+"""A `ChatJob.replies` that records the events instead of publishing them.
+
+Routing and resilience tests check which events a request produced, in which order and
+with what data; how they are published is tested with the real publisher elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from ferryman.contracts import (
+    LLM_CHAT_CHUNK,
+    LLM_CHAT_COMPLETED,
+    LLM_CHAT_FAILED,
+    LLM_CHAT_RESTARTED,
+    ChatChunk,
+    ChatCompleted,
+    ChatRestarted,
+    ErrorInfo,
+)
+
+
+class RecordingReplies:
+    """Records `(event type, data)` as the event would carry it (JSON, no nulls)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    async def chunk(self, chunk: ChatChunk) -> None:
+        self._record(LLM_CHAT_CHUNK, chunk)
+
+    async def restarted(self, restart: ChatRestarted) -> None:
+        self._record(LLM_CHAT_RESTARTED, restart)
+
+    async def completed(self, result: ChatCompleted) -> None:
+        self._record(LLM_CHAT_COMPLETED, result)
+
+    async def failed(self, error: ErrorInfo) -> None:
+        self.events.append((LLM_CHAT_FAILED, {"error": _data(error)}))
+
+    def types(self) -> list[str]:
+        return [event_type for event_type, _ in self.events]
+
+    def of_type(self, event_type: str) -> list[dict[str, Any]]:
+        return [data for t, data in self.events if t == event_type]
+
+    def _record(self, event_type: str, payload: BaseModel) -> None:
+        self.events.append((event_type, _data(payload)))
+
+
+def _data(payload: BaseModel) -> dict[str, Any]:
+    return payload.model_dump(mode="json", exclude_none=True)
