@@ -26,7 +26,7 @@ from llm_worker.quotas import REPORTED_UNNAMED, QuotaBook, QuotaLimits
 from llm_worker.service import ChatJob
 from llm_worker.settings import LlmWorkerSettings
 from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
-from tests.unit.recording_replies import RecordingReplies
+from tests.unit.llm_worker.recording_replies import RecordingReplies
 
 MAX_DIRECT = 32
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PACKAGE = ROOT / "shared" / "client" / "src" / "ferryman"
 ALLOWED_DEPENDENCIES = {"aiokafka", "pydantic", "cloudevents"}
 HEAVY = ("faststream", "prometheus_client", "pydantic_settings", "ferryman_runtime")

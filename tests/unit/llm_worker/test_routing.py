@@ -18,8 +18,8 @@ from llm_worker.deployments import build_table
 from llm_worker.providers import ModelRouter
 from llm_worker.routing import RoutingConfig
 from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
-from tests.unit.recording_replies import RecordingReplies
-from tests.unit.test_resilience import FlakyModel
+from tests.unit.llm_worker.recording_replies import RecordingReplies
+from tests.unit.llm_worker.test_resilience import FlakyModel
 
 CONFIG = {
     "deployments": {
@@ -192,7 +192,7 @@ async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
 
 
 def test_the_readme_example_routing_file_is_valid() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Routing and resilience", 1)[1]
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
 

@@ -19,7 +19,7 @@ from llm_worker.providers import ModelRouter
 from llm_worker.retry_rules import LEAVE, Allowance, FailedCall, NextStep, next_step
 from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
 from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
-from tests.unit.recording_replies import RecordingReplies
+from tests.unit.llm_worker.recording_replies import RecordingReplies
 
 
 def _retryable() -> FerrymanError:

@@ -38,7 +38,7 @@ from llm_worker.routing import RoutingConfig
 from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
 from llm_worker.stream_guard import StreamTimeouts
 from tests.fakes.openai_server import FakeOpenAI, Scenario
-from tests.unit.recording_replies import RecordingReplies
+from tests.unit.llm_worker.recording_replies import RecordingReplies
 
 NOTES = Path("/tmp/notes/fault_matrix.txt")
 FIRST_TOKEN = 0.5

@@ -31,7 +31,7 @@ from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
 from llm_worker.stream_guard import StreamTimeouts
 from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, ToolCallFragment, fold
 from tests.fakes.publisher import chat_replies
-from tests.unit.recording_replies import RecordingReplies
+from tests.unit.llm_worker.recording_replies import RecordingReplies
 
 REQUEST_ID = "req-42"
 REPLY_TOPIC = "test.replies"

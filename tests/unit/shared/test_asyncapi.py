@@ -9,7 +9,7 @@ from ferryman.contracts import ChatFailed, ChatRequest
 from ferryman.contracts.asyncapi import build_asyncapi
 from ferryman.contracts.channels import EventMessage, RequestDomain
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_committed_asyncapi_document_matches_the_contract_models() -> None:
