@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +96,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     received_at: float
+    """`loop.time()` when the request arrived (virtual on a `VirtualTimeLoop`)."""
 
 
 @dataclass
@@ -160,7 +160,7 @@ class FakeAnthropic(FakeHttpServer):
                 dict(request.query),
                 dict(request.headers),
                 body,
-                time.monotonic(),
+                asyncio.get_running_loop().time(),
             )
         )
         if not self._authorized(request):

@@ -25,7 +25,6 @@ import base64
 import contextlib
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +112,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     received_at: float
+    """`loop.time()` when the request arrived (virtual on a `VirtualTimeLoop`)."""
 
 
 class FakeGemini(FakeHttpServer):
@@ -144,7 +144,7 @@ class FakeGemini(FakeHttpServer):
                 dict(request.query),
                 dict(request.headers),
                 body,
-                time.monotonic(),
+                asyncio.get_running_loop().time(),
             )
         )
         if request.method == "GET" and _LIST.match(request.path):

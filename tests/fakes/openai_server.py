@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +117,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: dict[str, Any]
     received_at: float
+    """`loop.time()` when the request arrived (virtual on a `VirtualTimeLoop`)."""
 
 
 class FakeOpenAI(FakeHttpServer):
@@ -150,7 +150,11 @@ class FakeOpenAI(FakeHttpServer):
             body = await request.json()
         self.requests.append(
             RecordedRequest(
-                request.path, dict(request.query), dict(request.headers), body, time.monotonic()
+                request.path,
+                dict(request.query),
+                dict(request.headers),
+                body,
+                asyncio.get_running_loop().time(),
             )
         )
         if request.method == "GET" and request.path.endswith("/models"):

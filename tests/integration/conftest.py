@@ -61,7 +61,7 @@ class WorkerProcess:
             [sys.executable, "-m", "llm_worker"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
 
-    def health(self) -> dict[str, object] | None:
+    def health(self) -> dict[str, Any] | None:
         """The `/health` document, or None if not reachable or not ready."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:

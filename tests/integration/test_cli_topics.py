@@ -10,7 +10,7 @@ import pytest
 
 from ferryman.cli import main as ferryman
 from ferryman.codec import Headers, encode_binary
-from ferryman.contracts import HEALTH_REPORTED, DeploymentHealth, HealthReport
+from ferryman.contracts import HEALTH_REPORTED, HealthReport, UpstreamHealth
 from ferryman.contracts import events as ev
 from ferryman.publisher import KafkaPublisher
 from ferryman.topics import ensure_topics
@@ -88,12 +88,12 @@ async def test_health_shows_the_latest_report_of_each_instance(
             service="llm-worker",
             instance=instance,
             reported_at=datetime(2030, 1, 1, 0, 0, second, tzinfo=UTC),
-            routing_version="abcdef0123456789",
-            deployments=[
-                DeploymentHealth(
-                    deployment="main",
-                    provider="openai",
-                    model="gpt",
+            config_version="abcdef0123456789",
+            upstreams=[
+                UpstreamHealth(
+                    name="main",
+                    kind="llm",
+                    labels={"provider": "openai", "model": "gpt"},
                     status=status,  # type: ignore[arg-type]
                     circuit="closed",
                     in_flight=0,
@@ -120,10 +120,10 @@ async def test_health_shows_the_latest_report_of_each_instance(
     assert await run(["health", "--topic", topic, "-b", kafka_bootstrap]) == 0
     lines = capsys.readouterr().out.splitlines()
 
-    assert lines[0].split() == ["SERVICE", "INSTANCE", "REPORTED", "AT", "STATUS", "DEPLOYMENTS"]
+    assert lines[0].split() == ["SERVICE", "INSTANCE", "REPORTED", "AT", "STATUS", "UPSTREAMS"]
     assert lines[1].split()[:4] == ["llm-worker", "w-1", "2030-01-01T00:00:02Z", "healthy"]
     assert lines[2].split()[:4] == ["llm-worker", "w-2", "2030-01-01T00:00:01Z", "degraded"]
-    assert "routing abcdef012345" in lines[1]
+    assert "config abcdef012345" in lines[1]
     assert len(lines) == 3
 
 

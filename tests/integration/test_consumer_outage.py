@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -18,65 +15,19 @@ from prometheus_client import CollectorRegistry
 from ferryman.topics import ensure_topics
 from ferryman_runtime.metrics import ConsumerMetrics
 from ferryman_runtime.parallel_consumer import ParallelConsumer
+from tests.kafka_brokers import PrivateBroker, private_broker
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 OUTAGE = 12.0
-
-
-def _local_kafka() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "local_kafka_outage", ROOT / "tools" / "kafka" / "local_kafka.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no two consecutive free ports")
-
-
-class PrivateBroker:
-    """A single-node broker from the repository's jars, in its own directory."""
-
-    def __init__(self, home: Path) -> None:
-        self.module = _local_kafka()
-        self.home = home
-        self.port = _free_port_pair()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-
-    def up(self) -> None:
-        self.module.ensure_running(port=self.port, home=self.home, timeout=90)
-
-    def down(self) -> None:
-        self.module.stop(home=self.home, port=self.port)
 
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    """A broker only this test uses (it stops it); needs the jars of `.kafka/libs`."""
-    libs = ROOT / ".kafka" / "libs"
-    if not (libs / ".pom-sha256").exists():
-        pytest.skip("no local Kafka jars (.kafka/libs) to run a private broker")
-    (tmp_path / "libs").symlink_to(libs)
-    private = PrivateBroker(tmp_path)
-    private.up()
-    yield private
-    private.down()
+    """A broker only this test uses (it stops it)."""
+    with private_broker(tmp_path) as private:
+        private.up()
+        yield private
 
 
 class Lines(logging.Handler):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -102,12 +103,14 @@ async def test_poison_records_are_dead_lettered_once_and_later_records_are_proce
         assert added[ev.DLQ_FAILED_AT].endswith(b"Z")
     # Validation failures with a known reply topic also get a `failed` event.
 
-    def failed_events(records: list) -> dict[str, dict]:
-        return {
-            header_value(r.headers, "ce_correlationid"): json.loads(r.value)["error"]
-            for r in records
-            if header_value(r.headers, "ce_type") == "ferryman.llm.chat.failed"
-        }
+    def failed_events(records: list[Any]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for r in records:
+            if header_value(r.headers, "ce_type") == "ferryman.llm.chat.failed":
+                correlation = header_value(r.headers, "ce_correlationid")
+                assert correlation is not None, "a failed event without a correlation id"
+                found[correlation] = json.loads(r.value)["error"]
+        return found
 
     replies = await read_topic(
         kafka_bootstrap, topics.replies, until=lambda rs: len(failed_events(rs)) >= 3

@@ -16,7 +16,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from ferryman.client import ChatFailedError, FerrymanClient
 from ferryman.codec import encode_binary, header_value
-from ferryman.contracts import ChatChunk, ChatCompleted
+from ferryman.contracts import ChatChunk, ChatCompleted, ChatRestarted
 from ferryman.replies import RunRestarted
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.integration.conftest import Topics, read_topic
@@ -74,7 +74,7 @@ async def test_sigkill_mid_stream_then_restart_loses_no_request(
     async def run(i: int) -> None:
         chunks: list[ChatChunk] = []
         async for event in client.chat_stream(_request(texts[i]), timeout=90):
-            if isinstance(event, RunRestarted):
+            if isinstance(event, RunRestarted | ChatRestarted):
                 chunks.clear()  # the rerun after the crash: start the answer over
             elif isinstance(event, ChatChunk):
                 chunks.append(event)
@@ -223,7 +223,7 @@ async def test_sigterm_finishes_in_flight_work_commits_and_exits(
         async for event in client.chat_stream(_request(f"graceful {i} a b c d e"), timeout=60):
             if isinstance(event, ChatChunk):
                 started.add(i)
-            else:
+            elif isinstance(event, ChatCompleted):
                 return event
         raise AssertionError("no terminal event")
 

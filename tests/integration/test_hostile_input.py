@@ -57,17 +57,17 @@ def _structured(document: dict[str, Any]) -> Record:
 
 
 def _hostile_kinds(topics: Topics) -> list[Kind]:
-    def garbage(rng: random.Random, n: int) -> Record:
+    def garbage(rng: random.Random, n: int) -> tuple[Record, str]:
         return (None, [], rng.randbytes(rng.randint(0, 200))), "dlq"
 
-    def no_id(rng: random.Random, n: int) -> Record:
+    def no_id(rng: random.Random, n: int) -> tuple[Record, str]:
         key, headers, value = _request(topics, f"h{n}")
         return (key, [(k, v) for k, v in headers if k != "ce_id"], value), "dlq"
 
-    def structured_no_id(rng: random.Random, n: int) -> Record:
+    def structured_no_id(rng: random.Random, n: int) -> tuple[Record, str]:
         return _structured({"specversion": "1.0", "type": "t", "source": "s", "data": {}}), "dlq"
 
-    def bad_reply_topic(rng: random.Random, n: int) -> Record:
+    def bad_reply_topic(rng: random.Random, n: int) -> tuple[Record, str]:
         topic = rng.choice(
             ["__consumer_offsets", "__transaction_state", ".", "..", topics.requests, "x" * 300]
         )
@@ -78,7 +78,7 @@ def _hostile_kinds(topics: Topics) -> list[Kind]:
             headers = [("ce_replyto", topics.replies.encode()), *headers]
         return (key, headers, value), "dlq"
 
-    def structured_bad_reply(rng: random.Random, n: int) -> Record:
+    def structured_bad_reply(rng: random.Random, n: int) -> tuple[Record, str]:
         return _structured(
             {
                 "specversion": "1.0",
@@ -90,12 +90,12 @@ def _hostile_kinds(topics: Topics) -> list[Kind]:
             }
         ), "dlq"
 
-    def huge_id(rng: random.Random, n: int) -> Record:
+    def huge_id(rng: random.Random, n: int) -> tuple[Record, str]:
         data = {"model": "mock/echo", "messages": [{"role": "user", "content": "big id"}]}
         _, headers, value = _request(topics, f"h{n}-" + "x" * 600_000, data)
         return (f"h{n}".encode(), headers, value), "dlq"
 
-    def lone_surrogate(rng: random.Random, n: int) -> Record:
+    def lone_surrogate(rng: random.Random, n: int) -> tuple[Record, str]:
         field = rng.choice(["id", "tenant", "source"])
         document = {
             "specversion": "1.0",
@@ -108,19 +108,19 @@ def _hostile_kinds(topics: Topics) -> list[Kind]:
         document[field] = "\ud800" + str(n)
         return _structured(document), "dlq"
 
-    def wrong_type(rng: random.Random, n: int) -> Record:
+    def wrong_type(rng: random.Random, n: int) -> tuple[Record, str]:
         kind = rng.choice(["x", "ferryman.llm.chat.chunk"])
         return _request(topics, f"h{n}", type=kind), "dlq"
 
-    def invalid_data(rng: random.Random, n: int) -> Record:
+    def invalid_data(rng: random.Random, n: int) -> tuple[Record, str]:
         data = rng.choice([[], "text", {"model": 1}, {"messages": []}, {"model": "m", "x": 1}])
         return _request(topics, f"h{n}", data=data), "dlq"
 
-    def surrogate_content(rng: random.Random, n: int) -> Record:
+    def surrogate_content(rng: random.Random, n: int) -> tuple[Record, str]:
         data = {"model": "mock/echo", "messages": [{"role": "user", "content": "a\ud800b"}]}
         return _request(topics, f"h{n}", data=data), "dlq"
 
-    def bad_expiry(rng: random.Random, n: int) -> Record:
+    def bad_expiry(rng: random.Random, n: int) -> tuple[Record, str]:
         if rng.random() < 0.5:
             return _request(topics, f"h{n}", expirytime="soon"), "dlq"
         return _request(topics, f"h{n}", expirytime="2020-01-01T00:00:00Z"), "failed"

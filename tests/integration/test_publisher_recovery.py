@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
-import socket
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from aiokafka import ConsumerRecord
@@ -30,10 +25,10 @@ from ferryman.publisher import KafkaPublisher, RecordTooLarge, is_record_too_lar
 from ferryman.topics import ensure_topics
 from ferryman_runtime.dead_letter import DeadLetterReason, publish_dead_letter
 from tests.integration.conftest import read_topic
+from tests.kafka_brokers import PrivateBroker, private_broker
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 20_000  # above aiokafka's 16 KiB batch size, so an oversize record travels alone
 
 
@@ -215,66 +210,14 @@ async def test_a_producer_whose_sender_died_is_replaced(kafka_bootstrap: str, un
 # --- a broker outage, on a throwaway second broker (never the shared one) ---------------------
 
 
-def _local_kafka() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "local_kafka", ROOT / "tools" / "kafka" / "local_kafka.py"
-    )
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("local_kafka", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p+1 (the controller's) both free right now."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-        return port
-    raise AssertionError("no two consecutive free ports")
-
-
-@dataclass
-class ThrowawayBroker:
-    """A second local broker this test may stop and start."""
-
-    local_kafka: ModuleType
-    home: Path
-    port: int
-
-    async def start(self) -> str:
-        return await asyncio.to_thread(self.local_kafka.ensure_running, self.port, self.home, 120.0)
-
-    async def stop(self) -> None:
-        await asyncio.to_thread(self.local_kafka.stop, self.home, self.port)
-
-
 @pytest.fixture
-def throwaway_broker(tmp_path: Path) -> Iterator[ThrowawayBroker]:
-    local_kafka = _local_kafka()
-    libs = local_kafka.default_home() / "libs"
-    if not (libs / ".pom-sha256").exists():
-        pytest.skip("no resolved Kafka jars (tools/kafka/local_kafka.py up) for a second broker")
-    home = tmp_path / "kafka"
-    home.mkdir()
-    (home / "libs").symlink_to(libs, target_is_directory=True)
-    broker = ThrowawayBroker(local_kafka, home, _free_port_pair())
-    try:
+def throwaway_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    with private_broker(tmp_path) as broker:
         yield broker
-    finally:
-        local_kafka.stop(home, broker.port)
 
 
 async def test_the_publisher_delivers_again_after_a_broker_outage(
-    throwaway_broker: ThrowawayBroker, unique: str
+    throwaway_broker: PrivateBroker, unique: str
 ) -> None:
     bootstrap = await throwaway_broker.start()
     topic = f"t-{unique}.replies"

@@ -79,9 +79,8 @@ async def test_structured_request_from_a_plain_kafka_producer_gets_its_result(
     types = [header_value(r.headers, "ce_type") for r in mine]
     assert types == ["ferryman.llm.chat.chunk"] * 4 + ["ferryman.llm.chat.completed"]
     assert all(r.key == request_id.encode() for r in mine)
-    assert all(
-        header_value(r.headers, "ce_source").startswith("/ferryman/llm-worker/") for r in mine
-    )
+    sources = [header_value(r.headers, "ce_source") or "" for r in mine]
+    assert all(source.startswith("/ferryman/llm-worker/") for source in sources)
     assert json.loads(mine[-1].value)["content"] == "You said: structured mode"
 
 
@@ -151,7 +150,7 @@ async def test_a_hand_made_binary_record_like_kcat_sends_gets_chunks_and_a_resul
         )
 
     records = await read_topic(kafka_bootstrap, topics.replies, until=finished)
-    assert [header_value(r.headers, "ce_type").rsplit(".", 1)[1] for r in records] == [
+    assert [(header_value(r.headers, "ce_type") or "").rsplit(".", 1)[-1] for r in records] == [
         "chunk",
         "chunk",
         "chunk",

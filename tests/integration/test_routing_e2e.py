@@ -1,7 +1,7 @@
 """Routing end to end: hot reload under load, quotas across replicas, health reports, breakers.
 
 Each test runs real worker processes against the real Kafka and the fake OpenAI server,
-and appends its key measurements to `/tmp/notes/e2e.txt`.
+and appends its key measurements to `e2e.txt` (see `tests.notes` for where).
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from ferryman.contracts import HEALTH_REPORTED, ChatCompleted, ErrorCode
 from ferryman.contracts.health import HealthReport
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.integration.conftest import Topics, WorkerProcess, open_client, read_topic
+from tests.notes import Notes, note_path
 
 pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 WorkerFactory = Callable[..., WorkerProcess]
-
-NOTES = Path("/tmp/notes/e2e.txt")
 
 
 async def eventually(check: Callable[[], T], timeout: float = 30.0, interval: float = 0.1) -> T:
@@ -45,11 +44,10 @@ async def eventually(check: Callable[[], T], timeout: float = 30.0, interval: fl
         await asyncio.sleep(interval)
 
 
-def note(line: str) -> None:
-    """Append one line of measurements to the notes file."""
-    NOTES.parent.mkdir(parents=True, exist_ok=True)
-    with NOTES.open("a") as notes:
-        notes.write(line + "\n")
+@pytest.fixture(scope="module")
+def note(tmp_path_factory: pytest.TempPathFactory) -> Notes:
+    """Appends one line of measurements to the notes file."""
+    return Notes(note_path(tmp_path_factory, "e2e.txt"))
 
 
 def sample(worker: WorkerProcess, name: str, **labels: str) -> float | None:
@@ -116,7 +114,11 @@ async def client4(kafka_bootstrap: str, topics: Topics) -> AsyncIterator[Ferryma
 
 
 async def test_a_hot_reload_under_load_loses_no_request_and_rejects_a_bad_version(
-    worker_factory: WorkerFactory, client: FerrymanClient, fake_openai: FakeOpenAI, tmp_path: Path
+    note: Notes,
+    worker_factory: WorkerFactory,
+    client: FerrymanClient,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
 ) -> None:
     streaming = Scenario(tokens=12, token_delay=0.05)  # about 0.55 s per stream
     fake_openai.scenarios["alpha"] = fake_openai.scenarios["beta"] = streaming
@@ -191,7 +193,11 @@ async def test_a_hot_reload_under_load_loses_no_request_and_rejects_a_bad_versio
 
 
 async def test_a_deployment_limit_holds_across_two_replicas(
-    worker_factory: WorkerFactory, client4: FerrymanClient, fake_openai: FakeOpenAI, tmp_path: Path
+    note: Notes,
+    worker_factory: WorkerFactory,
+    client4: FerrymanClient,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
 ) -> None:
     routing = tmp_path / "routing.yaml"
     routing.write_text(
@@ -248,7 +254,11 @@ def busiest(times: list[float], window: float) -> int:
 
 
 async def test_a_tenant_over_its_quota_waits_for_budget_and_fails_only_past_its_deadline(
-    worker_factory: WorkerFactory, client4: FerrymanClient, fake_openai: FakeOpenAI, tmp_path: Path
+    note: Notes,
+    worker_factory: WorkerFactory,
+    client4: FerrymanClient,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
 ) -> None:
     routing = tmp_path / "routing.yaml"
     routing.write_text(
@@ -303,7 +313,9 @@ async def test_a_tenant_over_its_quota_waits_for_budget_and_fails_only_past_its_
     assert len(received) == 6
     assert within_window == 2
     assert two_apart >= 3.0 - 0.25
-    assert 6.0 <= elapsed < 9.0  # the owning replica has the whole budget, not half of it
+    # Three windows of two: `within_window == 2` shows the owning replica has the whole
+    # budget (half of it would admit one call per window); no upper bound on real time.
+    assert elapsed >= 6.0
     assert (refused.value.error.code, refused.value.error.retryable) == (
         ErrorCode.RATE_LIMITED,
         True,
@@ -313,6 +325,7 @@ async def test_a_tenant_over_its_quota_waits_for_budget_and_fails_only_past_its_
 
 
 async def test_health_reports_reach_the_health_topic_and_probes_never_bill_a_completion(
+    note: Notes,
     worker_factory: WorkerFactory,
     kafka_bootstrap: str,
     unique: str,
@@ -336,8 +349,8 @@ async def test_health_reports_reach_the_health_topic_and_probes_never_bill_a_com
     await worker.wait_ready()
 
     def probed(report: HealthReport) -> bool:
-        return report.routing_version == version and any(
-            d.deployment == "main" and d.probe == "ok" for d in report.deployments
+        return report.config_version == version and any(
+            u.name == "main" and u.probe == "ok" for u in report.upstreams
         )
 
     records = await read_topic(
@@ -358,8 +371,8 @@ async def test_health_reports_reach_the_health_topic_and_probes_never_bill_a_com
 
     assert {dict(r.headers)["ce_type"] for r in records} == {HEALTH_REPORTED.encode()}
     assert report.service == "llm_worker"
-    assert [(d.deployment, d.provider, d.model) for d in report.deployments] == [
-        ("main", "openai", "gpt-fake")
+    assert [(u.name, u.kind, u.labels) for u in report.upstreams] == [
+        ("main", "llm", {"provider": "openai", "model": "gpt-fake"})
     ]
     assert listings
     assert fake_openai.chat_requests() == []
@@ -367,7 +380,11 @@ async def test_health_reports_reach_the_health_topic_and_probes_never_bill_a_com
 
 
 async def test_an_open_circuit_routes_around_its_deployment_until_it_recovers(
-    worker_factory: WorkerFactory, client: FerrymanClient, fake_openai: FakeOpenAI, tmp_path: Path
+    note: Notes,
+    worker_factory: WorkerFactory,
+    client: FerrymanClient,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
 ) -> None:
     fake_openai.scenarios["primary"] = Scenario(status=503)
     routing = tmp_path / "routing.yaml"
@@ -379,7 +396,7 @@ async def test_an_open_circuit_routes_around_its_deployment_until_it_recovers(
         "  chat: {deployments: [primary], fallbacks: [backup]}\n"
         "  backup: {deployments: [echo]}\n"
     )
-    reset_timeout = 1.0
+    reset_timeout = 3.0  # generous: the requests "while open" must land before it ends
     worker = worker_factory(
         OPENAI_BASE_URL=fake_openai.base_url,
         LLM_WORKER_ROUTING_FILE=str(routing),
@@ -396,9 +413,7 @@ async def test_an_open_circuit_routes_around_its_deployment_until_it_recovers(
     tripping = [await client.chat(_request(f"trip {i}"), timeout=30) for i in range(2)]
     opened_at = time.monotonic()
     circuit_after_trip = health(worker)["circuits"]["primary"]
-    while_open: list[ChatCompleted] = []
-    while not while_open or time.monotonic() - opened_at < reset_timeout * 0.5:
-        while_open.append(await client.chat(_request("while open"), timeout=30))
+    while_open = [await client.chat(_request(f"while open {i}"), timeout=30) for i in range(3)]
     answered_within_timeout = time.monotonic() - opened_at < reset_timeout
     calls_while_open = chat_models(fake_openai)["primary"] - 2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -25,14 +26,14 @@ async def test_the_worker_pauses_at_its_in_flight_limit_and_still_finishes_every
     worker = worker_factory(LLM_WORKER_MAX_IN_FLIGHT="2", LLM_WORKER_MOCK_TOKEN_DELAY_MS="100")
     worker.start()
     await worker.wait_ready()
-    observed: list[dict[str, object]] = []
+    observed: list[dict[str, Any]] = []
     done = asyncio.Event()
 
     async def watch() -> None:
         while not done.is_set():
             status = await asyncio.to_thread(worker.health)
             if status:
-                observed.append(status["consumer"])  # type: ignore[arg-type]
+                observed.append(status["consumer"])
             await asyncio.sleep(0.05)
 
     watcher = asyncio.create_task(watch())

@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman_runtime.bounded_keys import BoundedKeys
 from ferryman_runtime.resilience import REPORTED_AD_HOC, Breaker, Breakers
+from ferryman_runtime.upstreams.cooldowns import Cooldowns
+from ferryman_runtime.upstreams.quotas import REPORTED_UNNAMED, QuotaBook, QuotaLimits
 from llm_worker.app import LlmWorker
-from llm_worker.balancer import Cooldowns
 from llm_worker.deployments import MAX_DIRECT_MODEL
 from llm_worker.providers.mock import MockChatModel
-from llm_worker.quotas import REPORTED_UNNAMED, QuotaBook, QuotaLimits
 from llm_worker.service import ChatJob
 from llm_worker.settings import LlmWorkerSettings
 from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold

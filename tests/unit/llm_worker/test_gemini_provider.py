@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.providers.gemini import GeminiChatModel, create_client
 from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport, fold
 from tests.fakes.gemini_server import FakeGemini, RecordedRequest, Scenario
+from tests.virtual_time import on_virtual_time
 
 API_KEY = "AIza-test-SECRET-key-0042"
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n-fake-image").decode()
@@ -136,16 +138,11 @@ def _request(messages: MessageList | None = None, **fields: Any) -> ChatRequest:
     )
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeGemini]:
+@contextlib.asynccontextmanager
+async def _serving() -> AsyncIterator[tuple[FakeGemini, Callable[..., GeminiChatModel]]]:
+    """A started fake server and a factory of models pointed at it (closed at exit)."""
     fake = FakeGemini()
     await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def make_model(fake: FakeGemini) -> AsyncIterator[Callable[..., GeminiChatModel]]:
     models: list[GeminiChatModel] = []
 
     def make(
@@ -163,9 +160,30 @@ async def make_model(fake: FakeGemini) -> AsyncIterator[Callable[..., GeminiChat
         models.append(GeminiChatModel(client, safety_settings=safety_settings))
         return models[-1]
 
-    yield make
-    for model in models:
-        await model.aclose()
+    try:
+        yield fake, make
+    finally:
+        for model in models:
+            await model.aclose()
+        await fake.stop()
+
+
+@pytest.fixture
+async def serving() -> AsyncIterator[tuple[FakeGemini, Callable[..., GeminiChatModel]]]:
+    async with _serving() as both:
+        yield both
+
+
+@pytest.fixture
+def fake(serving: tuple[FakeGemini, Callable[..., GeminiChatModel]]) -> FakeGemini:
+    return serving[0]
+
+
+@pytest.fixture
+def make_model(
+    serving: tuple[FakeGemini, Callable[..., GeminiChatModel]],
+) -> Callable[..., GeminiChatModel]:
+    return serving[1]
 
 
 async def _collect(model: GeminiChatModel, request: ChatRequest, name: str) -> list[StreamEvent]:
@@ -917,39 +935,43 @@ async def test_a_stream_without_a_finish_reason_is_never_a_complete_answer(
         await model.generate(_request(), "m-nofinish")
 
 
-async def test_the_timeout_bounds_the_wait_for_headers_but_not_a_slow_steady_stream(
-    fake: FakeGemini, make_model: Callable[..., GeminiChatModel]
-) -> None:
-    fake.scenarios["m-slow-headers"] = Scenario(delay_before_headers=2.0)
-    fake.scenarios["m-steady"] = Scenario(tokens=6, first_token_delay=0.3, token_delay=0.2)
-    model = make_model(timeout=0.5)
+@on_virtual_time
+async def test_the_timeout_bounds_the_wait_for_headers_but_not_a_slow_steady_stream() -> None:
+    async with _serving() as (fake, make_model):
+        fake.scenarios["m-slow-headers"] = Scenario(delay_before_headers=2.0)
+        fake.scenarios["m-steady"] = Scenario(tokens=6, first_token_delay=0.3, token_delay=0.2)
+        model = make_model(timeout=0.5)
+        loop = asyncio.get_running_loop()
 
-    started = time.monotonic()
-    with pytest.raises(FerrymanError) as failure:
-        await _collect(model, _request(), "m-slow-headers")
-    assert failure.value.code is ErrorCode.TIMEOUT
-    assert time.monotonic() - started < 1.5
+        started = loop.time()
+        with pytest.raises(FerrymanError) as failure:
+            await _collect(model, _request(), "m-slow-headers")
+        assert failure.value.code is ErrorCode.TIMEOUT
+        assert loop.time() - started == pytest.approx(0.5)  # the timeout, not the 2 s wait
 
-    completion = await fold(model.stream(_request(), "m-steady"))
+        started = loop.time()
+        completion = await fold(model.stream(_request(), "m-steady"))
 
-    assert completion.content == "tok0 tok1 tok2 tok3 tok4 tok5"
+        assert completion.content == "tok0 tok1 tok2 tok3 tok4 tok5"
+        assert loop.time() - started == pytest.approx(0.3 + 5 * 0.2)  # longer than the timeout
 
 
-async def test_an_unreachable_endpoint_is_unavailable_at_once(
-    make_model: Callable[..., GeminiChatModel],
-) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    model = make_model(base_url=f"http://127.0.0.1:{port}/")
+@on_virtual_time
+async def test_an_unreachable_endpoint_is_unavailable_at_once() -> None:
+    async with _serving() as (_, make_model):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        model = make_model(base_url=f"http://127.0.0.1:{port}/")
+        loop = asyncio.get_running_loop()
 
-    started = time.monotonic()
-    with pytest.raises(FerrymanError) as failure:
-        await _collect(model, _request(), "m-any")
+        started = loop.time()
+        with pytest.raises(FerrymanError) as failure:
+            await _collect(model, _request(), "m-any")
 
-    assert failure.value.code is ErrorCode.UNAVAILABLE
-    assert failure.value.retryable is True
-    assert time.monotonic() - started < 1.0, "no hidden retry after a connection error"
+        assert failure.value.code is ErrorCode.UNAVAILABLE
+        assert failure.value.retryable is True
+        assert loop.time() == started, "no hidden retry (its backoff would move the clock)"
 
 
 async def test_stopping_early_releases_the_stream(

@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -30,6 +31,12 @@ from llm_worker.settings import LlmWorkerSettings
 from llm_worker.streaming import fold
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.fakes.publisher import RawPublisher, chat_replies
+
+
+def _last_reply(publisher: RawPublisher) -> dict[str, Any]:
+    value = publisher.sent[-1][2]
+    assert value is not None
+    return json.loads(value)
 
 
 @pytest.fixture
@@ -99,7 +106,7 @@ async def test_a_deployment_with_its_own_endpoint_and_key_is_called_there_with_t
     assert call.body["model"] == "gpt-eu"
     assert table.clients["eu"] is not router.providers["openai"]
     assert table.owned_clients == (table.clients["eu"],)
-    completed = json.loads(publisher.sent[-1][2])
+    completed = _last_reply(publisher)
     assert header_value(publisher.sent[-1][3], "ce_type") == "ferryman.llm.chat.completed"
     assert completed["deployment"] == "eu"
     assert "sk-eu-secret" not in repr(table.config)
@@ -129,7 +136,7 @@ async def test_per_deployment_capabilities_route_a_request_around_a_deployment()
 
     await service.execute(ChatJob(request=request, replies=replies))
 
-    completed = json.loads(publisher.sent[-1][2])
+    completed = _last_reply(publisher)
     assert completed["deployment"] == "tooled"
     assert [a["deployment"] for a in completed["attempts"]] == ["tooled"]
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from llm_worker.quotas import QuotaBook, QuotaLimits
+from ferryman_runtime.upstreams.quotas import QuotaBook, QuotaLimits
 
 
 class FakeClock:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import random
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -30,13 +29,6 @@ async def _call(breaker: Breaker, error: BaseException | None = None) -> None:
     async with breaker.guard():
         if error is not None:
             raise error
-
-
-async def _until(predicate, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def test_retry_delays_use_full_jitter_and_never_undercut_retry_after() -> None:
@@ -70,10 +62,14 @@ async def test_the_circuit_opens_after_retryable_failures_only_and_then_fails_fa
 
 
 async def test_half_open_lets_exactly_one_probe_through_and_a_success_closes_it() -> None:
-    breaker = Breaker("p/m", fail_max=1, reset_timeout=0.05)
+    now = [100.0]
+    breaker = Breaker("p/m", fail_max=1, reset_timeout=5.0, clock=lambda: now[0])
     with pytest.raises(FerrymanError):
         await _call(breaker, _retryable())
-    await _until(breaker.allows)
+    now[0] = 104.99
+    assert not breaker.allows()
+    now[0] = 105.0  # the reset timeout on the breaker's clock; the wall clock has not moved
+    assert breaker.allows()
     probe_started, release = asyncio.Event(), asyncio.Event()
 
     async def slow_probe() -> None:

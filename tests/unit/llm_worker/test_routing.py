@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breakers, RetryPolicy
-from llm_worker.balancer import Cooldowns, RoutePlan, Skip
-from llm_worker.deployment_stats import StatsBoard
+from ferryman_runtime.upstreams.cooldowns import Cooldowns
+from ferryman_runtime.upstreams.stats import StatsBoard
+from llm_worker.balancer import RoutePlan, Skip
 from llm_worker.deployments import build_table
 from llm_worker.providers import ModelRouter
 from llm_worker.routing import RoutingConfig
@@ -83,9 +84,9 @@ def test_lowest_latency_prefers_untried_then_the_fastest_average() -> None:
                                             "strategy": "lowest_latency"}}}  # fmt: skip
     stats = StatsBoard()
     stats.get("a").started()
-    stats.get("a").finished(failed=False, first_token=0.9)
+    stats.get("a").finished(failed=False, latency=0.9)
     stats.get("b").started()
-    stats.get("b").finished(failed=False, first_token=0.2)
+    stats.get("b").finished(failed=False, latency=0.2)
 
     assert _drain(_plan(config, stats=stats)) == ["c", "b", "a"]
 
@@ -191,9 +192,9 @@ async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
     )
 
 
-def test_the_readme_example_routing_file_is_valid() -> None:
-    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Routing and resilience", 1)[1]
+def test_the_documented_example_routing_file_is_valid() -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "llm-routing.md").read_text(encoding="utf-8")
+    section = doc.split("## The routing file", 1)[1]
     example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
 
     config = RoutingConfig.parse(example.encode())

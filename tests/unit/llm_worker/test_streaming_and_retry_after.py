@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ferryman.contracts import CompletedToolCall, ErrorCode, FerrymanError, Usage
-from llm_worker.providers.http_errors import parse_retry_after
+from ferryman_runtime.upstreams.http_status import parse_retry_after
 from llm_worker.streaming import (
     CompletionBuilder,
     Finish,

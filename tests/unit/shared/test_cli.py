@@ -158,8 +158,8 @@ def test_health_keeps_the_latest_report_per_instance_and_reads_fields_defensivel
         _report(
             "b",
             "2025-01-01T00:00:01Z",
-            routing_version="0123456789abcdef",
-            deployments=[{"status": "healthy"}, {"status": "degraded"}, "junk"],
+            config_version="0123456789abcdef",
+            upstreams=[{"status": "healthy"}, {"status": "degraded"}, "junk"],
         ),
         _report("c", "2025-01-01T00:00:01Z", status="healthy", extra={"new": "field"}),
         _record([], b"not an event"),
@@ -171,6 +171,9 @@ def test_health_keeps_the_latest_report_per_instance_and_reads_fields_defensivel
     assert health_row(latest[("llm-worker", "a")])[3:] == ["healthy", "1 healthy"]
     assert health_row(latest[("llm-worker", "b")])[3:] == [
         "degraded",
-        "1 degraded, 1 healthy, 1 unknown; routing 0123456789ab",
+        "1 degraded, 1 healthy, 1 unknown; config 0123456789ab",
     ]
     assert health_row(latest[("llm-worker", "c")])[3:] == ["healthy", "-"]
+    older = _report("d", "2025-01-01T00:00:01Z", deployments=[{"status": "healthy"}])
+    older_latest = latest_health([older])
+    assert health_row(older_latest[("llm-worker", "d")])[3:] == ["healthy", "1 healthy"]

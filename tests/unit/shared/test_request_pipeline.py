@@ -4,7 +4,7 @@ run identity, and no commit while results are unacknowledged."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -106,7 +106,7 @@ def _record(
     *,
     value: bytes | None = None,
     headers: list[tuple[str, bytes]] | None = None,
-    extra_headers: list[tuple[str, bytes]] = (),  # type: ignore[assignment]
+    extra_headers: Sequence[tuple[str, bytes]] = (),
     **extensions: str,
 ) -> ConsumerRecord[bytes, bytes]:
     encoded, body = encode_binary(_attributes(request_id, **extensions), _data(model))
@@ -270,10 +270,10 @@ async def test_refused_reply_topics_get_a_dead_letter_and_nothing_else(
     reply_to: str, tenant: str | None
 ) -> None:
     publisher = RawPublisher()
-    extensions = {"replyto": reply_to} | ({"tenant": tenant} if tenant else {})
     pipeline = _pipeline(publisher, by_tenant={"tenant-a": ["tenant-a.*"]})
+    record = _record(replyto=reply_to, tenant=tenant) if tenant else _record(replyto=reply_to)
 
-    await pipeline(_record(**extensions), 1)
+    await pipeline(record, 1)
 
     [letter] = publisher.on("requests.dlq")
     assert header_value(letter[3], "dlq-reason") == "validation"
@@ -390,7 +390,7 @@ async def test_an_exhausted_record_is_dead_lettered_with_a_retryable_failed() ->
     publisher = RawPublisher()
     pipeline = _pipeline(publisher, service=_Flaky(), spec=_ECHO_SPEC)
 
-    await pipeline.dead_letter_exhausted(_echo_record(replyto="replies"), 5, KafkaTimeoutError())
+    await pipeline.dead_letter_exhausted(_echo_record(), 5, KafkaTimeoutError())
 
     [letter] = publisher.on("requests.dlq")
     assert header_value(letter[3], "dlq-attempts") == "5"

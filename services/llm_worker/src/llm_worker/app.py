@@ -13,12 +13,12 @@ from ferryman.contracts import FerrymanError
 from ferryman_runtime.config_watch import ConfigWatcher, content_version
 from ferryman_runtime.health_events import publish_health
 from ferryman_runtime.resilience import Breakers, RetryPolicy
+from ferryman_runtime.upstreams.cooldowns import Cooldowns
+from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
 from ferryman_runtime.worker import Worker
-from llm_worker.balancer import Cooldowns
 from llm_worker.capabilities import CapabilityTable
 from llm_worker.contract import CHAT_REQUESTS, ChatRequests
 from llm_worker.deployments import RoutingTable, build_table
-from llm_worker.health import DeploymentRef, HealthMonitor
 from llm_worker.llm_metrics import LlmMetrics
 from llm_worker.ports import ChatModel
 from llm_worker.provider_factory import build_providers, dedicated_client
@@ -101,7 +101,7 @@ class LlmWorker:
             )
             self.watcher.load_initial()
         self.monitor = HealthMonitor(
-            deployments=self._deployment_refs,
+            upstreams=self._deployment_refs,
             stats=self.resilience.stats,
             circuits=self.breakers.state_of,
             publish=lambda report: publish_health(
@@ -109,11 +109,14 @@ class LlmWorker:
             ),
             service="llm_worker",
             instance=settings.instance_id,
-            routing_version=lambda: self.watcher.version if self.watcher else None,
+            config_version=lambda: self.watcher.version if self.watcher else None,
             probe_interval=settings.health_probe_interval,
             probe_timeout=settings.health_probe_timeout,
             report_interval=settings.health_report_interval,
             registry=registry,
+            metric_prefix="llm_worker",
+            metric_noun="deployment",
+            probe_label="provider",
         )
         background = [self.monitor.run]
         if self.watcher is not None:
@@ -143,15 +146,15 @@ class LlmWorker:
             len(table.config.routes),
         )
 
-    def _deployment_refs(self) -> list[DeploymentRef]:
+    def _deployment_refs(self) -> list[UpstreamRef]:
         table = self.service.routing
         if table is None:  # no routing file: one entry per provider
             return [
-                DeploymentRef(f"{name}/*", name, "*", client)
+                _deployment_ref(f"{name}/*", name, "*", client)
                 for name, client in sorted(self.router.providers.items())
             ]
         return [
-            DeploymentRef(name, d.provider, d.model, table.clients[name])
+            _deployment_ref(name, d.provider, d.model, table.clients[name])
             for name, d in sorted(table.config.deployments.items())
         ]
 
@@ -183,6 +186,19 @@ class LlmWorker:
                 "tenants": self.resilience.tenant_quotas.snapshot(),
             },
         }
+
+
+def _deployment_ref(name: str, provider: str, model: str, client: ChatModel) -> UpstreamRef:
+    """A deployment as the health monitor sees it: probed by an unbilled model listing, once
+    per client however many deployments it serves."""
+    return UpstreamRef(
+        name=name,
+        kind="llm",
+        labels={"provider": provider, "model": model},
+        probe=client.list_models,
+        probe_group=client.provider,
+        group_key=id(client),
+    )
 
 
 def create_app(

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman.contracts.llm import AttemptInfo
 from ferryman_runtime.resilience import Breakers, RetryPolicy
-from llm_worker.balancer import Cooldowns, RoutePlan
+from ferryman_runtime.upstreams.cooldowns import Cooldowns
+from ferryman_runtime.upstreams.quotas import QuotaBook
+from ferryman_runtime.upstreams.stats import StatsBoard
+from llm_worker.balancer import RoutePlan
 from llm_worker.calls import StreamProgress
-from llm_worker.deployment_stats import StatsBoard
 from llm_worker.deployments import RoutingTable
-from llm_worker.quotas import QuotaBook
 from llm_worker.replies import ChatReplies
 
 

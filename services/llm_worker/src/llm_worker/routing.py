@@ -11,8 +11,8 @@ routes:
   cheap: {deployments: [haiku]}
 ```
 
-The README's "Routing and resilience" section documents every key with a full example;
-docs/llm-routing.md explains timeouts, retries and stream restarts.
+docs/llm-routing.md documents every key with a full example ("The routing file") and
+explains timeouts, retries and stream restarts.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ferryman_runtime.upstreams.quotas import QuotaLimits
 from llm_worker.capabilities import Capabilities
-from llm_worker.quotas import QuotaLimits
 
 Strategy = Literal["weighted", "least_in_flight", "lowest_latency"]
 """How a route picks among its deployments: weighted random, fewest calls running on this

@@ -1,7 +1,7 @@
 """Executes one chat request: route it, call deployments until one serves, publish the result.
 
-The request-level rules live here (see docs/llm-routing.md and the README's "Routing and
-resilience"): one attempt budget and one deadline per request, and no call starts once
+The request-level rules live here (see docs/llm-routing.md, "Retries and failover"): one
+attempt budget and one deadline per request, and no call starts once
 the deadline has passed; what happens to a deployment after a failed call is decided by
 `retry_rules` (retry it, come back to it only if nothing else can serve, or leave it);
 `context_length` moves to the route's larger-context route; `content_filter` ends the
@@ -399,7 +399,7 @@ class ChatService:
         except BaseException:
             stats.finished(failed=False)
             raise
-        stats.finished(failed=False, first_token=result.first_token)
+        stats.finished(failed=False, latency=result.first_token)
         usage = result.completed.usage
         res.deployment_quotas.charge(name, usage.input_tokens + usage.output_tokens)
         self._record(state, name, label, began, None)

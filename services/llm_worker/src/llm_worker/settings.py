@@ -59,7 +59,7 @@ class LlmWorkerSettings(WorkerSettings):
     request_timeout: float = Field(default=600.0, gt=0)
     """Seconds a provider call may take in all (and never past the request's `expirytime`)."""
     routing_file: Path | None = None
-    """YAML file of deployments, routes and tenant quotas (hot-reloaded; see the README)."""
+    """YAML file of deployments, routes and tenant quotas (hot-reloaded; docs/llm-routing.md)."""
     routing_poll_interval: float = Field(default=1.0, gt=0)
     """Seconds between checks of the routing file for a new version."""
     attempt_budget: int = Field(default=6, ge=1)

@@ -100,10 +100,10 @@ def latest_health(records: list[TopicRecord]) -> dict[tuple[str, str], dict[str,
 
 def health_row(report: Mapping[str, Any]) -> list[str]:
     """Table cells for one report, read defensively (fields may be missing or new)."""
-    deployments = report.get("deployments")
+    upstreams = report.get("upstreams", report.get("deployments"))  # older workers: deployments
     counts: dict[str, int] = {}
-    if isinstance(deployments, list):
-        for item in cast(list[Any], deployments):
+    if isinstance(upstreams, list):
+        for item in cast(list[Any], upstreams):
             status = cast(dict[str, Any], item).get("status") if isinstance(item, dict) else None
             name = str(cast(object, status) or "unknown")
             counts[name] = counts.get(name, 0) + 1
@@ -112,9 +112,9 @@ def health_row(report: Mapping[str, Any]) -> list[str]:
         worst = max(counts, key=lambda name: _STATUS_RANK.get(name, -1), default=None)
         status = worst or "-"
     detail = ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or "-"
-    routing = report.get("routing_version")
-    if routing:
-        detail += f"; routing {str(routing)[:12]}"
+    version = report.get("config_version", report.get("routing_version"))
+    if version:
+        detail += f"; config {str(version)[:12]}"
     return [
         str(report.get("service", "?")),
         str(report.get("instance", "?")),
@@ -149,7 +149,7 @@ async def health_command(connection: KafkaConnection, args: argparse.Namespace) 
     if not latest:
         print(f"no health reports on {args.topic}", file=sys.stderr)
         return 1
-    header = ["SERVICE", "INSTANCE", "REPORTED AT", "STATUS", "DEPLOYMENTS"]
+    header = ["SERVICE", "INSTANCE", "REPORTED AT", "STATUS", "UPSTREAMS"]
     print(render_table(header, [health_row(latest[key]) for key in sorted(latest)]))
     return 0
 

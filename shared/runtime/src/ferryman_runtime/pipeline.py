@@ -214,7 +214,16 @@ class RequestPipeline(Generic[RequestT]):
         Raises:
             aiokafka.errors.KafkaError: the dead letter was not acknowledged.
         """
-        reply_to, request_id = await self._reply_hint(record)
+        event: IncomingEvent | Record = record
+        try:
+            event = decode_event(record.headers, record.value)
+        except DecodeError:
+            reply_to, request_id = await self._reply_hint(record)
+        else:  # it was a valid request: answer where it asked (or the default topic)
+            reply_to = event.extension(EXT_REPLY_TO) or self._default_reply_topic
+            request_id = event.id
+            if await self._refusal(reply_to, event.extension(EXT_TENANT)) is not None:
+                reply_to = None
         await self._reject(
             record,
             DeadLetterReason.HANDLER,
@@ -224,7 +233,7 @@ class RequestPipeline(Generic[RequestT]):
             request_id,
             code=ErrorCode.UNAVAILABLE,
             message=f"results could not be delivered after {attempts} attempts",
-            event=record,
+            event=event,
         )
 
     async def dead_letter_undecodable(self, record: UndecodableRecord) -> None:

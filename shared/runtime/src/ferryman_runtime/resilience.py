@@ -44,6 +44,7 @@ class Breaker:
         fail_max: consecutive retryable failures that open the circuit.
         reset_timeout: seconds the circuit stays open before a probe is allowed.
         on_state: called with the new state name on every change.
+        clock: monotonic seconds `reset_timeout` is measured on (injectable for tests).
     """
 
     def __init__(
@@ -53,9 +54,11 @@ class Breaker:
         fail_max: int,
         reset_timeout: float,
         on_state: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
         self._on_state = on_state
+        self._clock = clock
         self._opened_at: float | None = None
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=fail_max,
@@ -68,7 +71,7 @@ class Breaker:
         self._calls = 0
 
     def _state_changed(self, state: str) -> None:
-        self._opened_at = time.monotonic() if state == "open" else None
+        self._opened_at = self._clock() if state == "open" else None
         if self._on_state is not None:
             self._on_state(state)
 
@@ -94,9 +97,12 @@ class Breaker:
         if self._probe.locked():
             return False
         if state == "open":
-            opened = self._opened_at
-            return opened is not None and time.monotonic() - opened >= self._breaker.reset_timeout
+            return self._reset_elapsed()
         return True
+
+    def _reset_elapsed(self) -> bool:
+        opened = self._opened_at
+        return opened is not None and self._clock() - opened >= self._breaker.reset_timeout
 
     @contextlib.asynccontextmanager
     async def guard(self) -> AsyncGenerator[None, None]:
@@ -111,6 +117,8 @@ class Breaker:
         if not closed and self._probe.locked():
             raise self._open_error()
         async with lock:  # type: ignore[attr-defined]
+            if self._breaker.current_state == "open" and self._reset_elapsed():
+                self._breaker.half_open()  # on our clock: pybreaker's own is the wall clock
             self._calls += 1
             try:
                 with self._breaker.calling():
@@ -153,6 +161,7 @@ class Breakers:
         fail_max: see `Breaker`.
         reset_timeout: see `Breaker`.
         max_ad_hoc: most ad hoc breakers kept at once.
+        clock: see `Breaker`.
 
     Raises:
         ValueError: `max_ad_hoc` is below 1.
@@ -166,15 +175,19 @@ class Breakers:
         fail_max: int,
         reset_timeout: float,
         max_ad_hoc: int = 256,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fail_max = fail_max
         self._reset_timeout = reset_timeout
+        self._clock = clock
         self._breakers = BoundedKeys(self._new, max_ad_hoc=max_ad_hoc, idle=lambda b: b.idle)
         self._groups: set[str] = set()
         registry.register(_CircuitGauge(f"{prefix}_circuit_state", self))
 
     def _new(self, key: str) -> Breaker:
-        return Breaker(key, fail_max=self._fail_max, reset_timeout=self._reset_timeout)
+        return Breaker(
+            key, fail_max=self._fail_max, reset_timeout=self._reset_timeout, clock=self._clock
+        )
 
     def get(self, key: str, group: str | None = None) -> Breaker:
         """Return the breaker of `key`.

@@ -15,20 +15,20 @@ import anthropic
 import httpx2
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from ferryman_runtime.upstreams.http_status import (
+    code_for_status,
+    is_redirect,
+    parse_retry_after,
+    redirect_error,
+    scrubbed,
+)
 from llm_worker.providers.anthropic_mapping import (
     PROVIDER,
     EventMapper,
     SamplingPolicy,
     to_anthropic_params,
 )
-from llm_worker.providers.http_errors import (
-    code_for_status,
-    is_redirect,
-    parse_retry_after,
-    pooled_http_client,
-    redirect_error,
-    scrubbed,
-)
+from llm_worker.providers.http_pool import pooled_http_client
 from llm_worker.streaming import Completion, StreamEvent, fold
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"

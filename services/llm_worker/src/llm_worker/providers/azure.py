@@ -21,7 +21,7 @@ import openai
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.provider_config import AzureDeployment, AzureOpenAIConfig
-from llm_worker.providers.http_errors import pooled_http_client
+from llm_worker.providers.http_pool import pooled_http_client
 from llm_worker.providers.openai import DEFAULT_MAX_CONNECTIONS, OpenAIChatModel, map_errors
 from llm_worker.streaming import Completion, StreamEvent
 

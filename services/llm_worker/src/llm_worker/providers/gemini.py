@@ -32,18 +32,18 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from llm_worker.providers.gemini_mapping import (
-    PROVIDER,
-    ResponseMapper,
-    parse_safety_settings,
-    to_gemini_request,
-)
-from llm_worker.providers.http_errors import (
+from ferryman_runtime.upstreams.http_status import (
     code_for_status,
     is_redirect,
     parse_retry_after,
     redirect_error,
     scrubbed,
+)
+from llm_worker.providers.gemini_mapping import (
+    PROVIDER,
+    ResponseMapper,
+    parse_safety_settings,
+    to_gemini_request,
 )
 from llm_worker.streaming import Completion, StreamEvent, fold_events
 

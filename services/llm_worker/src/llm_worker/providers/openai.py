@@ -15,14 +15,14 @@ import httpx2
 import openai
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from llm_worker.providers.http_errors import (
+from ferryman_runtime.upstreams.http_status import (
     code_for_status,
     is_redirect,
     parse_retry_after,
-    pooled_http_client,
     redirect_error,
     scrubbed,
 )
+from llm_worker.providers.http_pool import pooled_http_client
 from llm_worker.providers.openai_mapping import (
     ChunkMapper,
     completion_events,

@@ -18,7 +18,7 @@ from ferryman.contracts.events import (
     LLM_CHAT_RESTARTED,
     dlq_topic_for,
 )
-from ferryman.contracts.health import DeploymentHealth, HealthReport, HealthStatus
+from ferryman.contracts.health import HealthReport, HealthStatus, UpstreamHealth
 from ferryman.contracts.llm import (
     ChatChunk,
     ChatCompleted,
@@ -50,7 +50,6 @@ __all__ = [
     "ChatRestarted",
     "ChunkDelta",
     "CompletedToolCall",
-    "DeploymentHealth",
     "ErrorCode",
     "ErrorInfo",
     "FerrymanError",
@@ -59,6 +58,7 @@ __all__ = [
     "HealthStatus",
     "Latency",
     "ToolCallDelta",
+    "UpstreamHealth",
     "Usage",
     "dlq_topic_for",
 ]

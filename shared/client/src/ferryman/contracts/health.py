@@ -1,4 +1,8 @@
-"""Health reports: the `data` of `ferryman.health.reported` events on the health topic."""
+"""Health reports: the `data` of `ferryman.health.reported` events on the health topic.
+
+One report shape for every worker: each upstream it calls (an LLM deployment, an MCP
+server, a storage backend) with its status as this replica sees it.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DeploymentHealth(_Strict):
-    """One deployment as one worker replica sees it."""
+class UpstreamHealth(_Strict):
+    """One upstream as one worker replica sees it."""
 
-    deployment: str
-    provider: str
-    model: str
+    name: str
+    """The upstream's configured name (an LLM deployment, an MCP server, a bucket)."""
+    kind: str
+    """What it is: `llm`, `mcp`, `storage`, …"""
     status: HealthStatus
     circuit: Literal["closed", "open", "half-open"]
     in_flight: int = Field(ge=0)
@@ -30,10 +35,12 @@ class DeploymentHealth(_Strict):
     """Calls that ended in the passive window (real traffic)."""
     error_rate: float = Field(ge=0.0, le=1.0)
     """Share of `recent_calls` that failed with a retryable (upstream) error."""
-    first_token_ms: float | None = Field(default=None, ge=0)
-    """Exponentially weighted average time to first token, when known."""
+    latency_ms: float | None = Field(default=None, ge=0)
+    """Exponentially weighted average latency (time to first token for LLM deployments)."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """What else identifies it (`provider`, `model`, `transport`, …)."""
     probe: Literal["ok", "failed", "not_run"] = "not_run"
-    """The last active probe (an unbilled model listing), never a completion."""
+    """The last active probe (cheap and unbilled: a model or tool listing)."""
     probe_error: str | None = None
     probe_at: datetime | None = None
 
@@ -44,6 +51,6 @@ class HealthReport(_Strict):
     service: str
     instance: str
     reported_at: datetime
-    routing_version: str | None = None
-    """Hash of the routing configuration the replica serves (see the README)."""
-    deployments: list[DeploymentHealth]
+    config_version: str | None = None
+    """Hash of the hot-reloaded configuration the replica serves (the LLM routing file)."""
+    upstreams: list[UpstreamHealth]

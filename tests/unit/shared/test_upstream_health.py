@@ -16,8 +16,8 @@ from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman.contracts.events import HEALTH_REPORTED
 from ferryman.contracts.health import HealthReport
 from ferryman_runtime.health_events import publish_health
-from llm_worker.deployment_stats import DeploymentStats, StatsBoard
-from llm_worker.health import DeploymentRef, HealthMonitor, deployment_health
+from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef, upstream_health
+from ferryman_runtime.upstreams.stats import StatsBoard, UpstreamStats
 from llm_worker.streaming import Completion, StreamEvent
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -76,9 +76,9 @@ class ListingModel:
 
 def _stats(
     *, calls: int = 0, failures: int = 0, probed: bool = False, probe_error: str | None = None
-) -> DeploymentStats:
+) -> UpstreamStats:
     """Stats with `calls` recent calls (`failures` of them failed) and maybe one probe."""
-    stats = DeploymentStats(clock=FakeClock())
+    stats = UpstreamStats(clock=FakeClock())
     for index in range(calls):
         stats.started()
         stats.finished(failed=index < failures)
@@ -87,8 +87,12 @@ def _stats(
     return stats
 
 
+def _ref(name: str, provider: str, model: str) -> UpstreamRef:
+    return UpstreamRef(name, "llm", {"provider": provider, "model": model})
+
+
 def _monitor(
-    refs: list[DeploymentRef],
+    refs: list[UpstreamRef],
     *,
     circuits: dict[str, str] | None = None,
     publish: Any = None,
@@ -98,46 +102,59 @@ def _monitor(
     board = StatsBoard(clock=FakeClock())
     states = circuits or {}
     monitor = HealthMonitor(
-        deployments=lambda: refs,
+        upstreams=lambda: refs,
         stats=board,
         circuits=lambda name: states.get(name, "closed"),
         publish=publish,
         service="llm-worker",
         instance="replica-1",
-        routing_version=lambda: "v-abc",
+        config_version=lambda: "v-abc",
         clock=lambda: NOW,
         registry=registry,
+        metric_prefix="llm_worker",
+        metric_noun="deployment",
+        probe_label="provider",
         **intervals,
     )
     return monitor, board
 
 
-def _refs(client: ListingModel, *names: str) -> list[DeploymentRef]:
-    return [DeploymentRef(name, client.provider, f"model-{name}", client) for name in names]
+def _refs(client: ListingModel, *names: str) -> list[UpstreamRef]:
+    return [
+        UpstreamRef(
+            name,
+            "llm",
+            {"provider": client.provider, "model": f"model-{name}"},
+            client.list_models,
+            client.provider,
+            id(client),
+        )
+        for name in names
+    ]
 
 
 def test_a_quiet_deployment_with_a_closed_circuit_is_healthy_and_reports_its_numbers() -> None:
     stats = _stats(calls=2, probed=True)
     stats.started()
-    stats.finished(failed=False, first_token=0.25)
+    stats.finished(failed=False, latency=0.25)
 
-    health = deployment_health("d", "openai", "gpt", stats, "closed")
+    health = upstream_health(_ref("d", "openai", "gpt"), stats, "closed")
 
     assert health.status == "healthy"
     assert (health.recent_calls, health.error_rate, health.in_flight) == (3, 0.0, 0)
-    assert health.first_token_ms == pytest.approx(250.0)
+    assert health.latency_ms == pytest.approx(250.0)
     assert (health.probe, health.probe_error, health.probe_at) == ("ok", None, NOW)
 
 
 def test_an_open_circuit_makes_a_deployment_unhealthy() -> None:
-    health = deployment_health("d", "openai", "gpt", _stats(probed=True), "open")
+    health = upstream_health(_ref("d", "openai", "gpt"), _stats(probed=True), "open")
 
     assert (health.status, health.circuit) == ("unhealthy", "open")
 
 
 def test_a_failed_last_probe_makes_a_deployment_unhealthy_even_with_a_closed_circuit() -> None:
-    health = deployment_health(
-        "d", "openai", "gpt", _stats(probed=True, probe_error="auth failed"), "closed"
+    health = upstream_health(
+        _ref("d", "openai", "gpt"), _stats(probed=True, probe_error="auth failed"), "closed"
     )
 
     assert (health.status, health.probe, health.probe_error) == (
@@ -148,7 +165,7 @@ def test_a_failed_last_probe_makes_a_deployment_unhealthy_even_with_a_closed_cir
 
 
 def test_a_half_open_circuit_makes_a_deployment_degraded() -> None:
-    health = deployment_health("d", "openai", "gpt", _stats(), "half-open")
+    health = upstream_health(_ref("d", "openai", "gpt"), _stats(), "half-open")
 
     assert (health.status, health.probe) == ("degraded", "not_run")
 
@@ -164,14 +181,14 @@ def test_a_half_open_circuit_makes_a_deployment_degraded() -> None:
 def test_a_high_recent_error_rate_over_enough_calls_makes_a_deployment_degraded(
     calls: int, failures: int, status: str
 ) -> None:
-    health = deployment_health("d", "p", "m", _stats(calls=calls, failures=failures), "closed")
+    health = upstream_health(_ref("d", "p", "m"), _stats(calls=calls, failures=failures), "closed")
 
     assert health.status == status
 
 
 def test_an_unknown_circuit_state_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown circuit state"):
-        deployment_health("d", "p", "m", _stats(), "ajar")
+        upstream_health(_ref("d", "p", "m"), _stats(), "ajar")
 
 
 async def test_deployments_sharing_a_client_are_probed_with_one_listing_call() -> None:
@@ -194,7 +211,7 @@ async def test_a_failing_probe_marks_every_deployment_of_its_client_unhealthy() 
     await monitor.probe_once()
     report = monitor.report()
 
-    by_name = {d.deployment: d for d in report.deployments}
+    by_name = {u.name: u for u in report.upstreams}
     for name in ("a", "b"):
         assert (by_name[name].status, by_name[name].probe_error) == (
             "unhealthy",
@@ -233,13 +250,13 @@ async def test_the_report_lists_deployments_by_name_and_exports_low_cardinality_
 
     report = monitor.report()
 
-    assert (report.service, report.instance, report.routing_version, report.reported_at) == (
+    assert (report.service, report.instance, report.config_version, report.reported_at) == (
         "llm-worker",
         "replica-1",
         "v-abc",
         NOW,
     )
-    assert [d.deployment for d in report.deployments] == ["alpha", "mid", "zeta"]
+    assert [u.name for u in report.upstreams] == ["alpha", "mid", "zeta"]
     gauge = "llm_worker_deployment_healthy"
     values = {
         n: registry.get_sample_value(gauge, {"deployment": n}) for n in ("alpha", "mid", "zeta")
@@ -285,7 +302,7 @@ async def test_run_probes_then_publishes_and_keeps_publishing_after_a_publish_fa
     with pytest.raises(asyncio.CancelledError):
         await task
 
-    assert reports[0].deployments[0].probe == "ok"  # the first report follows the first probe
+    assert reports[0].upstreams[0].probe == "ok"  # the first report follows the first probe
     assert len(reports) >= 2
     assert client.completions == 0
 
@@ -320,3 +337,25 @@ async def test_publish_health_sends_a_binary_cloudevent_keyed_by_instance_and_wa
         "binary",
     )
     assert HealthReport.model_validate_json(value or b"") == report
+
+
+async def test_upstreams_without_a_probe_are_reported_under_the_default_metric_names() -> None:
+    registry = CollectorRegistry()
+    board = StatsBoard(clock=FakeClock())
+    monitor = HealthMonitor(
+        upstreams=lambda: [UpstreamRef("bucket-a", "storage", {"backend": "s3"})],
+        stats=board,
+        circuits=lambda _: "closed",
+        publish=None,
+        service="storage_worker",
+        instance="r1",
+        config_version=lambda: None,
+        clock=lambda: NOW,
+        registry=registry,
+    )
+
+    await monitor.probe_once()
+    [entry] = monitor.report().upstreams
+
+    assert (entry.kind, entry.labels, entry.probe) == ("storage", {"backend": "s3"}, "not_run")
+    assert registry.get_sample_value("ferryman_upstream_healthy", {"upstream": "bucket-a"}) == 1.0

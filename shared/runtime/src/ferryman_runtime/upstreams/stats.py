@@ -1,6 +1,6 @@
-"""What one replica observes about each deployment: load, latency and recent failures.
+"""What one replica observes about each upstream: load, latency and recent failures.
 
-Balancing reads `in_flight` (least in-flight) and `first_token_ewma` (lowest latency);
+Balancing reads `in_flight` (least in-flight) and `latency_ewma` (lowest latency);
 health reads the passive window and the last active probe.
 """
 
@@ -12,11 +12,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 _EWMA_WEIGHT = 0.3
-"""Weight of the newest time-to-first-token sample (recent latency matters most)."""
+"""Weight of the newest latency sample (recent latency matters most)."""
 
 
-class DeploymentStats:
-    """Counters of one deployment on this replica.
+class UpstreamStats:
+    """Counters of one upstream on this replica.
 
     Args:
         window: seconds of real traffic the error rate covers.
@@ -28,31 +28,31 @@ class DeploymentStats:
         self._clock = clock
         self._outcomes: deque[tuple[float, bool]] = deque(maxlen=10_000)
         self.in_flight = 0
-        self.first_token_ewma: float | None = None
+        self.latency_ewma: float | None = None
         """Seconds; an exponentially weighted average over calls that produced a token."""
         self.probe_ok: bool | None = None
         self.probe_error: str | None = None
         self.probe_at: datetime | None = None
 
     def started(self) -> None:
-        """A call to the deployment began."""
+        """A call to the upstream began."""
         self.in_flight += 1
 
-    def finished(self, *, failed: bool, first_token: float | None = None) -> None:
+    def finished(self, *, failed: bool, latency: float | None = None) -> None:
         """A call ended; `failed` means an upstream (retryable) failure.
 
         Args:
             failed: whether the upstream failed (bad requests do not count).
-            first_token: seconds from the call to its first token, if one came.
+            latency: the call's latency in seconds (the LLM worker: time to first token), if known.
         """
         self.in_flight = max(0, self.in_flight - 1)
         self._outcomes.append((self._clock(), failed))
-        if first_token is not None:
-            previous = self.first_token_ewma
-            self.first_token_ewma = (
-                first_token
+        if latency is not None:
+            previous = self.latency_ewma
+            self.latency_ewma = (
+                latency
                 if previous is None
-                else _EWMA_WEIGHT * first_token + (1 - _EWMA_WEIGHT) * previous
+                else _EWMA_WEIGHT * latency + (1 - _EWMA_WEIGHT) * previous
             )
 
     def probed(self, *, error: str | None, at: datetime) -> None:
@@ -74,7 +74,7 @@ class DeploymentStats:
 
 
 class StatsBoard:
-    """`DeploymentStats` per deployment name, created on first use (kept across reloads).
+    """`UpstreamStats` per upstream name, created on first use (kept across reloads).
 
     Names are configured deployments and `provider/*` (every direct `provider/model`
     request of the provider), never a name a producer chose: the board stays small.
@@ -83,13 +83,13 @@ class StatsBoard:
     def __init__(self, window: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._window = window
         self._clock = clock
-        self._stats: dict[str, DeploymentStats] = {}
+        self._stats: dict[str, UpstreamStats] = {}
 
-    def get(self, name: str) -> DeploymentStats:
+    def get(self, name: str) -> UpstreamStats:
         """The stats of deployment `name`."""
         stats = self._stats.get(name)
         if stats is None:
-            stats = self._stats[name] = DeploymentStats(self._window, self._clock)
+            stats = self._stats[name] = UpstreamStats(self._window, self._clock)
         return stats
 
     def __len__(self) -> int:

@@ -1,25 +1,25 @@
-"""Deployment health: passive stats and circuit state, plus an active, unbilled probe.
+"""Upstream health: passive stats and circuit state, plus an active, cheap probe.
 
-The probe is a model listing (`ChatModel.list_models`), once per provider client,
-never a completion: health checks must not cost tokens. A `HealthMonitor` probes
-and reports on independent cadences; reports go to the health topic and `/health`.
+The probe is whatever the worker passes in (the LLM worker lists models, never a
+completion: health checks must not cost tokens), run once per probe group (one client
+serving several deployments is probed once). A `HealthMonitor` probes and reports on
+independent cadences; reports go to the health topic and `/health`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ferryman.contracts.errors import FerrymanError
-from ferryman.contracts.health import DeploymentHealth, HealthReport, HealthStatus
-from llm_worker.deployment_stats import DeploymentStats, StatsBoard
-from llm_worker.ports import ChatModel
+from ferryman.contracts.health import HealthReport, HealthStatus, UpstreamHealth
+from ferryman_runtime.upstreams.stats import StatsBoard, UpstreamStats
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +33,39 @@ _CIRCUIT_STATES: dict[str, CircuitState] = {
 DEGRADED_MIN_CALLS = 5
 """Fewer recent calls than this say nothing about the error rate."""
 DEGRADED_ERROR_RATE = 0.2
-"""A recent upstream error rate at or above this marks a deployment degraded."""
+"""A recent upstream error rate at or above this marks an upstream degraded."""
 
 _STATUS_VALUES: dict[HealthStatus, float] = {"healthy": 1.0, "degraded": 0.5, "unhealthy": 0.0}
 _MAX_PROBE_ERROR = 500
 
+Probe = Callable[[], Awaitable[object]]
+"""A cheap call that succeeds when the upstream answers (its result is ignored)."""
 
-def deployment_health(
-    name: str, provider: str, model: str, stats: DeploymentStats, circuit: str
-) -> DeploymentHealth:
-    """Judge one deployment from this replica's stats and its circuit state.
+
+@dataclass(frozen=True)
+class UpstreamRef:
+    """A configured upstream and how to probe it.
+
+    Args:
+        name: its configured name.
+        kind: `llm`, `mcp`, `storage`, …
+        labels: what else identifies it (`provider`, `model`, …).
+        probe: the active probe; None when it has none.
+        probe_group: upstreams with the same group share one probe per round (one client
+            serving several of them); also the probe counter's label value.
+        group_key: identity of the probe group (by default the probe's bound object).
+    """
+
+    name: str
+    kind: str
+    labels: Mapping[str, str] = field(default_factory=dict[str, str])
+    probe: Probe | None = None
+    probe_group: str = ""
+    group_key: object = None
+
+
+def upstream_health(ref: UpstreamRef, stats: UpstreamStats, circuit: str) -> UpstreamHealth:
+    """Judge one upstream from this replica's stats and its circuit state.
 
     `unhealthy` when the circuit is open or the last probe failed; `degraded` when
     the circuit is half-open or at least `DEGRADED_MIN_CALLS` recent calls failed at
@@ -64,47 +87,39 @@ def deployment_health(
         status = "degraded"
     else:
         status = "healthy"
-    ewma = stats.first_token_ewma
-    return DeploymentHealth(
-        deployment=name,
-        provider=provider,
-        model=model,
+    ewma = stats.latency_ewma
+    return UpstreamHealth(
+        name=ref.name,
+        kind=ref.kind,
+        labels=dict(ref.labels),
         status=status,
         circuit=state,
         in_flight=stats.in_flight,
         recent_calls=calls,
         error_rate=error_rate,
-        first_token_ms=None if ewma is None else ewma * 1000.0,
+        latency_ms=None if ewma is None else ewma * 1000.0,
         probe="not_run" if stats.probe_ok is None else "ok" if stats.probe_ok else "failed",
         probe_error=stats.probe_error,
         probe_at=stats.probe_at,
     )
 
 
-@dataclass(frozen=True)
-class DeploymentRef:
-    """A configured deployment and the provider client that serves it."""
-
-    name: str
-    provider: str
-    model: str
-    client: ChatModel
-
-
 class _HealthMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, prefix: str, noun: str, group: str) -> None:
         self.healthy = Gauge(
-            "llm_worker_deployment_healthy",
-            "Deployment health on this replica: 1 healthy, 0.5 degraded, 0 unhealthy.",
-            ["deployment"],
+            f"{prefix}_{noun}_healthy",
+            f"{noun.capitalize()} health on this replica: 1 healthy, 0.5 degraded, 0 unhealthy.",
+            [noun],
             registry=registry,
         )
         self.probes = Counter(
-            "llm_worker_health_probes_total",
-            "Active health probes (model listings) by provider and outcome (ok, failed).",
-            ["provider", "outcome"],
+            f"{prefix}_health_probes_total",
+            f"Active health probes by {group} and outcome (ok, failed).",
+            [group, "outcome"],
             registry=registry,
         )
+        self.noun = noun
+        self.group = group
         self.exported: set[str] = set()
 
 
@@ -113,101 +128,111 @@ def _utc_now() -> datetime:
 
 
 class HealthMonitor:
-    """Probes the configured deployments and reports their health.
+    """Probes a worker's upstreams and reports their health.
 
     Args:
-        deployments: the current deployments (read on every probe and report, so
-            a hot reload takes effect without restarting the monitor).
+        upstreams: the current upstreams (read on every probe and report, so a hot
+            reload takes effect without restarting the monitor).
         stats: the passive stats the service records.
-        circuits: a deployment name's circuit state (`closed`, `open`, `half-open`).
+        circuits: an upstream name's circuit state (`closed`, `open`, `half-open`).
         publish: sends a report (to the health topic); None only exports metrics.
         service: the reporting service's name.
         instance: this replica's id.
-        routing_version: the hash of the routing configuration being served.
+        config_version: the hash of the hot-reloaded configuration being served.
         probe_interval: seconds between probes.
         probe_timeout: seconds a probe may take before it counts as failed.
         report_interval: seconds between published reports.
         clock: the current time (UTC) for `reported_at` and `probe_at`.
         registry: where the health gauge and probe counter go, if anywhere.
+        metric_prefix: the service's metric prefix (`llm_worker`).
+        metric_noun: what the gauge calls an upstream (`deployment` →
+            `<prefix>_deployment_healthy{deployment=…}`).
+        probe_label: the probe counter's label for the probe group (`provider`).
     """
 
     def __init__(
         self,
         *,
-        deployments: Callable[[], Sequence[DeploymentRef]],
+        upstreams: Callable[[], Sequence[UpstreamRef]],
         stats: StatsBoard,
         circuits: Callable[[str], str],
         publish: Callable[[HealthReport], Awaitable[None]] | None,
         service: str,
         instance: str,
-        routing_version: Callable[[], str | None],
+        config_version: Callable[[], str | None],
         probe_interval: float = 30.0,
         probe_timeout: float = 5.0,
         report_interval: float = 15.0,
         clock: Callable[[], datetime] = _utc_now,
         registry: CollectorRegistry | None = None,
+        metric_prefix: str = "ferryman",
+        metric_noun: str = "upstream",
+        probe_label: str = "group",
     ) -> None:
-        self._deployments = deployments
+        self._upstreams = upstreams
         self._stats = stats
         self._circuits = circuits
         self._publish = publish
         self._service = service
         self._instance = instance
-        self._routing_version = routing_version
+        self._config_version = config_version
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._report_interval = report_interval
         self._clock = clock
-        self._metrics = None if registry is None else _HealthMetrics(registry)
+        self._metrics = (
+            None
+            if registry is None
+            else _HealthMetrics(registry, metric_prefix, metric_noun, probe_label)
+        )
 
     async def probe_once(self) -> None:
-        """List models once per distinct client, concurrently, and record each outcome.
+        """Run each probe group's probe once, concurrently, and record each outcome.
 
-        Every deployment served by a client gets that client's outcome.
+        Every upstream of a group gets that group's outcome.
         """
-        groups: dict[int, tuple[ChatModel, list[str]]] = {}
-        for ref in self._deployments():
-            groups.setdefault(id(ref.client), (ref.client, []))[1].append(ref.name)
+        groups: dict[object, tuple[UpstreamRef, list[str]]] = {}
+        for ref in self._upstreams():
+            if ref.probe is None:
+                continue
+            key = ref.group_key if ref.group_key is not None else ref.probe
+            groups.setdefault(key, (ref, []))[1].append(ref.name)
         if not groups:
             return
-        errors = await asyncio.gather(*(self._probe(client) for client, _ in groups.values()))
+        errors = await asyncio.gather(*(self._probe(ref) for ref, _ in groups.values()))
         at = self._clock()
-        for (client, names), error in zip(groups.values(), errors, strict=True):
+        for (ref, names), error in zip(groups.values(), errors, strict=True):
             for name in names:
                 self._stats.get(name).probed(error=error, at=at)
             if self._metrics is not None:
                 outcome = "ok" if error is None else "failed"
-                self._metrics.probes.labels(provider=client.provider, outcome=outcome).inc()
+                labels = {self._metrics.group: ref.probe_group, "outcome": outcome}
+                self._metrics.probes.labels(**labels).inc()
 
-    async def _probe(self, client: ChatModel) -> str | None:
-        """Return why the listing failed, or None when it answered in time."""
+    async def _probe(self, ref: UpstreamRef) -> str | None:
+        """Return why the probe failed, or None when it answered in time."""
+        assert ref.probe is not None
         try:
             async with asyncio.timeout(self._probe_timeout):
-                await client.list_models()
+                await ref.probe()
         except TimeoutError:
             return f"no answer within {self._probe_timeout:g}s"
         except FerrymanError as exc:
             return exc.message[:_MAX_PROBE_ERROR] or exc.code.value
         except Exception as exc:  # an adapter bug; its message may quote anything
-            logger.warning("health probe of %s raised %s", client.provider, type(exc).__name__)
+            logger.warning("health probe of %s raised %s", ref.probe_group, type(exc).__name__)
             return f"probe raised {type(exc).__name__}"
         return None
 
     def report(self) -> HealthReport:
-        """Every current deployment's health, sorted by name (also updates the gauge).
+        """Every current upstream's health, sorted by name (also updates the gauge).
 
         Raises:
             ValueError: a circuit reported an unknown state.
         """
         entries = [
-            deployment_health(
-                ref.name,
-                ref.provider,
-                ref.model,
-                self._stats.get(ref.name),
-                self._circuits(ref.name),
-            )
-            for ref in sorted(self._deployments(), key=lambda ref: ref.name)
+            upstream_health(ref, self._stats.get(ref.name), self._circuits(ref.name))
+            for ref in sorted(self._upstreams(), key=lambda ref: ref.name)
         ]
         if self._metrics is not None:
             self._export(self._metrics, entries)
@@ -215,23 +240,23 @@ class HealthMonitor:
             service=self._service,
             instance=self._instance,
             reported_at=self._clock(),
-            routing_version=self._routing_version(),
-            deployments=entries,
+            config_version=self._config_version(),
+            upstreams=entries,
         )
 
     @staticmethod
-    def _export(metrics: _HealthMetrics, entries: list[DeploymentHealth]) -> None:
-        current = {entry.deployment for entry in entries}
+    def _export(metrics: _HealthMetrics, entries: list[UpstreamHealth]) -> None:
+        current = {entry.name for entry in entries}
         for gone in metrics.exported - current:  # removed by a hot reload
             metrics.healthy.remove(gone)
         for entry in entries:
-            metrics.healthy.labels(deployment=entry.deployment).set(_STATUS_VALUES[entry.status])
+            metrics.healthy.labels(entry.name).set(_STATUS_VALUES[entry.status])
         metrics.exported = current
 
     def snapshot(self) -> dict[str, Any]:
-        """The current report's deployments keyed by name, JSON-ready (for `/health`)."""
-        deployments: list[dict[str, Any]] = self.report().model_dump(mode="json")["deployments"]
-        return {entry["deployment"]: entry for entry in deployments}
+        """The current report's upstreams keyed by name, JSON-ready (for `/health`)."""
+        upstreams: list[dict[str, Any]] = self.report().model_dump(mode="json")["upstreams"]
+        return {entry["name"]: entry for entry in upstreams}
 
     async def run(self) -> None:
         """Probe and report forever on independent cadences, starting with one of each now.

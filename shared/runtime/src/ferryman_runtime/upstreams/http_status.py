@@ -1,5 +1,5 @@
-"""HTTP details shared by provider adapters: status codes, redirects, `Retry-After`, and the
-connection pool every SDK client is given."""
+"""Upstream HTTP answers in the shared taxonomy: status codes, redirects, `Retry-After`, and
+credentials scrubbed from upstream text."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import email.utils
 import math
 import time
 from collections.abc import Iterable, Mapping
-
-import httpx2
+from urllib.parse import urlsplit
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.redaction import redact
@@ -52,10 +51,10 @@ def redirect_error(upstream: str, status: int, headers: Mapping[str, str]) -> Fe
     location = {k.lower(): v for k, v in headers.items()}.get("location")
     target = "no location"
     if location:
-        with contextlib.suppress(httpx2.InvalidURL):
-            url = httpx2.URL(location)
+        with contextlib.suppress(ValueError):
+            url = urlsplit(location)
             port = "" if url.port is None else f":{url.port}"
-            target = f"{url.scheme}://{url.host}{port}" if url.host else "a path of its own"
+            target = f"{url.scheme}://{url.hostname}{port}" if url.hostname else "a path of its own"
     return FerrymanError(
         ErrorCode.UNAVAILABLE,
         f"{upstream} answered {status} redirecting to {target}; redirects are never followed"
@@ -80,23 +79,6 @@ def scrubbed(error: FerrymanError, secrets: Iterable[str | None]) -> FerrymanErr
         status=error.status,
         retry_after=error.retry_after,
     )
-
-
-def pooled_http_client(max_connections: int) -> httpx2.AsyncClient:
-    """An `httpx2.AsyncClient` for one provider SDK client: redirects off, pool sized.
-
-    The SDKs' own clients follow redirects (a 307 to another origin would receive the
-    prompt, and their auth headers) and pool at most 1,000 connections, fewer than the
-    streams one worker may hold open. Timeouts are the SDK's, sent with each request.
-
-    Args:
-        max_connections: connections the pool may hold (one per concurrent call); all may
-            stay alive between calls, for a burst's connections to be reused, not re-opened.
-    """
-    limits = httpx2.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    return httpx2.AsyncClient(limits=limits, follow_redirects=False)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
