@@ -10,7 +10,7 @@ from aiokafka.errors import KafkaTimeoutError
 from ferryman.codec import header_value
 from ferryman.contracts import LLM_CHAT_FAILED, ChatFailed
 from ferryman_runtime.replies import ReplyStream
-from llm_worker.replies import ChatReplies
+from llm_worker.chat.replies import ChatReplies
 
 Sent = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
 

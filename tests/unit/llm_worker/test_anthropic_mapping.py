@@ -16,8 +16,7 @@ from anthropic.types import (
 )
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from llm_worker.providers.anthropic_mapping import EventMapper, to_anthropic_params
-from llm_worker.streaming import (
+from llm_worker.chat.streaming import (
     Finish,
     StreamEvent,
     TextDelta,
@@ -25,6 +24,7 @@ from llm_worker.streaming import (
     UsageReport,
     fold_events,
 )
+from llm_worker.providers.anthropic_mapping import EventMapper, to_anthropic_params
 
 _EVENT_TYPES: dict[str, Any] = {
     "message_start": RawMessageStartEvent,

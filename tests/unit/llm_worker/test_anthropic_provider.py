@@ -10,9 +10,16 @@ import httpx2
 import pytest
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from llm_worker.chat.streaming import (
+    Finish,
+    StreamEvent,
+    TextDelta,
+    ToolCallFragment,
+    UsageReport,
+    fold,
+)
 from llm_worker.providers.anthropic import AnthropicChatModel, create_client
 from llm_worker.providers.anthropic_mapping import SamplingPolicy
-from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport, fold
 from tests.fakes.anthropic_server import DEFAULT_MODELS, FakeAnthropic, Scenario
 
 API_KEY = "sk-ant-test-SECRET-key-0042"

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from llm_worker.provider_config import AzureOpenAIConfig
+from llm_worker.chat.streaming import fold
 from llm_worker.providers.azure import AzureChatModel
-from llm_worker.streaming import fold
+from llm_worker.providers.config import AzureOpenAIConfig
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 
 

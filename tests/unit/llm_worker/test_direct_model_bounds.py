@@ -21,11 +21,11 @@ from ferryman_runtime.resilience import REPORTED_AD_HOC, Breaker, Breakers
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
 from ferryman_runtime.upstreams.quotas import REPORTED_UNNAMED, QuotaBook, QuotaLimits
 from llm_worker.app import LlmWorker
-from llm_worker.deployments import MAX_DIRECT_MODEL
+from llm_worker.chat.service import ChatJob
+from llm_worker.chat.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
 from llm_worker.providers.mock import MockChatModel
-from llm_worker.service import ChatJob
+from llm_worker.routing.table import MAX_DIRECT_MODEL
 from llm_worker.settings import LlmWorkerSettings
-from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
 from tests.unit.llm_worker.recording_replies import RecordingReplies
 
 MAX_DIRECT = 32

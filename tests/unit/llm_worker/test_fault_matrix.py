@@ -33,13 +33,13 @@ from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
 from ferryman_runtime.upstreams.quotas import QuotaBook
 from ferryman_runtime.upstreams.stats import StatsBoard
-from llm_worker.deployments import build_table
-from llm_worker.ports import ChatModel
-from llm_worker.providers import ModelRouter
+from llm_worker.chat.service import ChatJob, ChatService, LlmMetrics, Resilience
+from llm_worker.chat.stream_guard import StreamTimeouts
 from llm_worker.providers.openai import OpenAIChatModel, create_client
-from llm_worker.routing import RoutingConfig
-from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
-from llm_worker.stream_guard import StreamTimeouts
+from llm_worker.providers.port import ChatModel
+from llm_worker.providers.resolver import ModelResolver
+from llm_worker.routing.config import RoutingConfig
+from llm_worker.routing.table import build_table
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.notes import note_path
 from tests.unit.llm_worker.recording_replies import RecordingReplies
@@ -151,7 +151,7 @@ def _service(
     registry: CollectorRegistry | None = None,
 ) -> ChatService:
     registry = registry or CollectorRegistry()
-    router = ModelRouter(providers, {})
+    resolver = ModelResolver(providers, {})
     clock = asyncio.get_running_loop().time  # every component on the same (virtual) clock
     breakers = Breakers(registry, "t", fail_max=fail_max, reset_timeout=reset_timeout, clock=clock)
     resilience = Resilience(
@@ -163,13 +163,13 @@ def _service(
         cooldowns=Cooldowns(clock),
     )
     service = ChatService(
-        router,
+        resolver,
         LlmMetrics(registry),
         timeouts=StreamTimeouts(first_token=FIRST_TOKEN, idle=IDLE, total=10.0),
         resilience=resilience,
         clock=clock,
     )
-    table = build_table(RoutingConfig.model_validate(config), router, lambda _: None)
+    table = build_table(RoutingConfig.model_validate(config), resolver, lambda _: None)
     service.apply_routing(table)
     return service
 

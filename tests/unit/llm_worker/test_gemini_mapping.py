@@ -13,6 +13,7 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from llm_worker.chat.streaming import Finish, TextDelta, ToolCallFragment, UsageReport
 from llm_worker.providers.gemini import from_api_error, map_errors
 from llm_worker.providers.gemini_mapping import (
     ResponseMapper,
@@ -20,7 +21,6 @@ from llm_worker.providers.gemini_mapping import (
     split_tool_call_id,
     to_gemini_request,
 )
-from llm_worker.streaming import Finish, TextDelta, ToolCallFragment, UsageReport
 
 
 def _request(messages: list[dict[str, Any]], **fields: Any) -> ChatRequest:

@@ -13,8 +13,15 @@ from typing import Any
 import pytest
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from llm_worker.chat.streaming import (
+    Finish,
+    StreamEvent,
+    TextDelta,
+    ToolCallFragment,
+    UsageReport,
+    fold,
+)
 from llm_worker.providers.gemini import GeminiChatModel, create_client
-from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport, fold
 from tests.fakes.gemini_server import FakeGemini, RecordedRequest, Scenario
 from tests.virtual_time import on_virtual_time
 
@@ -1018,8 +1025,8 @@ async def test_list_models_errors_are_mapped(
 
 async def test_a_candidate_stopped_for_safety_names_the_blocked_categories() -> None:
     from ferryman.contracts import ChatRequest
+    from llm_worker.chat.streaming import fold
     from llm_worker.providers.gemini import GeminiChatModel, create_client
-    from llm_worker.streaming import fold
     from tests.fakes.gemini_server import FakeGemini
     from tests.fakes.gemini_server import Scenario as GeminiScenario
 

@@ -10,8 +10,15 @@ from typing import Any
 import pytest
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
+from llm_worker.chat.streaming import (
+    Finish,
+    StreamEvent,
+    TextDelta,
+    ToolCallFragment,
+    UsageReport,
+    fold,
+)
 from llm_worker.providers.openai import OpenAIChatModel, create_client
-from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport, fold
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 
 API_KEY = "sk-test-SECRET-key-0042"

@@ -20,16 +20,16 @@ from typing import Any
 import pytest
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from llm_worker.ports import ChatModel
-from llm_worker.provider_config import AzureOpenAIConfig
+from llm_worker.chat.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, fold
 from llm_worker.providers.anthropic import AnthropicChatModel
 from llm_worker.providers.anthropic import create_client as anthropic_client
 from llm_worker.providers.azure import AzureChatModel
+from llm_worker.providers.config import AzureOpenAIConfig
 from llm_worker.providers.gemini import GeminiChatModel
 from llm_worker.providers.gemini import create_client as gemini_client
 from llm_worker.providers.openai import OpenAIChatModel
 from llm_worker.providers.openai import create_client as openai_client
-from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, fold
+from llm_worker.providers.port import ChatModel
 from tests.fakes import anthropic_server, gemini_server, openai_server
 from tests.fakes.http_fake import FakeHttpServer
 

@@ -14,9 +14,10 @@ from prometheus_client import CollectorRegistry
 
 from ferryman.codec import header_value
 from ferryman.contracts import ChatRequest
-from llm_worker.deployments import build_table
-from llm_worker.provider_config import OpenAIConfig
-from llm_worker.provider_factory import (
+from llm_worker.chat.service import ChatJob, ChatService, LlmMetrics
+from llm_worker.chat.streaming import fold
+from llm_worker.providers.config import OpenAIConfig
+from llm_worker.providers.factory import (
     PROBE_CONNECTIONS,
     build_providers,
     dedicated_client,
@@ -24,11 +25,10 @@ from llm_worker.provider_factory import (
     pool_size,
     read_credentials,
 )
-from llm_worker.providers import ModelRouter
-from llm_worker.routing import Deployment, RoutingConfig
-from llm_worker.service import ChatJob, ChatService, LlmMetrics
+from llm_worker.providers.resolver import ModelResolver
+from llm_worker.routing.config import Deployment, RoutingConfig
+from llm_worker.routing.table import build_table
 from llm_worker.settings import LlmWorkerSettings
-from llm_worker.streaming import fold
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.fakes.publisher import RawPublisher, chat_replies
 
@@ -70,10 +70,10 @@ def test_a_routing_file_naming_an_unset_credentials_variable_is_rejected_without
     config = RoutingConfig.parse(
         b"deployments: {eu: {provider: openai, model: m, credentials: 'env:NOT_SET_KEY'}}"
     )
-    router = ModelRouter(build_providers(settings), {})
+    resolver = ModelResolver(build_providers(settings), {})
 
     with pytest.raises(ValueError, match="deployment 'eu': credentials variable NOT_SET_KEY"):
-        build_table(config, router, lambda d: dedicated_client(settings, d))
+        build_table(config, resolver, lambda d: dedicated_client(settings, d))
 
 
 async def test_a_deployment_with_its_own_endpoint_and_key_is_called_there_with_that_key(
@@ -87,11 +87,11 @@ async def test_a_deployment_with_its_own_endpoint_and_key_is_called_there_with_t
         f" credentials: 'env:EU_KEY'}}\n"
         f"routes:\n  chat: {{deployments: [eu]}}\n"
     ).encode()
-    router = ModelRouter(build_providers(settings), {})
+    resolver = ModelResolver(build_providers(settings), {})
     table = build_table(
-        RoutingConfig.parse(routing), router, lambda d: dedicated_client(settings, d)
+        RoutingConfig.parse(routing), resolver, lambda d: dedicated_client(settings, d)
     )
-    service = ChatService(router, LlmMetrics(CollectorRegistry()))
+    service = ChatService(resolver, LlmMetrics(CollectorRegistry()))
     service.apply_routing(table)
     publisher = RawPublisher()
     request = ChatRequest.model_validate(
@@ -104,7 +104,7 @@ async def test_a_deployment_with_its_own_endpoint_and_key_is_called_there_with_t
     (call,) = fake.chat_requests()
     assert call.headers["Authorization"] == "Bearer sk-eu-secret"
     assert call.body["model"] == "gpt-eu"
-    assert table.clients["eu"] is not router.providers["openai"]
+    assert table.clients["eu"] is not resolver.providers["openai"]
     assert table.owned_clients == (table.clients["eu"],)
     completed = _last_reply(publisher)
     assert header_value(publisher.sent[-1][3], "ce_type") == "ferryman.llm.chat.completed"
@@ -112,7 +112,7 @@ async def test_a_deployment_with_its_own_endpoint_and_key_is_called_there_with_t
     assert "sk-eu-secret" not in repr(table.config)
     for client in table.owned_clients:
         await client.aclose()
-    await router.aclose()
+    await resolver.aclose()
 
 
 async def test_per_deployment_capabilities_route_a_request_around_a_deployment() -> None:
@@ -124,9 +124,9 @@ async def test_per_deployment_capabilities_route_a_request_around_a_deployment()
         b"  more: {deployments: [tooled]}\n"
     )
     settings = LlmWorkerSettings(_env_file=None)  # type: ignore[call-arg]
-    router = ModelRouter(build_providers(settings), {})
-    service = ChatService(router, LlmMetrics(CollectorRegistry()))
-    service.apply_routing(build_table(RoutingConfig.parse(routing), router, lambda _: None))
+    resolver = ModelResolver(build_providers(settings), {})
+    service = ChatService(resolver, LlmMetrics(CollectorRegistry()))
+    service.apply_routing(build_table(RoutingConfig.parse(routing), resolver, lambda _: None))
     publisher = RawPublisher()
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     request = ChatRequest.model_validate(

@@ -13,11 +13,11 @@ from prometheus_client import CollectorRegistry
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breaker, Breakers, RetryPolicy
-from llm_worker.balancer import Skip
-from llm_worker.providers import ModelRouter
-from llm_worker.retry_rules import LEAVE, Allowance, FailedCall, NextStep, next_step
-from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
-from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
+from llm_worker.chat.retry_rules import LEAVE, Allowance, FailedCall, NextStep, next_step
+from llm_worker.chat.service import ChatJob, ChatService, LlmMetrics, Resilience
+from llm_worker.chat.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
+from llm_worker.providers.resolver import ModelResolver
+from llm_worker.routing.plan import Skip
 from tests.unit.llm_worker.recording_replies import RecordingReplies
 
 
@@ -131,7 +131,7 @@ async def _execute(
 ) -> tuple[list[str], str]:
     registry, replies = CollectorRegistry(), RecordingReplies()
     service = ChatService(
-        ModelRouter({"flaky": model}, {}),
+        ModelResolver({"flaky": model}, {}),
         LlmMetrics(registry),
         resilience=Resilience(
             breakers=Breakers(registry, "t", fail_max=10, reset_timeout=30),

@@ -14,11 +14,11 @@ from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
 from ferryman_runtime.upstreams.stats import StatsBoard
-from llm_worker.balancer import RoutePlan, Skip
-from llm_worker.deployments import build_table
-from llm_worker.providers import ModelRouter
-from llm_worker.routing import RoutingConfig
-from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
+from llm_worker.chat.service import ChatJob, ChatService, LlmMetrics, Resilience
+from llm_worker.providers.resolver import ModelResolver
+from llm_worker.routing.config import RoutingConfig
+from llm_worker.routing.plan import AttemptPlan, Skip
+from llm_worker.routing.table import build_table
 from tests.unit.llm_worker.recording_replies import RecordingReplies
 from tests.unit.llm_worker.test_resilience import FlakyModel
 
@@ -33,12 +33,12 @@ CONFIG = {
 }  # fmt: skip
 
 
-def _plan(config: dict, alias: str = "chat", gate=lambda _: None, **kw) -> RoutePlan:
-    return RoutePlan(RoutingConfig.model_validate(config), alias, kw.pop("stats", StatsBoard()),
+def _plan(config: dict, alias: str = "chat", gate=lambda _: None, **kw) -> AttemptPlan:
+    return AttemptPlan(RoutingConfig.model_validate(config), alias, kw.pop("stats", StatsBoard()),
                      gate, **kw)  # fmt: skip
 
 
-def _drain(plan: RoutePlan) -> list[str]:
+def _drain(plan: AttemptPlan) -> list[str]:
     names = []
     while (candidate := plan.next()) is not None:
         names.append(candidate.name)
@@ -137,7 +137,7 @@ def test_a_deployment_of_an_unconfigured_provider_is_rejected() -> None:
     config = RoutingConfig.model_validate(CONFIG)
 
     with pytest.raises(ValueError, match="'healthy', which is not configured"):
-        build_table(config, ModelRouter({"flaky": FlakyModel(0, _down())}, {}), lambda _: None)
+        build_table(config, ModelResolver({"flaky": FlakyModel(0, _down())}, {}), lambda _: None)
 
 
 def _down() -> FerrymanError:
@@ -149,16 +149,18 @@ async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
     down = FlakyModel(100, _down())
     healthy = FlakyModel(0, FerrymanError(ErrorCode.INTERNAL, "unused"))
     healthy.provider = "healthy"
-    router = ModelRouter({"flaky": down, "healthy": healthy}, {})
+    resolver = ModelResolver({"flaky": down, "healthy": healthy}, {})
     service = ChatService(
-        router,
+        resolver,
         LlmMetrics(registry),
         resilience=Resilience(
             breakers=Breakers(registry, "t", fail_max=10, reset_timeout=30),
             retry=RetryPolicy(max_attempts=2, base_delay=0.001, max_delay=0.002),
         ),
     )
-    service.apply_routing(build_table(RoutingConfig.model_validate(CONFIG), router, lambda _: None))
+    service.apply_routing(
+        build_table(RoutingConfig.model_validate(CONFIG), resolver, lambda _: None)
+    )
     request = ChatRequest.model_validate(
         {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
     )

@@ -23,13 +23,20 @@ from ferryman.contracts import (
     FerrymanError,
 )
 from ferryman_runtime.resilience import RetryPolicy
-from llm_worker.deployments import build_table
-from llm_worker.providers import ModelRouter
+from llm_worker.chat.service import ChatJob, ChatService, LlmMetrics, Resilience
+from llm_worker.chat.stream_guard import StreamTimeouts
+from llm_worker.chat.streaming import (
+    Completion,
+    Finish,
+    StreamEvent,
+    TextDelta,
+    ToolCallFragment,
+    fold,
+)
 from llm_worker.providers.mock import MockChatModel
-from llm_worker.routing import RoutingConfig
-from llm_worker.service import ChatJob, ChatService, LlmMetrics, Resilience
-from llm_worker.stream_guard import StreamTimeouts
-from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, ToolCallFragment, fold
+from llm_worker.providers.resolver import ModelResolver
+from llm_worker.routing.config import RoutingConfig
+from llm_worker.routing.table import build_table
 from tests.fakes.publisher import chat_replies
 from tests.unit.llm_worker.recording_replies import RecordingReplies
 
@@ -118,8 +125,8 @@ def registry() -> CollectorRegistry:
 
 
 def _service(registry: CollectorRegistry, **extra: Any) -> ChatService:
-    router = ModelRouter({"mock": MockChatModel(), **extra}, {"default": "mock/echo"})
-    return ChatService(router, LlmMetrics(registry))
+    resolver = ModelResolver({"mock": MockChatModel(), **extra}, {"default": "mock/echo"})
+    return ChatService(resolver, LlmMetrics(registry))
 
 
 def _job(publisher: FakePublisher, model: str = "default", **fields: Any) -> ChatJob:
@@ -334,7 +341,7 @@ def _connection_lost(provider: str) -> FerrymanError:
 
 def _routed(clock: ManualClock, *models: PlannedModel, per_deployment: int = 3) -> ChatService:
     """Route `chat` to the first model's deployment, falling back to the others in turn."""
-    router = ModelRouter({m.provider: m for m in models}, {})
+    resolver = ModelResolver({m.provider: m for m in models}, {})
     names = [m.provider for m in models]
     config = RoutingConfig.model_validate(
         {
@@ -350,13 +357,13 @@ def _routed(clock: ManualClock, *models: PlannedModel, per_deployment: int = 3) 
         }
     )
     service = ChatService(
-        router,
+        resolver,
         LlmMetrics(CollectorRegistry()),
         timeouts=StreamTimeouts(first_token=30, idle=30, total=None),
         resilience=Resilience(retry=RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002)),
         clock=clock,
     )
-    service.apply_routing(build_table(config, router, lambda _: None))
+    service.apply_routing(build_table(config, resolver, lambda _: None))
     return service
 
 

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from llm_worker.capabilities import Capabilities, CapabilityTable
+from llm_worker.routing.capabilities import Capabilities, CapabilityTable
 from llm_worker.settings import LlmWorkerSettings
 
 

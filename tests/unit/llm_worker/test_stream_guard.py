@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ferryman.contracts import ErrorCode, FerrymanError
+from llm_worker.chat.stream_guard import StreamTimeouts, guard_stream
+from llm_worker.chat.streaming import Finish, StreamEvent, TextDelta
 from llm_worker.settings import LlmWorkerSettings
-from llm_worker.stream_guard import StreamTimeouts, guard_stream
-from llm_worker.streaming import Finish, StreamEvent, TextDelta
 
 
 class ScriptedStream:

@@ -11,7 +11,7 @@ import pytest
 
 from ferryman.contracts import CompletedToolCall, ErrorCode, FerrymanError, Usage
 from ferryman_runtime.upstreams.http_status import parse_retry_after
-from llm_worker.streaming import (
+from llm_worker.chat.streaming import (
     CompletionBuilder,
     Finish,
     StreamEvent,

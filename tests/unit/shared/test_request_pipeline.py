@@ -21,11 +21,11 @@ from ferryman_runtime.dedupe import RecentRequests
 from ferryman_runtime.metrics import ConsumerMetrics
 from ferryman_runtime.pipeline import Job, RequestPipeline, RequestSpec
 from ferryman_runtime.reply_topics import ReplyTopicPolicy, TopicDirectory
+from llm_worker.chat.service import ChatService, LlmMetrics
+from llm_worker.chat.streaming import Completion, StreamEvent, TextDelta
 from llm_worker.contract import CHAT_REQUESTS, ChatRequests
-from llm_worker.providers import ModelRouter
 from llm_worker.providers.mock import MockChatModel
-from llm_worker.service import ChatService, LlmMetrics
-from llm_worker.streaming import Completion, StreamEvent, TextDelta
+from llm_worker.providers.resolver import ModelResolver
 from tests.fakes.publisher import RawPublisher
 
 
@@ -59,14 +59,14 @@ def _pipeline(
     spec: Any = CHAT_REQUESTS,
 ) -> RequestPipeline[Any]:
     registry = CollectorRegistry()
-    router = ModelRouter({"mock": MockChatModel(), "buggy": BuggyModel()}, {})
+    resolver = ModelResolver({"mock": MockChatModel(), "buggy": BuggyModel()}, {})
 
     async def topics() -> set[str]:
         return EXISTING
 
     return RequestPipeline(
         spec=spec,
-        service=service or ChatRequests(ChatService(router, LlmMetrics(registry))),
+        service=service or ChatRequests(ChatService(resolver, LlmMetrics(registry))),
         publisher=publisher,  # type: ignore[arg-type]
         recent=RecentRequests(window=60, max_entries=100),
         metrics=ConsumerMetrics(registry, "t"),

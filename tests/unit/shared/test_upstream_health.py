@@ -18,7 +18,7 @@ from ferryman.contracts.health import HealthReport
 from ferryman_runtime.health_events import publish_health
 from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef, upstream_health
 from ferryman_runtime.upstreams.stats import StatsBoard, UpstreamStats
-from llm_worker.streaming import Completion, StreamEvent
+from llm_worker.chat.streaming import Completion, StreamEvent
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 

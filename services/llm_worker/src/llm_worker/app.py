@@ -16,17 +16,17 @@ from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
 from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
 from ferryman_runtime.worker import Worker
-from llm_worker.capabilities import CapabilityTable
+from llm_worker.chat.service import ChatService, Resilience
+from llm_worker.chat.stream_guard import StreamTimeouts
 from llm_worker.contract import CHAT_REQUESTS, ChatRequests
-from llm_worker.deployments import RoutingTable, build_table
-from llm_worker.llm_metrics import LlmMetrics
-from llm_worker.ports import ChatModel
-from llm_worker.provider_factory import build_providers, dedicated_client
-from llm_worker.providers import ModelRouter
-from llm_worker.routing import Deployment, RoutingConfig
-from llm_worker.service import ChatService, Resilience
+from llm_worker.metrics import LlmMetrics
+from llm_worker.providers.factory import build_providers, dedicated_client
+from llm_worker.providers.port import ChatModel
+from llm_worker.providers.resolver import ModelResolver
+from llm_worker.routing.capabilities import CapabilityTable
+from llm_worker.routing.config import Deployment, RoutingConfig
+from llm_worker.routing.table import RoutingTable, build_table
 from llm_worker.settings import LlmWorkerSettings
-from llm_worker.stream_guard import StreamTimeouts
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class LlmWorker:
         make_client: Callable[[Deployment], ChatModel | None] | None = None,
     ) -> None:
         self._settings = settings
-        self.router = ModelRouter(providers, settings.model_aliases)
+        self.resolver = ModelResolver(providers, settings.model_aliases)
         self._make_client = make_client or (lambda d: dedicated_client(settings, d))
         self.breakers = Breakers(
             registry,
@@ -77,7 +77,7 @@ class LlmWorker:
             cooldowns=Cooldowns(max_ad_hoc=settings.max_direct_models),
         )
         self.service = ChatService(
-            self.router,
+            self.resolver,
             LlmMetrics(registry),
             CapabilityTable(settings.capabilities),
             StreamTimeouts(
@@ -134,7 +134,7 @@ class LlmWorker:
 
     def _load_routing(self, data: bytes) -> RoutingTable:
         config = RoutingConfig.parse(data, f"routing file {self._settings.routing_file}")
-        return build_table(config, self.router, self._make_client, content_version(data))
+        return build_table(config, self.resolver, self._make_client, content_version(data))
 
     def _apply_routing(self, table: RoutingTable, version: str) -> None:
         self._owned_clients.extend(table.owned_clients)
@@ -151,7 +151,7 @@ class LlmWorker:
         if table is None:  # no routing file: one entry per provider
             return [
                 _deployment_ref(f"{name}/*", name, "*", client)
-                for name, client in sorted(self.router.providers.items())
+                for name, client in sorted(self.resolver.providers.items())
             ]
         return [
             _deployment_ref(name, d.provider, d.model, table.clients[name])
@@ -161,12 +161,12 @@ class LlmWorker:
     async def _close_clients(self) -> None:
         for client in self._owned_clients:
             await client.aclose()
-        await self.router.aclose()
+        await self.resolver.aclose()
 
     async def models(self) -> tuple[int, dict[str, Any]]:
         """`/models`: each provider's models from its (unbilled) listing API, or its error."""
         listing: dict[str, Any] = {}
-        for name, provider in sorted(self.router.providers.items()):
+        for name, provider in sorted(self.resolver.providers.items()):
             try:
                 listing[name] = {"models": await provider.list_models()}
             except FerrymanError as exc:
@@ -176,7 +176,7 @@ class LlmWorker:
     def _details(self) -> dict[str, Any]:
         """The LLM worker's part of `/health`."""
         return {
-            "providers": sorted(self.router.providers),
+            "providers": sorted(self.resolver.providers),
             "routing": self.watcher.status() if self.watcher else None,
             "circuits": self.breakers.states(),
             "deployments": self.monitor.snapshot(),

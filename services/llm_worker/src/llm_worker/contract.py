@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ferryman.contracts import LLM_CHAT_FAILED, LLM_CHAT_REQUESTED, ChatFailed, ChatRequest
 from ferryman_runtime.pipeline import Job, RequestSpec
-from llm_worker.replies import ChatReplies
-from llm_worker.service import ChatJob, ChatService
+from llm_worker.chat.replies import ChatReplies
+from llm_worker.chat.service import ChatJob, ChatService
 
 CHAT_REQUESTS = RequestSpec[ChatRequest](
     requests={LLM_CHAT_REQUESTED: ChatRequest},

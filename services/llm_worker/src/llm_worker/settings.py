@@ -19,13 +19,13 @@ from ferryman.contracts.events import (
     DEFAULT_LLM_REQUEST_TOPIC,
 )
 from ferryman_runtime.settings import WorkerSettings
-from llm_worker.capabilities import Capabilities
-from llm_worker.provider_config import (
+from llm_worker.providers.config import (
     AnthropicConfig,
     AzureOpenAIConfig,
     GeminiConfig,
     OpenAIConfig,
 )
+from llm_worker.routing.capabilities import Capabilities
 
 
 def _env(*names: str) -> AliasChoices:

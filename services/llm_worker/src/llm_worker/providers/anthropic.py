@@ -22,6 +22,7 @@ from ferryman_runtime.upstreams.http_status import (
     redirect_error,
     scrubbed,
 )
+from llm_worker.chat.streaming import Completion, StreamEvent, fold
 from llm_worker.providers.anthropic_mapping import (
     PROVIDER,
     EventMapper,
@@ -29,7 +30,6 @@ from llm_worker.providers.anthropic_mapping import (
     to_anthropic_params,
 )
 from llm_worker.providers.http_pool import pooled_http_client
-from llm_worker.streaming import Completion, StreamEvent, fold
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MAX_CONNECTIONS = 10_000

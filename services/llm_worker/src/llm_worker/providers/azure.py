@@ -20,10 +20,10 @@ import httpx2
 import openai
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from llm_worker.provider_config import AzureDeployment, AzureOpenAIConfig
+from llm_worker.chat.streaming import Completion, StreamEvent
+from llm_worker.providers.config import AzureDeployment, AzureOpenAIConfig
 from llm_worker.providers.http_pool import pooled_http_client
 from llm_worker.providers.openai import DEFAULT_MAX_CONNECTIONS, OpenAIChatModel, map_errors
-from llm_worker.streaming import Completion, StreamEvent
 
 PROVIDER = "azure"
 _ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"

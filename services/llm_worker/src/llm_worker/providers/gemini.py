@@ -39,13 +39,13 @@ from ferryman_runtime.upstreams.http_status import (
     redirect_error,
     scrubbed,
 )
+from llm_worker.chat.streaming import Completion, StreamEvent, fold_events
 from llm_worker.providers.gemini_mapping import (
     PROVIDER,
     ResponseMapper,
     parse_safety_settings,
     to_gemini_request,
 )
-from llm_worker.streaming import Completion, StreamEvent, fold_events
 
 try:  # aiohttp is optional; the client built here never uses it, a caller's might.
     import aiohttp

@@ -48,8 +48,8 @@ from ferryman.contracts.llm import (
     ToolMessage,
     UserMessage,
 )
+from llm_worker.chat.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
 from llm_worker.providers.tool_ids import SIGNATURE_SEPARATOR
-from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
 
 PROVIDER = "gemini"
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman.contracts.llm import TextPart, UserMessage
-from llm_worker.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
+from llm_worker.chat.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
 
 _TOKEN = re.compile(r"\s*\S+")
 _MODELS = ("echo",)

@@ -22,6 +22,7 @@ from ferryman_runtime.upstreams.http_status import (
     redirect_error,
     scrubbed,
 )
+from llm_worker.chat.streaming import Completion, StreamEvent, fold_events
 from llm_worker.providers.http_pool import pooled_http_client
 from llm_worker.providers.openai_mapping import (
     ChunkMapper,
@@ -29,7 +30,6 @@ from llm_worker.providers.openai_mapping import (
     filtered_categories,
     to_openai_params,
 )
-from llm_worker.streaming import Completion, StreamEvent, fold_events
 
 PROVIDER = "openai"
 

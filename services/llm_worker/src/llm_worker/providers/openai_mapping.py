@@ -9,8 +9,8 @@ from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionUsage
 
 from ferryman.contracts import ChatRequest, FinishReason
+from llm_worker.chat.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
 from llm_worker.providers.tool_ids import neutral_tool_call_id
-from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
 
 _REASONING_MODEL = re.compile(r"^(o\d|gpt-5)")
 _FINISH_REASONS: dict[str, FinishReason] = {

@@ -24,7 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ferryman_runtime.upstreams.quotas import QuotaLimits
-from llm_worker.capabilities import Capabilities
+from llm_worker.routing.capabilities import Capabilities
 
 Strategy = Literal["weighted", "least_in_flight", "lowest_latency"]
 """How a route picks among its deployments: weighted random, fewest calls running on this

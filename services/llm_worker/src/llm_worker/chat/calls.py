@@ -17,11 +17,11 @@ from ferryman.contracts import (
     Latency,
     ToolCallDelta,
 )
-from llm_worker.llm_metrics import LlmMetrics
-from llm_worker.ports import ChatModel
-from llm_worker.replies import ChatReplies
-from llm_worker.stream_guard import StreamTimeouts, guard_stream
-from llm_worker.streaming import Completion, CompletionBuilder, TextDelta, ToolCallFragment
+from llm_worker.chat.replies import ChatReplies
+from llm_worker.chat.stream_guard import StreamTimeouts, guard_stream
+from llm_worker.chat.streaming import Completion, CompletionBuilder, TextDelta, ToolCallFragment
+from llm_worker.metrics import LlmMetrics
+from llm_worker.providers.port import ChatModel
 
 
 @dataclass

@@ -15,10 +15,10 @@ from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
 from ferryman_runtime.upstreams.quotas import QuotaBook
 from ferryman_runtime.upstreams.stats import StatsBoard
-from llm_worker.balancer import RoutePlan
-from llm_worker.calls import StreamProgress
-from llm_worker.deployments import RoutingTable
-from llm_worker.replies import ChatReplies
+from llm_worker.chat.calls import StreamProgress
+from llm_worker.chat.replies import ChatReplies
+from llm_worker.routing.plan import AttemptPlan
+from llm_worker.routing.table import RoutingTable
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class RequestState:
 
     job: ChatJob
     table: RoutingTable
-    plan: RoutePlan
+    plan: AttemptPlan
     alias: str
     deadline: float | None
     budget: int

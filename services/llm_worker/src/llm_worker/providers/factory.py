@@ -13,8 +13,7 @@ from typing import TypeVar
 
 from pydantic import SecretStr
 
-from llm_worker.ports import ChatModel
-from llm_worker.provider_config import (
+from llm_worker.providers.config import (
     AnthropicConfig,
     AzureOpenAIConfig,
     GeminiConfig,
@@ -22,7 +21,8 @@ from llm_worker.provider_config import (
 )
 from llm_worker.providers.mock import MockChatModel
 from llm_worker.providers.openai import OpenAIChatModel, create_client
-from llm_worker.routing import Deployment
+from llm_worker.providers.port import ChatModel
+from llm_worker.routing.config import Deployment
 from llm_worker.settings import LlmWorkerSettings
 
 PROBE_CONNECTIONS = 8

@@ -23,10 +23,8 @@ from collections.abc import Callable
 
 from ferryman.contracts import ChatCompleted, ChatRequest, ChatRestarted, ErrorCode, FerrymanError
 from ferryman.contracts.llm import AttemptInfo
-from llm_worker.balancer import Candidate, RoutePlan, Skip
-from llm_worker.calls import Call, CallResult, run_call
-from llm_worker.capabilities import CapabilityTable
-from llm_worker.chat_job import (
+from llm_worker.chat.calls import Call, CallResult, run_call
+from llm_worker.chat.job import (
     ChatJob,
     RequestState,
     Resilience,
@@ -34,11 +32,13 @@ from llm_worker.chat_job import (
     deadline_error,
     over_quota_error,
 )
-from llm_worker.deployments import DIRECT_ALIAS, DirectTables, RoutingTable
-from llm_worker.llm_metrics import LlmMetrics
-from llm_worker.providers import ModelRouter
-from llm_worker.retry_rules import Allowance, FailedCall, next_step
-from llm_worker.stream_guard import StreamTimeouts
+from llm_worker.chat.retry_rules import Allowance, FailedCall, next_step
+from llm_worker.chat.stream_guard import StreamTimeouts
+from llm_worker.metrics import LlmMetrics
+from llm_worker.providers.resolver import ModelResolver
+from llm_worker.routing.capabilities import CapabilityTable
+from llm_worker.routing.plan import AttemptPlan, Candidate, Skip
+from llm_worker.routing.table import DIRECT_ALIAS, DirectTables, RoutingTable
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ChatService:
     caller must not commit the request's offset).
 
     Args:
-        router: resolves `provider/model` requests and holds the providers.
+        resolver: resolves `provider/model` requests and holds the providers.
         metrics: where outcomes are counted.
         capabilities: what each deployment can do (requests needing more skip it).
         timeouts: worker-wide bounds (routes and deployments may override them).
@@ -71,7 +71,7 @@ class ChatService:
 
     def __init__(
         self,
-        router: ModelRouter,
+        resolver: ModelResolver,
         metrics: LlmMetrics,
         capabilities: CapabilityTable | None = None,
         timeouts: StreamTimeouts | None = None,
@@ -83,7 +83,7 @@ class ChatService:
         self._capabilities = capabilities or CapabilityTable({})
         self._timeouts = timeouts or StreamTimeouts()
         self._res = resilience or Resilience()
-        self._direct = DirectTables(router)
+        self._direct = DirectTables(resolver)
         self.routing = routing
         self._rng = random.Random()
         self._clock = clock
@@ -147,7 +147,7 @@ class ChatService:
         route = table.config.routes[model]
         total = route.timeouts.total or self._timeouts.total
         ends = [t for t in (job.deadline, self._now() + total if total else None) if t]
-        plan = RoutePlan(table.config, model, self._res.stats, self._gate, self._rng)
+        plan = AttemptPlan(table.config, model, self._res.stats, self._gate, self._rng)
         state = RequestState(
             job=job,
             table=table,

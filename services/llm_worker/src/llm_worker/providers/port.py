@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from ferryman.contracts import ChatRequest
-from llm_worker.streaming import Completion, StreamEvent
+from llm_worker.chat.streaming import Completion, StreamEvent
 
 
 class ChatModel(Protocol):

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ferryman.contracts import ErrorCode, FerrymanError
-from llm_worker.balancer import Skip
+from llm_worker.routing.plan import Skip
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ferryman.contracts import ErrorCode, FerrymanError
-from llm_worker.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment
+from llm_worker.chat.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment
 
 SILENT_CLOSE_FRACTION = 0.5
 """A stream the provider closes after a silence of at least this fraction of the bound

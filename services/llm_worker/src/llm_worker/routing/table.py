@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ferryman.contracts import ErrorCode, FerrymanError
-from llm_worker.ports import ChatModel
-from llm_worker.providers import ModelRouter
-from llm_worker.routing import Deployment, Route, RoutingConfig
+from llm_worker.providers.port import ChatModel
+from llm_worker.providers.resolver import ModelResolver
+from llm_worker.routing.config import Deployment, Route, RoutingConfig
 
 DIRECT_ALIAS = "direct"
 """The metrics label of requests that name `provider/model` instead of a route."""
@@ -41,7 +41,7 @@ class RoutingTable:
 
 def build_table(
     config: RoutingConfig,
-    router: ModelRouter,
+    resolver: ModelResolver,
     make_client: Callable[[Deployment], ChatModel | None],
     version: str | None = None,
 ) -> RoutingTable:
@@ -65,9 +65,9 @@ def build_table(
             clients[name] = dedicated
             owned.append(dedicated)
             continue
-        client = router.providers.get(deployment.provider)
+        client = resolver.providers.get(deployment.provider)
         if client is None:
-            configured = ", ".join(sorted(router.providers))
+            configured = ", ".join(sorted(resolver.providers))
             raise ValueError(
                 f"deployment {name!r} uses provider {deployment.provider!r}, which is not"
                 f" configured on this worker (configured: {configured})"
@@ -79,8 +79,8 @@ def build_table(
 class DirectTables:
     """One-deployment tables for `provider/model` requests, cached (bounded)."""
 
-    def __init__(self, router: ModelRouter) -> None:
-        self._router = router
+    def __init__(self, resolver: ModelResolver) -> None:
+        self._resolver = resolver
         self._tables: OrderedDict[str, RoutingTable] = OrderedDict()
 
     def get(self, model: str) -> RoutingTable:
@@ -99,7 +99,7 @@ class DirectTables:
         if table is not None:
             self._tables.move_to_end(model)
             return table
-        client, model_name = self._router.resolve(model)
+        client, model_name = self._resolver.resolve(model)
         key = f"{client.provider}/{model_name}"
         config = RoutingConfig.model_construct(
             deployments={key: Deployment(provider=client.provider, model=model_name)},

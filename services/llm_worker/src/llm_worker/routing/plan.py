@@ -1,6 +1,6 @@
 """Which deployment a request tries next: balancing within a route, then its fallbacks.
 
-A `RoutePlan` is made per request and asked for one candidate at a time, so every pick
+A `AttemptPlan` is made per request and asked for one candidate at a time, so every pick
 sees the current state: calls in flight, latency averages, open circuits, Retry-After
 cooldowns and quotas. Deployments that cannot be used now are skipped and remembered
 with the reason, so the caller can wait for the soonest one instead of failing.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ferryman_runtime.upstreams.stats import StatsBoard
-from llm_worker.routing import Deployment, Route, RoutingConfig, Strategy
+from llm_worker.routing.config import Deployment, Route, RoutingConfig, Strategy
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Skip:
 
 
 @dataclass
-class RoutePlan:
+class AttemptPlan:
     """The candidates of one request for `alias`, picked lazily.
 
     Args:
