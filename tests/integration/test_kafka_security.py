@@ -147,3 +147,64 @@ def test_the_shared_broker_still_serves_plaintext(
 
     assert sasl_bootstrap != kafka_bootstrap
     assert load_local_kafka().broker_count(host, int(port)) > 0
+
+
+async def test_a_worker_consumes_and_answers_over_sasl_without_leaking_the_password(
+    sasl_bootstrap: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from ferryman.codec import header_value
+    from ferryman_runtime.worker import Worker
+    from tests.integration.test_worker_kit import echo
+
+    settings = echo.EchoSettings(
+        kafka_bootstrap_servers=sasl_bootstrap,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-256",
+        kafka_sasl_username=USER,
+        kafka_sasl_password=PASSWORD,
+        request_topic=f"t-{unique}.echo.requests",
+        default_reply_topic=f"t-{unique}.echo.results",
+        group_id=f"g-{unique}",
+        topic_partitions=1,
+        instance_id=unique,
+    )
+    worker = Worker(
+        settings,
+        name="echo_worker",
+        spec=echo.ECHO,
+        service=echo.EchoService(),
+        registry=CollectorRegistry(),
+    )
+    good = connection(sasl_bootstrap, "SCRAM-SHA-256")
+    await worker.start()
+    publisher = KafkaPublisher(
+        good.bootstrap_servers, client_id="test", connection=good.security_options()
+    )
+    await publisher.start()
+    try:
+        attributes = {
+            "id": "s1",
+            "type": "example.echo.requested",
+            "source": "/test",
+            "datacontenttype": "application/json",
+        }
+        headers, value = encode_binary(attributes, b'{"text": "over sasl"}')
+        await publisher.send_and_wait(settings.request_topic, value, key=b"s1", headers=headers)
+        replies: list[object] = []
+        async with asyncio.timeout(30):
+            while not replies:
+                records = [
+                    r
+                    async for r in read_topic_records(good, settings.default_reply_topic)
+                    if header_value(r.headers, "ce_type") == "example.echo.completed"
+                ]
+                replies.extend(records)
+    finally:
+        await publisher.stop()
+        await worker.stop()
+
+    assert len(replies) == 1
+    assert PASSWORD not in repr(settings)
+    assert PASSWORD not in caplog.text

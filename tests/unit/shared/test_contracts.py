@@ -338,3 +338,13 @@ def test_importing_the_contracts_pulls_in_no_sdk() -> None:
     )
 
     assert json.loads(result.stdout) == []
+
+
+def test_an_error_code_from_a_newer_worker_is_kept_as_text_with_its_retryability() -> None:
+    info = ErrorInfo.model_validate(
+        {"code": "quota_exhausted_v9", "message": "later taxonomy", "retryable": True}
+    )
+    known = ErrorInfo.model_validate({"code": "not_found", "message": "m", "retryable": False})
+
+    assert (info.code, info.retryable) == ("quota_exhausted_v9", True)
+    assert known.code is ErrorCode.NOT_FOUND

@@ -14,10 +14,7 @@ from typing import TypeVar
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from ferryman.contracts.events import (
-    DEFAULT_LLM_REPLY_TOPIC,
-    DEFAULT_LLM_REQUEST_TOPIC,
-)
+from ferryman.contracts.llm import DEFAULT_LLM_REPLY_TOPIC, DEFAULT_LLM_REQUEST_TOPIC
 from ferryman_runtime.settings import WorkerSettings
 from llm_worker.providers.config import (
     AnthropicConfig,

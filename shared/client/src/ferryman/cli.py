@@ -216,7 +216,7 @@ def _print_chat_event(event: object, args: argparse.Namespace) -> None:
         return
     elif isinstance(event, ChatRestarted):
         print(
-            f"\n[restarted on {event.deployment}: {event.reason.code.value}; "
+            f"\n[restarted on {event.deployment}: {event.reason.code}; "
             f"discarding {event.discarded_chunks} chunks]",
             file=sys.stderr,
         )

@@ -81,7 +81,7 @@ class RequestFailedError(Exception):
     """The worker answered with a `failed` event; `error` carries code and retryability."""
 
     def __init__(self, error: ErrorInfo) -> None:
-        super().__init__(f"{error.code.value}: {error.message}")
+        super().__init__(f"{error.code}: {error.message}")
         self.error = error
 
 

@@ -6,20 +6,16 @@ result payloads, and the shared error taxonomy.
 """
 
 from ferryman.contracts.errors import ErrorCode, ErrorInfo, FerrymanError
-from ferryman.contracts.events import (
-    DEFAULT_HEALTH_TOPIC,
+from ferryman.contracts.events import DEFAULT_HEALTH_TOPIC, HEALTH_REPORTED, dlq_topic_for
+from ferryman.contracts.health import HealthReport, HealthStatus, UpstreamHealth
+from ferryman.contracts.llm import (
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
-    HEALTH_REPORTED,
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
     LLM_CHAT_REQUESTED,
     LLM_CHAT_RESTARTED,
-    dlq_topic_for,
-)
-from ferryman.contracts.health import HealthReport, HealthStatus, UpstreamHealth
-from ferryman.contracts.llm import (
     ChatChunk,
     ChatCompleted,
     ChatFailed,

@@ -60,8 +60,9 @@ class ErrorInfo(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    code: ErrorCode
-    """One code of the shared taxonomy; fall back on `retryable` for codes you do not know."""
+    code: ErrorCode | str = Field(union_mode="left_to_right")
+    """One code of the shared taxonomy. A code this version does not know (a newer worker's)
+    is kept as a plain string instead of failing validation: fall back on `retryable`."""
     message: str
     """Human-readable description; never contains secrets."""
     retryable: bool

@@ -1,18 +1,13 @@
-"""Event type names, CloudEvents extension names and default topics."""
+"""What every domain shares: CloudEvents extension names, the health event and topic, and the
+dead-letter headers. Each domain's event types and topics live in its own module
+(`ferryman.contracts.llm`, `…mcp`, `…storage`)."""
 
 from typing import Final
 
 SPECVERSION: Final = "1.0"
 
-LLM_CHAT_REQUESTED: Final = "ferryman.llm.chat.requested"
-LLM_CHAT_CHUNK: Final = "ferryman.llm.chat.chunk"
-LLM_CHAT_COMPLETED: Final = "ferryman.llm.chat.completed"
-LLM_CHAT_FAILED: Final = "ferryman.llm.chat.failed"
-LLM_CHAT_RESTARTED: Final = "ferryman.llm.chat.restarted"
 HEALTH_REPORTED: Final = "ferryman.health.reported"
 
-DEFAULT_LLM_REQUEST_TOPIC: Final = "llm.requests"
-DEFAULT_LLM_REPLY_TOPIC: Final = "llm.results"
 DEFAULT_HEALTH_TOPIC: Final = "ferryman.health"
 
 EXT_REPLY_TO: Final = "replyto"

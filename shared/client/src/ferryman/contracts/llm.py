@@ -8,11 +8,20 @@ instead of being silently ignored.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ferryman.contracts.errors import ErrorCode, ErrorInfo
+
+LLM_CHAT_REQUESTED: Final = "ferryman.llm.chat.requested"
+LLM_CHAT_CHUNK: Final = "ferryman.llm.chat.chunk"
+LLM_CHAT_COMPLETED: Final = "ferryman.llm.chat.completed"
+LLM_CHAT_FAILED: Final = "ferryman.llm.chat.failed"
+LLM_CHAT_RESTARTED: Final = "ferryman.llm.chat.restarted"
+
+DEFAULT_LLM_REQUEST_TOPIC: Final = "llm.requests"
+DEFAULT_LLM_REPLY_TOPIC: Final = "llm.results"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
