@@ -12,7 +12,7 @@ from pydantic_settings import SettingsConfigDict
 
 from ferryman.contracts import ErrorCode, ErrorInfo
 from ferryman_runtime.entry import run_worker
-from ferryman_runtime.pipeline import Job, RequestSpec
+from ferryman_runtime.job import Job, RequestSpec
 from ferryman_runtime.settings import WorkerSettings
 from ferryman_runtime.worker import Worker
 

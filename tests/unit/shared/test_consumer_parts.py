@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from collections.abc import Callable
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 from prometheus_client import CollectorRegistry
@@ -162,7 +164,13 @@ def _record() -> Record:
     return ConsumerRecord("t", 0, 7, 0, 0, None, b"v", None, -1, 1, ())
 
 
-def _attempts(calls: _Calls, *, max_attempts: int, exhausted: bool = True) -> RecordAttempts:
+def _attempts(
+    calls: _Calls,
+    *,
+    max_attempts: int,
+    exhausted: bool = True,
+    connected: Callable[[], bool] = lambda: True,
+) -> RecordAttempts:
     return RecordAttempts(
         handler=calls.handler,
         max_attempts=max_attempts,
@@ -171,6 +179,7 @@ def _attempts(calls: _Calls, *, max_attempts: int, exhausted: bool = True) -> Re
         backoff=Backoff(0.5, 2.0),
         metrics=ConsumerMetrics(CollectorRegistry(), "unit"),
         sleep=calls.sleep,
+        connected=connected,
     )
 
 
@@ -240,3 +249,13 @@ def test_the_repeat_filter_marks_the_next_line_with_the_number_dropped() -> None
     shown = line(4)
     assert repeat.filter(shown)
     assert shown.getMessage() == "no node 4 [2 similar since the last report]"
+
+
+async def test_kafka_errors_during_a_broker_outage_do_not_use_up_the_attempts() -> None:
+    calls = _Calls(failures=6, error=KafkaConnectionError())
+    outage = iter([False, False, False, False, True, True])
+
+    await _attempts(calls, max_attempts=3, connected=lambda: next(outage)).settle(_record())
+
+    assert calls.attempts == list(range(1, 8))  # 4 failures uncounted, 2 counted, then success
+    assert calls.exhausted == []

@@ -18,8 +18,9 @@ from ferryman.contracts import ChatRequest, ErrorInfo
 from ferryman.contracts.events import DLQ_REPLAY_OF
 from ferryman.publisher import RecordTooLarge
 from ferryman_runtime.dedupe import RecentRequests
+from ferryman_runtime.job import Job, RequestSpec
 from ferryman_runtime.metrics import ConsumerMetrics
-from ferryman_runtime.pipeline import Job, RequestPipeline, RequestSpec
+from ferryman_runtime.pipeline import RequestPipeline
 from ferryman_runtime.reply_topics import ReplyTopicPolicy, TopicDirectory
 from llm_worker.chat.service import ChatService, LlmMetrics
 from llm_worker.chat.streaming import Completion, StreamEvent, TextDelta
@@ -436,3 +437,31 @@ async def test_a_reply_too_large_for_the_topic_ends_the_request_with_failed_too_
     assert failed["error"]["code"] == "too_large"
     runs = {header_value(h, "ce_runid") for _, _, _, h in publisher.on("replies")}
     assert len(runs) == 1
+
+
+class _LeakyModel(BuggyModel):
+    """An adapter bug whose exception quotes an upstream body echoing the API key."""
+
+    provider = "leaky"
+
+    async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
+        yield TextDelta(text="partial")
+        raise KeyError("upstream said: Authorization: Bearer sk-proj-abcdefghijklmnop1234567890")
+
+
+async def test_a_credential_in_an_unmapped_exception_reaches_neither_the_dlq_nor_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    publisher = RawPublisher()
+    registry = CollectorRegistry()
+    resolver = ModelResolver({"leaky": _LeakyModel()}, {})
+    pipeline = _pipeline(
+        publisher, service=ChatRequests(ChatService(resolver, LlmMetrics(registry)))
+    )
+
+    await pipeline(_record("leaky/x"), 1)
+
+    [letter] = publisher.on("requests.dlq")
+    assert "sk-proj-abcdefghijklmnop1234567890" not in repr(letter[3])
+    assert "sk-proj-abcdefghijklmnop1234567890" not in caplog.text
+    assert "KeyError" in (header_value(letter[3], "dlq-error-type") or "")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ferryman.contracts import LLM_CHAT_FAILED, LLM_CHAT_REQUESTED, ChatFailed, ChatRequest
-from ferryman_runtime.pipeline import Job, RequestSpec
+from ferryman_runtime.job import Job, RequestSpec
 from llm_worker.chat.replies import ChatReplies
 from llm_worker.chat.service import ChatJob, ChatService
 

@@ -38,6 +38,9 @@ class LlmWorkerSettings(WorkerSettings):
     )
 
     group_id: str = "ferryman-llm-worker"
+    max_in_flight: int = Field(default=2048, ge=1)
+    """Requests processed at once by one process (each provider's connection pool is sized
+    from it); streams mostly wait on the provider, so one process carries thousands."""
     http_port: int = Field(default=8081, ge=0, le=65535)
     request_topic: str = DEFAULT_LLM_REQUEST_TOPIC
     """Topic the worker consumes chat requests from."""

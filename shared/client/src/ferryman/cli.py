@@ -28,7 +28,6 @@ from ferryman.client import (
     FerrymanClient,
     RunRestarted,
     TopicSpec,
-    request_from_prompt,
 )
 from ferryman.contracts import (
     DEFAULT_HEALTH_TOPIC,
@@ -39,6 +38,7 @@ from ferryman.contracts import (
 )
 from ferryman.contracts.asyncapi import build_asyncapi
 from ferryman.kafka_config import KafkaConnection
+from ferryman.shortcuts import request_from_prompt
 
 _CONNECTION_FLAGS = (
     "bootstrap_servers",

@@ -20,7 +20,6 @@ murmur2 partitioner, as the workers' producer uses) to its partition. See docs/c
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -55,6 +54,7 @@ from ferryman.replies import (
 )
 from ferryman.reply_reader import ReplyReader
 from ferryman.request_encoding import RequestOptions, encode_request
+from ferryman.shortcuts import dumps_event, request_from_prompt
 from ferryman.topics import ensure_topics, wait_for_partitions
 
 __all__ = [
@@ -390,15 +390,3 @@ class FerrymanClient:
         """
         completed = await self.request(LLM_CHAT_REQUESTED, request, timeout=timeout, **options)
         return cast(ChatCompleted, completed)
-
-
-def request_from_prompt(prompt: str, *, model: str, stream: bool = True) -> ChatRequest:
-    """Build a one-message chat request (used by the CLI and the demo)."""
-    return ChatRequest.model_validate(
-        {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
-    )
-
-
-def dumps_event(event: BaseModel) -> str:
-    """Render an event as compact JSON."""
-    return json.dumps(event.model_dump(mode="json", exclude_none=True), separators=(",", ":"))

@@ -150,7 +150,13 @@ class KafkaPublisher:
     Args:
         bootstrap_servers: comma-separated `host:port` list.
         client_id: names this client in broker logs.
-        linger_ms: how long the producer may wait to batch records.
+        linger_ms: how long the producer may hold a record to batch it with later ones.
+            0 (the default) sends as soon as the connection is free; records still batch
+            on their own while a produce request is in flight. Measured with reply
+            streams (tests/bench/linger_cost.py, docs/benchmarks.md "Linger"): a linger
+            adds its full length to every stream's first chunk, while at 10 req/s a
+            stream's chunks are too far apart for 1 to 5 ms to batch them, and the linger
+            timer's extra wake-up costs about what the saved produce requests would.
         connection: extra `AIOKafkaProducer` options (security protocol, SASL,
             SSL context, timeouts), merged into the producer's options.
 

@@ -15,6 +15,7 @@ from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs
 
 from ferryman.contracts import events
 from ferryman.publisher import Headers, KafkaPublisher, is_record_too_large
+from ferryman_runtime.redaction import redact
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ def dead_letter_headers(
 ) -> Headers:
     """Return the record's own headers, unchanged, followed by the `dlq-*` headers."""
     when = (failed_at or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
-    message = str(error)[:_MAX_MESSAGE] or type(error).__name__
+    # Exception text may quote upstream bodies (and a credential echoed in them).
+    message = redact(str(error))[:_MAX_MESSAGE] or type(error).__name__
     added: dict[str, str] = {
         events.DLQ_ORIGINAL_TOPIC: record.topic,
         events.DLQ_ORIGINAL_PARTITION: str(record.partition),

@@ -20,7 +20,8 @@ aiokafka inside the FastStream app (see `ferryman_runtime.hosting`):
 * a record aiokafka cannot decode is read raw and handed to `on_undecodable`,
   and its partition moves on (`ferryman_runtime.undecodable`);
 * on rebalance, revoked partitions get a last commit of what is finished, and
-  work on partitions that did not come back is cancelled, uncommitted;
+  work on partitions that did not come back is cancelled, uncommitted
+  (`ferryman_runtime.group_assignment`);
 * the fetch and commit loops are supervised: if one dies, `failure` is set,
   `failed` fires and `ready` turns false, so the host can exit non-zero;
 * `stop()` stops fetching, lets in-flight work finish within a grace period,
@@ -40,16 +41,16 @@ from typing import Any
 
 from aiokafka import (  # pyright: ignore[reportMissingTypeStubs]
     AIOKafkaConsumer,
-    ConsumerRebalanceListener,
     ConsumerRecord,
     TopicPartition,
 )
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 
+from ferryman_runtime.group_assignment import GroupAssignment, is_group_member
 from ferryman_runtime.in_flight import InFlight
 from ferryman_runtime.log_throttle import quiet_kafka_client_logs
 from ferryman_runtime.metrics import ConsumerMetrics
-from ferryman_runtime.offsets import OffsetCommitter, PartitionOffsets
+from ferryman_runtime.offsets import OffsetCommitter
 from ferryman_runtime.record_attempts import (
     Backoff,
     ExhaustedHandler,
@@ -125,6 +126,7 @@ class ParallelConsumer:
             on_undecodable=on_undecodable,
             backoff=Backoff(*retry_backoff),
             metrics=metrics,
+            connected=lambda: self.ready,
         )
         self._log_interval = log_interval
         self._final_commit_timeout = final_commit_timeout
@@ -163,16 +165,20 @@ class ParallelConsumer:
             self._attempts,
             max_bytes=int(self._consumer_options.get("max_partition_fetch_bytes", 1 << 20)),
         )
+        self._group_assignment = GroupAssignment(
+            lambda: self._consumer,
+            self._topics,
+            self._in_flight,
+            self._committer,
+            paused=lambda: self._paused,
+        )
         self._fetch_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._paused = False
         self._started = False
         self._stopping = False
-        self._joined = False
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
-        self._assigned_once = asyncio.Event()
-        self._share = 0.0
 
     @property
     def _consumer(self) -> AIOKafkaConsumer:
@@ -209,9 +215,9 @@ class ParallelConsumer:
         """
         if not self._started or self._stopping or self._failure is not None:
             return False
-        if self._fetch_task is None or self._fetch_task.done() or not self._joined:
+        if self._fetch_task is None or self._fetch_task.done() or not self._group_assignment.joined:
             return False
-        return _is_group_member(self._consumer)
+        return is_group_member(self._consumer)
 
     @property
     def failure(self) -> BaseException | None:
@@ -223,26 +229,29 @@ class ParallelConsumer:
         """Set when the fetch or commit loop died; consumption has stopped for good."""
         return self._failed
 
+    @property
+    def generation(self) -> int:
+        """The consumer group's generation as this member last joined it (-1 before).
+
+        Every rebalance raises it, so work redelivered after a crash or a rebalance runs
+        in a greater generation than the run it repeats (run ids sort by it first)."""
+        coordinator = getattr(self._consumer_or_none, "_coordinator", None)
+        generation = getattr(coordinator, "generation", -1)
+        return generation if isinstance(generation, int) else -1
+
     def share(self) -> float:
         """This consumer's assigned partitions ÷ all partitions of its topics (0 before any).
 
         Replicas of a group hold disjoint partitions, so their shares sum to 1: a limit
         multiplied by each replica's share holds across replicas without shared state.
         """
-        return self._share
-
-    def _update_share(self) -> None:
-        total = 0
-        for topic in self._topics:
-            partitions = self._consumer.partitions_for_topic(topic)
-            total += len(partitions) if partitions else 0
-        self._share = min(1.0, len(self._offsets) / total) if total else 0.0
+        return self._group_assignment.share
 
     async def wait_assigned(self, timeout: float) -> bool:
         """Wait until the group assigned partitions (possibly none) at least once; return
         whether it did."""
         try:
-            await asyncio.wait_for(self._assigned_once.wait(), timeout)
+            await asyncio.wait_for(self._group_assignment.assigned_once.wait(), timeout)
         except TimeoutError:
             return False
         return True
@@ -255,7 +264,7 @@ class ParallelConsumer:
             "topics": self._topics,
             "ready": self.ready,
             "assigned": [f"{tp.topic}:{tp.partition}" for tp in self.assignment],
-            "share": round(self._share, 4),
+            "share": round(self._group_assignment.share, 4),
             "in_flight": self.in_flight,
             "peak_in_flight": self._in_flight.peak,
             "max_in_flight": self._in_flight.max_in_flight,
@@ -274,7 +283,7 @@ class ParallelConsumer:
         # Created here, not in __init__: aiokafka binds to the running event loop.
         self._consumer_or_none = AIOKafkaConsumer(**self._consumer_options)
         await self._consumer.start()
-        self._consumer.subscribe(topics=self._topics, listener=_Listener(self))
+        self._consumer.subscribe(topics=self._topics, listener=self._group_assignment)
         self._fetch_task = self._supervised(self._fetch_loop(), "ferryman-fetch")
         self._commit_task = self._supervised(self._committer.run(), "ferryman-commit")
         self._started = True
@@ -376,53 +385,3 @@ class ParallelConsumer:
             self._consumer.resume(*self._consumer.assignment())
             self._paused = False
             self._metrics.paused.set(0)
-
-    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        if revoked:
-            await self._committer.commit(revoked)
-
-    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        lost = set(self._offsets) - assigned
-        for tp in lost:
-            cancelled = self._in_flight.drop(tp)
-            if cancelled:
-                logger.warning(
-                    "partition %s:%d lost; cancelled %d", tp.topic, tp.partition, cancelled
-                )
-        for tp in assigned:
-            state = self._offsets.get(tp)
-            if state is None:
-                self._offsets[tp] = PartitionOffsets()
-            elif state.next_fetch is not None:
-                # Kept across the rebalance: resume after what we already hold.
-                self._consumer.seek(tp, state.next_fetch)
-        if self._paused:
-            self._consumer.pause(*assigned)
-        self._update_share()
-        self._joined = True
-        self._assigned_once.set()
-        logger.info("assigned %s", sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
-
-
-def _is_group_member(consumer: AIOKafkaConsumer) -> bool:
-    # aiokafka exposes no membership state; these GroupCoordinator attributes (read in
-    # 0.14) are None / -1 while the coordinator is unreachable / the member is unknown.
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is None:
-        return False
-    return coordinator.coordinator_id is not None and coordinator.generation >= 0
-
-
-class _Listener(ConsumerRebalanceListener):  # pyright: ignore[reportUntypedBaseClass]
-    def __init__(self, owner: ParallelConsumer) -> None:
-        self._owner = owner
-
-    async def on_partitions_revoked(  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, revoked: set[TopicPartition]
-    ) -> None:
-        await self._owner._on_revoked(revoked)  # pyright: ignore[reportPrivateUsage]
-
-    async def on_partitions_assigned(  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, assigned: set[TopicPartition]
-    ) -> None:
-        await self._owner._on_assigned(assigned)  # pyright: ignore[reportPrivateUsage]

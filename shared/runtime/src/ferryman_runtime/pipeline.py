@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
 
 from aiokafka import ConsumerRecord  # pyright: ignore[reportMissingTypeStubs]
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ferryman.codec import (
     MAX_ATTRIBUTE_LENGTH,
@@ -41,73 +39,25 @@ from ferryman.contracts.events import (
     EXT_TRACESTATE,
 )
 from ferryman.publisher import KafkaPublisher, is_record_too_large
-from ferryman_runtime.dead_letter import DeadLetterReason, publish_dead_letter
+from ferryman_runtime.dead_letter import DeadLetterReason
 from ferryman_runtime.dedupe import RecentRequests
+from ferryman_runtime.job import Job, RequestService, RequestSpec, RequestT
 from ferryman_runtime.metrics import ConsumerMetrics
-from ferryman_runtime.replies import ReplyStream
+from ferryman_runtime.redaction import redact
+from ferryman_runtime.rejections import Rejections
+from ferryman_runtime.replies import ReplyStream, new_run_id
 from ferryman_runtime.reply_topics import ReplyTopicPolicy, TopicDirectory
 from ferryman_runtime.undecodable import UndecodableRecord
 
 logger = logging.getLogger(__name__)
 
-RequestT = TypeVar("RequestT", bound=BaseModel)
 Record = ConsumerRecord[bytes, bytes]
 
 _ECHOED_EXTENSIONS = (EXT_TRACEPARENT, EXT_TRACESTATE, EXT_TENANT, EXT_REPLY_TOKEN)
-_DEAD_LETTERED_MEMORY = 10_000
 
 
 class ValidationFailure(Exception):
     """The event decoded but its type, extensions or data are invalid."""
-
-
-@dataclass(frozen=True)
-class RequestSpec(Generic[RequestT]):
-    """What a worker declares to the pipeline.
-
-    Args:
-        requests: accepted `ce_type` → the model its `data` must validate against.
-        failed_type: the event type of this domain's `failed` reply.
-        failed_model: the `failed` payload; built as `failed_model(error=ErrorInfo)`.
-        noun: names the requests in error messages (`invalid <noun>: …`).
-    """
-
-    requests: Mapping[str, type[RequestT]]
-    failed_type: str
-    failed_model: type[BaseModel]
-    noun: str = "request"
-
-
-@dataclass(frozen=True)
-class Job(Generic[RequestT]):
-    """One validated request to execute, and where its replies go."""
-
-    request: RequestT
-    event: IncomingEvent
-    replies: ReplyStream
-    deadline: float | None
-    """`loop.time()` by which the work must be done (the request's expiry), if any."""
-    tenant: str | None
-    tenant_share: float
-    """This replica's share of the tenant's budget: 1 when the record is keyed by its tenant
-    (all of the tenant's requests share one partition), else the replica's partition share."""
-
-    @property
-    def event_type(self) -> str:
-        """The request's `ce_type`."""
-        return self.event.type
-
-
-class RequestService(Protocol[RequestT]):  # pyright: ignore[reportInvalidTypeVarUse]
-    """A worker's service: executes a job and ends it with a terminal reply."""
-
-    async def execute(self, job: Job[RequestT], /) -> None:
-        """Run the job; provider/upstream failures end in `job.replies.fail(...)`.
-
-        Raises:
-            aiokafka.errors.KafkaError: replies were not acknowledged (the record is retried).
-        """
-        ...
 
 
 class RequestPipeline(Generic[RequestT]):
@@ -125,6 +75,8 @@ class RequestPipeline(Generic[RequestT]):
         default_reply_topic: used when a request has no `replyto`.
         dlq_topic: where poison records go.
         share: this replica's share of the request topic's partitions.
+        generation: the consumer group's generation (the first part of every run id).
+        clock: the current time (UTC), for `expirytime`.
     """
 
     def __init__(
@@ -141,6 +93,8 @@ class RequestPipeline(Generic[RequestT]):
         default_reply_topic: str,
         dlq_topic: str,
         share: Callable[[], float] = lambda: 1.0,
+        generation: Callable[[], int] = lambda: 0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._spec = spec
         self._service = service
@@ -153,8 +107,9 @@ class RequestPipeline(Generic[RequestT]):
         self._default_reply_topic = default_reply_topic
         self._dlq_topic = dlq_topic
         self._share = share
-        # Dead-lettered records → whether their `failed` reply went out too (each once).
-        self._dead_lettered: OrderedDict[tuple[str, int, int], bool] = OrderedDict()
+        self._generation = generation
+        self._clock = clock
+        self._rejections = Rejections(publisher=publisher, dlq_topic=dlq_topic, metrics=metrics)
 
     async def __call__(self, record: Record, attempt: int) -> None:
         """Handle one record.
@@ -258,7 +213,7 @@ class RequestPipeline(Generic[RequestT]):
     ) -> bool:
         """Execute (or expire) the request; return whether it reached a terminal reply."""
         replies = self._replies(reply_to, event.id, event)
-        if expiry is not None and expiry <= datetime.now(UTC):
+        if expiry is not None and expiry <= self._clock():
             info = ErrorInfo(
                 code=ErrorCode.EXPIRED,
                 message=f"request expired at {expiry.isoformat()} before work started",
@@ -268,7 +223,7 @@ class RequestPipeline(Generic[RequestT]):
             return True
         deadline = None
         if expiry is not None:
-            remaining = (expiry - datetime.now(UTC)).total_seconds()
+            remaining = (expiry - self._clock()).total_seconds()
             deadline = asyncio.get_running_loop().time() + remaining
         tenant = event.extension(EXT_TENANT)
         # A record keyed by its tenant shares a partition with all of that tenant's
@@ -297,7 +252,15 @@ class RequestPipeline(Generic[RequestT]):
             await replies.fail(info)
         except Exception as exc:
             # A bug, not an upstream failure (those end in `failed` inside the service).
-            logger.exception("handler failed on request %s", event.id)
+            # The message may quote upstream text that escaped an adapter's mapping: redacted,
+            # and the traceback (which repeats it verbatim) only at debug level.
+            logger.error(
+                "handler failed on request %s: %s: %s",
+                event.id,
+                type(exc).__name__,
+                redact(str(exc))[:500],
+            )
+            logger.debug("handler failure on request %s", event.id, exc_info=True)
             await self._reject(
                 record,
                 DeadLetterReason.HANDLER,
@@ -338,6 +301,7 @@ class RequestPipeline(Generic[RequestT]):
             extensions=extensions,
             failed_type=self._spec.failed_type,
             failed_model=self._spec.failed_model,
+            run_id=new_run_id(self._generation()),
         )
 
     async def _refusal(self, topic: str, tenant: str | None) -> str | None:
@@ -389,38 +353,12 @@ class RequestPipeline(Generic[RequestT]):
         message: str | None = None,
         event: IncomingEvent | Record | None = None,
     ) -> None:
-        location = (record.topic, record.partition, record.offset)
-        if location not in self._dead_lettered:
-            # The dead letter first: a `failed` reply is sent once it is safely parked, and
-            # only once however often the dead letter had to be retried.
-            await publish_dead_letter(
-                self._publisher,
-                record,
-                topic=self._dlq_topic,
-                reason=reason,
-                error=error,
-                attempts=attempt,
-            )
-            self._metrics.dead_letters.labels(reason=reason.value).inc()
-            self._dead_lettered[location] = False
-            while len(self._dead_lettered) > _DEAD_LETTERED_MEMORY:
-                self._dead_lettered.popitem(last=False)
-            logger.warning(
-                "dead-lettered %s:%d@%d (%s): %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                reason,
-                str(error)[:500],
-            )
-        if reply_to and request_id and not self._dead_lettered.get(location, True):
-            if message is None:
-                text = str(error)[:2000] if code is ErrorCode.INVALID_REQUEST else "internal error"
-            else:
-                text = message
-            info = ErrorInfo(code=code, message=text, retryable=code is ErrorCode.UNAVAILABLE)
-            await self._replies(reply_to, request_id, event).fail(info)
-            self._dead_lettered[location] = True
+        reply = None
+        if reply_to and request_id:
+            reply = self._replies(reply_to, request_id, event)
+        await self._rejections.reject(
+            record, reason, error, attempt, reply, code=code, message=message
+        )
 
 
 def describe_validation_error(exc: ValidationError, noun: str = "request") -> str:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord  # pyright: ignore[reportMissingTypeStubs]
+from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 
 from ferryman.contracts.errors import FerrymanError
 from ferryman_runtime.metrics import ConsumerMetrics
@@ -66,6 +67,9 @@ class RecordAttempts:
         backoff: delays between handler attempts and between hand-over attempts.
         metrics: where to count retries and hand-overs.
         sleep: waits between attempts (injected by tests).
+        connected: whether Kafka is reachable; a Kafka error while it is not does not
+            count towards `max_attempts` (a broker outage must not dead-letter every
+            record in flight: their results are delivered when the broker is back).
     """
 
     def __init__(
@@ -78,6 +82,7 @@ class RecordAttempts:
         backoff: Backoff,
         metrics: ConsumerMetrics,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        connected: Callable[[], bool] = lambda: True,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -88,6 +93,7 @@ class RecordAttempts:
         self._backoff = backoff
         self._metrics = metrics
         self._sleep = sleep
+        self._connected = connected
 
     async def settle(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Run `record` until the handler succeeds or `on_exhausted` has taken it over.
@@ -99,13 +105,16 @@ class RecordAttempts:
         """
         where = _where(record.topic, record.partition, record.offset)
         attempt = 1
+        counted = 0
         while True:
             try:
                 await self._handler(record, attempt)
                 return
             except Exception as exc:
+                if not (isinstance(exc, KafkaError) and not self._connected()):
+                    counted += 1
                 if self._on_exhausted is not None and (
-                    attempt >= self._max_attempts or _gives_up_at_once(exc)
+                    counted >= self._max_attempts or _gives_up_at_once(exc)
                 ):
                     logger.error(
                         "handler failed for %s %d time(s) (%s: %s); handing it over",

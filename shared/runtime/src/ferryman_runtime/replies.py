@@ -19,17 +19,18 @@ from ferryman.publisher import KafkaPublisher
 _last_millis = 0
 
 
-def new_run_id(clock_ns: int | None = None) -> str:
+def new_run_id(generation: int = 0, clock_ns: int | None = None) -> str:
     """Return a run id: unique, and sorting (as a string) in the order runs started.
 
-    Thirteen digits of milliseconds since the epoch (strictly increasing within a process),
-    then 48 random bits: replicas' clocks only need to agree to well under the time a
-    redelivery takes.
+    The consumer group's generation first (a redelivery after a crash or a rebalance
+    happens in a greater one, whatever the replicas' clocks say), then milliseconds since
+    the epoch (strictly increasing within a process: a retry on the same replica), then
+    48 random bits.
     """
     global _last_millis
     millis = (time.time_ns() if clock_ns is None else clock_ns) // 1_000_000
     millis = _last_millis = max(millis, _last_millis + 1)
-    return f"{millis:013d}-{secrets.token_hex(6)}"
+    return f"{max(generation, 0):010d}-{millis:013d}-{secrets.token_hex(6)}"
 
 
 class ReplyStream:
@@ -106,7 +107,8 @@ class ReplyStream:
         await self.finish(self._failed_type, self._failed_model(error=error))
 
     async def _send(self, event_type: str, payload: BaseModel) -> None:
-        value = payload.model_dump_json(exclude_none=True).encode()
+        # What model_dump_json(exclude_none=True) returns, without its str round trip.
+        value = payload.__pydantic_serializer__.to_json(payload, exclude_none=True)
         make_headers = self._headers.get(event_type)
         if make_headers is None:
             make_headers = self._headers[event_type] = BinaryHeaders(
@@ -123,4 +125,9 @@ class ReplyStream:
 
     async def _wait(self) -> None:
         pending, self._pending = self._pending, []
-        await asyncio.gather(*pending)
+        # Most chunks are acknowledged by now; gathering them would schedule a callback each.
+        # The rest keep their order, so the first failure raised is the same as over them all.
+        unsettled = [
+            f for f in pending if not f.done() or f.cancelled() or f.exception() is not None
+        ]
+        await asyncio.gather(*unsettled)

@@ -67,41 +67,52 @@ class TopicDirectory:
 
     The list is fetched with a metadata request for all topics, which never creates a
     topic (a request for one named topic may, where the broker auto-creates topics).
-    An unknown name refreshes the list at most every `refresh_interval` seconds.
+    A name missing from the list is looked up again in a fetch that starts after the
+    question was asked, so a topic created just before its first request is found.
+    Concurrent questions share one fetch, and fetches start at most every
+    `min_interval` seconds, so a flood of unknown names costs a few fetches per second.
 
     Args:
         fetch: returns the names of the cluster's topics.
-        refresh_interval: minimum seconds between two fetches.
+        min_interval: minimum seconds between the starts of two fetches.
         clock: monotonic seconds; injectable for tests.
+        sleep: waits that many seconds; injectable for tests.
     """
 
     def __init__(
         self,
         fetch: Callable[[], Awaitable[Iterable[str]]],
         *,
-        refresh_interval: float = 5.0,
+        min_interval: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._fetch = fetch
-        self._interval = refresh_interval
+        self._interval = min_interval
         self._clock = clock
+        self._sleep = sleep
         self._known: frozenset[str] = frozenset()
-        self._fetched_at: float | None = None
+        self._fetch_started: float | None = None
         self._lock = asyncio.Lock()
+        self.fetches = 0
+        """Topic lists fetched so far."""
 
     async def exists(self, topic: str) -> bool:
-        """Return whether `topic` exists (as of the last refresh).
+        """Return whether `topic` exists.
 
         Raises:
             aiokafka.errors.KafkaError: the topic list could not be fetched.
         """
         if topic in self._known:
             return True
+        asked = self._clock()
         async with self._lock:
-            if topic in self._known:
-                return True
-            now = self._clock()
-            if self._fetched_at is None or now - self._fetched_at >= self._interval:
-                self._known = frozenset(await self._fetch())
-                self._fetched_at = now
+            started = self._fetch_started
+            if topic in self._known or (started is not None and started >= asked):
+                return topic in self._known  # a fetch that began after the question
+            if started is not None:
+                await self._sleep(max(0.0, started + self._interval - self._clock()))
+            self._fetch_started = self._clock()
+            self._known = frozenset(await self._fetch())
+            self.fetches += 1
         return topic in self._known

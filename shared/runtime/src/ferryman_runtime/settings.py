@@ -98,6 +98,13 @@ class WorkerSettings(BaseSettings):
     """Seconds an open circuit waits before letting one probe request through."""
     instance_id: str = Field(default_factory=socket.gethostname)
     """Names this replica in `ce_source` and client ids."""
+    producer_linger_ms: int = Field(default=0, ge=0, le=100)
+    """Milliseconds the producer waits to batch reply events. 0 sends each at once: a
+    linger delays every stream's first chunk by its full length and saved no measurable CPU
+    even at 10 requests/s (docs/benchmarks.md, "Linger")."""
+    key_ordered: bool = False
+    """Run requests with the same Kafka key one at a time, in offset order (for workers
+    whose operations on one key must not reorder); different keys still run concurrently."""
     max_in_flight: int = Field(default=256, ge=1)
     """Requests processed at once by one process; fetching pauses at the limit."""
     grace_period: float = Field(default=30.0, ge=0)

@@ -31,9 +31,10 @@ from ferryman.publisher import KafkaPublisher
 from ferryman.topics import ensure_topics
 from ferryman_runtime.dedupe import RecentRequests
 from ferryman_runtime.hosting import JsonEndpoint, create_host_app
+from ferryman_runtime.job import RequestService, RequestSpec, RequestT
 from ferryman_runtime.metrics import ConsumerMetrics
 from ferryman_runtime.parallel_consumer import ParallelConsumer
-from ferryman_runtime.pipeline import RequestPipeline, RequestService, RequestSpec, RequestT
+from ferryman_runtime.pipeline import RequestPipeline
 from ferryman_runtime.reply_topics import ReplyTopicPolicy, TopicDirectory
 from ferryman_runtime.settings import WorkerSettings
 
@@ -79,6 +80,7 @@ class Worker(Generic[RequestT]):
         self.publisher = KafkaPublisher(
             settings.kafka_bootstrap_servers,
             client_id=client_id,
+            linger_ms=settings.producer_linger_ms,
             connection=self.connection.security_options(),
         )
         self._admin: AIOKafkaAdminClient | None = None
@@ -102,6 +104,7 @@ class Worker(Generic[RequestT]):
             default_reply_topic=settings.default_reply_topic,
             dlq_topic=settings.dlq_topic,
             share=self.share,
+            generation=lambda: self.consumer.generation,
         )
         self.consumer = ParallelConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -116,6 +119,7 @@ class Worker(Generic[RequestT]):
             on_exhausted=self.pipeline.dead_letter_exhausted,
             on_undecodable=self.pipeline.dead_letter_undecodable,
             client_options=self.connection.security_options(),
+            key_ordered=settings.key_ordered,
         )
         self._background = list(background)
         self._on_stop = list(on_stop)

@@ -14,7 +14,6 @@ frees up or its deadline passes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -22,8 +21,8 @@ import time
 from collections.abc import Callable
 
 from ferryman.contracts import ChatCompleted, ChatRequest, ChatRestarted, ErrorCode, FerrymanError
-from ferryman.contracts.llm import AttemptInfo
-from llm_worker.chat.calls import Call, CallResult, run_call
+from llm_worker.chat.calls import CallResult
+from llm_worker.chat.deployment_call import DeploymentCaller, deployment_group, deployment_label
 from llm_worker.chat.job import (
     ChatJob,
     RequestState,
@@ -87,6 +86,7 @@ class ChatService:
         self.routing = routing
         self._rng = random.Random()
         self._clock = clock
+        self._caller = DeploymentCaller(self._res, metrics, self._timeouts, clock)
 
     @property
     def resilience(self) -> Resilience:
@@ -192,7 +192,7 @@ class ChatService:
             if state.left is not None and state.left != candidate.name:
                 reason = state.last_error.code if state.last_error else "unknown"
                 self._metrics.failovers.labels(
-                    deployment=self._label(state, state.left), reason=reason
+                    deployment=deployment_label(state, state.left), reason=reason
                 ).inc()
                 state.left = None
             result = await self._on_deployment(state, candidate)
@@ -204,7 +204,7 @@ class ChatService:
                         "degraded": True if state.degraded else None,
                     }
                 )
-                return completed, self._label(state, candidate.name)
+                return completed, deployment_label(state, candidate.name)
 
     async def _exhausted(self, state: RequestState) -> None:
         """Nothing can be tried now: wait for a deployment (backpressure), degrade, or fail.
@@ -252,7 +252,7 @@ class ChatService:
         """
         res = self._res
         name = candidate.name
-        label = self._label(state, name)
+        label = deployment_label(state, name)
         per_deployment = candidate.route_config.retry.per_deployment or res.retry.max_attempts
         held = True
         try:
@@ -280,7 +280,7 @@ class ChatService:
                 if state.calls[name]:
                     self._metrics.retries.labels(deployment=label).inc()
                 state.calls[name] += 1
-                return await self._call(state, candidate)
+                return await self._caller.call(state, candidate)
             except FerrymanError as failure:
                 state.last_error = exc = failure
                 if not self._may_continue(state, candidate, exc):
@@ -289,7 +289,7 @@ class ChatService:
                 res.deployment_quotas.release(name)
             if exc.retry_after is not None:
                 # For every request of the replica.
-                res.cooldowns.hold(name, exc.retry_after, self._group(state, name))
+                res.cooldowns.hold(name, exc.retry_after, deployment_group(state, name))
             step = next_step(
                 FailedCall(exc, state.calls[name], published=state.progress.published > 0),
                 Allowance(
@@ -355,68 +355,9 @@ class ChatService:
                 deployment=candidate.name,
             )
         )
-        self._metrics.restarts.labels(deployment=self._label(state, candidate.name)).inc()
+        self._metrics.restarts.labels(deployment=deployment_label(state, candidate.name)).inc()
         progress.attempt += 1
         progress.published = 0
-
-    async def _call(self, state: RequestState, candidate: Candidate) -> CallResult:
-        res = self._res
-        client = state.table.clients[candidate.name]
-        name = candidate.name
-        label = self._label(state, name)
-        deployment, route = candidate.deployment, candidate.route_config
-        call_timeouts = StreamTimeouts(
-            first_token=deployment.timeouts.first_token
-            or route.timeouts.first_token
-            or self._timeouts.first_token,
-            idle=deployment.timeouts.stream_idle
-            or route.timeouts.stream_idle
-            or self._timeouts.idle,
-            total=None,
-        )
-        deadline = state.deadline
-        if deployment.timeouts.total is not None:
-            own = self._now() + deployment.timeouts.total
-            deadline = own if deadline is None else min(deadline, own)
-        call = Call(client, deployment.model, label, call_timeouts, deadline, self._clock)
-        stats = res.stats.get(label)  # direct requests: one board entry per provider
-        group = self._group(state, name)
-        breaker = res.breakers.get(name, group) if res.breakers is not None else None
-        began = time.monotonic()
-        stats.started()
-        try:
-            async with breaker.guard() if breaker is not None else contextlib.nullcontext():
-                result = await run_call(
-                    call, state.job.request, state.job.replies, state.progress,
-                    self._metrics, state.started,
-                )  # fmt: skip
-        except FerrymanError as exc:
-            if exc.upstream is None:
-                exc.upstream = client.provider
-            stats.finished(failed=exc.retryable)
-            self._record(state, name, label, began, exc.code)
-            raise
-        except BaseException:
-            stats.finished(failed=False)
-            raise
-        stats.finished(failed=False, latency=result.first_token)
-        usage = result.completed.usage
-        res.deployment_quotas.charge(name, usage.input_tokens + usage.output_tokens)
-        self._record(state, name, label, began, None)
-        return result
-
-    def _record(
-        self, state: RequestState, name: str, label: str, began: float, error: ErrorCode | None
-    ) -> None:
-        state.log.append(
-            AttemptInfo(
-                deployment=name,
-                outcome="failed" if error else "completed",
-                error_code=error,
-                duration_ms=round((time.monotonic() - began) * 1000.0, 3),
-            )
-        )
-        self._metrics.attempts.labels(deployment=label, outcome=error or "completed").inc()
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -424,16 +365,3 @@ class ChatService:
     def _remaining(self, deadline: float | None) -> float:
         """Seconds until `deadline` (`math.inf` for none)."""
         return math.inf if deadline is None else deadline - self._now()
-
-    @staticmethod
-    def _group(state: RequestState, name: str) -> str | None:
-        """`provider/*` for a direct request's deployment (named by the producer, so its
-        per-deployment state is bounded), None for a configured one."""
-        if state.alias == DIRECT_ALIAS:
-            return name.partition("/")[0] + "/*"
-        return None
-
-    @staticmethod
-    def _label(state: RequestState, name: str) -> str:
-        """The metrics label of deployment `name` (direct requests: `provider/*`)."""
-        return ChatService._group(state, name) or name

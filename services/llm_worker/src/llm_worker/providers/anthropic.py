@@ -243,7 +243,8 @@ def _from_status(exc: anthropic.APIStatusError) -> FerrymanError:
     elif status in (400, 413) and _CONTEXT_LENGTH.search(detail):
         code = ErrorCode.CONTEXT_LENGTH
     else:
-        code = code_for_status(status)  # 529 (`OverloadedError`) is unavailable
+        # 529 (`OverloadedError`) is unavailable like any 5xx
+        code = code_for_status(status, conflict_is_transient=True)
     if code is ErrorCode.AUTH:
         # Fixed text: never risk echoing a credential.
         message = (

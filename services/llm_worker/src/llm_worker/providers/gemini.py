@@ -15,7 +15,7 @@ a model name that is not a plain name (it becomes a URL path segment) is refused
 before anything is sent.
 
 Safety settings: a deployment default (`safety_settings=`) merged per request
-with `metadata["gemini_safety"]` (see `gemini_mapping`).
+with `metadata["gemini_safety"]` (see `gemini_request`).
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from ferryman_runtime.upstreams.http_status import (
     scrubbed,
 )
 from llm_worker.chat.streaming import Completion, StreamEvent, fold_events
-from llm_worker.providers.gemini_mapping import (
+from llm_worker.providers.gemini_request import (
     PROVIDER,
-    ResponseMapper,
     parse_safety_settings,
     to_gemini_request,
 )
+from llm_worker.providers.gemini_response import ResponseMapper
 
 try:  # aiohttp is optional; the client built here never uses it, a caller's might.
     import aiohttp
@@ -288,7 +288,7 @@ def from_api_error(exc: genai_errors.APIError) -> FerrymanError:
     elif status == 499:  # the request was cancelled upstream
         code = ErrorCode.UNAVAILABLE
     else:  # 404 (an unknown model) is not_found; 400 and other 4xx are invalid requests
-        code = code_for_status(status)
+        code = code_for_status(status, conflict_is_transient=True)
     if code is ErrorCode.RATE_LIMITED:
         retry_after = _retry_after(exc, details)
     return FerrymanError(code, message, upstream=PROVIDER, status=status, retry_after=retry_after)

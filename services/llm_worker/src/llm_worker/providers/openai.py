@@ -195,7 +195,7 @@ def _from_status(exc: openai.APIStatusError, provider: str) -> FerrymanError:
     code_text = str(getattr(exc, "code", "") or "")
     message = f"OpenAI returned {status}: {exc.message}"
     retry_after = parse_retry_after(exc.response.headers)
-    code = code_for_status(status)
+    code = code_for_status(status, conflict_is_transient=True)
     if code is ErrorCode.AUTH:
         # OpenAI echoes part of the key in this message; never forward it.
         message = f"OpenAI rejected the credentials ({status})"

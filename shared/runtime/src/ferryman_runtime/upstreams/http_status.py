@@ -14,11 +14,15 @@ from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.redaction import redact
 
 
-def code_for_status(status: int | None) -> ErrorCode:
-    """The taxonomy code of an upstream HTTP status no provider-specific rule claimed.
+def code_for_status(status: int | None, *, conflict_is_transient: bool = False) -> ErrorCode:
+    """The taxonomy code of an upstream HTTP status no upstream-specific rule claimed.
 
-    No status (an error without a response) counts as the upstream being unavailable;
-    409 too, because LLM APIs use it for transient conflicts (a concurrent request).
+    No status (an error without a response) counts as the upstream being unavailable.
+
+    Args:
+        status: the HTTP status, if there was a response.
+        conflict_is_transient: map 409 to `unavailable` (retryable) instead of `conflict`;
+            LLM APIs answer 409 to a concurrent request that succeeds when sent again.
     """
     if status == 401:
         return ErrorCode.AUTH
@@ -26,13 +30,17 @@ def code_for_status(status: int | None) -> ErrorCode:
         return ErrorCode.PERMISSION_DENIED
     if status == 404:
         return ErrorCode.NOT_FOUND
+    if status == 409:
+        return ErrorCode.UNAVAILABLE if conflict_is_transient else ErrorCode.CONFLICT
+    if status == 412:
+        return ErrorCode.PRECONDITION_FAILED
     if status == 413:
         return ErrorCode.TOO_LARGE
     if status == 429:
         return ErrorCode.RATE_LIMITED
     if status == 408:
         return ErrorCode.TIMEOUT
-    if status is None or status == 409 or status >= 500:
+    if status is None or status >= 500:
         return ErrorCode.UNAVAILABLE
     return ErrorCode.INVALID_REQUEST
 

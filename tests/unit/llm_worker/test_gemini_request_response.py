@@ -15,12 +15,12 @@ from google.genai import types
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.chat.streaming import Finish, TextDelta, ToolCallFragment, UsageReport
 from llm_worker.providers.gemini import from_api_error, map_errors
-from llm_worker.providers.gemini_mapping import (
-    ResponseMapper,
+from llm_worker.providers.gemini_request import (
     join_tool_call_id,
     split_tool_call_id,
     to_gemini_request,
 )
+from llm_worker.providers.gemini_response import ResponseMapper
 
 
 def _request(messages: list[dict[str, Any]], **fields: Any) -> ChatRequest:
