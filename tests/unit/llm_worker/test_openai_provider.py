@@ -330,3 +330,20 @@ async def test_list_models_returns_the_servers_model_ids(
 ) -> None:
     assert await make_model().list_models() == ["gpt-fake"]
     assert [r.path for r in fake.requests] == ["/v1/models"]
+
+
+async def test_the_configured_organization_is_sent_with_every_call(fake: FakeOpenAI) -> None:
+    from llm_worker.providers.config import OpenAIConfig
+    from llm_worker.providers.factory import openai_client
+
+    config = OpenAIConfig.model_validate(
+        {"api_key": API_KEY, "base_url": fake.base_url, "organization": "org-ferry"}
+    )
+    model = openai_client(config, max_in_flight=4)
+    try:
+        await model.generate(_request(), "gpt-x")
+    finally:
+        await model.aclose()
+
+    [call] = fake.chat_requests()
+    assert {k.lower(): v for k, v in call.headers.items()}.get("openai-organization") == "org-ferry"

@@ -183,6 +183,10 @@ class KafkaPublisher:
             "acks": "all",
             "enable_idempotence": True,
             "linger_ms": linger_ms,
+            # aiokafka holds ONE open batch per partition and makes every further send wait
+            # until it is drained: with the 16 KiB default (about 15 chunk events) thousands
+            # of concurrent streams queue behind it until sends time out.
+            "max_batch_size": 1024 * 1024,
             "max_request_size": 4 * 1024 * 1024,
             "partitioner": _CachedKeyPartitioner(),
             **extra,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ferryman.contracts import (
@@ -19,7 +20,13 @@ from ferryman.contracts import (
 )
 from llm_worker.chat.replies import ChatReplies
 from llm_worker.chat.stream_guard import StreamTimeouts, guard_stream
-from llm_worker.chat.streaming import Completion, CompletionBuilder, TextDelta, ToolCallFragment
+from llm_worker.chat.streaming import (
+    Completion,
+    CompletionBuilder,
+    StreamEvent,
+    TextDelta,
+    ToolCallFragment,
+)
 from llm_worker.metrics import LlmMetrics
 from llm_worker.providers.port import ChatModel
 
@@ -113,9 +120,6 @@ async def _stream(
 ) -> CallResult:
     provider = call.client.provider
     builder = CompletionBuilder()
-    call_started = time.monotonic()
-    first_token: float | None = None
-    attempt = progress.attempt
     events = guard_stream(
         call.client.stream(request, call.model),
         call.timeouts,
@@ -123,6 +127,24 @@ async def _stream(
         deadline=call.deadline,
         clock=call.clock,
     )
+    # Closed here, not by the garbage collector, when publishing a chunk fails mid-stream:
+    # the provider's connection goes back at once and no finalizer runs on another task.
+    async with contextlib.aclosing(events):
+        return await _publish_stream(events, call, builder, replies, progress, metrics, started)
+
+
+async def _publish_stream(
+    events: AsyncIterator[StreamEvent],
+    call: Call,
+    builder: CompletionBuilder,
+    replies: ChatReplies,
+    progress: StreamProgress,
+    metrics: LlmMetrics,
+    started: float,
+) -> CallResult:
+    call_started = time.monotonic()
+    first_token: float | None = None
+    attempt = progress.attempt
     async for event in events:
         builder.add(event)
         if isinstance(event, TextDelta):

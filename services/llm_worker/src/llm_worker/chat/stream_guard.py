@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ferryman.contracts import ErrorCode, FerrymanError
@@ -60,7 +60,7 @@ async def guard_stream(
     provider: str,
     deadline: float | None = None,
     clock: Callable[[], float] | None = None,
-) -> AsyncIterator[StreamEvent]:
+) -> AsyncGenerator[StreamEvent, None]:
     """Yield `stream`'s events, raising a `timeout` error when a bound is exceeded.
 
     Args:

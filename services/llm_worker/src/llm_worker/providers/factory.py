@@ -122,6 +122,7 @@ def openai_client(config: OpenAIConfig, max_in_flight: int) -> ChatModel:
         timeout=config.timeout,
         connect_timeout=config.connect_timeout,
         max_connections=pool_size(config, max_in_flight),
+        organization=config.organization,
     )
     return OpenAIChatModel(client)
 

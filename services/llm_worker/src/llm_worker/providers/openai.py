@@ -50,6 +50,7 @@ def create_client(
     connect_timeout: float,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     http_client: httpx2.AsyncClient | None = None,
+    organization: str | None = None,
 ) -> openai.AsyncOpenAI:
     """Build the SDK client with retries off, explicit timeouts, redirects off and a pool
     of `max_connections` (unless `http_client`, caller-built, is given)."""
@@ -57,6 +58,7 @@ def create_client(
         # Local OpenAI-compatible servers take no key; the SDK insists on one.
         api_key=api_key or "unused",
         base_url=base_url,
+        organization=organization,
         max_retries=0,
         timeout=httpx2.Timeout(timeout, connect=connect_timeout),
         http_client=http_client or pooled_http_client(max_connections),
