@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -98,3 +100,30 @@ async def test_forgetting_the_producer_id_restarts_every_sequence_at_zero() -> N
         assert (manager.producer_id, manager.producer_epoch) == (42, 0)
     finally:
         await producer.stop()
+
+
+async def test_a_refused_batch_blames_its_largest_record_and_lets_the_rest_be_resent() -> None:
+    import functools
+
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from ferryman.publisher import BatchRefused, KafkaPublisher, RecordTooLarge
+
+    publisher = KafkaPublisher("127.0.0.1:1", client_id="unit")
+    loop = asyncio.get_running_loop()
+    acked = [loop.create_future() for _ in range(3)]
+    for future, size in zip(acked, (10, 50_000, 20), strict=True):
+        sent = loop.create_future()
+        sent.set_exception(MessageSizeTooLargeError())
+        publisher._settle(  # pyright: ignore[reportPrivateUsage]
+            future,
+            object(),  # pyright: ignore[reportArgumentType] - not the current producer
+            "t",
+            functools.partial(int, size),
+            sent,
+        )
+
+    outcomes = await asyncio.gather(*acked, return_exceptions=True)
+
+    assert [type(o) for o in outcomes] == [BatchRefused, RecordTooLarge, BatchRefused]
+    assert all(o.retriable for o in outcomes if isinstance(o, BatchRefused))

@@ -73,6 +73,23 @@ class RecordTooLarge(MessageSizeTooLargeError):
         self.size = size
 
 
+class BatchRefused(KafkaError):
+    """A small record was refused because its batch also held one too large for the topic.
+
+    Nothing is wrong with the record itself: send it again.
+    """
+
+    retriable = True
+
+    def __init__(self, topic: str, size: int) -> None:
+        super().__init__(
+            f"a record of about {size} bytes to {topic!r} was refused with a larger record "
+            "batched beside it; send it again"
+        )
+        self.topic = topic
+        self.size = size
+
+
 class ProducerRestarted(KafkaError):
     """The producer's background sender stopped and a fresh producer replaced it.
 
@@ -185,14 +202,19 @@ class KafkaPublisher:
             "linger_ms": linger_ms,
             # aiokafka holds ONE open batch per partition and makes every further send wait
             # until it is drained: with the 16 KiB default (about 15 chunk events) thousands
-            # of concurrent streams queue behind it until sends time out.
-            "max_batch_size": 1024 * 1024,
+            # of concurrent streams queue behind it until sends time out. 256 KiB carries
+            # ~250 chunk events per round trip and stays far below topics' 1 MB default limit
+            # (a topic must accept 256 KiB records, or small records batched together fail).
+            "max_batch_size": 256 * 1024,
             "max_request_size": 4 * 1024 * 1024,
             "partitioner": _CachedKeyPartitioner(),
             **extra,
         }
         self._producer_or_none: AIOKafkaProducer | None = None
         self._replacing = asyncio.Lock()
+        self._refused: dict[
+            str, list[tuple[asyncio.Future[RecordMetadata], int, BaseException]]
+        ] = {}
 
     @property
     def _producer(self) -> AIOKafkaProducer:
@@ -296,11 +318,28 @@ class KafkaPublisher:
                 type(error).__name__,
             )
         if is_record_too_large(error):
-            too_large = RecordTooLarge(topic, size())
-            too_large.__cause__ = error
-            error = too_large
+            # A batch is refused whole: judge its records once all of them are in (their
+            # callbacks run back to back), so only the largest is blamed.
+            refused = self._refused.setdefault(topic, [])
+            if not refused:
+                asyncio.get_running_loop().call_soon(self._judge, topic)
+            refused.append((acked, size(), error))
+            return
         if not acked.done():
             acked.set_exception(error)
+
+    def _judge(self, topic: str) -> None:
+        refused = self._refused.pop(topic, [])
+        largest = max((record_size for _, record_size, _ in refused), default=0)
+        for acked, record_size, cause in refused:
+            verdict: KafkaError = (
+                RecordTooLarge(topic, record_size)
+                if record_size == largest
+                else BatchRefused(topic, record_size)
+            )
+            verdict.__cause__ = cause
+            if not acked.done():
+                acked.set_exception(verdict)
 
     async def _replace_stopped(self, stopped: AIOKafkaProducer) -> AIOKafkaProducer:
         async with self._replacing:
