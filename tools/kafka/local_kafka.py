@@ -5,6 +5,9 @@ Usage: ``python3 tools/kafka/local_kafka.py up|down|status [--port N] [--home DI
 ``ensure_running(..., sasl_users={"alice": "secret"})`` starts a broker whose only client
 listener is SASL_PLAINTEXT (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for those users); give it
 its own port and home, and ``libs_home=default_home()`` to reuse the resolved jars.
+``ensure_running(..., ssl_listener=SslListener(keystore, truststore, client_auth=True))``
+starts one whose only client listener is SSL (PEM files; client certificates required
+with ``client_auth``).
 Stdlib only, so it runs before any venv exists. Environment (defaults in brackets):
   FERRYMAN_KAFKA_PORT [9092]             FERRYMAN_KAFKA_CONTROLLER_PORT [port+1]
   FERRYMAN_KAFKA_HOME [<repo>/.kafka]    FERRYMAN_KAFKA_TIMEOUT [90 s startup wait]
@@ -23,12 +26,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
@@ -69,6 +74,17 @@ org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\
 org.apache.kafka.common.security.scram.ScramLoginModule required;
 """
+SSL_PROPERTIES = """\
+listeners=SSL://{host}:{port},CONTROLLER://{host}:{cport}
+advertised.listeners=SSL://{host}:{port}
+listener.security.protocol.map=SSL:SSL,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=SSL
+ssl.keystore.type=PEM
+ssl.keystore.location={keystore}
+ssl.truststore.type=PEM
+ssl.truststore.location={truststore}
+ssl.client.auth={client_auth}
+"""
 BROKER_USER = "ferryman-broker"  # the broker's own (inter-broker) PLAIN identity
 LOG_FILES = ("broker.out", "server.log")  # JVM stdout/stderr (WARN+), log4j file (INFO+)
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # brokers started by this process
@@ -76,6 +92,21 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # brokers started by this pr
 
 class KafkaError(RuntimeError):
     """Raised when the local broker cannot be started."""
+
+
+class SslListener(NamedTuple):
+    """PEM files of a broker whose only client listener is SSL.
+
+    ``keystore`` holds the broker's unencrypted PKCS#8 private key followed by its certificate
+    chain; the certificate must name 127.0.0.1 (SAN) and, with ``client_auth``, allow client
+    authentication too: the broker connects to itself with it, and so does the readiness
+    probe. ``truststore`` holds the CA certificates that sign the broker's and the clients'
+    certificates. ``client_auth`` sets ``ssl.client.auth=required`` (mutual TLS).
+    """
+
+    keystore: Path
+    truststore: Path
+    client_auth: bool = False
 
 
 def _log(msg: str) -> None:
@@ -133,6 +164,24 @@ def sasl_broker_count(
             body = _exchange(sock, f, 3, 4, struct.pack(">i?", 0, False))  # Metadata v4
             return struct.unpack(">i", body[4:8])[0]
     except (OSError, struct.error):
+        return 0
+
+
+def ssl_broker_count(
+    listener: SslListener, host: str = HOST, port: int | None = None, timeout: float = 2.0
+) -> int:
+    """Like ``broker_count``, over TLS presenting the broker's own certificate; 0 on error."""
+    try:
+        context = ssl.create_default_context(cafile=str(listener.truststore))
+        context.load_cert_chain(listener.keystore)
+        with (
+            socket.create_connection((host, port or default_port()), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host) as sock,
+            sock.makefile("rb") as f,
+        ):
+            body = _exchange(sock, f, 3, 4, struct.pack(">i?", 0, False))  # Metadata v4
+            return struct.unpack(">i", body[4:8])[0]
+    except (OSError, struct.error):  # ssl.SSLError is an OSError
         return 0
 
 
@@ -218,15 +267,32 @@ def ensure_libs(home: Path) -> Path:
     return libs
 
 
-def _server_properties(home: Path, port: int, cport: int, sasl_users: dict[str, str] | None) -> str:
+def _server_properties(
+    home: Path,
+    port: int,
+    cport: int,
+    sasl_users: dict[str, str] | None,
+    ssl_listener: SslListener | None = None,
+) -> str:
     plain = SERVER_PROPERTIES.format(host=HOST, port=port, cport=cport, home=home)
-    if sasl_users is None:
+    if sasl_users is None and ssl_listener is None:
         return plain
     kept = [
         ln
         for ln in plain.splitlines()
         if not ln.startswith(("listeners=", "advertised.", "listener."))
     ]
+    if ssl_listener is not None:
+        tls = SSL_PROPERTIES.format(
+            host=HOST,
+            port=port,
+            cport=cport,
+            keystore=ssl_listener.keystore.resolve(),
+            truststore=ssl_listener.truststore.resolve(),
+            client_auth="required" if ssl_listener.client_auth else "none",
+        )
+        return "\n".join(kept) + "\n" + tls
+    assert sasl_users is not None
     users = " ".join(f'user_{name}="{secret}"' for name, secret in sasl_users.items())
     jaas = f'username="{BROKER_USER}" password="{sasl_users[BROKER_USER]}" {users}'
     sasl = SASL_PROPERTIES.format(host=HOST, port=port, cport=cport, plain_users=jaas)
@@ -248,6 +314,7 @@ def _start(
     cport: int,
     sasl_users: dict[str, str] | None = None,
     libs_home: Path | None = None,
+    ssl_listener: SslListener | None = None,
 ) -> int:
     """Resolve jars, write config, format storage if new, and spawn the broker; return pid."""
     java_home = os.environ.get("JAVA_HOME")
@@ -257,7 +324,7 @@ def _start(
     props = [f"-Dlog4j2.configurationFile={LOG4J}", f"-Dkafka.logs.dir={home / 'logs'}"]
     cmd = [java, *JAVA_OPTS, *props, "-cp", f"{ensure_libs(libs_home or home) / '*'}"]
     config = home / "server.properties"
-    config.write_text(_server_properties(home, port, cport, sasl_users))
+    config.write_text(_server_properties(home, port, cport, sasl_users, ssl_listener))
     if not (home / "data" / "meta.properties").exists():
         cluster_id = "-"
         while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid() does
@@ -284,13 +351,16 @@ def _wait(
     timeout: float,
     started: bool,
     sasl_users: dict[str, str] | None = None,
+    ssl_listener: SslListener | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _alive(pid):
             problem = f"broker (pid {pid}) exited during startup"
             break
-        if sasl_users is None:
+        if ssl_listener is not None:
+            ready = ssl_broker_count(ssl_listener, HOST, port) > 0
+        elif sasl_users is None:
             ready = is_answering(HOST, port, 1.0) and broker_count(HOST, port, 2.0) > 0
         else:
             ready = sasl_broker_count(BROKER_USER, sasl_users[BROKER_USER], HOST, port) > 0
@@ -312,6 +382,7 @@ def ensure_running(
     controller_port: int | None = None,
     sasl_users: dict[str, str] | None = None,
     libs_home: Path | None = None,
+    ssl_listener: SslListener | None = None,
 ) -> str:
     """Start the broker unless one answers already; return ``"127.0.0.1:<port>"``.
 
@@ -320,8 +391,12 @@ def ensure_running(
     FERRYMAN_KAFKA_HOME or ``<repo>/.kafka``. With ``sasl_users`` (name -> password) the only
     client listener is SASL_PLAINTEXT; the users exist for PLAIN and both SCRAM mechanisms
     (set when the storage is formatted, so use a fresh home). ``libs_home`` takes the jars
-    from another home. Raises KafkaError (stopping a broker it started that never got ready).
+    from another home. With ``ssl_listener`` the only client listener is SSL instead (see
+    SslListener). Raises KafkaError (stopping a broker it started that never got ready), or
+    ValueError when given both ``sasl_users`` and ``ssl_listener``.
     """
+    if sasl_users is not None and ssl_listener is not None:
+        raise ValueError("give sasl_users or ssl_listener, not both (SASL_SSL is not supported)")
     env_ctrl = os.environ.get("FERRYMAN_KAFKA_CONTROLLER_PORT") if port is None else None
     port = port or default_port()
     controller_port = controller_port or (int(env_ctrl) if env_ctrl else port + 1)
@@ -341,9 +416,9 @@ def ensure_running(
         started = pid is None
         if not started:
             _log(f"broker pid {pid} from {home} is already starting; waiting for it")
-        pid = pid or _start(home, port, controller_port, sasl_users, libs_home)
+        pid = pid or _start(home, port, controller_port, sasl_users, libs_home, ssl_listener)
         t0 = time.monotonic()
-        _wait(home, port, pid, timeout, started, sasl_users)
+        _wait(home, port, pid, timeout, started, sasl_users, ssl_listener)
         _log(f"broker ready on {HOST}:{port} (pid {pid}, {time.monotonic() - t0:.1f}s)")
     return f"{HOST}:{port}"
 
