@@ -161,6 +161,26 @@ def _add_domain(domain: RequestDomain, document: dict[str, Any]) -> None:
     operations[f"publish{title}DeadLetters"] = _operation(
         "send", f"{prefix}DeadLetters", ["deadLetter"]
     )
+    for channel in domain.extra:
+        for event in channel.messages:
+            messages[event.name] = _message(
+                event.name,
+                event.event_type,
+                _reply_headers(event.event_type)
+                if channel.action == "send"
+                else _request_headers(domain, event.event_type),
+                event.payload.__name__,
+            )
+        names = [e.name for e in channel.messages]
+        channels[channel.name] = {
+            "address": channel.address,
+            "description": channel.description,
+            "messages": _refs(*names),
+        }
+        verb = "consume" if channel.action == "receive" else "publish"
+        operations[f"{verb}{channel.name[:1].upper()}{channel.name[1:]}"] = _operation(
+            channel.action, channel.name, names
+        )
 
 
 def build_asyncapi(
@@ -168,7 +188,11 @@ def build_asyncapi(
 ) -> dict[str, Any]:
     """Return the AsyncAPI 3.0 document of `domains` (every registered one by default)."""
     domains = list(domains)
-    models = [e.payload for d in domains for e in (*d.requests, *d.replies)]
+    models = [
+        e.payload
+        for d in domains
+        for e in (*d.requests, *d.replies, *(m for c in d.extra for m in c.messages))
+    ]
     document: dict[str, Any] = {
         "asyncapi": "3.0.0",
         "info": {

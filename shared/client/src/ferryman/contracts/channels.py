@@ -7,6 +7,7 @@ document, its channels and operations are generated from that list.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -27,6 +28,26 @@ class EventMessage:
 
 
 @dataclass(frozen=True)
+class ExtraChannel:
+    """A topic of a domain besides its requests, replies and dead letters (control,
+    catalog, audit).
+
+    Args:
+        name: the channel's id in the document (`mcpControl`).
+        address: the default topic.
+        description: what flows there.
+        messages: the events it carries.
+        action: `receive` when the workers consume it, `send` when they publish it.
+    """
+
+    name: str
+    address: str
+    description: str
+    messages: tuple[EventMessage, ...]
+    action: Literal["receive", "send"]
+
+
+@dataclass(frozen=True)
 class RequestDomain:
     """A worker's request topic, its reply events and its dead letters.
 
@@ -37,6 +58,7 @@ class RequestDomain:
         reply_topic: the default reply topic (a request's `replyto` may name another).
         requests: the request events.
         replies: the reply events, non-terminal first.
+        extra: the domain's other channels.
     """
 
     name: str
@@ -45,3 +67,4 @@ class RequestDomain:
     reply_topic: str
     requests: tuple[EventMessage, ...]
     replies: tuple[EventMessage, ...]
+    extra: tuple[ExtraChannel, ...] = ()

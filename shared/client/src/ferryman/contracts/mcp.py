@@ -1,7 +1,251 @@
-"""MCP tool calls (the `data` of Ferryman's MCP CloudEvents): the place the mcp_worker's
-request and reply models go. Only the topics are fixed so far."""
+"""MCP requests and replies (the `data` of Ferryman's MCP CloudEvents).
 
-from typing import Final
+Producers ask the mcp_worker to call a tool, read a resource, get a prompt or list the
+catalog of servers and tools their tenant may see. Replies stream progress (from MCP
+progress notifications) and end with one `completed` of the request's kind or one
+`failed` in the shared taxonomy. A tool's own error (`isError: true`) is a `completed`
+with `is_error`, not a `failed`: the tool ran and answered.
+
+Content blocks, `structuredContent` and schemas travel as MCP returned them (JSON
+objects): the MCP revisions add block types, and the worker must not drop what it does
+not know.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ferryman.contracts.errors import ErrorInfo
+
+MCP_TOOL_CALL_REQUESTED: Final = "ferryman.mcp.tool.call.requested"
+MCP_RESOURCE_READ_REQUESTED: Final = "ferryman.mcp.resource.read.requested"
+MCP_PROMPT_GET_REQUESTED: Final = "ferryman.mcp.prompt.get.requested"
+MCP_CATALOG_LIST_REQUESTED: Final = "ferryman.mcp.catalog.list.requested"
+
+MCP_PROGRESS: Final = "ferryman.mcp.progress"
+MCP_TOOL_CALL_COMPLETED: Final = "ferryman.mcp.tool.call.completed"
+MCP_RESOURCE_READ_COMPLETED: Final = "ferryman.mcp.resource.read.completed"
+MCP_PROMPT_GET_COMPLETED: Final = "ferryman.mcp.prompt.get.completed"
+MCP_CATALOG_LIST_COMPLETED: Final = "ferryman.mcp.catalog.list.completed"
+MCP_FAILED: Final = "ferryman.mcp.failed"
+
+MCP_CANCEL_REQUESTED: Final = "ferryman.mcp.cancel.requested"
+"""On the control topic, keyed by the request id; every replica reads it."""
 
 DEFAULT_MCP_REQUEST_TOPIC: Final = "mcp.requests"
 DEFAULT_MCP_REPLY_TOPIC: Final = "mcp.results"
+DEFAULT_MCP_CONTROL_TOPIC: Final = "mcp.control"
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+"""Server and tool names: what MCP clients and registries accept, without path characters."""
+
+JsonObject = dict[str, Any]
+ContentBlock = dict[str, Any]
+"""One MCP content block as the server returned it (`{"type": "text", "text": …}`, …)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _checked_name(kind: str, value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"{kind} {value[:140]!r} must be 1-128 of A-Z a-z 0-9 _ . -")
+    return value
+
+
+class ToolCallRequest(_Strict):
+    """The `data` of `ferryman.mcp.tool.call.requested`."""
+
+    server: str
+    """The registry's name of the MCP server."""
+    tool: str
+    """The tool's name on that server."""
+    arguments: JsonObject = Field(default_factory=dict[str, Any])
+    """The tool's arguments, validated against its `inputSchema` before the call."""
+    progress: bool = True
+    """Whether to publish `progress` events from the server's progress notifications."""
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    """Seconds the call may take (never past `expirytime`; the tool's and server's bounds
+    apply too)."""
+    principal: str | None = Field(default=None, max_length=256)
+    """Who asked, for the audit record (the tenant is the `tenant` extension)."""
+    use_cache: bool = True
+    """Whether a cached result (for tools whose results may be cached) may answer."""
+
+    @field_validator("server")
+    @classmethod
+    def _server_name(cls, value: str) -> str:
+        return _checked_name("server", value)
+
+    @field_validator("tool")
+    @classmethod
+    def _tool_name(cls, value: str) -> str:
+        return _checked_name("tool", value)
+
+
+class ResourceReadRequest(_Strict):
+    """The `data` of `ferryman.mcp.resource.read.requested`."""
+
+    server: str
+    uri: str = Field(min_length=1, max_length=8192)
+    """The resource's URI as the server lists it."""
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    principal: str | None = Field(default=None, max_length=256)
+
+    @field_validator("server")
+    @classmethod
+    def _server_name(cls, value: str) -> str:
+        return _checked_name("server", value)
+
+
+class PromptGetRequest(_Strict):
+    """The `data` of `ferryman.mcp.prompt.get.requested`."""
+
+    server: str
+    prompt: str
+    arguments: dict[str, str] = Field(default_factory=dict[str, str])
+    """MCP prompt arguments are strings."""
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    principal: str | None = Field(default=None, max_length=256)
+
+    @field_validator("server")
+    @classmethod
+    def _server_name(cls, value: str) -> str:
+        return _checked_name("server", value)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_name(cls, value: str) -> str:
+        return _checked_name("prompt", value)
+
+
+class CatalogListRequest(_Strict):
+    """The `data` of `ferryman.mcp.catalog.list.requested`: what the caller's tenant may see."""
+
+    servers: list[str] | None = None
+    """Only these servers (None: every server the tenant may see)."""
+    include_schemas: bool = True
+    """Whether tool entries carry their input and output schemas."""
+
+
+class McpProgress(_Strict):
+    """The `data` of `ferryman.mcp.progress`: one MCP progress notification."""
+
+    progress: float
+    total: float | None = None
+    message: str | None = None
+    sequence: int = Field(ge=0)
+    """Counts 0, 1, 2… within one run of the request."""
+
+
+class ToolAnnotations(_Strict):
+    """MCP tool annotations (hints, not guarantees: the registry file may override them)."""
+
+    title: str | None = None
+    read_only: bool | None = None
+    destructive: bool | None = None
+    idempotent: bool | None = None
+    open_world: bool | None = None
+
+
+class ToolEntry(_Strict):
+    """A tool in the catalog."""
+
+    name: str
+    description: str | None = None
+    input_schema: JsonObject | None = None
+    output_schema: JsonObject | None = None
+    annotations: ToolAnnotations = Field(default_factory=ToolAnnotations)
+    tags: list[str] = Field(default_factory=list[str])
+    definition_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the tool's canonical definition (a change means the tool changed)."""
+    state: Literal["available", "quarantined"] = "available"
+    """`quarantined`: its definition changed and the policy blocks it until approved."""
+
+
+class ServerEntry(_Strict):
+    """A server in the catalog, as its tenant may see it."""
+
+    server: str
+    transport: Literal["stdio", "streamable-http", "sse"]
+    protocol_version: str | None = None
+    """The MCP revision negotiated with it (None before the first connection)."""
+    status: Literal["healthy", "degraded", "unhealthy", "provisioning"] = "healthy"
+    package_version: str | None = None
+    """The provisioned package's resolved version, for servers installed from a package."""
+    tools: list[ToolEntry] = Field(default_factory=list[ToolEntry])
+    resources: list[JsonObject] = Field(default_factory=list[JsonObject])
+    prompts: list[JsonObject] = Field(default_factory=list[JsonObject])
+
+
+class ToolCallCompleted(_Strict):
+    """The `data` of `ferryman.mcp.tool.call.completed`."""
+
+    server: str
+    tool: str
+    content: list[ContentBlock]
+    """The content blocks as the server returned them."""
+    structured_content: JsonObject | None = None
+    is_error: bool = False
+    """The tool reported an error itself (`isError: true`): it ran and answered."""
+    protocol_version: str
+    definition_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """The hash of the tool definition the call was made against."""
+    duration_ms: float = Field(ge=0)
+    cached: bool = False
+    """Answered from the result cache, not by a call."""
+    truncated: bool = False
+    """The output exceeded the configured limit and was cut."""
+
+
+class ResourceReadCompleted(_Strict):
+    """The `data` of `ferryman.mcp.resource.read.completed`."""
+
+    server: str
+    uri: str
+    contents: list[JsonObject]
+    """`TextResourceContents` / `BlobResourceContents` as the server returned them."""
+    protocol_version: str
+    duration_ms: float = Field(ge=0)
+
+
+class PromptGetCompleted(_Strict):
+    """The `data` of `ferryman.mcp.prompt.get.completed`."""
+
+    server: str
+    prompt: str
+    description: str | None = None
+    messages: list[JsonObject]
+    """`PromptMessage`s as the server returned them."""
+    protocol_version: str
+    duration_ms: float = Field(ge=0)
+
+
+class CatalogListCompleted(_Strict):
+    """The `data` of `ferryman.mcp.catalog.list.completed`."""
+
+    servers: list[ServerEntry]
+    catalog_version: str
+    """Changes whenever any listed server's tools, resources or prompts change."""
+
+
+class McpFailed(_Strict):
+    """The `data` of `ferryman.mcp.failed`."""
+
+    error: ErrorInfo
+
+
+class CancelRequest(_Strict):
+    """The `data` of `ferryman.mcp.cancel.requested` on the control topic (Kafka key: the
+    request id). The call is cancelled on whichever replica runs it (the server receives
+    `notifications/cancelled`); a request that arrives after its cancel fails `cancelled`."""
+
+    request_id: str = Field(min_length=1, max_length=4096)
+    """The `ce_id` of the request to cancel."""
+    source: str = Field(min_length=1, max_length=4096)
+    """The `ce_source` of that request ((source, id) identifies it)."""
+    reason: str | None = Field(default=None, max_length=1000)
