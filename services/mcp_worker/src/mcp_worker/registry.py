@@ -1,0 +1,211 @@
+"""The server registry file: the `mcpServers` format users already have from Claude Desktop
+and VS Code, plus Ferryman's keys (tenants, tool filters, timeouts, concurrency, caching,
+sandboxing, packages, credentials by reference).
+
+```yaml
+mcpServers:
+  time:
+    command: mcp-server-time          # stdio (Claude Desktop form)
+    args: ["--local-timezone", "UTC"]
+    tenants: ["acme"]                 # Ferryman keys from here on
+    tools: {deny: ["set_*"]}
+  search:
+    type: http                        # streamable HTTP (VS Code form)
+    url: https://search.example/mcp
+    headers: {Authorization: "env:SEARCH_TOKEN"}
+```
+
+Credentials are references, never inline: `env:VAR` (the worker's environment) or
+`file:/path` (a mounted secret). A header or environment variable that carries a credential
+(by its name) must be a reference, so a registry file can be committed and shown safely.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_REFERENCE = re.compile(r"(env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)")
+_SECRET_NAME = re.compile(r"(?i)(authorization|api[-_]?key|token|secret|password|passwd|cookie)")
+
+
+class RegistryError(ValueError):
+    """The registry file is invalid; the message names the server and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def is_reference(value: str) -> bool:
+    """Whether `value` is a credential reference (`env:VAR` or `file:/path`)."""
+    return _REFERENCE.fullmatch(value) is not None
+
+
+def resolve(
+    value: str,
+    environ: Mapping[str, str],
+    read_file: Callable[[Path], str] = lambda path: path.read_text(encoding="utf-8"),
+) -> SecretStr:
+    """The value a reference points to (a literal value as it is).
+
+    Raises:
+        RegistryError: the variable is unset or the file cannot be read (the message names
+            the reference, never a value).
+    """
+    if value.startswith("env:") and is_reference(value):
+        name = value[4:]
+        if name not in environ:
+            raise RegistryError(f"credential reference {value!r}: the variable is not set")
+        return SecretStr(environ[name])
+    if value.startswith("file:") and is_reference(value):
+        path = Path(value[5:])
+        try:
+            return SecretStr(read_file(path).strip())
+        except OSError as exc:
+            raise RegistryError(f"credential reference {value!r}: {type(exc).__name__}") from None
+    return SecretStr(value)
+
+
+class ToolFilter(_Strict):
+    """Which tools of a server are offered (`fnmatch` patterns; deny wins)."""
+
+    allow: list[str] = Field(default_factory=lambda: ["*"])
+    deny: list[str] = Field(default_factory=list[str])
+
+    def permits(self, tool: str) -> bool:
+        """Whether `tool` is offered."""
+        if any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.deny):
+            return False
+        return any(fnmatch.fnmatchcase(tool, pattern) for pattern in self.allow)
+
+
+class CachePolicy(_Strict):
+    """Result caching: `auto` caches tools annotated read-only or idempotent."""
+
+    mode: Literal["off", "auto", "on"] = "auto"
+    ttl: float = Field(default=300.0, gt=0)
+
+
+class Package(_Strict):
+    """A stdio server provisioned from a package instead of a command."""
+
+    source: Literal["pypi", "npm"]
+    name: str = Field(min_length=1, max_length=214)
+    version: str = Field(min_length=1, max_length=100)
+    """A version or range, resolved once when the server is registered."""
+    bin: str | None = None
+    """The executable the package installs (default: the package's name)."""
+
+
+class ServerConfig(_Strict):
+    """One server of the registry."""
+
+    command: str | None = None
+    args: list[str] = Field(default_factory=list[str])
+    env: dict[str, str] = Field(default_factory=dict[str, str])
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict[str, str])
+    type: Literal["stdio", "http", "streamable-http", "sse"] | None = None
+    package: Package | None = None
+    tenants: list[str] = Field(default_factory=lambda: ["*"])
+    """Tenants that may list and call it (`fnmatch` patterns; `*`: every tenant)."""
+    tools: ToolFilter = Field(default_factory=ToolFilter)
+    timeout: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds a call may take unless the tool or the request says less."""
+    tool_timeouts: dict[str, float] = Field(default_factory=dict[str, float])
+    connect_timeout: float = Field(default=10.0, gt=0, le=600)
+    max_concurrency: int = Field(default=16, ge=1, le=10_000)
+    cache: CachePolicy = Field(default_factory=CachePolicy)
+    sandbox: Literal["default", "none"] = "default"
+    """`none` runs a stdio server unsandboxed (logged as a warning)."""
+    start: Literal["eager", "lazy"] = "lazy"
+    on_tool_change: Literal["accept", "quarantine"] = "quarantine"
+
+    @property
+    def transport(self) -> Literal["stdio", "streamable-http", "sse"]:
+        """How the worker talks to it."""
+        if self.url is None:
+            return "stdio"
+        return "sse" if self.type == "sse" else "streamable-http"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        given = [k for k in ("command", "url", "package") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of command (stdio), url (HTTP) or package (provisioned"
+                f" stdio), got {given or 'none'}"
+            )
+        if self.url is not None and self.type == "stdio":
+            raise ValueError("type stdio takes a command, not a url")
+        if self.url is None and self.type in ("http", "streamable-http", "sse"):
+            raise ValueError(f"type {self.type} needs a url")
+        if self.url is None and self.headers:
+            raise ValueError("headers apply to HTTP servers only")
+        for where, values in (("headers", self.headers), ("env", self.env)):
+            for name, value in values.items():
+                if _SECRET_NAME.search(name) and not is_reference(value):
+                    raise ValueError(
+                        f"{where}.{name} carries a credential: give a reference"
+                        " (env:VAR or file:/path), never the value"
+                    )
+        return self
+
+
+class Registry(_Strict):
+    """The whole file: servers by name."""
+
+    servers: dict[str, ServerConfig] = Field(validation_alias=AliasChoices("mcpServers", "servers"))
+
+    @model_validator(mode="after")
+    def _names(self) -> Self:
+        for name in self.servers:
+            if not _NAME.fullmatch(name):
+                raise ValueError(f"server name {name[:140]!r} must be 1-128 of A-Z a-z 0-9 _ . -")
+        return self
+
+
+def parse_registry(data: bytes, origin: str = "registry file") -> Registry:
+    """Parse a registry file (YAML or JSON).
+
+    Raises:
+        RegistryError: not YAML/JSON, or invalid; the message names the server and field.
+    """
+    try:
+        document: Any = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{origin} is not YAML or JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise RegistryError(f"{origin} must be a mapping with mcpServers")
+    try:
+        return Registry.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'file'}: {error['msg']}"
+            for error in exc.errors(include_url=False)
+        )
+        raise RegistryError(f"{origin}: {problems}") from None
+
+
+def dumps_registry(registry: Registry) -> str:
+    """The registry as JSON in the `mcpServers` form (references stay references)."""
+    servers = {n: s.model_dump(exclude_defaults=True) for n, s in registry.servers.items()}
+    return json.dumps({"mcpServers": servers}, indent=2, sort_keys=True)
