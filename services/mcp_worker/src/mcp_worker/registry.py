@@ -40,7 +40,8 @@ from pydantic import (
     model_validator,
 )
 
-_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+from ferryman.contracts.mcp import ServerName
+
 _REFERENCE = re.compile(r"(env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)")
 _SECRET_NAME = re.compile(r"(?i)(authorization|api[-_]?key|token|secret|password|passwd|cookie)")
 
@@ -173,14 +174,9 @@ class ServerConfig(_Strict):
 class Registry(_Strict):
     """The whole file: servers by name."""
 
-    servers: dict[str, ServerConfig] = Field(validation_alias=AliasChoices("mcpServers", "servers"))
-
-    @model_validator(mode="after")
-    def _names(self) -> Self:
-        for name in self.servers:
-            if not _NAME.fullmatch(name):
-                raise ValueError(f"server name {name[:140]!r} must be 1-128 of A-Z a-z 0-9 _ . -")
-        return self
+    servers: dict[ServerName, ServerConfig] = Field(
+        validation_alias=AliasChoices("mcpServers", "servers")
+    )
 
 
 def parse_registry(data: bytes, origin: str = "registry file") -> Registry:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ferryman.contracts import (
@@ -120,6 +120,9 @@ async def _stream(
 ) -> CallResult:
     provider = call.client.provider
     builder = CompletionBuilder()
+    call_started = time.monotonic()
+    first_token: float | None = None
+    attempt = progress.attempt
     events = guard_stream(
         call.client.stream(request, call.model),
         call.timeouts,
@@ -130,40 +133,20 @@ async def _stream(
     # Closed here, not by the garbage collector, when publishing a chunk fails mid-stream:
     # the provider's connection goes back at once and no finalizer runs on another task.
     async with contextlib.aclosing(events):
-        return await _publish_stream(events, call, builder, replies, progress, metrics, started)
-
-
-async def _publish_stream(
-    events: AsyncIterator[StreamEvent],
-    call: Call,
-    builder: CompletionBuilder,
-    replies: ChatReplies,
-    progress: StreamProgress,
-    metrics: LlmMetrics,
-    started: float,
-) -> CallResult:
-    call_started = time.monotonic()
-    first_token: float | None = None
-    attempt = progress.attempt
-    async for event in events:
-        builder.add(event)
-        if isinstance(event, TextDelta):
-            delta = ChunkDelta(content=event.text)
-        elif isinstance(event, ToolCallFragment):
-            fragment = ToolCallDelta(
-                index=event.index, id=event.id, name=event.name, arguments=event.arguments
-            )
-            delta = ChunkDelta(tool_calls=[fragment])
-        else:
-            continue
-        if first_token is None:
-            now = time.monotonic()
-            first_token = now - call_started
-            metrics.first_token.labels(deployment=call.deployment).observe(first_token)
-            if progress.first_token_at is None:
-                progress.first_token_at = now
-        await replies.chunk(ChatChunk(index=progress.published, delta=delta, attempt=attempt))
-        progress.published += 1
+        async for event in events:
+            builder.add(event)
+            delta = _chunk_delta(event)
+            if delta is None:
+                continue
+            if first_token is None:
+                now = time.monotonic()
+                first_token = now - call_started
+                metrics.first_token.labels(deployment=call.deployment).observe(first_token)
+                if progress.first_token_at is None:
+                    progress.first_token_at = now
+            chunk = ChatChunk(index=progress.published, delta=delta, attempt=attempt)
+            await replies.chunk(chunk)
+            progress.published += 1
     result = builder.result()
     metrics.chunks.labels(deployment=call.deployment).inc(progress.published)
     first_ms = None
@@ -174,6 +157,18 @@ async def _publish_stream(
     if attempt > 1:
         completed = completed.model_copy(update={"stream_attempt": attempt})
     return CallResult(completed, first_token)
+
+
+def _chunk_delta(event: StreamEvent) -> ChunkDelta | None:
+    """The chunk a stream event is published as (None: it is not published)."""
+    if isinstance(event, TextDelta):
+        return ChunkDelta(content=event.text)
+    if isinstance(event, ToolCallFragment):
+        fragment = ToolCallDelta(
+            index=event.index, id=event.id, name=event.name, arguments=event.arguments
+        )
+        return ChunkDelta(tool_calls=[fragment])
+    return None
 
 
 def _completed(result: Completion, call: Call, chunks: int, latency: Latency) -> ChatCompleted:

@@ -14,9 +14,9 @@ not know.
 from __future__ import annotations
 
 import re
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ferryman.contracts.errors import ErrorInfo
 
@@ -51,18 +51,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _checked_name(kind: str, value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(f"{kind} {value[:140]!r} must be 1-128 of A-Z a-z 0-9 _ . -")
-    return value
+def _named(kind: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(f"{kind} {value[:140]!r} must be 1-128 of A-Z a-z 0-9 _ . -")
+        return value
+
+    return AfterValidator(check)
+
+
+ServerName = Annotated[str, _named("server name")]
+"""A server's name in the registry."""
+ToolName = Annotated[str, _named("tool name")]
+PromptName = Annotated[str, _named("prompt name")]
 
 
 class ToolCallRequest(_Strict):
     """The `data` of `ferryman.mcp.tool.call.requested`."""
 
-    server: str
+    server: ServerName
     """The registry's name of the MCP server."""
-    tool: str
+    tool: ToolName
     """The tool's name on that server."""
     arguments: JsonObject = Field(default_factory=dict[str, Any])
     """The tool's arguments, validated against its `inputSchema` before the call."""
@@ -76,51 +85,26 @@ class ToolCallRequest(_Strict):
     use_cache: bool = True
     """Whether a cached result (for tools whose results may be cached) may answer."""
 
-    @field_validator("server")
-    @classmethod
-    def _server_name(cls, value: str) -> str:
-        return _checked_name("server", value)
-
-    @field_validator("tool")
-    @classmethod
-    def _tool_name(cls, value: str) -> str:
-        return _checked_name("tool", value)
-
 
 class ResourceReadRequest(_Strict):
     """The `data` of `ferryman.mcp.resource.read.requested`."""
 
-    server: str
+    server: ServerName
     uri: str = Field(min_length=1, max_length=8192)
     """The resource's URI as the server lists it."""
     timeout: float | None = Field(default=None, gt=0, le=3600)
     principal: str | None = Field(default=None, max_length=256)
 
-    @field_validator("server")
-    @classmethod
-    def _server_name(cls, value: str) -> str:
-        return _checked_name("server", value)
-
 
 class PromptGetRequest(_Strict):
     """The `data` of `ferryman.mcp.prompt.get.requested`."""
 
-    server: str
-    prompt: str
+    server: ServerName
+    prompt: PromptName
     arguments: dict[str, str] = Field(default_factory=dict[str, str])
     """MCP prompt arguments are strings."""
     timeout: float | None = Field(default=None, gt=0, le=3600)
     principal: str | None = Field(default=None, max_length=256)
-
-    @field_validator("server")
-    @classmethod
-    def _server_name(cls, value: str) -> str:
-        return _checked_name("server", value)
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_name(cls, value: str) -> str:
-        return _checked_name("prompt", value)
 
 
 class CatalogListRequest(_Strict):
