@@ -13,6 +13,7 @@ help:  ## list targets
 setup:  ## install uv (if missing) and every Python dependency from uv.lock
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@$(UV) sync --frozen --quiet
+	@bash tools/setup_system.sh
 
 demo: setup  ## stream a chat through Kafka and the LLM worker (starts what is missing)
 	@$(UV) run --frozen python tools/demo.py

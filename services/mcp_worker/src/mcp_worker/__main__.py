@@ -1,15 +1,16 @@
-"""Entry point: `python -m mcp_worker` (not implemented yet)."""
+"""Entry point: `python -m mcp_worker` (settings from `MCP_WORKER_*` variables)."""
 
 from __future__ import annotations
 
-import sys
+from ferryman_runtime.entry import run_worker
+from mcp_worker.app import create_app
+from mcp_worker.settings import McpWorkerSettings
 
 
-def main() -> int:
-    """Explain that this worker is not implemented yet and exit non-zero."""
-    print("mcp_worker is not implemented yet; see the project's issues.", file=sys.stderr)
-    return 2
+def main() -> None:
+    """Run the mcp_worker until SIGTERM, then drain and exit."""
+    run_worker(McpWorkerSettings, create_app)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

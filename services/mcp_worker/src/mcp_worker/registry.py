@@ -40,7 +40,8 @@ from pydantic import (
     model_validator,
 )
 
-from ferryman.contracts.mcp import ServerName
+from ferryman.contracts.mcp import AccessRule, ServerName
+from mcp_worker.servers.sandbox import SandboxProfile
 
 _REFERENCE = re.compile(r"(env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)")
 _SECRET_NAME = re.compile(r"(?i)(authorization|api[-_]?key|token|secret|password|passwd|cookie)")
@@ -115,6 +116,16 @@ class Package(_Strict):
     """The executable the package installs (default: the package's name)."""
 
 
+class ToolHints(_Strict):
+    """The operator's word on a tool, over the server's annotations (which are only hints)."""
+
+    read_only: bool | None = None
+    idempotent: bool | None = None
+    destructive: bool | None = None
+    open_world: bool | None = None
+    tags: list[str] = Field(default_factory=list[str])
+
+
 class ServerConfig(_Strict):
     """One server of the registry."""
 
@@ -135,10 +146,27 @@ class ServerConfig(_Strict):
     connect_timeout: float = Field(default=10.0, gt=0, le=600)
     max_concurrency: int = Field(default=16, ge=1, le=10_000)
     cache: CachePolicy = Field(default_factory=CachePolicy)
-    sandbox: Literal["default", "none"] = "default"
-    """`none` runs a stdio server unsandboxed (logged as a warning)."""
+    sandbox: Literal["default", "none"] | SandboxProfile = "default"
+    """`none` runs a stdio server unsandboxed (logged as a warning); a mapping gives the
+    sandbox's folders, network, environment allow-list and limits."""
     start: Literal["eager", "lazy"] = "lazy"
     on_tool_change: Literal["accept", "quarantine"] = "quarantine"
+    protocol: Literal["auto", "legacy", "2026-07-28"] = "auto"
+    """How the protocol revision is negotiated (`auto`: the newest both sides speak)."""
+    sessions: Literal["per-tenant", "shared"] = "per-tenant"
+    """`per-tenant`: one session (for stdio: one process) per tenant and credential, never
+    shared; `shared`: one for every tenant (only for stateless servers)."""
+    output_validation: Literal["off", "warn", "strict"] = "warn"
+    """`structuredContent` against `outputSchema`: `strict` fails the call, `warn` logs and
+    counts (real servers often get their own schemas wrong)."""
+    retries: int = Field(default=1, ge=0, le=5)
+    """Extra attempts after a transport failure, for read-only or idempotent tools only."""
+    tags: list[str] = Field(default_factory=list[str])
+    """Tags on every tool of the server, for catalog filtering."""
+    tool_hints: dict[str, ToolHints] = Field(default_factory=dict[str, ToolHints])
+    """Per tool: read-only / idempotent / destructive overrides and tags."""
+    redact: list[str] = Field(default_factory=list[str])
+    """Argument fields replaced by `[redacted]` in audit records (with the worker's list)."""
 
     @property
     def transport(self) -> Literal["stdio", "streamable-http", "sse"]:
@@ -172,11 +200,13 @@ class ServerConfig(_Strict):
 
 
 class Registry(_Strict):
-    """The whole file: servers by name."""
+    """The whole file: servers by name, and what each tenant may use."""
 
     servers: dict[ServerName, ServerConfig] = Field(
         validation_alias=AliasChoices("mcpServers", "servers")
     )
+    access: dict[str, AccessRule] = Field(default_factory=dict[str, AccessRule])
+    """Tenant pattern → `server/tool` allow and deny patterns (deny wins)."""
 
 
 def parse_registry(data: bytes, origin: str = "registry file") -> Registry:

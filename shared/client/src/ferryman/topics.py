@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer  # pyright: ignore[reportMissingTypeStubs]
@@ -26,9 +26,11 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int,
     ready_timeout: float = 30.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> None:
     """Create each topic in `names` that does not exist yet, and wait until its partitions
-    have leaders (at most `ready_timeout` seconds).
+    have leaders (at most `ready_timeout` seconds). `configs` gives topic configurations by
+    name (for example `{"cleanup.policy": "compact"}` for a catalog topic).
 
     `connection` is a `KafkaConnection`, or a bootstrap list of a plaintext cluster.
 
@@ -44,7 +46,15 @@ async def ensure_topics(
         missing = sorted(set(names) - existing)
         if not missing:
             return
-        new = [NewTopic(name, partitions, replication_factor) for name in missing]
+        new = [
+            NewTopic(
+                name,
+                partitions,
+                replication_factor,
+                topic_configs=dict((configs or {}).get(name, {})),
+            )
+            for name in missing
+        ]
         # A replica may create them at the same time.
         with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics(new)

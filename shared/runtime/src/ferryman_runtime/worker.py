@@ -56,6 +56,8 @@ class Worker(Generic[RequestT]):
         background: coroutines run while the worker runs.
         on_stop: awaited after draining (close upstream clients).
         details: extra fields of the `/health` document.
+        extra_topics: more topics to create at start (name → topic configs), e.g. a
+            compacted catalog topic.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Worker(Generic[RequestT]):
         background: Sequence[BackgroundTask] = (),
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
         details: Callable[[], Mapping[str, Any]] | None = None,
+        extra_topics: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -124,6 +127,7 @@ class Worker(Generic[RequestT]):
         self._background = list(background)
         self._on_stop = list(on_stop)
         self._details = details
+        self._extra_topics = dict(extra_topics or {})
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
 
@@ -134,7 +138,8 @@ class Worker(Generic[RequestT]):
     def topics(self) -> list[str]:
         """The topics this worker creates at startup (when `create_topics` is set)."""
         s = self.settings
-        return [s.request_topic, s.dlq_topic, s.default_reply_topic, s.health_topic]
+        own = [s.request_topic, s.dlq_topic, s.default_reply_topic, s.health_topic]
+        return own + [name for name in self._extra_topics if name not in own]
 
     async def _list_topics(self) -> Iterable[str]:
         if self._admin is None:
@@ -155,6 +160,7 @@ class Worker(Generic[RequestT]):
                 self.topics(),
                 partitions=s.topic_partitions,
                 replication_factor=s.topic_replication_factor,
+                configs=self._extra_topics,
             )
         self._admin = AIOKafkaAdminClient(
             **self.connection.aiokafka_options(default_client_id=f"{self.source}-admin")

@@ -13,6 +13,7 @@ not know.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from typing import Annotated, Any, Final, Literal
 
@@ -34,10 +35,21 @@ MCP_FAILED: Final = "ferryman.mcp.failed"
 
 MCP_CANCEL_REQUESTED: Final = "ferryman.mcp.cancel.requested"
 """On the control topic, keyed by the request id; every replica reads it."""
+MCP_TOOL_APPROVED: Final = "ferryman.mcp.tool.approved"
+"""On the control topic: an operator approves a changed (quarantined) tool definition."""
+
+MCP_CATALOG_UPDATED: Final = "ferryman.mcp.catalog.updated"
+"""On the compacted catalog topic, keyed by server name (a tombstone: the server is gone)."""
+MCP_TOOL_CHANGED: Final = "ferryman.mcp.tool.changed"
+"""On the audit topic: a tool's definition hash changed (a possible rug pull)."""
+MCP_CALL_AUDITED: Final = "ferryman.mcp.call.audited"
+"""On the audit topic: one record per tool call, resource read or prompt get."""
 
 DEFAULT_MCP_REQUEST_TOPIC: Final = "mcp.requests"
 DEFAULT_MCP_REPLY_TOPIC: Final = "mcp.results"
 DEFAULT_MCP_CONTROL_TOPIC: Final = "mcp.control"
+DEFAULT_MCP_CATALOG_TOPIC: Final = "mcp.catalog"
+DEFAULT_MCP_AUDIT_TOPIC: Final = "mcp.audit"
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 """Server and tool names: what MCP clients and registries accept, without path characters."""
@@ -233,3 +245,111 @@ class CancelRequest(_Strict):
     source: str = Field(min_length=1, max_length=4096)
     """The `ce_source` of that request ((source, id) identifies it)."""
     reason: str | None = Field(default=None, max_length=1000)
+
+
+class ToolApproval(_Strict):
+    """The `data` of `ferryman.mcp.tool.approved` on the control topic: the definition with
+    this hash may be called (it leaves quarantine on every replica)."""
+
+    server: ServerName
+    tool: ToolName
+    definition_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    approved_by: str | None = Field(default=None, max_length=256)
+
+
+class AccessRule(_Strict):
+    """What tenants matching one pattern may see and call: `server/tool` patterns (`fnmatch`;
+    `time/*`, `*/read_*`). Deny wins; with an allow list, only what it matches."""
+
+    allow: list[str] | None = None
+    deny: list[str] = Field(default_factory=list[str])
+
+
+def _matches(value: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(value, pattern) for pattern in patterns)
+
+
+def tenant_may_use(
+    tenant: str | None,
+    server: str,
+    tool: str | None,
+    server_tenants: list[str],
+    access: dict[str, AccessRule],
+) -> bool:
+    """Whether `tenant` may list and call `tool` on `server` (`tool` None: whether it may use
+    the server at all, i.e. some tool on it).
+
+    The same rule on every side: the mcp_worker enforces it, and a producer or the LLM worker
+    filtering the catalog topic applies it to the records' `tenants` and `access`. A request
+    without a tenant is the tenant `""`.
+    """
+    name = tenant or ""
+    if not _matches(name, server_tenants):
+        return False
+    rules = [rule for pattern, rule in access.items() if fnmatch.fnmatchcase(name, pattern)]
+    if tool is None:
+        whole = f"{server}/*"
+        if any(whole in rule.deny or _matches(whole, rule.deny) for rule in rules):
+            return False
+        return all(
+            any(fnmatch.fnmatchcase(server, p.split("/", 1)[0]) for p in rule.allow)
+            for rule in rules
+            if rule.allow is not None
+        )
+    target = f"{server}/{tool}"
+    if any(_matches(target, rule.deny) for rule in rules):
+        return False
+    return all(_matches(target, rule.allow) for rule in rules if rule.allow is not None)
+
+
+class CatalogRecord(_Strict):
+    """The `data` of `ferryman.mcp.catalog.updated` on the compacted catalog topic (key: the
+    server name): everything discovered on one server, with the access rules that filter it."""
+
+    entry: ServerEntry
+    tenants: list[str]
+    """Tenant patterns that may use the server at all."""
+    access: dict[str, AccessRule] = Field(default_factory=dict[str, AccessRule])
+    """The registry's per-tenant rules (tenant pattern → rule), for `tenant_may_use`."""
+
+
+class DefinitionChange(_Strict):
+    """One changed field of a tool definition (a JSON pointer into the definition)."""
+
+    path: str
+    old: Any = None
+    new: Any = None
+
+
+class ToolChanged(_Strict):
+    """The `data` of `ferryman.mcp.tool.changed` on the audit topic."""
+
+    server: str
+    tool: str
+    old_hash: str
+    new_hash: str
+    changes: list[DefinitionChange]
+    state: Literal["available", "quarantined"]
+    """`quarantined`: calls are refused until the new definition is approved."""
+
+
+class CallAudit(_Strict):
+    """The `data` of `ferryman.mcp.call.audited` on the audit topic: one per request."""
+
+    request_id: str
+    source: str
+    kind: Literal["tool", "resource", "prompt"]
+    server: str
+    target: str
+    """The tool, resource URI or prompt name."""
+    tenant: str | None = None
+    principal: str | None = None
+    arguments_sha256: str | None = None
+    """sha256 of the canonical arguments (after redaction of the configured fields)."""
+    arguments: JsonObject | None = None
+    """The arguments with the configured fields redacted (when the operator records them)."""
+    outcome: Literal["completed", "tool_error", "failed", "denied", "cancelled"]
+    error_code: str | None = None
+    cached: bool = False
+    definition_hash: str | None = None
+    duration_ms: float = Field(ge=0)

@@ -1,0 +1,339 @@
+"""Composition root of the mcp_worker: `create_app(settings)` wires everything, with no I/O
+beyond reading the registry file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from faststream.asgi import AsgiFastStream
+from prometheus_client import CollectorRegistry
+
+from ferryman.contracts.mcp import CancelRequest, ToolApproval, ToolChanged
+from ferryman_runtime.config_watch import ConfigWatcher
+from ferryman_runtime.health_events import publish_health
+from ferryman_runtime.resilience import Breakers
+from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
+from ferryman_runtime.upstreams.stats import StatsBoard
+from ferryman_runtime.worker import Worker
+from mcp_worker.catalog.catalog import Catalog
+from mcp_worker.catalog.discovery import Discovery
+from mcp_worker.contract import MCP_REQUESTS, McpRequests
+from mcp_worker.control import ControlReader
+from mcp_worker.execution.audit import Auditor
+from mcp_worker.execution.cache import ResultCache
+from mcp_worker.execution.cancellation import CancelBoard
+from mcp_worker.execution.context import Runtime
+from mcp_worker.execution.limits import Limits
+from mcp_worker.execution.service import McpService, server_status
+from mcp_worker.metrics import FleetCollector, McpMetrics
+from mcp_worker.registry import Registry, parse_registry
+from mcp_worker.servers.fleet import Fleet
+from mcp_worker.servers.provisioning import Provisioner
+from mcp_worker.servers.sandbox_launch import SandboxPolicy
+from mcp_worker.servers.session import NotificationKind
+from mcp_worker.settings import McpWorkerSettings
+
+logger = logging.getLogger(__name__)
+
+_NAME = "mcp_worker"
+
+
+class McpWorker:
+    """The mcp_worker: the shared `Worker` around the MCP service, its servers, catalog,
+    cancels, audit and health.
+
+    Args:
+        settings: the worker's settings.
+        registry: where metrics go.
+        environ: where credential references resolve (default: the process environment).
+
+    Raises:
+        RegistryError: the registry file is invalid (the worker refuses to start).
+    """
+
+    def __init__(
+        self,
+        settings: McpWorkerSettings,
+        *,
+        registry: CollectorRegistry,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._settings = settings
+        self.metrics = McpMetrics(registry)
+        self.breakers = Breakers(
+            registry,
+            _NAME,
+            fail_max=settings.breaker_fail_max,
+            reset_timeout=settings.breaker_reset_timeout,
+        )
+        self.stats = StatsBoard()
+        self.catalog = Catalog()
+        self.cache = ResultCache(settings.cache_max_entries)
+        self.board = CancelBoard(settings.cancel_window)
+        self.fleet = Fleet(
+            breakers=self.breakers,
+            stats=self.stats,
+            provisioner=Provisioner(settings.packages_dir),
+            sandbox=SandboxPolicy(bwrap=settings.sandbox_bwrap, prlimit=settings.sandbox_prlimit),
+            on_list_changed=self._list_changed,
+            on_crash=self._crashed,
+            restart_delays=(settings.restart_base_delay, settings.restart_max_delay),
+            environ=os.environ if environ is None else environ,
+        )
+        self.auditor = Auditor(
+            lambda: self.worker.publisher,
+            settings.audit_topic,
+            source=f"/ferryman/mcp-worker/{settings.instance_id}",
+            redact=settings.audit_redact,
+            record_arguments=settings.audit_arguments,
+        )
+        self.discovery = Discovery(
+            self.catalog,
+            self.fleet,
+            publisher=lambda: self.worker.publisher if self._running else None,
+            topic=settings.catalog_topic,
+            source=f"/ferryman/mcp-worker/{settings.instance_id}",
+            debounce=settings.list_changed_debounce,
+            status=lambda name: server_status(self.fleet.get(name)),
+            on_changed=self._tool_changed,
+        )
+        self._running = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.watcher: ConfigWatcher[Registry] | None = None
+        if settings.registry_file is not None:
+            self.watcher = ConfigWatcher(
+                settings.registry_file,
+                lambda data: parse_registry(data, f"registry file {settings.registry_file}"),
+                self._apply_registry,
+                registry=registry,
+                prefix=_NAME,
+                name="registry",
+                interval=settings.registry_poll_interval,
+            )
+            self.watcher.load_initial()
+        self.service = McpService(self._runtime(), self.metrics)
+        self.monitor = HealthMonitor(
+            upstreams=self._server_refs,
+            stats=self.stats,
+            circuits=self.breakers.state_of,
+            publish=lambda report: publish_health(
+                self.worker.publisher, settings.health_topic, report, source=self.worker.source
+            ),
+            service=_NAME,
+            instance=settings.instance_id,
+            config_version=lambda: self.watcher.version if self.watcher else None,
+            probe_interval=settings.health_probe_interval,
+            report_interval=settings.health_report_interval,
+            registry=registry,
+            metric_prefix=_NAME,
+            metric_noun="server",
+            probe_label="server",
+        )
+        self.worker = Worker(
+            settings,
+            name=_NAME,
+            spec=MCP_REQUESTS,
+            service=McpRequests(self.service),
+            registry=registry,
+            background=[self.monitor.run, self._control, self._lifecycle]
+            + ([self.watcher.run] if self.watcher is not None else []),
+            on_stop=[self._stop],
+            details=self._details,
+            extra_topics={
+                settings.control_topic: {},
+                settings.catalog_topic: {"cleanup.policy": "compact"},
+                settings.audit_topic: {},
+            },
+        )
+        registry.register(FleetCollector(self.fleet, self.cache, self.auditor))
+        self.control: ControlReader | None = None
+
+    def _runtime(self) -> Runtime:
+        limits = Limits(
+            max_argument_bytes=self._settings.max_argument_bytes,
+            max_argument_depth=self._settings.max_argument_depth,
+            max_output_bytes=self._settings.max_output_bytes,
+            output_overflow=self._settings.output_overflow,
+        )
+        return Runtime(
+            fleet=self.fleet,
+            catalog=self.catalog,
+            discovery=self.discovery,
+            cache=self.cache,
+            limits=limits,
+            board=self.board,
+            auditor=self.auditor,
+        )
+
+    def _apply_registry(self, registry: Registry, version: str) -> None:
+        changed, removed = self.fleet.apply(registry)
+        self.catalog.access = dict(registry.access)
+        for name in removed:
+            self.catalog.remove(name)
+            self.cache.drop_server(name)
+        for name in changed:
+            self.catalog.register(name, registry.servers[name])
+            self.cache.drop_server(name)
+        logger.info(
+            "registry version %s active: %d servers (%d added or changed, %d removed)",
+            version,
+            len(registry.servers),
+            len(changed),
+            len(removed),
+        )
+        if self._running:
+            self._spawn(self._after_apply(changed, removed))
+
+    async def _after_apply(self, changed: list[str], removed: list[str]) -> None:
+        """Provision, start eager servers and publish catalog records for a registry change."""
+        for name in removed:
+            await self.discovery.publish(name)
+        await asyncio.gather(*(self._bring_up(name) for name in changed))
+
+    async def _bring_up(self, name: str) -> None:
+        supervisor = self.fleet.get(name)
+        if supervisor is None:
+            return
+        await self.fleet.provision(name)
+        if supervisor.config.start == "eager":
+            try:
+                await self.discovery.refresh(name, supervisor.config.connect_timeout)
+                return
+            except Exception as exc:  # reported as the server's health, never a crash
+                logger.warning("server %s did not start: %s", name, str(exc)[:300])
+        await self.discovery.publish(name)
+
+    def _list_changed(self, server: str, kind: NotificationKind) -> None:
+        logger.info("server %s says its %s changed", server, kind)
+        self.discovery.schedule(server)
+
+    def _crashed(self, server: str) -> None:
+        supervisor = self.fleet.get(server)
+        if supervisor is not None and supervisor.config.start == "eager" and self._running:
+            self._spawn(self._restart(server))
+
+    async def _restart(self, server: str) -> None:
+        supervisor = self.fleet.get(server)
+        if supervisor is None:
+            return
+        try:
+            await supervisor.session(
+                None, supervisor.backoff_remaining() + supervisor.config.connect_timeout
+            )
+        except Exception as exc:  # the next crash or call tries again
+            logger.warning("server %s did not restart: %s", server, str(exc)[:300])
+
+    async def _tool_changed(self, change: ToolChanged) -> None:
+        self.metrics.tool_changes.labels(change.server, change.state).inc()
+        await self.auditor.tool_changed(change)
+
+    def _cancel(self, cancel: CancelRequest) -> None:
+        if self.board.cancel((cancel.source, cancel.request_id), cancel.reason):
+            logger.info("cancelled request %s", cancel.request_id)
+
+    def _approve(self, approval: ToolApproval) -> None:
+        if self.catalog.approve(approval.server, approval.tool, approval.definition_hash):
+            logger.info("tool %s/%s approved", approval.server, approval.tool)
+            self._spawn(self.discovery.publish(approval.server))
+
+    async def _control(self) -> None:
+        self.control = ControlReader(
+            self.worker.connection,
+            self._settings.control_topic,
+            window=self._settings.cancel_window,
+            on_cancel=self._cancel,
+            on_approval=self._approve,
+            client_id=f"ferryman-mcp-worker-control-{self._settings.instance_id}",
+        )
+        await self.control.run()
+
+    async def _lifecycle(self) -> None:
+        """Runs while the worker runs: bring up the registry's servers."""
+        self._running = True
+        await self._after_apply(self.fleet.names(), [])
+        await asyncio.Event().wait()
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stop(self) -> None:
+        self._running = False
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.discovery.close()
+        await self.fleet.close()
+
+    def _server_refs(self) -> list[UpstreamRef]:
+        return [
+            UpstreamRef(
+                name=name,
+                kind="mcp",
+                labels={
+                    "transport": supervisor.config.transport,
+                    "protocol_version": supervisor.protocol_version or "",
+                },
+                probe=self._prober(name),
+                probe_group=name,
+            )
+            for name, supervisor in sorted(self.fleet.supervisors.items())
+        ]
+
+    def _prober(self, name: str) -> Any:
+        async def probe() -> None:
+            supervisor = self.fleet.get(name)
+            if supervisor is None or supervisor.session_count == 0:
+                return  # a lazy server not started: nothing to probe, nothing started
+            session = await supervisor.session(None, supervisor.config.timeout)
+            await session.list_tools(supervisor.config.timeout)
+            supervisor.succeeded()
+
+        return probe
+
+    def _details(self) -> dict[str, Any]:
+        return {
+            "registry": self.watcher.status() if self.watcher else None,
+            "servers": {
+                name: {
+                    "state": s.state,
+                    "status": server_status(s),
+                    "transport": s.config.transport,
+                    "protocol_version": s.protocol_version,
+                    "sessions": s.session_count,
+                    "restarts": s.restarts,
+                    "last_success": s.last_success.isoformat() if s.last_success else None,
+                    "last_error": s.last_error,
+                    "circuit": s.breaker.state,
+                    "package_version": self.fleet.package_versions.get(name),
+                }
+                for name, s in sorted(self.fleet.supervisors.items())
+            },
+            "health": self.monitor.snapshot(),
+            "cancels": {"running": self.board.running(), "cancelled": self.board.cancelled},
+            "cache": {
+                "entries": len(self.cache),
+                "hits": self.cache.hits,
+                "misses": self.cache.misses,
+            },
+        }
+
+
+def create_app(
+    settings: McpWorkerSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AsgiFastStream:
+    """Build the mcp_worker's FastStream app (only the registry file is read before start).
+
+    Raises:
+        RegistryError: the registry file is invalid.
+    """
+    worker = McpWorker(settings, registry=registry or CollectorRegistry(), environ=environ)
+    return worker.worker.app()

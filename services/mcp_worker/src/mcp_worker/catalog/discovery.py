@@ -1,0 +1,159 @@
+"""Discovery: list each server's tools, resources and prompts into the catalog, publish the
+result to the compacted catalog topic, and refresh on `list_changed` with a debounce, so a
+server that sends a burst of notifications costs one listing, not a storm."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
+
+from ferryman.codec import encode_binary
+from ferryman.contracts import FerrymanError
+from ferryman.contracts.mcp import MCP_CATALOG_UPDATED, ToolChanged
+from ferryman.publisher import KafkaPublisher
+from mcp_worker.catalog.catalog import Catalog, Status
+from mcp_worker.servers.fleet import Fleet
+
+logger = logging.getLogger(__name__)
+
+
+class Discovery:
+    """Keeps the catalog and the catalog topic current.
+
+    Args:
+        catalog: the catalog.
+        fleet: the servers.
+        publisher: the worker's publisher (None until the worker started).
+        topic: the compacted catalog topic.
+        source: the worker's `ce_source`.
+        debounce: seconds to wait after a `list_changed` for more.
+        status: a server's current status.
+        on_changed: called with each tool definition change (the audit topic).
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        fleet: Fleet,
+        *,
+        publisher: Callable[[], KafkaPublisher | None],
+        topic: str,
+        source: str,
+        debounce: float,
+        status: Callable[[str], Status],
+        on_changed: Callable[[ToolChanged], Awaitable[None]],
+    ) -> None:
+        self._catalog = catalog
+        self._fleet = fleet
+        self._publisher = publisher
+        self._topic = topic
+        self._source = source
+        self._debounce = debounce
+        self._status = status
+        self._on_changed = on_changed
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pending: dict[str, asyncio.Task[None]] = {}
+        self.listings = 0
+        """Listings run (a debounced burst counts once)."""
+
+    async def ensure(self, server: str, timeout: float) -> None:
+        """Discover the server unless its catalog is already known.
+
+        Raises:
+            FerrymanError: the server cannot be reached or listed.
+        """
+        current = self._catalog.get(server)
+        if current is not None and current.discovered:
+            return
+        await self.refresh(server, timeout)
+
+    async def refresh(self, server: str, timeout: float) -> None:
+        """List the server now and publish its record.
+
+        Raises:
+            FerrymanError: the server cannot be reached or listed.
+        """
+        lock = self._locks.setdefault(server, asyncio.Lock())
+        async with lock:
+            supervisor = self._fleet.get(server)
+            if supervisor is None:
+                return
+            session = await supervisor.session(None, timeout)
+            tools = await session.list_tools(timeout)
+            resources = await session.list_resources(timeout)
+            prompts = await session.list_prompts(timeout)
+            self.listings += 1
+            supervisor.succeeded()
+            if self._catalog.get(server) is None:
+                return  # removed meanwhile
+            changes = self._catalog.update(
+                server,
+                tools,
+                [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in resources],
+                [p.model_dump(mode="json", by_alias=True, exclude_none=True) for p in prompts],
+                session.protocol_version,
+            )
+            current = self._catalog.get(server)
+            if current is not None:
+                current.package_version = self._fleet.package_versions.get(server)
+        for change in changes:
+            await self._on_changed(change)
+        await self.publish(server)
+
+    def schedule(self, server: str) -> None:
+        """Refresh the server after the debounce (a burst of notifications: one listing)."""
+        if server in self._pending:
+            return
+
+        async def later() -> None:
+            try:
+                await asyncio.sleep(self._debounce)  # the debounce window itself
+                self._pending.pop(server, None)
+                supervisor = self._fleet.get(server)
+                timeout = supervisor.config.timeout if supervisor else 30.0
+                await self.refresh(server, timeout)
+            except FerrymanError as exc:
+                logger.warning("re-listing %s failed: %s", server, exc.message)
+            finally:
+                self._pending.pop(server, None)
+
+        self._pending[server] = asyncio.create_task(later(), name=f"mcp-relist-{server}")
+
+    async def publish(self, server: str) -> None:
+        """Publish the server's record (a tombstone when it is no longer registered)."""
+        publisher = self._publisher()
+        if publisher is None:
+            return
+        record = self._catalog.record(server, self._status(server))
+        attributes: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "type": MCP_CATALOG_UPDATED,
+            "source": self._source,
+            "datacontenttype": "application/json",
+            "time": datetime.now(UTC),
+            "subject": server,
+        }
+        if record is None:
+            headers, value = encode_binary(attributes, b"null")
+            payload: bytes | None = None
+        else:
+            headers, value = encode_binary(attributes, record.model_dump_json().encode())
+            payload = value
+        try:
+            await publisher.send_and_wait(
+                self._topic, payload, key=server.encode(), headers=headers
+            )
+        except KafkaError as exc:
+            logger.error("catalog record of %s not published: %s", server, type(exc).__name__)
+
+    async def close(self) -> None:
+        """Cancel pending refreshes."""
+        for task in list(self._pending.values()):
+            task.cancel()
+        await asyncio.gather(*self._pending.values(), return_exceptions=True)

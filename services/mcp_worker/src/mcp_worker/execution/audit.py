@@ -1,0 +1,104 @@
+"""The audit topic: one record per call (who, what, a digest of the arguments with the
+configured fields redacted, the outcome and how long it took), and tool definition changes.
+Nothing secret is written: redaction happens before hashing or recording."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
+from pydantic import BaseModel
+
+from ferryman.codec import encode_binary
+from ferryman.contracts.mcp import MCP_CALL_AUDITED, MCP_TOOL_CHANGED, CallAudit, ToolChanged
+from ferryman.publisher import KafkaPublisher
+from mcp_worker.catalog.definitions import canonical_json
+
+logger = logging.getLogger(__name__)
+
+REDACTED = "[redacted]"
+
+
+def redact_fields(value: Any, names: frozenset[str]) -> Any:
+    """A copy of `value` with every object field named in `names` (case-insensitive, any
+    depth) replaced by `[redacted]`."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if str(k).lower() in names else redact_fields(v, names)  # pyright: ignore[reportUnknownArgumentType]
+            for k, v in value.items()  # pyright: ignore[reportUnknownVariableType]
+        }
+    if isinstance(value, list):
+        return [redact_fields(v, names) for v in value]  # pyright: ignore[reportUnknownVariableType]
+    return value
+
+
+class Auditor:
+    """Publishes audit records (a failure to publish is logged, never fails the call: the
+    record's loss is visible in the `published` counter staying behind).
+
+    Args:
+        publisher: the worker's publisher (read when a record is sent).
+        topic: the audit topic.
+        source: the worker's `ce_source`.
+        redact: field names redacted (lower-case).
+        record_arguments: whether records carry the redacted arguments.
+    """
+
+    def __init__(
+        self,
+        publisher: Callable[[], KafkaPublisher],
+        topic: str,
+        *,
+        source: str,
+        redact: list[str],
+        record_arguments: bool,
+    ) -> None:
+        self._publisher = publisher
+        self._topic = topic
+        self._source = source
+        self._redact = frozenset(name.lower() for name in redact)
+        self._record_arguments = record_arguments
+        self.published = 0
+        self.failed = 0
+
+    def arguments(
+        self, arguments: dict[str, Any] | None, extra: list[str]
+    ) -> tuple[str | None, dict[str, Any] | None]:
+        """(digest, recorded form) of arguments after redaction."""
+        if arguments is None:
+            return None, None
+        names = self._redact | frozenset(n.lower() for n in extra)
+        redacted: dict[str, Any] = redact_fields(arguments, names)
+        digest = hashlib.sha256(canonical_json(redacted).encode()).hexdigest()
+        return digest, redacted if self._record_arguments else None
+
+    async def call(self, record: CallAudit) -> None:
+        """Publish one call record, keyed by server."""
+        await self._send(MCP_CALL_AUDITED, record, record.server)
+
+    async def tool_changed(self, change: ToolChanged) -> None:
+        """Publish a tool definition change, keyed by server."""
+        await self._send(MCP_TOOL_CHANGED, change, change.server)
+
+    async def _send(self, event_type: str, payload: BaseModel, key: str) -> None:
+        attributes: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "type": event_type,
+            "source": self._source,
+            "datacontenttype": "application/json",
+            "time": datetime.now(UTC),
+        }
+        headers, value = encode_binary(attributes, payload.model_dump_json().encode())
+        try:
+            await self._publisher().send_and_wait(
+                self._topic, value, key=key.encode(), headers=headers
+            )
+            self.published += 1
+        except KafkaError as exc:
+            self.failed += 1
+            logger.error("audit record not published: %s", type(exc).__name__)

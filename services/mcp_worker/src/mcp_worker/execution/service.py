@@ -1,0 +1,218 @@
+"""The mcp_worker's service: each request kind to its terminal reply, cancellable by a cancel
+event, and audited."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Literal
+
+from ferryman.contracts import ErrorCode, ErrorInfo, FerrymanError
+from ferryman.contracts.mcp import (
+    MCP_CATALOG_LIST_COMPLETED,
+    MCP_PROMPT_GET_COMPLETED,
+    MCP_RESOURCE_READ_COMPLETED,
+    CallAudit,
+    CatalogListCompleted,
+    CatalogListRequest,
+    PromptGetCompleted,
+    PromptGetRequest,
+    ResourceReadCompleted,
+    ResourceReadRequest,
+    ServerEntry,
+    ToolCallRequest,
+)
+from ferryman_runtime.job import Job
+from mcp_worker.catalog.catalog import Status
+from mcp_worker.execution.cancellation import CancelledByRequest
+from mcp_worker.execution.context import CallContext, Outcome, Runtime
+from mcp_worker.execution.tool_calls import call_tool
+from mcp_worker.metrics import McpMetrics
+from mcp_worker.servers.supervisor import ServerSupervisor
+
+logger = logging.getLogger(__name__)
+
+McpRequest = ToolCallRequest | ResourceReadRequest | PromptGetRequest | CatalogListRequest
+
+
+def server_status(supervisor: ServerSupervisor | None) -> Status:
+    """A server's status as the catalog shows it."""
+    if supervisor is None:
+        return "unhealthy"
+    if supervisor.state == "provisioning":
+        return "provisioning"
+    if supervisor.breaker.state == "open" or supervisor.state in ("failed", "stopped"):
+        return "unhealthy"
+    if supervisor.state in ("backoff", "starting") or supervisor.breaker.state == "half-open":
+        return "degraded"
+    return "healthy"
+
+
+class McpService:
+    """Executes MCP requests.
+
+    Args:
+        runtime: the worker's servers, catalog, cache, cancels and auditor.
+        metrics: where request counts and durations go.
+    """
+
+    def __init__(self, runtime: Runtime, metrics: McpMetrics) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+
+    async def execute(self, job: Job[McpRequest]) -> None:
+        """Run one request to its terminal reply.
+
+        Raises:
+            aiokafka.errors.KafkaError: a reply was not acknowledged.
+        """
+        ctx = CallContext(self.runtime, job)
+        request = job.request
+        if isinstance(request, CatalogListRequest):
+            await self._catalog(ctx, request)
+            return
+        started = time.monotonic()
+        outcome = Outcome()
+        error: ErrorInfo | None = None
+        status: Literal["completed", "tool_error", "failed", "denied", "cancelled"]
+        key = (job.event.source, job.event.id)
+        try:
+            outcome = await self.runtime.board.run(key, self._run(ctx, request))
+            status = "tool_error" if outcome.tool_error else "completed"
+        except CancelledByRequest as exc:
+            error = ErrorInfo(
+                code=ErrorCode.CANCELLED,
+                message=f"cancelled by request{': ' + exc.reason if exc.reason else ''}"[:1000],
+                retryable=False,
+            )
+            status = "cancelled"
+        except FerrymanError as exc:
+            error = exc.to_info()
+            denied = exc.code in (ErrorCode.NOT_FOUND, ErrorCode.PERMISSION_DENIED)
+            status = "denied" if denied else "failed"
+        if error is not None:
+            await job.replies.fail(error)
+        await self._audit(ctx, request, status, error, outcome, started)
+
+    async def _run(
+        self, ctx: CallContext, request: ToolCallRequest | ResourceReadRequest | PromptGetRequest
+    ) -> Outcome:
+        if isinstance(request, ToolCallRequest):
+            return await call_tool(ctx, request)
+        if isinstance(request, ResourceReadRequest):
+            await self._read(ctx, request)
+        else:
+            await self._prompt(ctx, request)
+        return Outcome()
+
+    async def _read(self, ctx: CallContext, request: ResourceReadRequest) -> None:
+        supervisor = ctx.server(request.server)
+        timeout = ctx.bounded(min(supervisor.config.timeout, request.timeout or 3600))
+        started = time.monotonic()
+        async with supervisor.slot(timeout):
+            session = await supervisor.session(ctx.job.tenant, timeout)
+            result = await session.read_resource(request.uri, timeout)
+        supervisor.succeeded()
+        completed = ResourceReadCompleted(
+            server=request.server,
+            uri=request.uri,
+            contents=[
+                c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in result.contents
+            ],
+            protocol_version=session.protocol_version,
+            duration_ms=(time.monotonic() - started) * 1000,
+        )
+        await ctx.job.replies.finish(MCP_RESOURCE_READ_COMPLETED, completed)
+
+    async def _prompt(self, ctx: CallContext, request: PromptGetRequest) -> None:
+        supervisor = ctx.server(request.server)
+        timeout = ctx.bounded(min(supervisor.config.timeout, request.timeout or 3600))
+        started = time.monotonic()
+        async with supervisor.slot(timeout):
+            session = await supervisor.session(ctx.job.tenant, timeout)
+            result = await session.get_prompt(request.prompt, request.arguments, timeout)
+        supervisor.succeeded()
+        completed = PromptGetCompleted(
+            server=request.server,
+            prompt=request.prompt,
+            description=result.description,
+            messages=[
+                m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in result.messages
+            ],
+            protocol_version=session.protocol_version,
+            duration_ms=(time.monotonic() - started) * 1000,
+        )
+        await ctx.job.replies.finish(MCP_PROMPT_GET_COMPLETED, completed)
+
+    async def _catalog(self, ctx: CallContext, request: CatalogListRequest) -> None:
+        names = [
+            name
+            for name in self.runtime.catalog.servers()
+            if (request.servers is None or name in request.servers) and ctx.visible(name)
+        ]
+
+        async def discover(name: str) -> None:
+            supervisor = self.runtime.fleet.get(name)
+            if supervisor is None:
+                return
+            try:
+                await self.runtime.discovery.ensure(
+                    name, ctx.bounded(supervisor.config.connect_timeout)
+                )
+            except FerrymanError as exc:
+                logger.info("catalog: %s not listed: %s", name, exc.message)
+
+        await asyncio.gather(*(discover(name) for name in names))
+        entries: list[ServerEntry] = []
+        for name in names:
+            status = server_status(self.runtime.fleet.get(name))
+            entry = self.runtime.catalog.entry(name, status, schemas=request.include_schemas)
+            if entry is None:
+                continue
+            tools = [t for t in entry.tools if ctx.visible(name, t.name)]
+            entries.append(entry.model_copy(update={"tools": tools}))
+        completed = CatalogListCompleted(
+            servers=entries, catalog_version=self.runtime.catalog.version(names)
+        )
+        await ctx.job.replies.finish(MCP_CATALOG_LIST_COMPLETED, completed)
+
+    async def _audit(
+        self,
+        ctx: CallContext,
+        request: ToolCallRequest | ResourceReadRequest | PromptGetRequest,
+        status: Literal["completed", "tool_error", "failed", "denied", "cancelled"],
+        error: ErrorInfo | None,
+        outcome: Outcome,
+        started: float,
+    ) -> None:
+        arguments: dict[str, Any] | None
+        if isinstance(request, ToolCallRequest):
+            kind, target, arguments = "tool", request.tool, request.arguments
+        elif isinstance(request, ResourceReadRequest):
+            kind, target, arguments = "resource", request.uri, None
+        else:
+            kind, target, arguments = "prompt", request.prompt, dict(request.arguments)
+        supervisor = self.runtime.fleet.get(request.server)
+        extra = list(supervisor.config.redact) if supervisor is not None else []
+        digest, recorded = self.runtime.auditor.arguments(arguments, extra)
+        record = CallAudit(
+            request_id=ctx.job.event.id,
+            source=ctx.job.event.source,
+            kind=kind,
+            server=request.server,
+            target=target[:2000],
+            tenant=ctx.job.tenant,
+            principal=request.principal,
+            arguments_sha256=digest,
+            arguments=recorded,
+            outcome=status,
+            error_code=str(error.code) if error is not None else None,
+            cached=outcome.cached,
+            definition_hash=outcome.definition_hash,
+            duration_ms=(time.monotonic() - started) * 1000,
+        )
+        await self.runtime.auditor.call(record)
+        label = request.server if supervisor is not None else "unknown"
+        self.metrics.requests.labels(label, kind, status).inc()
+        self.metrics.duration.labels(label, kind).observe(record.duration_ms / 1000)

@@ -1,0 +1,146 @@
+"""How the worker reaches one server: stdio (optionally sandboxed), streamable HTTP or SSE,
+with its credentials resolved from references at connect time (never stored resolved)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import httpx2
+from mcp import StdioServerParameters
+from mcp.client.sse import sse_client
+from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from mcp_worker.registry import ServerConfig, resolve
+from mcp_worker.servers.session import TransportFactory
+
+
+@dataclass(frozen=True)
+class StdioLaunch:
+    """The command line and environment a stdio server is started with."""
+
+    command: str
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict[str, str])
+    cwd: str | None = None
+
+
+LaunchWrapper = Callable[[StdioLaunch], StdioLaunch]
+"""Turns a launch into its sandboxed form (or refuses: raises)."""
+
+
+def stdio_launch(
+    config: ServerConfig,
+    environ: Mapping[str, str],
+    command: str | None = None,
+) -> StdioLaunch:
+    """The launch of a stdio server, with its environment's references resolved.
+
+    Args:
+        config: the server's registry entry.
+        environ: where `env:` references are looked up (the worker's environment).
+        command: the provisioned executable, for a server given by package.
+
+    Raises:
+        RegistryError: a credential reference cannot be resolved.
+        ValueError: no command to run.
+    """
+    executable = command or config.command
+    if executable is None:
+        raise ValueError("a stdio server needs a command or a provisioned package")
+    env = {name: resolve(value, environ).get_secret_value() for name, value in config.env.items()}
+    return StdioLaunch(command=executable, args=list(config.args), env=env, cwd=config.cwd)
+
+
+def open_stdio(launch: StdioLaunch) -> TransportFactory:
+    """A transport factory that starts the process on each open (the SDK terminates the whole
+    process tree on close)."""
+
+    def factory():
+        params = StdioServerParameters(
+            command=launch.command, args=launch.args, env=launch.env or None, cwd=launch.cwd
+        )
+        return stdio_client(params, errlog=sys.stderr)
+
+    return factory
+
+
+def open_http(config: ServerConfig, environ: Mapping[str, str]) -> TransportFactory:
+    """A transport factory for a streamable HTTP or SSE server.
+
+    Raises:
+        RegistryError: a header's credential reference cannot be resolved (checked now, so a
+            missing secret shows as the server's health at once).
+    """
+    url = config.url
+    if url is None:
+        raise ValueError("an HTTP server needs a url")
+    # Resolved here to fail early; resolved again per connection so a rotated secret file
+    # is picked up on reconnect.
+    _resolved_headers(config, environ)
+
+    def factory():
+        headers = _resolved_headers(config, environ)
+        if config.transport == "sse":
+            return sse_client(url, headers=headers, timeout=config.connect_timeout)
+        client = httpx2.AsyncClient(
+            headers=headers,
+            timeout=httpx2.Timeout(config.connect_timeout, read=max(config.timeout, 60.0)),
+        )
+        return _owning(streamable_http_client(url, http_client=client), client)
+
+    return factory
+
+
+def _resolved_headers(config: ServerConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    return {
+        name: resolve(value, environ).get_secret_value() for name, value in config.headers.items()
+    }
+
+
+class _owning:
+    """Closes the HTTP client the transport was given when the transport closes."""
+
+    def __init__(self, inner, client: httpx2.AsyncClient) -> None:
+        self._inner = inner
+        self._client = client
+
+    async def __aenter__(self):
+        return await self._inner.__aenter__()
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        try:
+            return await self._inner.__aexit__(*exc)
+        finally:
+            await self._client.aclose()
+
+
+def transport_for(
+    config: ServerConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    command: str | None = None,
+    wrap: LaunchWrapper | None = None,
+) -> TransportFactory:
+    """The transport factory of a server.
+
+    Args:
+        config: the registry entry.
+        environ: where references resolve (default: the worker's environment).
+        command: the provisioned executable of a package server.
+        wrap: the sandbox for stdio servers (None: run as configured).
+
+    Raises:
+        RegistryError: a credential reference cannot be resolved.
+        SandboxUnavailable: the sandbox is required and cannot be used.
+    """
+    env = os.environ if environ is None else environ
+    if config.transport != "stdio":
+        return open_http(config, env)
+    launch = stdio_launch(config, env, command)
+    if wrap is not None:
+        launch = wrap(launch)
+    return open_stdio(launch)
