@@ -1,7 +1,10 @@
-"""`make demo`: stream a chat through Kafka and the LLM worker, starting only what is missing.
+"""`make demo`: stream a chat through Kafka and the LLM worker, then call an MCP tool through
+the mcp_worker (the time server, sandboxed where bubblewrap is installed), starting only what
+is missing.
 
 Uses the real OpenAI API when OPENAI_API_KEY is set, otherwise the built-in
-`mock/echo` model. Stops what it started (the local Kafka and the worker).
+`mock/echo` model; the tool call needs no key and no network. Stops what it started (the
+local Kafka and the workers).
 """
 
 from __future__ import annotations
@@ -9,15 +12,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HEALTH_PORT = int(os.environ.get("LLM_WORKER_HTTP_PORT", "8081"))
+MCP_HEALTH_PORT = int(os.environ.get("MCP_WORKER_HTTP_PORT", "8082"))
 
 
 def _local_kafka():
@@ -31,13 +37,15 @@ def _local_kafka():
     return module
 
 
-def _wait_ready(worker: subprocess.Popen[bytes], timeout: float = 60) -> None:
+def _wait_ready(
+    worker: subprocess.Popen[bytes], port: int = HEALTH_PORT, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise SystemExit("the worker exited during startup; see the log above")
         try:
-            url = f"http://127.0.0.1:{HEALTH_PORT}/health"
+            url = f"http://127.0.0.1:{port}/health"
             with urllib.request.urlopen(url, timeout=1) as response:
                 if json.loads(response.read()).get("ready"):
                     return
@@ -69,7 +77,7 @@ def main() -> int:
         _wait_ready(worker)
         prompt = "Ferryman carries requests across Kafka and streams every token back"
         print(f"▶ ferryman chat {prompt!r} --model {model}\n", file=sys.stderr)
-        return subprocess.call(
+        code = subprocess.call(
             [
                 sys.executable,
                 "-m",
@@ -86,14 +94,54 @@ def main() -> int:
             env=env,
         )
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        _stop(worker)
+    try:
+        return code or _tool_call(bootstrap, env)
+    finally:
         if started_kafka:
             kafka.stop()
         print("▶ stopped what the demo started", file=sys.stderr)
+
+
+def _tool_call(bootstrap: str, env: dict[str, str]) -> int:
+    """Start the mcp_worker on a registry with the time server and call one of its tools."""
+    folder = Path(tempfile.mkdtemp(prefix="ferryman-demo-"))
+    sandboxed = shutil.which("bwrap") is not None
+    time_server = str(Path(sys.executable).parent / "mcp-server-time")
+    entry: dict[str, object] = {"command": time_server, "args": ["--local-timezone", "UTC"]}
+    if not sandboxed:
+        entry["sandbox"] = "none"
+        print("▶ bubblewrap is not installed: the time server runs unsandboxed", file=sys.stderr)
+    registry = folder / "mcp-servers.json"
+    registry.write_text(json.dumps({"mcpServers": {"time": entry}}))
+    mcp_env = {
+        **env,
+        "MCP_WORKER_HTTP_PORT": str(MCP_HEALTH_PORT),
+        "MCP_WORKER_REGISTRY_FILE": str(registry),
+        "MCP_WORKER_PACKAGES_DIR": str(folder / "packages"),
+        "MCP_WORKER_LOG_LEVEL": os.environ.get("MCP_WORKER_LOG_LEVEL", "WARNING"),
+    }
+    print("\n▶ starting the mcp_worker with the time server", file=sys.stderr)
+    worker = subprocess.Popen([sys.executable, "-m", "mcp_worker"], env=mcp_env)
+    try:
+        _wait_ready(worker, MCP_HEALTH_PORT)
+        call = ["tools", "call", "time", "get_current_time", "--args", '{"timezone": "UTC"}']
+        print(f"▶ ferryman {' '.join(call)}\n", file=sys.stderr)
+        return subprocess.call(
+            [sys.executable, "-m", "ferryman.cli", *call, "--timeout", "60", "-b", bootstrap],
+            env=mcp_env,
+        )
+    finally:
+        _stop(worker)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    worker.send_signal(signal.SIGTERM)
+    try:
+        worker.wait(30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,8 @@ class McpHarness:
     publisher: KafkaPublisher
     bootstrap: str
     registry_file: Path
+    metrics: CollectorRegistry
+    """The worker's Prometheus registry (read with `get_sample_value`)."""
 
     async def send(
         self,
@@ -82,6 +84,13 @@ class McpHarness:
         tenant = options.pop("tenant", None)
         data.update(options)
         return await self.send(MCP_TOOL_CALL_REQUESTED, data, tenant=tenant)
+
+    async def call_with_id(
+        self, request_id: str, server: str, tool: str, arguments: dict[str, Any] | None = None
+    ) -> str:
+        """Publish a tool call with a chosen id."""
+        data = {"server": server, "tool": tool, "arguments": arguments or {}}
+        return await self.send(MCP_TOOL_CALL_REQUESTED, data, request_id=request_id)
 
     async def replies(self, request_id: str, timeout: float = 60.0) -> list[Reply]:
         """Every reply to `request_id` up to and including its terminal one."""
@@ -141,9 +150,12 @@ async def running_mcp_worker(
     bootstrap: str,
     unique: str,
     registry_file: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[McpHarness]:
-    """An mcp_worker on `registry_file`, with every topic unique to the test."""
+    """An mcp_worker on `registry_file`, with every topic unique to the test (`environ`:
+    where its credential references resolve; default the process environment)."""
     prefix = f"t-{unique}"
     settings = McpWorkerSettings(
         kafka_bootstrap_servers=bootstrap,
@@ -161,12 +173,13 @@ async def running_mcp_worker(
         packages_dir=registry_file.parent / "packages",
         **overrides,
     )
-    worker = McpWorker(settings, registry=CollectorRegistry())
+    metrics = CollectorRegistry()
+    worker = McpWorker(settings, registry=metrics, environ=environ)
     await worker.worker.start()
     publisher = KafkaPublisher(bootstrap, client_id=f"test-{unique}")
     await publisher.start()
     try:
-        yield McpHarness(worker, settings, publisher, bootstrap, registry_file)
+        yield McpHarness(worker, settings, publisher, bootstrap, registry_file, metrics)
     finally:
         await publisher.stop()
         await worker.worker.stop()

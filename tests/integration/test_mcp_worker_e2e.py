@@ -3,6 +3,7 @@ Kafka, on the in-repo toolbox server (stdio and streamable HTTP) and real third-
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -106,3 +107,127 @@ async def test_resource_prompt_and_catalog(harness: McpHarness) -> None:
     assert add["annotations"]["read_only"] is True
     assert "read-only" in add["tags"]
     assert server["status"] == "healthy"
+
+
+async def test_a_cached_call_says_so_and_tenants_do_not_share_entries(
+    harness: McpHarness,
+) -> None:
+    first = await harness.result(await harness.call("toolbox", "add", {"a": 1, "b": 1}))
+    second = await harness.result(await harness.call("toolbox", "add", {"a": 1, "b": 1}))
+    other_tenant = await harness.result(
+        await harness.call("toolbox", "add", {"a": 1, "b": 1}, tenant="other")
+    )
+    uncached = await harness.result(
+        await harness.call("toolbox", "add", {"a": 1, "b": 1}, use_cache=False)
+    )
+
+    assert first.data["cached"] is False
+    assert second.data["cached"] is True
+    assert second.data["structured_content"] == {"result": 2}
+    assert other_tenant.data["cached"] is False
+    assert uncached.data["cached"] is False
+
+
+async def test_a_tool_not_marked_read_only_is_not_cached(harness: McpHarness) -> None:
+    await harness.result(await harness.call("toolbox", "count"))
+    again = await harness.result(await harness.call("toolbox", "count"))
+
+    assert again.data["cached"] is False
+    assert again.data["content"][0]["text"] == "2"
+
+
+async def test_a_running_call_is_cancelled_and_the_server_told(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    cancel_log = tmp_path / "cancelled.log"
+    registry = write_registry(
+        tmp_path / "servers.json",
+        {"toolbox": toolbox_entry(env={"TOOLBOX_CANCEL_LOG": str(cancel_log)})},
+    )
+    async with running_mcp_worker(kafka_bootstrap, unique, registry) as harness:
+        request_id = await harness.call("toolbox", "slow", {"seconds": 30, "steps": 30})
+        # Wait for the call to be running on the server: its first progress event.
+        await harness.topic(
+            harness.settings.default_reply_topic,
+            until=lambda records: any(
+                dict(r.headers).get("ce_type") == b"ferryman.mcp.progress" for r in records
+            ),
+        )
+        await harness.cancel(request_id, reason="user pressed stop")
+
+        reply = await harness.result(request_id)
+
+        assert reply.type == "ferryman.mcp.failed"
+        assert reply.data["error"]["code"] == "cancelled"
+        assert "user pressed stop" in reply.data["error"]["message"]
+        await wait_until(lambda: cancel_log.exists() and "cancelled slow" in cancel_log.read_text())
+        after = await harness.result(await harness.call("toolbox", "echo", {"text": "still here"}))
+        assert after.data["content"][0]["text"] == "still here"
+
+
+async def test_a_cancel_that_arrives_first_fails_the_request_when_it_comes(
+    harness: McpHarness,
+) -> None:
+    await harness.cancel("early-1", reason="changed my mind")
+    # The cancel is read by the worker's control reader before the request is sent.
+    await wait_until(
+        lambda: harness.worker.control is not None and harness.worker.control.seen >= 1
+    )
+
+    await harness.call_with_id("early-1", "toolbox", "echo", {"text": "x"})
+    reply = await harness.result("early-1")
+
+    assert reply.data["error"]["code"] == "cancelled"
+
+
+async def test_the_request_timeout_bounds_the_call(harness: McpHarness) -> None:
+    reply = await harness.result(
+        await harness.call("toolbox", "slow", {"seconds": 20, "steps": 2}, timeout=0.5)
+    )
+
+    assert reply.type == "ferryman.mcp.failed"
+    assert reply.data["error"]["code"] == "timeout"
+    after = await harness.result(await harness.call("toolbox", "echo", {"text": "ok"}))
+    assert after.data["is_error"] is False
+
+
+async def test_oversized_output_is_truncated_with_a_flag(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    registry = write_registry(tmp_path / "servers.json", {"toolbox": toolbox_entry()})
+    async with running_mcp_worker(
+        kafka_bootstrap, unique, registry, max_output_bytes=10_000
+    ) as harness:
+        reply = await harness.result(await harness.call("toolbox", "huge", {"size": 50_000}))
+
+    assert reply.data["truncated"] is True
+    assert len(reply.data["content"][0]["text"]) < 10_000
+
+
+async def test_a_kcat_style_request_with_plain_headers(harness: McpHarness) -> None:
+    # What `kcat -P -H ce_specversion=1.0 -H ce_type=… -H ce_id=… -H ce_source=…` sends.
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"kcat-1"),
+        ("ce_source", b"/kcat"),
+        ("ce_type", b"ferryman.mcp.tool.call.requested"),
+        ("content-type", b"application/json"),
+    ]
+    value = json.dumps({"server": "toolbox", "tool": "add", "arguments": {"a": 20, "b": 22}})
+    await harness.publisher.send_and_wait(
+        harness.settings.request_topic, value.encode(), key=b"kcat-1", headers=headers
+    )
+
+    reply = await harness.result("kcat-1")
+
+    assert reply.data["structured_content"] == {"result": 42}
+
+
+async def wait_until(predicate: Any, timeout: float = 30.0) -> None:
+    """Poll a condition (bounded): for state the worker keeps, not events we can await."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)

@@ -23,7 +23,18 @@ def test_asyncapi_document_describes_every_channel_and_event() -> None:
     titles = {m["title"] for m in document["components"]["messages"].values()}
     request_schema = document["components"]["schemas"]["ChatRequest"]
 
-    assert addresses == {"llm.requests", "llm.results", "llm.requests.dlq", "ferryman.health"}
+    assert addresses == {
+        "llm.requests",
+        "llm.results",
+        "llm.requests.dlq",
+        "ferryman.health",
+        "mcp.requests",
+        "mcp.results",
+        "mcp.requests.dlq",
+        "mcp.control",
+        "mcp.catalog",
+        "mcp.audit",
+    }
     assert {
         "ferryman.llm.chat.requested",
         "ferryman.llm.chat.chunk",
@@ -31,6 +42,14 @@ def test_asyncapi_document_describes_every_channel_and_event() -> None:
         "ferryman.llm.chat.completed",
         "ferryman.llm.chat.failed",
         "ferryman.health.reported",
+        "ferryman.mcp.tool.call.requested",
+        "ferryman.mcp.tool.call.completed",
+        "ferryman.mcp.progress",
+        "ferryman.mcp.failed",
+        "ferryman.mcp.cancel.requested",
+        "ferryman.mcp.catalog.updated",
+        "ferryman.mcp.call.audited",
+        "ferryman.mcp.tool.changed",
     } <= titles
     assert request_schema["additionalProperties"] is False
     assert request_schema["required"] == ["model", "messages"]

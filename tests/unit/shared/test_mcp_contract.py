@@ -109,7 +109,28 @@ def test_the_mcp_domain_describes_its_channels_and_control_topic() -> None:
     assert "ToolCallCompleted" in document["components"]["schemas"]
 
 
-def test_the_published_document_describes_only_workers_that_exist() -> None:
+def test_the_published_document_describes_the_mcp_worker_topics() -> None:
     addresses = {c["address"] for c in build_asyncapi()["channels"].values()}
 
-    assert not any(address.startswith("mcp.") for address in addresses)
+    assert {"mcp.requests", "mcp.control", "mcp.catalog", "mcp.audit"} <= addresses
+
+
+def test_access_rules_deny_wins_and_allow_lists_restrict() -> None:
+    from ferryman.contracts.mcp import AccessRule, tenant_may_use
+
+    access = {
+        "acme": AccessRule(allow=["time/*", "fs/read_*"], deny=["fs/read_secret"]),
+        "*": AccessRule(deny=["admin/*"]),
+    }
+
+    assert tenant_may_use("acme", "time", "now", ["*"], access)
+    assert tenant_may_use("acme", "fs", "read_file", ["*"], access)
+    assert not tenant_may_use("acme", "fs", "read_secret", ["*"], access)
+    assert not tenant_may_use("acme", "fs", "write_file", ["*"], access)
+    assert not tenant_may_use("acme", "admin", None, ["*"], access)
+    assert not tenant_may_use("acme", "mail", None, ["*"], access)
+    assert tenant_may_use("acme", "fs", None, ["*"], access)
+    assert tenant_may_use("other", "mail", "send", ["*"], access)
+    assert not tenant_may_use("other", "mail", "send", ["acme"], access)
+    assert not tenant_may_use(None, "mail", "send", ["acme"], access)
+    assert tenant_may_use(None, "mail", "send", ["*"], {})

@@ -21,6 +21,7 @@ from ferryman.contracts.mcp import (
     ToolApproval,
 )
 from ferryman.kafka_config import KafkaConnection
+from ferryman.topics import wait_for_partitions
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,13 @@ class ControlReader:
         )
         await consumer.start()
         try:
-            partitions = await self._partitions(consumer)
+            found = await wait_for_partitions(consumer, self._topic, timeout=60.0)
+            partitions = [TopicPartition(self._topic, p) for p in sorted(found)]
             consumer.assign(partitions)
+            # Ends first: a record published meanwhile is past them and after `since`.
+            ends = await consumer.end_offsets(partitions)
             since = int((time.time() - self._window) * 1000)
             offsets = await consumer.offsets_for_times(dict.fromkeys(partitions, since))
-            ends = await consumer.end_offsets(partitions)
             for partition in partitions:
                 found = offsets.get(partition)
                 consumer.seek(partition, found.offset if found is not None else ends[partition])
@@ -81,15 +84,6 @@ class ControlReader:
                         self._handle(record.headers, record.value)
         finally:
             await consumer.stop()
-
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        for _ in range(60):
-            found = consumer.partitions_for_topic(self._topic)
-            if found:
-                return [TopicPartition(self._topic, p) for p in sorted(found)]
-            await consumer.topics()  # refresh metadata
-            await asyncio.sleep(0.5)  # the topic is being created: poll its metadata
-        raise RuntimeError(f"control topic {self._topic!r} does not exist")
 
     def _handle(self, headers: Any, value: bytes | None) -> None:
         self.seen += 1

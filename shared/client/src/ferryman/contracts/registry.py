@@ -53,15 +53,38 @@ MCP = RequestDomain(
         ExtraChannel(
             name="mcpControl",
             address=mcp.DEFAULT_MCP_CONTROL_TOPIC,
-            description="Cancellations, keyed by request id; every replica reads them.",
+            description="Cancellations (keyed by request id) and tool approvals; every replica"
+            " reads the whole topic.",
             messages=(
                 EventMessage("cancelRequested", mcp.MCP_CANCEL_REQUESTED, mcp.CancelRequest),
+                EventMessage("toolApproved", mcp.MCP_TOOL_APPROVED, mcp.ToolApproval),
             ),
             action="receive",
         ),
+        ExtraChannel(
+            name="mcpCatalog",
+            address=mcp.DEFAULT_MCP_CATALOG_TOPIC,
+            description="Compacted: the latest catalog record per server (key: the server"
+            " name; a tombstone when it left the registry).",
+            messages=(
+                EventMessage("catalogUpdated", mcp.MCP_CATALOG_UPDATED, mcp.CatalogRecord),
+            ),
+            action="send",
+        ),
+        ExtraChannel(
+            name="mcpAudit",
+            address=mcp.DEFAULT_MCP_AUDIT_TOPIC,
+            description="One record per call (arguments digested, configured fields"
+            " redacted), and tool definition changes.",
+            messages=(
+                EventMessage("callAudited", mcp.MCP_CALL_AUDITED, mcp.CallAudit),
+                EventMessage("toolChanged", mcp.MCP_TOOL_CHANGED, mcp.ToolChanged),
+            ),
+            action="send",
+        ),
     ),
 )
-"""The MCP contract; published in `DOMAINS` once the mcp_worker serves it (issue 9)."""
+"""Tool calls, resources, prompts and the catalog on MCP servers (the mcp_worker)."""
 
-DOMAINS: tuple[RequestDomain, ...] = (LLM,)
+DOMAINS: tuple[RequestDomain, ...] = (LLM, MCP)
 """The domains whose workers exist (and the AsyncAPI document describes)."""
