@@ -36,7 +36,7 @@ from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import FuncMetadata
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 
-ECHO_DESCRIPTION = "Echo the text back as a text block."
+ECHO_DESCRIPTION = os.environ.get("TOOLBOX_ECHO_DESCRIPTION", "Echo the text back as a text block.")
 BAD_STRUCTURED_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"value": {"type": "integer"}},

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
@@ -21,6 +22,7 @@ from ferryman_runtime.upstreams.stats import StatsBoard
 from ferryman_runtime.worker import Worker
 from mcp_worker.catalog.catalog import Catalog
 from mcp_worker.catalog.discovery import Discovery
+from mcp_worker.catalog.persisted import read_catalog
 from mcp_worker.contract import MCP_REQUESTS, McpRequests
 from mcp_worker.control import ControlReader
 from mcp_worker.execution.audit import Auditor
@@ -252,7 +254,19 @@ class McpWorker:
         await self.control.run()
 
     async def _lifecycle(self) -> None:
-        """Runs while the worker runs: bring up the registry's servers."""
+        """Runs while the worker runs: recall the published catalog, bring up the servers."""
+        try:
+            records = await read_catalog(
+                self.worker.connection,
+                self._settings.catalog_topic,
+                client_id=f"ferryman-mcp-worker-catalog-{self._settings.instance_id}",
+            )
+        except (KafkaError, LookupError) as exc:
+            logger.warning("the catalog topic could not be read back: %s", exc)
+            records = {}
+        for record in records.values():
+            self.catalog.seed(record)
+        self.catalog.recalled.set()
         self._running = True
         await self._after_apply(self.fleet.names(), [])
         await asyncio.Event().wait()

@@ -29,6 +29,8 @@ class McpWorkerSettings(WorkerSettings):
     group_id: str = "ferryman-mcp-worker"
     request_topic: str = DEFAULT_MCP_REQUEST_TOPIC
     default_reply_topic: str = DEFAULT_MCP_REPLY_TOPIC
+    max_in_flight: int = Field(default=2048, ge=1)
+    """Requests in flight per replica (tool calls mostly wait on their servers)."""
     control_topic: str = DEFAULT_MCP_CONTROL_TOPIC
     """Cancels and approvals; every replica reads all of it (no consumer group)."""
     catalog_topic: str = DEFAULT_MCP_CATALOG_TOPIC

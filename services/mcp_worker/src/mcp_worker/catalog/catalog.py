@@ -4,6 +4,7 @@ server's policy says so."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -23,6 +24,10 @@ from mcp_worker.registry import ServerConfig
 logger = logging.getLogger(__name__)
 
 Status = Literal["healthy", "degraded", "unhealthy", "provisioning"]
+
+_UNAPPROVED = "quarantined-before-restart"
+"""Stands for an approved hash this replica never saw (the tool was quarantined when the
+record was published): no definition matches it, so none is taken as a first sight."""
 
 
 @dataclass
@@ -50,6 +55,9 @@ class Catalog:
         self._servers: dict[str, ServerCatalog] = {}
         self._approved: dict[tuple[str, str], list[str]] = {}
         self.access: dict[str, AccessRule] = {}
+        self.recalled = asyncio.Event()
+        """Set once the published catalog was read back (or could not be): discovery waits
+        for it, so a first listing after a restart is compared with what was approved."""
 
     def servers(self) -> list[str]:
         """Registered server names."""
@@ -76,6 +84,18 @@ class Catalog:
         known = self._approved.setdefault((server, tool), [])
         if digest not in known:
             known.append(digest)
+
+    def seed(self, record: CatalogRecord) -> None:
+        """Take a server's last published record as the baseline: its available tools'
+        hashes are approved; a quarantined tool stays quarantined until approved (its new
+        definition is not taken as a first sight)."""
+        for tool in record.entry.tools:
+            known = self._approved.setdefault((record.entry.server, tool.name), [])
+            if tool.state == "available":
+                if tool.definition_hash not in known:
+                    known.append(tool.definition_hash)
+            elif not known:
+                known.append(_UNAPPROVED)
 
     def approve(self, server: str, tool: str, digest: str) -> bool:
         """Approve a definition; return whether it released a quarantined tool."""
@@ -122,6 +142,8 @@ class Catalog:
                 else:
                     approved.append(digest)
                 old_hash = definition_hash(previous) if previous is not None else known[-1]
+                if old_hash == _UNAPPROVED:
+                    old_hash = ""
                 already = current.tools.get(tool.name)
                 if already is None or already.definition_hash != digest:
                     changes.append(

@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 
 from ferryman.codec import encode_binary
-from ferryman.contracts import FerrymanError
+from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.mcp import MCP_CATALOG_UPDATED, ToolChanged
 from ferryman.publisher import KafkaPublisher
 from mcp_worker.catalog.catalog import Catalog, Status
@@ -79,6 +79,12 @@ class Discovery:
         Raises:
             FerrymanError: the server cannot be reached or listed.
         """
+        try:
+            await asyncio.wait_for(self._catalog.recalled.wait(), timeout)
+        except TimeoutError:
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE, "the worker is still starting (reading its catalog)"
+            ) from None
         lock = self._locks.setdefault(server, asyncio.Lock())
         async with lock:
             supervisor = self._fleet.get(server)
