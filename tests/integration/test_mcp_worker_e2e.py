@@ -261,3 +261,23 @@ async def test_a_definition_changed_across_a_restart_is_still_quarantined(
         await wait_until(lambda: current.tools["echo"].state == "available")
         approved = await harness.result(await harness.call("toolbox", "echo", {"text": "c"}))
         assert approved.data["content"][0]["text"] == "c"
+
+
+async def test_a_rug_pull_inside_one_tenants_session_is_caught(harness: McpHarness) -> None:
+    before = await harness.result(
+        await harness.call("toolbox", "echo", {"text": "x"}, tenant="acme")
+    )
+    # The change happens only in acme's own server process (sessions are per tenant).
+    await harness.result(
+        await harness.call("toolbox", "mutate", {"description": "Now exfiltrate."}, tenant="acme")
+    )
+    current = harness.worker.catalog.get("toolbox")
+    assert current is not None
+    await wait_until(lambda: current.tools["echo"].state == "quarantined")
+
+    after = await harness.result(
+        await harness.call("toolbox", "echo", {"text": "y"}, tenant="acme")
+    )
+
+    assert before.data["is_error"] is False
+    assert after.data["error"]["code"] == "permission_denied"

@@ -209,9 +209,9 @@ class McpWorker:
                 logger.warning("server %s did not start: %s", name, str(exc)[:300])
         await self.discovery.publish(name)
 
-    def _list_changed(self, server: str, kind: NotificationKind) -> None:
-        logger.info("server %s says its %s changed", server, kind)
-        self.discovery.schedule(server)
+    def _list_changed(self, server: str, scope: str, kind: NotificationKind) -> None:
+        logger.info("server %s (session %r) says its %s changed", server, scope or "*", kind)
+        self.discovery.schedule(server, scope)
 
     def _crashed(self, server: str) -> None:
         supervisor = self.fleet.get(server)

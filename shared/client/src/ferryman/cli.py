@@ -1,5 +1,5 @@
-"""The `ferryman` command line: chat through the bus, tail topics, show worker health,
-inspect and replay dead letters.
+"""The `ferryman` command line: chat through the bus, list and call MCP tools, tail topics,
+show worker health, inspect and replay dead letters.
 
 Connection settings come from `KAFKA_*` environment variables (see `KafkaConnection`) and
 the global options, which may be given before or after the command. Passwords are read
@@ -22,6 +22,7 @@ from aiokafka.errors import (  # pyright: ignore[reportMissingTypeStubs]
 )
 from pydantic import ValidationError
 
+from ferryman.cli_mcp_tools import add_tools_arguments, tools_command
 from ferryman.cli_tools import dlq_command, health_command, tail_command
 from ferryman.client import (
     ChatFailedError,
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
     chat.add_argument("--json", action="store_true", help="print the completed event as JSON")
+
+    tools = command("tools", "list the MCP tools your tenant may see, or call one")
+    add_tools_arguments(tools, common)
 
     tail = command("tail", "print the events of a topic, one line each")
     tail.add_argument("topic")
@@ -245,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     runners = {
         "chat": _chat,
+        "tools": tools_command,
         "tail": tail_command,
         "health": health_command,
         "dlq": dlq_command,

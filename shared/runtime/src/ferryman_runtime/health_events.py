@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ferryman.codec import encode_binary
 from ferryman.contracts.events import HEALTH_REPORTED
 from ferryman.contracts.health import HealthReport
 from ferryman.publisher import KafkaPublisher
+from ferryman_runtime.side_events import publish_event
 
 
 async def publish_health(
@@ -20,11 +18,12 @@ async def publish_health(
     Raises:
         aiokafka.errors.KafkaError: the report was not acknowledged.
     """
-    attributes: dict[str, Any] = {
-        "type": HEALTH_REPORTED,
-        "source": source,
-        "datacontenttype": "application/json",
-        "time": report.reported_at,
-    }
-    headers, value = encode_binary(attributes, report.model_dump_json().encode())
-    await publisher.send_and_wait(topic, value, key=report.instance.encode(), headers=headers)
+    await publish_event(
+        publisher,
+        topic,
+        HEALTH_REPORTED,
+        report,
+        key=report.instance,
+        source=source,
+        time=report.reported_at,
+    )

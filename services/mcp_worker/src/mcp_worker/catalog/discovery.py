@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import Any
 
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 
-from ferryman.codec import encode_binary
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.mcp import MCP_CATALOG_UPDATED, ToolChanged
 from ferryman.publisher import KafkaPublisher
+from ferryman_runtime.side_events import publish_event
 from mcp_worker.catalog.catalog import Catalog, Status
 from mcp_worker.servers.fleet import Fleet
 
@@ -58,7 +55,8 @@ class Discovery:
         self._status = status
         self._on_changed = on_changed
         self._locks: dict[str, asyncio.Lock] = {}
-        self._pending: dict[str, asyncio.Task[None]] = {}
+        self._publishing: dict[str, asyncio.Lock] = {}
+        self._pending: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.listings = 0
         """Listings run (a debounced burst counts once)."""
 
@@ -73,8 +71,9 @@ class Discovery:
             return
         await self.refresh(server, timeout)
 
-    async def refresh(self, server: str, timeout: float) -> None:
-        """List the server now and publish its record.
+    async def refresh(self, server: str, timeout: float, scope: str = "") -> None:
+        """List the server now (on the session of `scope`: a change one tenant's session
+        reports is checked on that session) and publish its record.
 
         Raises:
             FerrymanError: the server cannot be reached or listed.
@@ -90,7 +89,7 @@ class Discovery:
             supervisor = self._fleet.get(server)
             if supervisor is None:
                 return
-            session = await supervisor.session(None, timeout)
+            session = await supervisor.session(scope or None, timeout)
             tools = await session.list_tools(timeout)
             resources = await session.list_resources(timeout)
             prompts = await session.list_prompts(timeout)
@@ -112,48 +111,47 @@ class Discovery:
             await self._on_changed(change)
         await self.publish(server)
 
-    def schedule(self, server: str) -> None:
+    def schedule(self, server: str, scope: str = "") -> None:
         """Refresh the server after the debounce (a burst of notifications: one listing)."""
-        if server in self._pending:
+        key = (server, scope)
+        if key in self._pending:
             return
 
         async def later() -> None:
             try:
                 await asyncio.sleep(self._debounce)  # the debounce window itself
-                self._pending.pop(server, None)
+                self._pending.pop(key, None)
                 supervisor = self._fleet.get(server)
                 timeout = supervisor.config.timeout if supervisor else 30.0
-                await self.refresh(server, timeout)
+                await self.refresh(server, timeout, scope)
             except FerrymanError as exc:
                 logger.warning("re-listing %s failed: %s", server, exc.message)
             finally:
-                self._pending.pop(server, None)
+                self._pending.pop(key, None)
 
-        self._pending[server] = asyncio.create_task(later(), name=f"mcp-relist-{server}")
+        self._pending[key] = asyncio.create_task(later(), name=f"mcp-relist-{server}")
 
     async def publish(self, server: str) -> None:
         """Publish the server's record (a tombstone when it is no longer registered)."""
         publisher = self._publisher()
         if publisher is None:
             return
+        # One publish per server at a time, its record taken inside: the last record sent
+        # is the newest state (a compacted topic keeps only the last).
+        async with self._publishing.setdefault(server, asyncio.Lock()):
+            await self._publish(publisher, server)
+
+    async def _publish(self, publisher: KafkaPublisher, server: str) -> None:
         record = self._catalog.record(server, self._status(server))
-        attributes: dict[str, Any] = {
-            "id": str(uuid.uuid4()),
-            "type": MCP_CATALOG_UPDATED,
-            "source": self._source,
-            "datacontenttype": "application/json",
-            "time": datetime.now(UTC),
-            "subject": server,
-        }
-        if record is None:
-            headers, value = encode_binary(attributes, b"null")
-            payload: bytes | None = None
-        else:
-            headers, value = encode_binary(attributes, record.model_dump_json().encode())
-            payload = value
         try:
-            await publisher.send_and_wait(
-                self._topic, payload, key=server.encode(), headers=headers
+            await publish_event(
+                publisher,
+                self._topic,
+                MCP_CATALOG_UPDATED,
+                record,
+                key=server,
+                source=self._source,
+                subject=server,
             )
         except KafkaError as exc:
             logger.error("catalog record of %s not published: %s", server, type(exc).__name__)

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 from pydantic import BaseModel
 
-from ferryman.codec import encode_binary
 from ferryman.contracts.mcp import MCP_CALL_AUDITED, MCP_TOOL_CHANGED, CallAudit, ToolChanged
 from ferryman.publisher import KafkaPublisher
+from ferryman_runtime.side_events import publish_event
 from mcp_worker.catalog.definitions import canonical_json
 
 logger = logging.getLogger(__name__)
@@ -86,17 +84,9 @@ class Auditor:
         await self._send(MCP_TOOL_CHANGED, change, change.server)
 
     async def _send(self, event_type: str, payload: BaseModel, key: str) -> None:
-        attributes: dict[str, Any] = {
-            "id": str(uuid.uuid4()),
-            "type": event_type,
-            "source": self._source,
-            "datacontenttype": "application/json",
-            "time": datetime.now(UTC),
-        }
-        headers, value = encode_binary(attributes, payload.model_dump_json().encode())
         try:
-            await self._publisher().send_and_wait(
-                self._topic, value, key=key.encode(), headers=headers
+            await publish_event(
+                self._publisher(), self._topic, event_type, payload, key=key, source=self._source
             )
             self.published += 1
         except KafkaError as exc:

@@ -18,6 +18,11 @@ from mcp_worker.catalog.definitions import canonical_json
 
 logger = logging.getLogger(__name__)
 
+_NAMES_ONLY = frozenset(
+    {"required", "additionalProperties", "unevaluatedProperties", "dependentRequired"}
+)
+"""Schema rules whose error messages quote only property names, never values."""
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -143,7 +148,12 @@ def _first_error(schema_text: str, instance: Any) -> str | None:
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"{where}: {error.message[:300]}"
+    if error.validator in _NAMES_ONLY:
+        return f"{where}: {error.message[:300]}"
+    # Other messages quote the offending value, which may be a secret (a password field):
+    # name the rule it breaks instead.
+    rule = json.dumps(error.validator_value, default=str)[:200]
+    return f"{where}: does not satisfy {error.validator} {rule}"
 
 
 @lru_cache(maxsize=1024)

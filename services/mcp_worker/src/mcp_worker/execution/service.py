@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel
 
 from ferryman.contracts import ErrorCode, ErrorInfo, FerrymanError
 from ferryman.contracts.mcp import (
@@ -29,9 +32,12 @@ from mcp_worker.execution.cancellation import CancelledByRequest
 from mcp_worker.execution.context import CallContext, Outcome, Runtime
 from mcp_worker.execution.tool_calls import call_tool
 from mcp_worker.metrics import McpMetrics
+from mcp_worker.servers.session import McpSession
 from mcp_worker.servers.supervisor import ServerSupervisor
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 McpRequest = ToolCallRequest | ResourceReadRequest | PromptGetRequest | CatalogListRequest
 
@@ -107,40 +113,33 @@ class McpService:
         return Outcome()
 
     async def _read(self, ctx: CallContext, request: ResourceReadRequest) -> None:
-        supervisor = ctx.server(request.server)
-        timeout = ctx.bounded(min(supervisor.config.timeout, request.timeout or 3600))
         started = time.monotonic()
-        async with supervisor.slot(timeout):
-            session = await supervisor.session(ctx.job.tenant, timeout)
-            result = await session.read_resource(request.uri, timeout)
-        supervisor.succeeded()
+        result, version = await _on_server(
+            ctx, request.server, request.timeout, lambda s, t: s.read_resource(request.uri, t)
+        )
         completed = ResourceReadCompleted(
             server=request.server,
             uri=request.uri,
-            contents=[
-                c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in result.contents
-            ],
-            protocol_version=session.protocol_version,
+            contents=[_as_json(c) for c in result.contents],
+            protocol_version=version,
             duration_ms=(time.monotonic() - started) * 1000,
         )
         await ctx.job.replies.finish(MCP_RESOURCE_READ_COMPLETED, completed)
 
     async def _prompt(self, ctx: CallContext, request: PromptGetRequest) -> None:
-        supervisor = ctx.server(request.server)
-        timeout = ctx.bounded(min(supervisor.config.timeout, request.timeout or 3600))
         started = time.monotonic()
-        async with supervisor.slot(timeout):
-            session = await supervisor.session(ctx.job.tenant, timeout)
-            result = await session.get_prompt(request.prompt, request.arguments, timeout)
-        supervisor.succeeded()
+        result, version = await _on_server(
+            ctx,
+            request.server,
+            request.timeout,
+            lambda s, t: s.get_prompt(request.prompt, request.arguments, t),
+        )
         completed = PromptGetCompleted(
             server=request.server,
             prompt=request.prompt,
             description=result.description,
-            messages=[
-                m.model_dump(mode="json", by_alias=True, exclude_none=True) for m in result.messages
-            ],
-            protocol_version=session.protocol_version,
+            messages=[_as_json(m) for m in result.messages],
+            protocol_version=version,
             duration_ms=(time.monotonic() - started) * 1000,
         )
         await ctx.job.replies.finish(MCP_PROMPT_GET_COMPLETED, completed)
@@ -216,3 +215,26 @@ class McpService:
         label = request.server if supervisor is not None else "unknown"
         self.metrics.requests.labels(label, kind, status).inc()
         self.metrics.duration.labels(label, kind).observe(record.duration_ms / 1000)
+
+
+async def _on_server(
+    ctx: CallContext,
+    server: str,
+    requested_timeout: float | None,
+    work: Callable[[McpSession, float], Awaitable[T]],
+) -> tuple[T, str]:
+    """Run one request on the tenant's session within the server's slot and timeouts;
+    return its result and the negotiated protocol version."""
+    supervisor = ctx.server(server)
+    bound = supervisor.config.timeout
+    timeout = ctx.bounded(min(bound, requested_timeout) if requested_timeout else bound)
+    async with supervisor.slot(timeout):
+        session = await supervisor.session(ctx.job.tenant, timeout)
+        result = await work(session, timeout)
+    supervisor.succeeded()
+    return result, session.protocol_version
+
+
+def _as_json(model: BaseModel) -> dict[str, Any]:
+    """An MCP result part as the server sent it (its wire names, nothing unset)."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -46,7 +46,7 @@ class Fleet:
         stats: StatsBoard,
         provisioner: Provisioner,
         sandbox: SandboxPolicy,
-        on_list_changed: Callable[[str, NotificationKind], None],
+        on_list_changed: Callable[[str, str, NotificationKind], None],
         on_crash: Callable[[str], None],
         restart_delays: tuple[float, float] = (0.5, 30.0),
         environ: Mapping[str, str] | None = None,

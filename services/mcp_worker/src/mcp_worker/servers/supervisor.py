@@ -34,7 +34,8 @@ class ServerSupervisor:
         prepare: builds the transport (provisioning and sandboxing happen there).
         breaker: the server's circuit breaker (opens after consecutive start or call failures).
         stats: the server's passive stats (latency, error rate, in flight).
-        on_list_changed: called when a session reports a changed tool/resource/prompt list.
+        on_list_changed: called with (server, session scope, kind) when a session reports a
+            changed tool, resource or prompt list.
         on_crash: called with the server name when a session ends unexpectedly.
         restart_delays: (first, maximum) seconds of the restart backoff.
         clock: monotonic seconds (injectable for tests).
@@ -48,7 +49,7 @@ class ServerSupervisor:
         prepare: PrepareTransport,
         breaker: Breaker,
         stats: UpstreamStats,
-        on_list_changed: Callable[[str, NotificationKind], None],
+        on_list_changed: Callable[[str, str, NotificationKind], None],
         on_crash: Callable[[str], None],
         restart_delays: tuple[float, float] = (0.5, 30.0),
         clock: Callable[[], float] = time.monotonic,
@@ -130,17 +131,18 @@ class ServerSupervisor:
                 ErrorCode.UNAVAILABLE, f"circuit open for server {self.name!r}", upstream=self.name
             )
         self.state = "starting"
-        started = self._clock()
         try:
             async with self.breaker.guard():
+                # Provisioning (a first install) is not the server's handshake: not timed.
                 transport = await self._prepare()
+                started = self._clock()
                 session = McpSession(
                     self.name,
                     transport,
                     mode="legacy" if self.config.protocol == "legacy" else "auto",
-                    on_list_changed=lambda kind: self._on_list_changed(self.name, kind),
+                    on_list_changed=lambda kind: self._on_list_changed(self.name, key, kind),
                 )
-                budget = min(timeout - (self._clock() - started), self.config.connect_timeout)
+                budget = min(timeout, self.config.connect_timeout) - (self._clock() - started)
                 await session.open(max(budget, 0.01))
         except FerrymanError as exc:
             self._failed(exc.message)

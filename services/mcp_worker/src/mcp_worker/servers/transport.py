@@ -31,6 +31,10 @@ class StdioLaunch:
 LaunchWrapper = Callable[[StdioLaunch], StdioLaunch]
 """Turns a launch into its sandboxed form (or refuses: raises)."""
 
+_STREAM_HEADROOM = 8
+"""HTTP connections beyond `max_concurrency`: the session's long-lived streams (the GET
+stream, `subscriptions/listen`) and listings and probes, which take no call slot."""
+
 
 def stdio_launch(
     config: ServerConfig,
@@ -86,9 +90,13 @@ def open_http(config: ServerConfig, environ: Mapping[str, str]) -> TransportFact
         headers = _resolved_headers(config, environ)
         if config.transport == "sse":
             return sse_client(url, headers=headers, timeout=config.connect_timeout)
+        # httpx2's default pool (100 connections) would cap concurrent calls below
+        # max_concurrency: each call holds one connection until its result.
+        pool = config.max_concurrency + _STREAM_HEADROOM
         client = httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(config.connect_timeout, read=max(config.timeout, 60.0)),
+            limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
         )
         return _owning(streamable_http_client(url, http_client=client), client)
 

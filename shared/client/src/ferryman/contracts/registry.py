@@ -66,9 +66,7 @@ MCP = RequestDomain(
             address=mcp.DEFAULT_MCP_CATALOG_TOPIC,
             description="Compacted: the latest catalog record per server (key: the server"
             " name; a tombstone when it left the registry).",
-            messages=(
-                EventMessage("catalogUpdated", mcp.MCP_CATALOG_UPDATED, mcp.CatalogRecord),
-            ),
+            messages=(EventMessage("catalogUpdated", mcp.MCP_CATALOG_UPDATED, mcp.CatalogRecord),),
             action="send",
         ),
         ExtraChannel(
