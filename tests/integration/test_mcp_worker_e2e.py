@@ -17,7 +17,7 @@ from ferryman.contracts.mcp import (
     MCP_RESOURCE_READ_REQUESTED,
 )
 from tests.integration.mcp_harness import McpHarness, running_mcp_worker
-from tests.mcp_servers import toolbox_stdio
+from tests.mcp_servers import http_toolbox, toolbox_stdio
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -281,3 +281,103 @@ async def test_a_rug_pull_inside_one_tenants_session_is_caught(harness: McpHarne
 
     assert before.data["is_error"] is False
     assert after.data["error"]["code"] == "permission_denied"
+
+
+async def test_a_legacy_sse_server_streams_progress_and_completes(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    async with http_toolbox("sse") as url:
+        registry = write_registry(tmp_path / "servers.json", {"old": {"type": "sse", "url": url}})
+        async with running_mcp_worker(kafka_bootstrap, unique, registry) as harness:
+            replies = await harness.replies(
+                await harness.call("old", "slow", {"seconds": 0.3, "steps": 2})
+            )
+
+    assert [r.type for r in replies].count("ferryman.mcp.progress") == 2
+    assert replies[-1].data["content"] == [{"type": "text", "text": "done"}]
+    assert replies[-1].data["protocol_version"] in ("2026-07-28", "2025-11-25")
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("warn", "completed"), ("strict", "failed")])
+async def test_output_schema_validation_follows_the_servers_policy(
+    kafka_bootstrap: str, unique: str, tmp_path: Path, policy: str, expected: str
+) -> None:
+    entry = toolbox_entry(output_validation=policy)
+    registry = write_registry(tmp_path / "servers.json", {"toolbox": entry})
+    async with running_mcp_worker(kafka_bootstrap, unique, registry) as harness:
+        reply = await harness.result(await harness.call("toolbox", "bad_structured"))
+
+    if expected == "completed":
+        assert reply.type == "ferryman.mcp.tool.call.completed"
+    else:
+        assert reply.type == "ferryman.mcp.failed"
+        assert "outputSchema" in reply.data["error"]["message"]
+
+
+async def test_arguments_too_large_or_too_deep_are_refused_before_the_call(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    registry = write_registry(tmp_path / "servers.json", {"toolbox": toolbox_entry()})
+    async with running_mcp_worker(
+        kafka_bootstrap, unique, registry, max_argument_bytes=1000, max_argument_depth=5
+    ) as harness:
+        large = await harness.result(await harness.call("toolbox", "echo", {"text": "x" * 2000}))
+        nested: dict[str, Any] = {"text": "deep"}
+        for _ in range(8):
+            nested = {"inner": nested}
+        deep = await harness.result(await harness.call("toolbox", "echo", nested))
+
+    assert large.data["error"]["code"] == "too_large"
+    assert deep.data["error"]["code"] == "invalid_request"
+    assert "nest" in deep.data["error"]["message"]
+
+
+async def test_the_concurrency_limit_applies_backpressure(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    registry = write_registry(
+        tmp_path / "servers.json", {"toolbox": toolbox_entry(max_concurrency=1)}
+    )
+    async with running_mcp_worker(kafka_bootstrap, unique, registry) as harness:
+        holding = await harness.call("toolbox", "slow", {"seconds": 5, "steps": 5})
+        await harness.topic(
+            harness.settings.default_reply_topic,
+            until=lambda records: any(
+                dict(r.headers).get("ce_type") == b"ferryman.mcp.progress" for r in records
+            ),
+        )
+        waiting = await harness.result(
+            await harness.call("toolbox", "echo", {"text": "x"}, timeout=0.5)
+        )
+        held = await harness.result(holding)
+
+    assert waiting.data["error"]["code"] == "timeout"
+    assert "concurrency limit" in waiting.data["error"]["message"]
+    assert held.data["content"] == [{"type": "text", "text": "done"}]
+
+
+async def test_server_health_is_reported_on_the_health_topic(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    registry = write_registry(tmp_path / "servers.json", {"toolbox": toolbox_entry()})
+    async with running_mcp_worker(
+        kafka_bootstrap, unique, registry, health_report_interval=0.2
+    ) as harness:
+        await harness.result(await harness.call("toolbox", "echo", {"text": "x"}))
+
+        def reported(records: list[Any]) -> bool:
+            for record in records:
+                report = json.loads(record.value)
+                for upstream in report["upstreams"]:
+                    if upstream["name"] == "toolbox" and upstream["recent_calls"] >= 1:
+                        return True
+            return False
+
+        records = await harness.topic(harness.settings.health_topic, until=reported)
+
+    report = json.loads(records[-1].value)
+    [toolbox] = [u for u in report["upstreams"] if u["name"] == "toolbox"]
+    assert toolbox["kind"] == "mcp"
+    assert toolbox["labels"]["transport"] == "stdio"
+    assert toolbox["labels"]["protocol_version"] in ("2026-07-28", "2025-11-25")
+    assert report["service"] == "mcp_worker"
