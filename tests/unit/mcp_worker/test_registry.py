@@ -120,3 +120,14 @@ def test_a_registry_written_back_keeps_references_and_reads_the_same() -> None:
 
     assert again == registry
     assert "file:/run/secrets/search" in dumps_registry(registry)
+
+
+def test_the_documented_example_registry_parses_and_yaml_off_means_off() -> None:
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[3] / "docs" / "examples" / "mcp-servers.yaml"
+    registry = parse_registry(example.read_bytes())
+
+    assert registry.servers["time"].cache.mode == "off"
+    assert registry.servers["everything"].package is not None
+    assert registry.access["*"].deny == ["everything/toggle-*"]

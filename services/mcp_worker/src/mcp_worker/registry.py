@@ -37,6 +37,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -103,6 +104,14 @@ class CachePolicy(_Strict):
 
     mode: Literal["off", "auto", "on"] = "auto"
     ttl: float = Field(default=300.0, gt=0)
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` / `on` as a boolean.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
 
 
 class Package(_Strict):
