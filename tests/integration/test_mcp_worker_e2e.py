@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ferryman.cli import main as ferryman
 from ferryman.contracts.mcp import (
     MCP_CATALOG_LIST_REQUESTED,
     MCP_PROMPT_GET_REQUESTED,
@@ -381,3 +382,33 @@ async def test_server_health_is_reported_on_the_health_topic(
     assert toolbox["labels"]["transport"] == "stdio"
     assert toolbox["labels"]["protocol_version"] in ("2026-07-28", "2025-11-25")
     assert report["service"] == "mcp_worker"
+
+
+async def test_the_cli_lists_and_calls_through_the_real_worker(
+    harness: McpHarness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = harness.settings
+    common = [
+        "-b",
+        harness.bootstrap,
+        "--request-topic",
+        s.request_topic,
+        "--reply-topic",
+        s.default_reply_topic,
+    ]
+
+    listed = await asyncio.to_thread(ferryman, ["tools", "list", *common])
+    listing = capsys.readouterr().out
+    called = await asyncio.to_thread(
+        ferryman,
+        ["tools", "call", "toolbox", "add", "--args", '{"a": 40, "b": 2}', "--json", *common],
+    )
+    captured = capsys.readouterr()
+    assert called == 0, captured.err
+    result = json.loads(captured.out)
+
+    assert listed == 0
+    assert "toolbox" in listing
+    assert "add" in listing
+    assert called == 0
+    assert result["structured_content"] == {"result": 42}

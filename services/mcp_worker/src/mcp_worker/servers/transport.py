@@ -67,7 +67,9 @@ def open_stdio(launch: StdioLaunch) -> TransportFactory:
         params = StdioServerParameters(
             command=launch.command, args=launch.args, env=launch.env or None, cwd=launch.cwd
         )
-        return stdio_client(params, errlog=sys.stderr)
+        # The server's stderr goes to the worker's own (the process's, even when a caller
+        # replaced `sys.stderr` with something that has no file descriptor).
+        return stdio_client(params, errlog=sys.__stderr__ or sys.stderr)
 
     return factory
 
