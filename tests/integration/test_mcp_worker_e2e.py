@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -412,3 +413,18 @@ async def test_the_cli_lists_and_calls_through_the_real_worker(
     assert "add" in listing
     assert called == 0
     assert result["structured_content"] == {"result": 42}
+
+
+async def test_a_server_that_dies_at_start_says_why_from_its_stderr(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    script = "import sys; sys.stderr.write('fatal: the config file is missing\\n'); sys.exit(3)"
+    entry = {"command": sys.executable, "args": ["-c", script], "sandbox": "none"}
+    registry = write_registry(tmp_path / "servers.json", {"broken": entry})
+    async with running_mcp_worker(kafka_bootstrap, unique, registry) as harness:
+        reply = await harness.result(await harness.call("broken", "anything"))
+        health = harness.worker.worker.health()["servers"]["broken"]
+
+    assert reply.data["error"]["code"] == "unavailable"
+    assert "the config file is missing" in reply.data["error"]["message"]
+    assert "the config file is missing" in (health["last_error"] or "")

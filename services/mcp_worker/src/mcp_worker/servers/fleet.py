@@ -17,7 +17,7 @@ from ferryman_runtime.upstreams.stats import StatsBoard
 from mcp_worker.registry import Registry, RegistryError, ServerConfig
 from mcp_worker.servers.provisioning import Provisioner, ProvisioningError
 from mcp_worker.servers.sandbox_launch import SandboxPolicy
-from mcp_worker.servers.session import NotificationKind, TransportFactory
+from mcp_worker.servers.session import Connector, NotificationKind
 from mcp_worker.servers.supervisor import ServerSupervisor
 from mcp_worker.servers.transport import transport_for
 
@@ -166,12 +166,12 @@ class Fleet:
             supervisor.state = "idle"
         return server.command
 
-    async def _prepare(self, name: str, config: ServerConfig) -> TransportFactory:
+    async def _prepare(self, name: str, config: ServerConfig) -> Connector:
         command = await self._provisioned_command(name, config)
         extra_roots = [self._provisioned[name][1]] if name in self._provisioned else []
         wrap = await self._sandbox.wrapper(name, config, extra_roots)
         try:
-            return transport_for(config, environ=self._environ, command=command, wrap=wrap)
+            return transport_for(name, config, environ=self._environ, command=command, wrap=wrap)
         except RegistryError as exc:
             raise FerrymanError(
                 ErrorCode.AUTH, f"server {name!r}: {exc}", retryable=False, upstream=name

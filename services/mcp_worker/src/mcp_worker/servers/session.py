@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -34,6 +35,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from mcp_worker.servers.errors import map_mcp_error
+from mcp_worker.servers.stderr_log import StderrTail
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,15 @@ T = TypeVar("T")
 Streams = tuple[Any, Any]
 TransportFactory = Callable[[], AbstractAsyncContextManager[Streams]]
 """Opens a transport (`stdio_client(...)`, `streamable_http_client(...)`, `sse_client(...)`)."""
+
+
+@dataclass(frozen=True)
+class Connector:
+    """How to open a server's transport, and (stdio) where its stderr is collected."""
+
+    open: TransportFactory
+    stderr: StderrTail | None = None
+
 
 NotificationKind = Literal["tools", "resources", "prompts"]
 
@@ -62,7 +73,7 @@ class McpSession:
 
     Args:
         server: the server's registry name (errors and logs).
-        transport: opens the transport.
+        connector: opens the transport (and collects a stdio server's stderr).
         mode: `auto` negotiates the newest revision both speak; `legacy` the handshake.
         on_list_changed: called with `tools`, `resources` or `prompts` when the server says
             that list changed.
@@ -71,13 +82,14 @@ class McpSession:
     def __init__(
         self,
         server: str,
-        transport: TransportFactory,
+        connector: Connector,
         *,
         mode: Literal["auto", "legacy"] = "auto",
         on_list_changed: Callable[[NotificationKind], None] | None = None,
     ) -> None:
         self.server = server
-        self._transport = transport
+        self._transport = connector.open
+        self._stderr = connector.stderr
         self._mode = mode
         self._on_list_changed = on_list_changed
         self._session: ClientSession | None = None
@@ -103,6 +115,12 @@ class McpSession:
     def capabilities(self) -> types.ServerCapabilities | None:
         """What the server offers (tools, resources, prompts)."""
         return self._live().server_capabilities
+
+    def why(self) -> str:
+        """Why the session ended or failed, with the server's last stderr lines."""
+        reason = _reason(self.failure)
+        lines = self._stderr.last()[-3:] if self._stderr is not None else []
+        return f"{reason}; stderr: {' | '.join(lines)}"[:800] if lines else reason
 
     @property
     def alive(self) -> bool:
@@ -135,7 +153,7 @@ class McpSession:
             )
         raise FerrymanError(
             ErrorCode.UNAVAILABLE,
-            f"MCP server {self.server!r} could not be started or reached: {_reason(self.failure)}",
+            f"MCP server {self.server!r} could not be started or reached: {self.why()}",
             upstream=self.server,
         )
 

@@ -16,12 +16,12 @@ from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breaker
 from ferryman_runtime.upstreams.stats import UpstreamStats
 from mcp_worker.registry import ServerConfig
-from mcp_worker.servers.session import McpSession, NotificationKind, TransportFactory
+from mcp_worker.servers.session import Connector, McpSession, NotificationKind
 
 logger = logging.getLogger(__name__)
 
 State = Literal["idle", "provisioning", "starting", "running", "backoff", "failed", "stopped"]
-PrepareTransport = Callable[[], Awaitable[TransportFactory]]
+PrepareTransport = Callable[[], Awaitable[Connector]]
 """Provisions (once) and builds the transport; raises FerrymanError when it cannot."""
 
 
@@ -134,11 +134,11 @@ class ServerSupervisor:
         try:
             async with self.breaker.guard():
                 # Provisioning (a first install) is not the server's handshake: not timed.
-                transport = await self._prepare()
+                connector = await self._prepare()
                 started = self._clock()
                 session = McpSession(
                     self.name,
-                    transport,
+                    connector,
                     mode="legacy" if self.config.protocol == "legacy" else "auto",
                     on_list_changed=lambda kind: self._on_list_changed(self.name, key, kind),
                 )
@@ -168,7 +168,7 @@ class ServerSupervisor:
         if self._stopping or session.failure is None:
             return
         self.restarts += 1
-        self._failed("the server's connection ended (crashed or exited)")
+        self._failed(f"the server's connection ended (crashed or exited): {session.why()}")
         logger.warning(
             "MCP server %s (scope %r) ended; restart %d", self.name, key or "*", self.restarts
         )

@@ -4,7 +4,6 @@ with its credentials resolved from references at connect time (never stored reso
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -15,7 +14,8 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_worker.registry import ServerConfig, resolve
-from mcp_worker.servers.session import TransportFactory
+from mcp_worker.servers.session import Connector, TransportFactory
+from mcp_worker.servers.stderr_log import StderrTail
 
 
 @dataclass(frozen=True)
@@ -59,19 +59,18 @@ def stdio_launch(
     return StdioLaunch(command=executable, args=list(config.args), env=env, cwd=config.cwd)
 
 
-def open_stdio(launch: StdioLaunch) -> TransportFactory:
-    """A transport factory that starts the process on each open (the SDK terminates the whole
-    process tree on close)."""
+def open_stdio(server: str, launch: StdioLaunch) -> Connector:
+    """A connector that starts the process on each open (the SDK terminates the whole process
+    tree on close) and collects its stderr into the worker's log."""
+    tail = StderrTail(server)
 
     def factory():
         params = StdioServerParameters(
             command=launch.command, args=launch.args, env=launch.env or None, cwd=launch.cwd
         )
-        # The server's stderr goes to the worker's own (the process's, even when a caller
-        # replaced `sys.stderr` with something that has no file descriptor).
-        return stdio_client(params, errlog=sys.__stderr__ or sys.stderr)
+        return tail.around(lambda errlog: stdio_client(params, errlog=errlog))  # pyright: ignore[reportUnknownLambdaType]
 
-    return factory
+    return Connector(open=factory, stderr=tail)
 
 
 def open_http(config: ServerConfig, environ: Mapping[str, str]) -> TransportFactory:
@@ -129,15 +128,17 @@ class _owning:
 
 
 def transport_for(
+    server: str,
     config: ServerConfig,
     *,
     environ: Mapping[str, str] | None = None,
     command: str | None = None,
     wrap: LaunchWrapper | None = None,
-) -> TransportFactory:
-    """The transport factory of a server.
+) -> Connector:
+    """How to reach a server.
 
     Args:
+        server: its name.
         config: the registry entry.
         environ: where references resolve (default: the worker's environment).
         command: the provisioned executable of a package server.
@@ -149,8 +150,8 @@ def transport_for(
     """
     env = os.environ if environ is None else environ
     if config.transport != "stdio":
-        return open_http(config, env)
+        return Connector(open=open_http(config, env))
     launch = stdio_launch(config, env, command)
     if wrap is not None:
         launch = wrap(launch)
-    return open_stdio(launch)
+    return open_stdio(server, launch)
