@@ -14,6 +14,7 @@ visible).
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 
@@ -97,19 +98,23 @@ def fork_bomb() -> str:
 
 
 @app.tool(structured_output=False)
-def allocate(mb: int) -> str:
-    """Allocate `mb` MiB in chunks and touch every page."""
-    chunks: list[bytearray] = []
+def allocate(mb: int, shared: bool = False) -> str:
+    """Allocate `mb` MiB in chunks and touch every page (private memory, or shared anonymous
+    mappings, which a data-size limit does not count)."""
+    chunks: list[bytearray | mmap.mmap] = []
     try:
         while len(chunks) * CHUNK_MB < mb:
-            chunk = bytearray(CHUNK_MB << 20)
-            chunk[::4096] = b"\x01" * len(range(0, len(chunk), 4096))
+            chunk = mmap.mmap(-1, CHUNK_MB << 20) if shared else bytearray(CHUNK_MB << 20)
+            chunk[::4096] = b"\x01" * len(range(0, CHUNK_MB << 20, 4096))
             chunks.append(chunk)
-    except MemoryError:
+    except (MemoryError, OSError) as exc:
         got = len(chunks) * CHUNK_MB
+        return f"blocked: {type(exc).__name__} after {got} MiB"
+    finally:
+        for chunk in chunks:
+            if isinstance(chunk, mmap.mmap):
+                chunk.close()
         chunks.clear()
-        return f"blocked: MemoryError after {got} MiB"
-    chunks.clear()
     return f"LEAKED: allocated {mb} MiB"
 
 

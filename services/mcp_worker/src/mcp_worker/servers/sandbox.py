@@ -10,7 +10,8 @@ tmpfs; the network is a private loopback unless the profile allows it; it runs a
 with no capabilities; its environment holds only PATH, HOME, LANG and the allow-listed
 variables.
 
-Two choices differ from the textbook `prlimit … bwrap --clearenv --setenv …` line, on purpose:
+Three choices differ from the textbook `prlimit … bwrap --clearenv --setenv …` line, on
+purpose:
 
 - Environment values never appear on a command line (`/proc/<pid>/cmdline` is world
   readable). The allowed values travel in bwrap's own environment, which the caller passes
@@ -20,6 +21,8 @@ Two choices differ from the textbook `prlimit … bwrap --clearenv --setenv …`
   never enforces RLIMIT_NPROC on host root (a fork bomb under `--nproc=64` made 500
   processes), and the limit set inside counts the sandbox's processes only (in user-namespace
   mode) instead of every process of the worker's uid.
+- Memory is limited by RLIMIT_DATA (`memory_mb`), with RLIMIT_AS only as a higher backstop:
+  see `ADDRESS_SPACE_SLACK_MB`.
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ SYSTEM_PATHS = (
 NETWORK_PATHS = ("/etc/resolv.conf", "/etc/host.conf", "/etc/gai.conf")
 """Read-only for servers allowed the network (name resolution)."""
 PROBE_TIMEOUT = 10.0
+ADDRESS_SPACE_SLACK_MB = 2048
+"""RLIMIT_AS above `memory_mb`: a backstop for shared mappings, which RLIMIT_DATA does not
+count. Not RLIMIT_AS alone: V8 reserves about 1 GiB of address space beyond its heap, and
+Node servers abort at start under `--as=1G` (seen with server-filesystem)."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -112,7 +119,8 @@ class SandboxProfile(BaseModel):
     env: list[EnvName] = Field(default_factory=list[str])
     """Names of the server's configured variables it receives; all others are removed."""
     memory_mb: int = Field(default=1024, ge=64, le=1 << 20)
-    """Address-space limit (RLIMIT_AS), MiB; also the size of its private /tmp."""
+    """Private memory (RLIMIT_DATA: heap, buffers, stacks), MiB; also the size of its private
+    /tmp. The address space (RLIMIT_AS) is capped `ADDRESS_SPACE_SLACK_MB` higher."""
     cpu_seconds: int | None = Field(default=None, ge=1)
     """CPU time over the server's whole life (RLIMIT_CPU); None: unlimited."""
     open_files: int = Field(default=256, ge=16, le=1 << 20)
@@ -219,9 +227,13 @@ def _bind_base_interpreter(venv: str, mounts: _Mounts) -> None:
     for line in config.read_text(encoding="utf-8", errors="replace").splitlines():
         key, _, value = line.partition("=")
         home = Path(value.strip())
-        if key.strip() == "home" and home.is_absolute() and home.name == "bin":
-            if not _under(str(home), {"/usr", "/bin"}) and _installation_root(str(home / "x")):
-                mounts.bind(str(home.parent), str(home.parent))
+        if (
+            key.strip() == "home"
+            and home.is_absolute()
+            and not _under(str(home), {"/usr", "/bin"})
+            and _installation_root(str(home / "python"))
+        ):
+            mounts.bind(str(home.parent), str(home.parent))
 
 
 def _interpreter(script: str, mounts: _Mounts, search_path: str | None, depth: int) -> list[str]:
@@ -287,7 +299,10 @@ def sandboxed(
     executable = _which(command, search_path, cwd)
     if not executable:
         raise SandboxUnavailable(f"command {command!r} not found or not executable")
-    for folder in [*profile.writable, *profile.readable, *([cwd] if cwd else [])]:
+    # Absolute again: a caller may have extended the profile without validation.
+    writable = [os.path.abspath(folder) for folder in profile.writable]
+    readable = [os.path.abspath(folder) for folder in profile.readable]
+    for folder in [*writable, *readable, *([cwd] if cwd else [])]:
         if not os.path.isdir(folder):
             raise SandboxUnavailable(f"folder {folder!r} does not exist")
 
@@ -300,11 +315,11 @@ def sandboxed(
     path_first = _installation(executable, mounts, search_path)
     if not _under(os.path.dirname(executable), {*SAFE_PATH, "/usr"}):
         path_first.insert(0, os.path.dirname(executable))
-    for folder in profile.readable:
+    for folder in readable:
         mounts.bind(folder, folder)
-    if cwd and not _under(os.path.abspath(cwd), set(profile.writable)):
+    if cwd and not _under(os.path.abspath(cwd), set(writable)):
         mounts.bind(cwd, os.path.abspath(cwd))
-    for folder in profile.writable:
+    for folder in writable:
         mounts.bind(folder, folder, writable=True)
 
     sandbox_env = {
@@ -328,7 +343,9 @@ def sandboxed(
         privileges = ["--unshare-user", "--disable-userns", "--uid", str(uid), "--gid", str(uid)]
         privileges += ["--cap-drop", "ALL"]
         drop = []
-    limits = [f"--as={profile.memory_mb << 20}", f"--nofile={profile.open_files}"]
+    limits = [f"--data={profile.memory_mb << 20}"]
+    limits += [f"--as={(profile.memory_mb + ADDRESS_SPACE_SLACK_MB) << 20}"]
+    limits += [f"--nofile={profile.open_files}"]
     limits += [f"--nproc={profile.processes}", "--core=0"]
     limits += [f"--cpu={profile.cpu_seconds}"] if profile.cpu_seconds is not None else []
 
