@@ -91,15 +91,16 @@ def _cell(values: list[Any], check: Check | None) -> tuple[str, str]:
     return text, "PASS" if check(first) else "MISS"
 
 
-def report(results: dict[str, Any]) -> None:
+def report(results: dict[str, Any], table: list[Row] | None = None) -> None:
     """Print the table (with a baseline column when there is one) and `BENCH_JSON {...}`;
-    record each target's PASS/MISS under `targets` (and `baseline.targets`)."""
+    record each target's PASS/MISS under `targets` (and `baseline.targets`). `table`: the
+    rows to print (default: the LLM bench's `rows(results)`)."""
     baseline = results.get("baseline")
     head = f"\n{'metric':<36} {'current':>20} {'':<4}"
     if baseline is not None:
         head += f" {'baseline ' + str(baseline.get('ref', '')):>20} {'':<4}"
     print(f"{head} target")
-    for label, section, keys, target, check in rows(results):
+    for label, section, keys, target, check in rows(results) if table is None else table:
         text, status = _cell(_lookup(results, section, keys), check)
         if status:
             results.setdefault("targets", {})[label] = status

@@ -66,6 +66,21 @@ class ReplyReader:
                         self.terminal += 1
 
 
+async def pin_to_end(consumer: AIOKafkaConsumer, topic: str) -> None:
+    """Assign every partition of `topic` to the started `consumer` (no group) and pin its
+    positions to the end, so it reads exactly what is published from now on."""
+    partitions: set[int] | None = None
+    for _ in range(50):
+        if partitions := consumer.partitions_for_topic(topic):
+            break
+        await consumer._client.force_metadata_update()  # pyright: ignore[reportPrivateUsage]
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions or ())]
+    consumer.assign(assigned)
+    await consumer.seek_to_end(*assigned)
+    for tp in assigned:  # pin the positions before anything is published
+        await consumer.position(tp)
+
+
 class WorkerSession:
     """A started worker plus the bench's Kafka client side; use `async with`."""
 
@@ -112,16 +127,7 @@ class WorkerSession:
         self.process = psutil.Process(worker.proc.pid)
         await self.publisher.start()
         await self.consumer.start()
-        partitions: set[int] | None = None
-        for _ in range(50):
-            if partitions := self.consumer.partitions_for_topic(self.reply_topic):
-                break
-            await self.consumer._client.force_metadata_update()  # pyright: ignore[reportPrivateUsage]
-        assigned = [TopicPartition(self.reply_topic, p) for p in sorted(partitions or ())]
-        self.consumer.assign(assigned)
-        await self.consumer.seek_to_end(*assigned)
-        for tp in assigned:  # pin the positions before anything is published
-            await self.consumer.position(tp)
+        await pin_to_end(self.consumer, self.reply_topic)
         self._reader_task = asyncio.create_task(self.reader.run(self.consumer))
 
     async def __aexit__(self, *_exc: object) -> None:

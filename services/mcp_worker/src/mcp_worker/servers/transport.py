@@ -92,12 +92,18 @@ def open_http(config: ServerConfig, environ: Mapping[str, str]) -> TransportFact
         if config.transport == "sse":
             return sse_client(url, headers=headers, timeout=config.connect_timeout)
         # httpx2's default pool (100 connections) would cap concurrent calls below
-        # max_concurrency: each call holds one connection until its result.
+        # max_concurrency: each call holds one connection until its result. Idle
+        # connections are dropped before common server keep-alive timeouts (uvicorn: 5 s):
+        # reusing one the server is closing fails its POST with ReadError, which the SDK's
+        # streamable HTTP client lets end the whole session (docs/benchmarks.md, MCP).
         pool = config.max_concurrency + _STREAM_HEADROOM
+        limits = httpx2.Limits(
+            max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=2.0
+        )
         client = httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(config.connect_timeout, read=max(config.timeout, 60.0)),
-            limits=httpx2.Limits(max_connections=pool, max_keepalive_connections=pool),
+            limits=limits,
         )
         return _owning(streamable_http_client(url, http_client=client), client)
 
