@@ -428,3 +428,19 @@ async def test_a_server_that_dies_at_start_says_why_from_its_stderr(
     assert reply.data["error"]["code"] == "unavailable"
     assert "the config file is missing" in reply.data["error"]["message"]
     assert "the config file is missing" in (health["last_error"] or "")
+
+
+async def test_an_http_server_that_drops_a_call_fails_it_unavailable_and_recovers(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    # The HTTP toolbox process dies on `crash`: the SDK cancels the waiting caller
+    # (modelcontextprotocol/python-sdk#3522); the worker must still answer `unavailable`.
+    async with http_toolbox("http") as url:
+        registry = write_registry(tmp_path / "servers.json", {"web": {"url": url}})
+        async with running_mcp_worker(kafka_bootstrap, unique, registry) as harness:
+            echoed = await harness.result(await harness.call("web", "echo", {"text": "a"}))
+            crashed = await harness.result(await harness.call("web", "crash"))
+
+    assert echoed.data["content"][0]["text"] == "a"
+    assert crashed.type == "ferryman.mcp.failed"
+    assert crashed.data["error"]["code"] == "unavailable"

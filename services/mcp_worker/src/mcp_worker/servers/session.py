@@ -276,6 +276,12 @@ class McpSession:
                 f"MCP server {self.server!r} closed the connection during the request",
                 upstream=self.server,
             )
+        if work.cancelled():  # the SDK cancels a caller whose HTTP response was dropped
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE,
+                f"MCP server {self.server!r} dropped the request",
+                upstream=self.server,
+            )
         try:
             return work.result()
         except Exception as exc:
