@@ -39,7 +39,7 @@ HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
 POM = HERE / "pom.xml"
 LOG4J = HERE / "log4j2.properties"
-JAVA_OPTS = ["-Xms128m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+JAVA_OPTS = ["-Xms128m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
 SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1

@@ -4,6 +4,7 @@ Nothing secret is written: redaction happens before hashing or recording."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Callable
@@ -14,12 +15,15 @@ from pydantic import BaseModel
 
 from ferryman.contracts.mcp import MCP_CALL_AUDITED, MCP_TOOL_CHANGED, CallAudit, ToolChanged
 from ferryman.publisher import KafkaPublisher
-from ferryman_runtime.side_events import publish_event
+from ferryman_runtime.side_events import enqueue_event, publish_event
 from mcp_worker.catalog.definitions import canonical_json
 
 logger = logging.getLogger(__name__)
 
 REDACTED = "[redacted]"
+
+Audited = asyncio.Future[Any] | None
+"""An enqueued audit record's acknowledgement (None: it could not be enqueued)."""
 
 
 def redact_fields(value: Any, names: frozenset[str]) -> Any:
@@ -75,9 +79,33 @@ class Auditor:
         digest = hashlib.sha256(canonical_json(redacted).encode()).hexdigest()
         return digest, redacted if self._record_arguments else None
 
-    async def call(self, record: CallAudit) -> None:
-        """Publish one call record, keyed by server."""
-        await self._send(MCP_CALL_AUDITED, record, record.server)
+    async def call(self, record: CallAudit) -> Audited:
+        """Enqueue one call record, keyed by server; `settle` waits for its ack."""
+        try:
+            return await enqueue_event(
+                self._publisher(),
+                self._topic,
+                MCP_CALL_AUDITED,
+                record,
+                key=record.server,
+                source=self._source,
+            )
+        except KafkaError as exc:
+            self.failed += 1
+            logger.error("audit record not published: %s", type(exc).__name__)
+            return None
+
+    async def settle(self, audited: Audited) -> None:
+        """Wait for an enqueued record's ack (a failure is counted and logged, not raised:
+        the call itself succeeded)."""
+        if audited is None:
+            return
+        try:
+            await audited
+            self.published += 1
+        except KafkaError as exc:
+            self.failed += 1
+            logger.error("audit record not published: %s", type(exc).__name__)
 
     async def tool_changed(self, change: ToolChanged) -> None:
         """Publish a tool definition change, keyed by server."""

@@ -7,6 +7,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.mcp import ToolEntry, tenant_may_use
 from ferryman_runtime.job import Job
@@ -40,6 +42,16 @@ class Outcome:
     definition_hash: str | None = None
     cached: bool = False
     tool_error: bool = False
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A request's terminal reply, published by the service together with its audit record
+    (one produce request to Kafka for both)."""
+
+    event_type: str
+    payload: BaseModel
+    outcome: Outcome
 
 
 class CallContext:

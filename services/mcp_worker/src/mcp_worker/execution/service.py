@@ -28,8 +28,9 @@ from ferryman.contracts.mcp import (
 )
 from ferryman_runtime.job import Job
 from mcp_worker.catalog.catalog import Status
+from mcp_worker.execution.audit import Audited
 from mcp_worker.execution.cancellation import CancelledByRequest
-from mcp_worker.execution.context import CallContext, Outcome, Runtime
+from mcp_worker.execution.context import Answer, CallContext, Outcome, Runtime
 from mcp_worker.execution.tool_calls import call_tool
 from mcp_worker.metrics import McpMetrics
 from mcp_worker.servers.session import McpSession
@@ -79,13 +80,13 @@ class McpService:
             await self._catalog(ctx, request)
             return
         started = time.monotonic()
-        outcome = Outcome()
+        answer: Answer | None = None
         error: ErrorInfo | None = None
         status: Literal["completed", "tool_error", "failed", "denied", "cancelled"]
         key = (job.event.source, job.event.id)
         try:
-            outcome = await self.runtime.board.run(key, self._run(ctx, request))
-            status = "tool_error" if outcome.tool_error else "completed"
+            answer = await self.runtime.board.run(key, self._run(ctx, request))
+            status = "tool_error" if answer.outcome.tool_error else "completed"
         except CancelledByRequest as exc:
             error = ErrorInfo(
                 code=ErrorCode.CANCELLED,
@@ -97,22 +98,25 @@ class McpService:
             error = exc.to_info()
             denied = exc.code in (ErrorCode.NOT_FOUND, ErrorCode.PERMISSION_DENIED)
             status = "denied" if denied else "failed"
-        if error is not None:
+        outcome = answer.outcome if answer is not None else Outcome()
+        # The audit record is enqueued first, so it travels in the reply's produce request.
+        audited = await self._audit(ctx, request, status, error, outcome, started)
+        if answer is not None:
+            await job.replies.finish(answer.event_type, answer.payload)
+        elif error is not None:
             await job.replies.fail(error)
-        await self._audit(ctx, request, status, error, outcome, started)
+        await self.runtime.auditor.settle(audited)
 
     async def _run(
         self, ctx: CallContext, request: ToolCallRequest | ResourceReadRequest | PromptGetRequest
-    ) -> Outcome:
+    ) -> Answer:
         if isinstance(request, ToolCallRequest):
             return await call_tool(ctx, request)
         if isinstance(request, ResourceReadRequest):
-            await self._read(ctx, request)
-        else:
-            await self._prompt(ctx, request)
-        return Outcome()
+            return await self._read(ctx, request)
+        return await self._prompt(ctx, request)
 
-    async def _read(self, ctx: CallContext, request: ResourceReadRequest) -> None:
+    async def _read(self, ctx: CallContext, request: ResourceReadRequest) -> Answer:
         started = time.monotonic()
         result, version = await _on_server(
             ctx, request.server, request.timeout, lambda s, t: s.read_resource(request.uri, t)
@@ -124,9 +128,9 @@ class McpService:
             protocol_version=version,
             duration_ms=(time.monotonic() - started) * 1000,
         )
-        await ctx.job.replies.finish(MCP_RESOURCE_READ_COMPLETED, completed)
+        return Answer(MCP_RESOURCE_READ_COMPLETED, completed, Outcome())
 
-    async def _prompt(self, ctx: CallContext, request: PromptGetRequest) -> None:
+    async def _prompt(self, ctx: CallContext, request: PromptGetRequest) -> Answer:
         started = time.monotonic()
         result, version = await _on_server(
             ctx,
@@ -142,7 +146,7 @@ class McpService:
             protocol_version=version,
             duration_ms=(time.monotonic() - started) * 1000,
         )
-        await ctx.job.replies.finish(MCP_PROMPT_GET_COMPLETED, completed)
+        return Answer(MCP_PROMPT_GET_COMPLETED, completed, Outcome())
 
     async def _catalog(self, ctx: CallContext, request: CatalogListRequest) -> None:
         names = [
@@ -184,7 +188,7 @@ class McpService:
         error: ErrorInfo | None,
         outcome: Outcome,
         started: float,
-    ) -> None:
+    ) -> Audited:
         arguments: dict[str, Any] | None
         if isinstance(request, ToolCallRequest):
             kind, target, arguments = "tool", request.tool, request.arguments
@@ -211,10 +215,10 @@ class McpService:
             definition_hash=outcome.definition_hash,
             duration_ms=(time.monotonic() - started) * 1000,
         )
-        await self.runtime.auditor.call(record)
         label = request.server if supervisor is not None else "unknown"
         self.metrics.requests.labels(label, kind, status).inc()
         self.metrics.duration.labels(label, kind).observe(record.duration_ms / 1000)
+        return await self.runtime.auditor.call(record)
 
 
 async def _on_server(

@@ -24,7 +24,7 @@ from ferryman.contracts.mcp import (
 )
 from mcp_worker.catalog.definitions import may_cache, may_retry
 from mcp_worker.execution.cache import cache_key
-from mcp_worker.execution.context import CallContext, Outcome
+from mcp_worker.execution.context import Answer, CallContext, Outcome
 from mcp_worker.execution.limits import bound_output, check_arguments, check_structured
 from mcp_worker.servers.supervisor import ServerSupervisor
 
@@ -49,12 +49,12 @@ class _Progress:
         await self.ctx.job.replies.emit(MCP_PROGRESS, event)
 
 
-async def call_tool(ctx: CallContext, request: ToolCallRequest) -> Outcome:
-    """Run the tool call of `ctx` to its terminal reply; return its outcome for the audit.
+async def call_tool(ctx: CallContext, request: ToolCallRequest) -> Answer:
+    """Run the tool call of `ctx` (publishing its progress); return its terminal reply.
 
     Raises:
         FerrymanError: the call failed (the caller publishes `failed`).
-        aiokafka.errors.KafkaError: a reply was not acknowledged.
+        aiokafka.errors.KafkaError: a progress event was not accepted.
     """
     supervisor, entry = await ctx.resolve_tool(request.server, request.tool)
     outcome = Outcome(definition_hash=entry.definition_hash)
@@ -66,12 +66,10 @@ async def call_tool(ctx: CallContext, request: ToolCallRequest) -> Outcome:
     if cacheable and request.use_cache:
         hit = ctx.runtime.cache.get(key)
         if hit is not None:
-            await ctx.job.replies.finish(
-                MCP_TOOL_CALL_COMPLETED, hit.model_copy(update={"cached": True, "duration_ms": 0.0})
-            )
             outcome.cached = True
             outcome.tool_error = hit.is_error
-            return outcome
+            answer = hit.model_copy(update={"cached": True, "duration_ms": 0.0})
+            return Answer(MCP_TOOL_CALL_COMPLETED, answer, outcome)
     bounds = [config.timeout, config.tool_timeouts.get(request.tool, config.timeout)]
     if request.timeout is not None:
         bounds.append(request.timeout)
@@ -100,11 +98,10 @@ async def call_tool(ctx: CallContext, request: ToolCallRequest) -> Outcome:
         duration_ms=duration_ms,
         truncated=truncated,
     )
-    await ctx.job.replies.finish(MCP_TOOL_CALL_COMPLETED, completed)
     if cacheable:
         ctx.runtime.cache.put(key, completed, config.cache.ttl)
     outcome.tool_error = completed.is_error
-    return outcome
+    return Answer(MCP_TOOL_CALL_COMPLETED, completed, outcome)
 
 
 async def _with_retries(
