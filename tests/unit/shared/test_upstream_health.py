@@ -311,10 +311,13 @@ async def test_publish_health_sends_a_binary_cloudevent_keyed_by_instance_and_wa
     sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
 
     class RecordingPublisher:
-        async def send_and_wait(
+        async def send(
             self, topic: str, value: bytes | None, *, key: bytes | None, headers: Any = ()
-        ) -> None:
+        ) -> asyncio.Future[None]:
             sent.append((topic, key, value, list(headers)))
+            acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            acked.set_result(None)
+            return acked
 
     monitor, _ = _monitor(_refs(ListingModel(), "a"))
     report = monitor.report()
