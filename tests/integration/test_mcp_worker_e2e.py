@@ -444,3 +444,59 @@ async def test_an_http_server_that_drops_a_call_fails_it_unavailable_and_recover
     assert echoed.data["content"][0]["text"] == "a"
     assert crashed.type == "ferryman.mcp.failed"
     assert crashed.data["error"]["code"] == "unavailable"
+
+
+async def test_a_server_printing_its_credential_never_leaks_it(
+    kafka_bootstrap: str, unique: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = "s3cr3t-value-4f9a1c"
+    script = (
+        "import os, sys; sys.stderr.write('auth failed for ' + os.environ['API_TOKEN'] + '\\n');"
+        " sys.exit(3)"
+    )
+    entry = {
+        "command": sys.executable,
+        "args": ["-c", script],
+        "env": {"API_TOKEN": "env:LEAKY_TOKEN"},
+        "sandbox": "none",
+    }
+    registry = write_registry(tmp_path / "servers.json", {"leaky": entry})
+    caplog.set_level("DEBUG")
+    async with running_mcp_worker(
+        kafka_bootstrap, unique, registry, environ={"LEAKY_TOKEN": secret}
+    ) as harness:
+        reply = await harness.result(await harness.call("leaky", "anything"))
+        health = json.dumps(harness.worker.worker.health())
+
+    assert "auth failed for" in reply.data["error"]["message"]
+    assert secret not in json.dumps(reply.data)
+    assert secret not in health
+    assert secret not in caplog.text
+
+
+async def test_resources_and_prompts_follow_the_tenants_access_rules(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    registry = write_registry(
+        tmp_path / "servers.json",
+        {"toolbox": toolbox_entry()},
+        access={"tools-only": {"allow": ["toolbox/echo"]}},
+    )
+    async with running_mcp_worker(kafka_bootstrap, unique, registry) as harness:
+        read = {"server": "toolbox", "uri": "toolbox://greeting"}
+        denied = await harness.result(
+            await harness.send(MCP_RESOURCE_READ_REQUESTED, read, tenant="tools-only")
+        )
+        allowed = await harness.result(
+            await harness.send(MCP_RESOURCE_READ_REQUESTED, read, tenant="anyone")
+        )
+        listing = await harness.result(
+            await harness.send(MCP_CATALOG_LIST_REQUESTED, {}, tenant="tools-only")
+        )
+
+    assert denied.data["error"]["code"] == "not_found"
+    assert allowed.data["contents"][0]["text"] == "hello"
+    [server] = listing.data["servers"]
+    assert [t["name"] for t in server["tools"]] == ["echo"]
+    assert server["resources"] == []
+    assert server["prompts"] == []

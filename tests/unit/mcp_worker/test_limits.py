@@ -61,3 +61,35 @@ def test_a_broken_output_is_logged_without_its_values(caplog: pytest.LogCaptureF
     assert "count" in problem
     assert SECRET not in problem
     assert SECRET not in caplog.text
+
+
+def test_a_schema_with_an_unresolvable_ref_is_not_applied_instead_of_failing_the_call() -> None:
+    from mcp_worker.execution.limits import Limits, check_arguments
+
+    limits = Limits(
+        max_argument_bytes=10_000,
+        max_argument_depth=8,
+        max_output_bytes=10_000,
+        output_overflow="truncate",
+    )
+    hostile = {"type": "object", "properties": {"a": {"$ref": "https://example.invalid/x"}}}
+    broken = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+
+    check_arguments({"a": 1}, hostile, limits, "tool")
+    check_arguments({"a": 1}, broken, limits, "tool")
+
+
+def test_arguments_with_a_lone_surrogate_are_refused_clearly() -> None:
+    import pytest
+
+    from ferryman.contracts import FerrymanError
+    from mcp_worker.execution.limits import Limits, check_arguments
+
+    limits = Limits(
+        max_argument_bytes=10_000,
+        max_argument_depth=8,
+        max_output_bytes=10_000,
+        output_overflow="truncate",
+    )
+    with pytest.raises(FerrymanError, match="not valid Unicode"):
+        check_arguments({"a": "\ud800"}, None, limits, "tool")

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs
 from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
+from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.mcp import CancelRequest, ToolApproval, ToolChanged
 from ferryman_runtime.config_watch import ConfigWatcher
 from ferryman_runtime.health_events import publish_health
@@ -129,6 +130,7 @@ class McpWorker:
             instance=settings.instance_id,
             config_version=lambda: self.watcher.version if self.watcher else None,
             probe_interval=settings.health_probe_interval,
+            probe_timeout=settings.health_probe_timeout,
             report_interval=settings.health_report_interval,
             registry=registry,
             metric_prefix=_NAME,
@@ -251,7 +253,15 @@ class McpWorker:
             on_approval=self._approve,
             client_id=f"ferryman-mcp-worker-control-{self._settings.instance_id}",
         )
-        await self.control.run()
+        delay = 1.0
+        while True:  # cancels and approvals must keep flowing: a failed reader starts again
+            try:
+                await self.control.run()
+            except Exception as exc:
+                logger.error("the control topic reader failed (%s); restarting it", exc)
+                self.control.ready.clear()
+                await asyncio.sleep(delay)  # backoff between restarts
+                delay = min(delay * 2, 30.0)
 
     async def _lifecycle(self) -> None:
         """Runs while the worker runs: recall the published catalog, bring up the servers."""
@@ -266,6 +276,12 @@ class McpWorker:
             records = {}
         for record in records.values():
             self.catalog.seed(record)
+        logger.info(
+            "recalled the catalog of %d servers (%d tools) from %s",
+            len(records),
+            sum(len(r.entry.tools) for r in records.values()),
+            self._settings.catalog_topic,
+        )
         self.catalog.recalled.set()
         self._running = True
         await self._after_apply(self.fleet.names(), [])
@@ -275,6 +291,7 @@ class McpWorker:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
 
     async def _stop(self) -> None:
         self._running = False
@@ -302,11 +319,19 @@ class McpWorker:
     def _prober(self, name: str) -> Any:
         async def probe() -> None:
             supervisor = self.fleet.get(name)
-            if supervisor is None or supervisor.session_count == 0:
-                return  # a lazy server not started: nothing to probe, nothing started
-            session = await supervisor.session(None, supervisor.config.timeout)
-            await session.list_tools(supervisor.config.timeout)
-            supervisor.succeeded()
+            if supervisor is None:
+                return
+            failed = self.fleet.provisioning_errors.get(name)
+            if failed is not None:
+                raise FerrymanError(ErrorCode.UNAVAILABLE, f"provisioning failed: {failed}")
+            if supervisor.state == "failed" or supervisor.breaker.state == "open":
+                raise FerrymanError(ErrorCode.UNAVAILABLE, supervisor.last_error or "failed")
+            scope = supervisor.live_scope()
+            if scope is None:
+                return  # not running (lazy): nothing to probe, and a probe starts nothing
+            # A real listing, into the catalog: a definition changed without a
+            # `list_changed` notification is caught here too.
+            await self.discovery.refresh(name, supervisor.config.timeout, scope)
 
         return probe
 
@@ -329,13 +354,22 @@ class McpWorker:
                 for name, s in sorted(self.fleet.supervisors.items())
             },
             "health": self.monitor.snapshot(),
-            "cancels": {"running": self.board.running(), "cancelled": self.board.cancelled},
+            "cancels": {
+                "reader": bool(self.control and self.control.ready.is_set()),
+                "running": self.board.running(),
+                "cancelled": self.board.cancelled,
+            },
             "cache": {
                 "entries": len(self.cache),
                 "hits": self.cache.hits,
                 "misses": self.cache.misses,
             },
         }
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("background task failed: %r", task.exception())
 
 
 def create_app(

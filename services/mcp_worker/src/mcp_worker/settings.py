@@ -52,8 +52,9 @@ class McpWorkerSettings(WorkerSettings):
     """Largest tool arguments (as JSON) accepted."""
     max_argument_depth: int = Field(default=32, ge=1)
     """Deepest nesting of tool arguments accepted."""
-    max_output_bytes: int = Field(default=4_000_000, ge=1)
-    """Largest result (content and structured content, as JSON) passed on."""
+    max_output_bytes: int = Field(default=900_000, ge=1)
+    """Largest result (content and structured content, as JSON) passed on; below Kafka's
+    default 1 MB message limit, with room for the event's envelope."""
     output_overflow: Literal["truncate", "fail"] = "truncate"
     """Past `max_output_bytes`: cut text blocks and flag `truncated`, or fail `too_large`."""
     cache_max_entries: int = Field(default=10_000, ge=0)
@@ -71,4 +72,6 @@ class McpWorkerSettings(WorkerSettings):
     """Where servers named by a package are provisioned (cached across restarts)."""
     health_probe_interval: float = Field(default=30.0, gt=0)
     """Seconds between `tools/list` probes of each running server."""
+    health_probe_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a probe (a `tools/list` of a running server) may take."""
     health_report_interval: float = Field(default=30.0, gt=0)

@@ -68,8 +68,11 @@ class Catalog:
         current = self._servers.get(name)
         if current is None:
             self._servers[name] = ServerCatalog(config=config)
-        else:
+        elif current.config != config:
+            # Hints, tags and tool filters come from the config: list again before use
+            # (the definitions stay, so an unchanged tool is no "change").
             current.config = config
+            current.discovered = False
 
     def remove(self, name: str) -> None:
         """Forget a server."""

@@ -120,14 +120,18 @@ class Discovery:
         async def later() -> None:
             try:
                 await asyncio.sleep(self._debounce)  # the debounce window itself
-                self._pending.pop(key, None)
+                if self._pending.get(key) is asyncio.current_task():
+                    del self._pending[key]  # a notification from now on schedules anew
                 supervisor = self._fleet.get(server)
                 timeout = supervisor.config.timeout if supervisor else 30.0
                 await self.refresh(server, timeout, scope)
             except FerrymanError as exc:
                 logger.warning("re-listing %s failed: %s", server, exc.message)
+            except Exception as exc:  # logged: a background task's failure is never silent
+                logger.error("re-listing %s failed: %r", server, exc)
             finally:
-                self._pending.pop(key, None)
+                if self._pending.get(key) is asyncio.current_task():
+                    del self._pending[key]
 
         self._pending[key] = asyncio.create_task(later(), name=f"mcp-relist-{server}")
 

@@ -4,6 +4,7 @@ tool quarantined before it stays quarantined (a restart is no way around a rug p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -24,10 +25,14 @@ async def read_catalog(
 
     Raises:
         aiokafka.errors.KafkaError: Kafka could not be read.
-        LookupError: the topic does not exist.
+        LookupError: the topic does not exist, or was not read to its end within `timeout`.
     """
     options: dict[str, Any] = connection.aiokafka_options(client_id)
-    consumer = AIOKafkaConsumer(**options, group_id=None, enable_auto_commit=False)
+    # `earliest`: a position asked before the first fetch resolves to the beginning, never
+    # to the end (which would skip the records this reads back).
+    consumer = AIOKafkaConsumer(
+        **options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     latest: dict[str, CatalogRecord] = {}
     try:
@@ -37,7 +42,10 @@ async def read_catalog(
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
         remaining = {p for p in partitions if ends[p] > 0}
+        deadline = asyncio.get_running_loop().time() + timeout
         while remaining:
+            if asyncio.get_running_loop().time() > deadline:
+                raise LookupError(f"catalog topic {topic!r} was not read to its end in time")
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
             for partition, records in batches.items():
                 for record in records:

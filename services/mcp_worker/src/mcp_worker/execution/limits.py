@@ -12,6 +12,7 @@ from typing import Any, Literal
 from jsonschema import exceptions as schema_errors
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
+from referencing import Registry
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from mcp_worker.catalog.definitions import canonical_json
@@ -56,7 +57,12 @@ def check_arguments(
     Raises:
         FerrymanError: `too_large` or `invalid_request` naming the offending field.
     """
-    size = len(canonical_json(arguments).encode())
+    try:
+        size = len(canonical_json(arguments).encode())
+    except UnicodeEncodeError:  # a lone surrogate that JSON decoding let through
+        raise FerrymanError(
+            ErrorCode.INVALID_REQUEST, f"arguments of {tool!r} hold text that is not valid Unicode"
+        ) from None
     if size > limits.max_argument_bytes:
         raise FerrymanError(
             ErrorCode.TOO_LARGE,
@@ -144,7 +150,11 @@ def _first_error(schema_text: str, instance: Any) -> str | None:
     validator = _validator(schema_text)
     if validator is None:
         return None
-    error = schema_errors.best_match(validator.iter_errors(instance))  # pyright: ignore[reportUnknownMemberType]
+    try:
+        error = schema_errors.best_match(validator.iter_errors(instance))  # pyright: ignore[reportUnknownMemberType]
+    except Exception as exc:  # a hostile schema (an unresolvable `$ref`, …) is the server's fault
+        logger.warning("a tool's schema cannot be applied (%s); not checked", type(exc).__name__)
+        return None
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
@@ -166,4 +176,5 @@ def _validator(schema_text: str) -> Validator | None:
     except schema_errors.SchemaError:
         logger.warning("a tool's schema is itself invalid; its values are not checked")
         return None
-    return cls(schema)
+    # No remote or registry lookups: a `$ref` resolves inside the schema or not at all.
+    return cls(schema, registry=Registry())

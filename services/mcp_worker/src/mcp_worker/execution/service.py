@@ -119,7 +119,11 @@ class McpService:
     async def _read(self, ctx: CallContext, request: ResourceReadRequest) -> Answer:
         started = time.monotonic()
         result, version = await _on_server(
-            ctx, request.server, request.timeout, lambda s, t: s.read_resource(request.uri, t)
+            ctx,
+            request.server,
+            f"resource:{request.uri}",
+            request.timeout,
+            lambda s, t: s.read_resource(request.uri, t),
         )
         completed = ResourceReadCompleted(
             server=request.server,
@@ -135,6 +139,7 @@ class McpService:
         result, version = await _on_server(
             ctx,
             request.server,
+            f"prompt:{request.prompt}",
             request.timeout,
             lambda s, t: s.get_prompt(request.prompt, request.arguments, t),
         )
@@ -174,7 +179,12 @@ class McpService:
             if entry is None:
                 continue
             tools = [t for t in entry.tools if ctx.visible(name, t.name)]
-            entries.append(entry.model_copy(update={"tools": tools}))
+            resources = [
+                r for r in entry.resources if ctx.visible(name, f"resource:{r.get('uri', '')}")
+            ]
+            prompts = [p for p in entry.prompts if ctx.visible(name, f"prompt:{p.get('name', '')}")]
+            update = {"tools": tools, "resources": resources, "prompts": prompts}
+            entries.append(entry.model_copy(update=update))
         completed = CatalogListCompleted(
             servers=entries, catalog_version=self.runtime.catalog.version(names)
         )
@@ -224,12 +234,19 @@ class McpService:
 async def _on_server(
     ctx: CallContext,
     server: str,
+    target: str,
     requested_timeout: float | None,
     work: Callable[[McpSession, float], Awaitable[T]],
 ) -> tuple[T, str]:
     """Run one request on the tenant's session within the server's slot and timeouts;
-    return its result and the negotiated protocol version."""
+    return its result and the negotiated protocol version.
+
+    `target` is what the access rules see after `server/`: `resource:<uri>` or
+    `prompt:<name>` (so `fs/*` allows them, an allow list of tools alone does not).
+    """
     supervisor = ctx.server(server)
+    if not ctx.visible(server, target):
+        raise FerrymanError(ErrorCode.NOT_FOUND, f"no {target.split(':', 1)[0]} on {server!r}")
     bound = supervisor.config.timeout
     timeout = ctx.bounded(min(bound, requested_timeout) if requested_timeout else bound)
     async with supervisor.slot(timeout):

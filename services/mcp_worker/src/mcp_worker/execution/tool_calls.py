@@ -31,14 +31,29 @@ from mcp_worker.servers.supervisor import ServerSupervisor
 logger = logging.getLogger(__name__)
 
 
+class _CallTimedOut(Exception):
+    """Not a `FerrymanError`, so the breaker does not count it."""
+
+
+_PROGRESS_INTERVAL = 0.05
+"""At most 20 progress events a second per call: a flooding server cannot flood the topic."""
+
+
 @dataclass
 class _Progress:
-    """Publishes the server's progress notifications as `progress` replies, in order."""
+    """Publishes the server's progress notifications as `progress` replies, in order, until
+    the call returns (a late notification never follows the terminal reply)."""
 
     ctx: CallContext
     sequence: int = 0
+    closed: bool = False
+    last: float = float("-inf")
 
     async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        now = time.monotonic()
+        if self.closed or now - self.last < _PROGRESS_INTERVAL:
+            return
+        self.last = now
         event = McpProgress(
             progress=progress,
             total=total,
@@ -47,6 +62,12 @@ class _Progress:
         )
         self.sequence += 1
         await self.ctx.job.replies.emit(MCP_PROGRESS, event)
+
+
+def progress_done(progress: _Progress | None) -> None:
+    """No progress event after the call returned."""
+    if progress is not None:
+        progress.closed = True
 
 
 async def call_tool(ctx: CallContext, request: ToolCallRequest) -> Answer:
@@ -62,7 +83,13 @@ async def call_tool(ctx: CallContext, request: ToolCallRequest) -> Answer:
     arguments: dict[str, Any] = request.arguments
     check_arguments(arguments, entry.input_schema, ctx.runtime.limits, request.tool)
     cacheable = may_cache(entry, config.cache.mode)
-    key = cache_key(request.server, request.tool, entry.definition_hash, arguments, ctx.job.tenant)
+    key = cache_key(
+        f"{request.server}#{supervisor.config_digest}",
+        request.tool,
+        entry.definition_hash,
+        arguments,
+        ctx.job.tenant,
+    )
     if cacheable and request.use_cache:
         hit = ctx.runtime.cache.get(key)
         if hit is not None:
@@ -113,6 +140,21 @@ async def _with_retries(
     attempts: int,
 ) -> types.CallToolResult:
     progress = _Progress(ctx) if request.progress else None
+    try:
+        return await _attempts(ctx, supervisor, entry, request, timeout, attempts, progress)
+    finally:
+        progress_done(progress)
+
+
+async def _attempts(
+    ctx: CallContext,
+    supervisor: ServerSupervisor,
+    entry: ToolEntry,
+    request: ToolCallRequest,
+    timeout: float,
+    attempts: int,
+    progress: _Progress | None,
+) -> types.CallToolResult:
     deadline = time.monotonic() + timeout
     for attempt in range(1, attempts + 1):
         remaining = deadline - time.monotonic()
@@ -156,13 +198,20 @@ async def _attempt(
         failed = False
         try:
             async with supervisor.breaker.guard():
-                return_value = await asyncio.wait_for(
-                    session.call_tool(
-                        request.tool, request.arguments, timeout=remaining, progress=progress
-                    ),
-                    remaining + 1.0,  # the SDK's own timeout fires first and cancels politely
-                )
-        except TimeoutError:
+                try:
+                    return_value = await asyncio.wait_for(
+                        session.call_tool(
+                            request.tool, request.arguments, timeout=remaining, progress=progress
+                        ),
+                        remaining + 1.0,  # the SDK's own timeout fires first, politely
+                    )
+                except (TimeoutError, FerrymanError) as exc:
+                    if isinstance(exc, FerrymanError) and exc.code != ErrorCode.TIMEOUT:
+                        raise
+                    # A call that outlasts the caller's timeout says nothing about the
+                    # server: it must not open the circuit other tenants' calls go through.
+                    raise _CallTimedOut from None
+        except _CallTimedOut:
             failed = True
             raise FerrymanError(
                 ErrorCode.TIMEOUT,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
@@ -9,7 +11,7 @@ from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.redaction import redact
 
 
-def map_mcp_error(exc: BaseException, server: str) -> FerrymanError:
+def map_mcp_error(exc: BaseException, server: str, secrets: Sequence[str] = ()) -> FerrymanError:
     """The taxonomy's view of a failed MCP request (messages redacted and bounded).
 
     A closed connection or an unreachable server is `unavailable` and a timeout is `timeout`
@@ -19,7 +21,7 @@ def map_mcp_error(exc: BaseException, server: str) -> FerrymanError:
         return exc
     if isinstance(exc, MCPError):
         code = exc.code
-        text = redact(str(exc.error.message))[:500]
+        text = redact(str(exc.error.message), secrets)[:500]
         if code == types.CONNECTION_CLOSED:
             return FerrymanError(
                 ErrorCode.UNAVAILABLE,
@@ -52,7 +54,7 @@ def map_mcp_error(exc: BaseException, server: str) -> FerrymanError:
         )
     return FerrymanError(
         ErrorCode.UNAVAILABLE,
-        f"MCP server {server!r} failed: {type(exc).__name__}: {redact(str(exc))[:300]}",
+        f"MCP server {server!r} failed: {type(exc).__name__}: {redact(str(exc), secrets)[:300]}",
         retryable=False,
         upstream=server,
     )

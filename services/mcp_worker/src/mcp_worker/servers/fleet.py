@@ -119,7 +119,8 @@ class Fleet:
                         held += 1
             except TimeoutError:
                 logger.warning("server %s: in-flight calls outlived its removal", supervisor.name)
-            await supervisor.close()
+            finally:
+                await supervisor.close()  # also when the worker stops meanwhile
             for _ in range(held):
                 supervisor.limit.release()
 

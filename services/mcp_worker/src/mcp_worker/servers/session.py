@@ -34,6 +34,7 @@ from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from ferryman.contracts import ErrorCode, FerrymanError
+from ferryman_runtime.redaction import redact
 from mcp_worker.servers.errors import map_mcp_error
 from mcp_worker.servers.stderr_log import StderrTail
 
@@ -52,6 +53,8 @@ class Connector:
 
     open: TransportFactory
     stderr: StderrTail | None = None
+    secrets: tuple[str, ...] = ()
+    """The server's resolved credentials: redacted from every error text."""
 
 
 NotificationKind = Literal["tools", "resources", "prompts"]
@@ -90,6 +93,7 @@ class McpSession:
         self.server = server
         self._transport = connector.open
         self._stderr = connector.stderr
+        self._secrets = connector.secrets
         self._mode = mode
         self._on_list_changed = on_list_changed
         self._session: ClientSession | None = None
@@ -118,7 +122,7 @@ class McpSession:
 
     def why(self) -> str:
         """Why the session ended or failed, with the server's last stderr lines."""
-        reason = _reason(self.failure)
+        reason = redact(_reason(self.failure), self._secrets)
         lines = self._stderr.last()[-3:] if self._stderr is not None else []
         return f"{reason}; stderr: {' | '.join(lines)}"[:800] if lines else reason
 
@@ -140,6 +144,11 @@ class McpSession:
             done, _ = await asyncio.wait(
                 {ready, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
+        except BaseException:
+            # The caller was cancelled: the half-open session (and its process) must not
+            # outlive it.
+            await self.close()
+            raise
         finally:
             ready.cancel()
         if self._ready.is_set() and not self.closed.is_set():
@@ -161,8 +170,10 @@ class McpSession:
         """End the session and its transport (a stdio server's process tree is terminated)."""
         self._ending.set()
         if self._task is not None:
+            # Before the handshake ended nothing waits on `_ending`: cancel at once.
+            grace = 15.0 if self._ready.is_set() else 0.0
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout=15)
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=grace)
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
@@ -285,7 +296,7 @@ class McpSession:
         try:
             return work.result()
         except Exception as exc:
-            raise map_mcp_error(exc, self.server) from None
+            raise map_mcp_error(exc, self.server, self._secrets) from None
 
     async def call_tool(
         self,

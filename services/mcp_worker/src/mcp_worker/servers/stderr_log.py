@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import IO, Any
 
@@ -24,11 +24,13 @@ class StderrTail:
 
     Args:
         server: the server's name (the log lines' prefix).
+        secrets: the server's resolved credentials, never logged or kept.
         keep: how many of the last lines are kept.
     """
 
-    def __init__(self, server: str, keep: int = 20) -> None:
+    def __init__(self, server: str, secrets: Sequence[str] = (), keep: int = 20) -> None:
         self.server = server
+        self._secrets = tuple(secrets)
         self._lines: deque[str] = deque(maxlen=keep)
         self._task: asyncio.Task[None] | None = None
 
@@ -79,7 +81,8 @@ class StderrTail:
                     raw = await stream.read(64 * 1024)
                 if not raw:
                     return
-                line = redact(raw.decode("utf-8", "replace").rstrip())[:_MAX_LINE]
+                text = raw.decode("utf-8", "replace").rstrip()
+                line = redact(text, self._secrets)[:_MAX_LINE]
                 if line:
                     self._lines.append(line)
                     logger.info("[%s] %s", self.server, line)

@@ -5,6 +5,7 @@ exponential backoff behind a circuit breaker, and what health needs to know."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +57,8 @@ class ServerSupervisor:
     ) -> None:
         self.name = name
         self.config = config
+        self.config_digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+        """Names this configuration (a changed entry gets new cache keys)."""
         self._prepare = prepare
         self.breaker = breaker
         self.stats = stats
@@ -64,7 +67,7 @@ class ServerSupervisor:
         self._delays = restart_delays
         self._clock = clock
         self._sessions: dict[str, McpSession] = {}
-        self._opening: dict[str, asyncio.Lock] = {}
+        self._starting: dict[str, asyncio.Task[McpSession]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self.limit = asyncio.Semaphore(config.max_concurrency)
         self.state: State = "idle"
@@ -79,6 +82,12 @@ class ServerSupervisor:
     def scope(self, tenant: str | None) -> str:
         """The session key of a tenant: its own unless the server's sessions are shared."""
         return "" if self.config.sessions == "shared" else (tenant or "")
+
+    def live_scope(self) -> str | None:
+        """The key of a live session (the shared one first), or None when none runs."""
+        if "" in self._sessions and self._sessions[""].alive:
+            return ""
+        return next((key for key, s in self._sessions.items() if s.alive), None)
 
     @property
     def session_count(self) -> int:
@@ -96,6 +105,10 @@ class ServerSupervisor:
     async def session(self, tenant: str | None, timeout: float) -> McpSession:
         """The tenant's live session, started if needed (after any restart backoff).
 
+        A start runs on its own, bounded by the server's `connect_timeout`: a caller that
+        gives up (its own timeout, a cancel) leaves it to finish for the next caller, and its
+        impatience never counts against the server.
+
         Raises:
             FerrymanError: `unavailable` (cannot start, circuit open, stopping) or `timeout`.
         """
@@ -103,26 +116,41 @@ class ServerSupervisor:
         current = self._sessions.get(key)
         if current is not None and current.alive:
             return current
-        lock = self._opening.setdefault(key, asyncio.Lock())
-        async with lock:
-            current = self._sessions.get(key)
-            if current is not None and current.alive:
-                return current
-            return await self._start(key, timeout)
-
-    async def _start(self, key: str, timeout: float) -> McpSession:
         if self._stopping:
             raise FerrymanError(
                 ErrorCode.UNAVAILABLE, f"server {self.name!r} is being removed", upstream=self.name
             )
-        wait = self.backoff_remaining()
-        if wait > timeout:
+        starting = self._starting.get(key)
+        if starting is None:
+            wait = self.backoff_remaining()
+            if wait > timeout:
+                raise FerrymanError(
+                    ErrorCode.UNAVAILABLE,
+                    f"server {self.name!r} is restarting after a failure (next start in"
+                    f" {wait:.1f} s)",
+                    upstream=self.name,
+                    retry_after=wait,
+                )
+            starting = asyncio.create_task(self._start(key), name=f"mcp-start-{self.name}")
+            self._starting[key] = starting
+            starting.add_done_callback(lambda task: self._started(key, task))
+        try:
+            return await asyncio.wait_for(asyncio.shield(starting), timeout)
+        except TimeoutError:
             raise FerrymanError(
-                ErrorCode.UNAVAILABLE,
-                f"server {self.name!r} is restarting after a failure (next start in {wait:.1f} s)",
+                ErrorCode.TIMEOUT,
+                f"server {self.name!r} is still starting; no session within {timeout:g} s",
                 upstream=self.name,
-                retry_after=wait,
-            )
+            ) from None
+
+    def _started(self, key: str, task: asyncio.Task[McpSession]) -> None:
+        if self._starting.get(key) is task:
+            del self._starting[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: waiters got it; nobody waiting is fine too
+
+    async def _start(self, key: str) -> McpSession:
+        wait = self.backoff_remaining()
         if wait > 0:
             self.state = "backoff"
             await asyncio.sleep(wait)  # the restart backoff itself, not synchronization
@@ -133,20 +161,24 @@ class ServerSupervisor:
         self.state = "starting"
         try:
             async with self.breaker.guard():
-                # Provisioning (a first install) is not the server's handshake: not timed.
                 connector = await self._prepare()
-                started = self._clock()
                 session = McpSession(
                     self.name,
                     connector,
                     mode="legacy" if self.config.protocol == "legacy" else "auto",
                     on_list_changed=lambda kind: self._on_list_changed(self.name, key, kind),
                 )
-                budget = min(timeout, self.config.connect_timeout) - (self._clock() - started)
-                await session.open(max(budget, 0.01))
+                # The server's own handshake bound, not the caller's remainder: a caller
+                # with little time left must not make a healthy server look broken.
+                await session.open(self.config.connect_timeout)
         except FerrymanError as exc:
             self._failed(exc.message)
             raise
+        if self._stopping:  # removed while it started: it must not outlive the removal
+            await session.close()
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE, f"server {self.name!r} is being removed", upstream=self.name
+            )
         self.state = "running"
         self.protocol_version = session.protocol_version
         self._sessions[key] = session
@@ -213,6 +245,9 @@ class ServerSupervisor:
         """Stop every session (stdio: the whole process tree)."""
         self._stopping = True
         self.state = "stopped"
+        for starting in list(self._starting.values()):
+            starting.cancel()  # a half-open session closes itself when cancelled
+        await asyncio.gather(*self._starting.values(), return_exceptions=True)
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

@@ -13,7 +13,7 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_worker.registry import ServerConfig, resolve
+from mcp_worker.registry import ServerConfig, is_reference, resolve
 from mcp_worker.servers.session import Connector, TransportFactory
 from mcp_worker.servers.stderr_log import StderrTail
 
@@ -59,10 +59,10 @@ def stdio_launch(
     return StdioLaunch(command=executable, args=list(config.args), env=env, cwd=config.cwd)
 
 
-def open_stdio(server: str, launch: StdioLaunch) -> Connector:
+def open_stdio(server: str, launch: StdioLaunch, secrets: tuple[str, ...] = ()) -> Connector:
     """A connector that starts the process on each open (the SDK terminates the whole process
     tree on close) and collects its stderr into the worker's log."""
-    tail = StderrTail(server)
+    tail = StderrTail(server, secrets)
 
     def factory():
         params = StdioServerParameters(
@@ -70,7 +70,7 @@ def open_stdio(server: str, launch: StdioLaunch) -> Connector:
         )
         return tail.around(lambda errlog: stdio_client(params, errlog=errlog))  # pyright: ignore[reportUnknownLambdaType]
 
-    return Connector(open=factory, stderr=tail)
+    return Connector(open=factory, stderr=tail, secrets=secrets)
 
 
 def open_http(config: ServerConfig, environ: Mapping[str, str]) -> TransportFactory:
@@ -156,8 +156,20 @@ def transport_for(
     """
     env = os.environ if environ is None else environ
     if config.transport != "stdio":
-        return Connector(open=open_http(config, env))
+        return Connector(open=open_http(config, env), secrets=_secrets(config, env))
     launch = stdio_launch(config, env, command)
     if wrap is not None:
         launch = wrap(launch)
-    return open_stdio(server, launch)
+    return open_stdio(server, launch, _secrets(config, env))
+
+
+def _secrets(config: ServerConfig, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The values the server's credential references resolve to (to redact them)."""
+    values: list[str] = []
+    for value in [*config.env.values(), *config.headers.values()]:
+        if is_reference(value):
+            resolved = resolve(value, environ).get_secret_value()
+            values.append(resolved)
+            if resolved.lower().startswith("bearer "):
+                values.append(resolved[7:])
+    return tuple(v for v in values if len(v) >= 4)
