@@ -265,15 +265,23 @@ class McpWorker:
 
     async def _lifecycle(self) -> None:
         """Runs while the worker runs: recall the published catalog, bring up the servers."""
-        try:
-            records = await read_catalog(
-                self.worker.connection,
-                self._settings.catalog_topic,
-                client_id=f"ferryman-mcp-worker-catalog-{self._settings.instance_id}",
-            )
-        except (KafkaError, LookupError) as exc:
-            logger.warning("the catalog topic could not be read back: %s", exc)
-            records = {}
+        records = {}
+        for attempt in range(3):
+            try:
+                records = await read_catalog(
+                    self.worker.connection,
+                    self._settings.catalog_topic,
+                    client_id=f"ferryman-mcp-worker-catalog-{self._settings.instance_id}",
+                )
+                break
+            except (KafkaError, LookupError) as exc:
+                # Without it, first sights become the baseline: a rug pull across this
+                # restart would go unseen. Say so loudly.
+                logger.error(
+                    "the catalog topic could not be read back (attempt %d of 3): %s",
+                    attempt + 1,
+                    exc,
+                )
         for record in records.values():
             self.catalog.seed(record)
         logger.info(

@@ -336,8 +336,7 @@ class McpSession:
         tools: list[types.Tool] = []
         cursor: str | None = None
         for _ in range(_PAGE_CAP):
-            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-            page = await self._timed(session.list_tools(params=params), timeout)
+            page = await self._timed(session.list_tools(params=_page(cursor)), timeout)
             tools.extend(page.tools)
             cursor = page.next_cursor
             if not cursor:
@@ -354,8 +353,15 @@ class McpSession:
         caps = self.capabilities
         if caps is None or caps.resources is None:
             return []
-        page = await self._timed(session.list_resources(), timeout)
-        return list(page.resources)
+        resources: list[types.Resource] = []
+        cursor: str | None = None
+        for _ in range(_PAGE_CAP):
+            page = await self._timed(session.list_resources(params=_page(cursor)), timeout)
+            resources.extend(page.resources)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return resources
 
     async def list_prompts(self, timeout: float) -> list[types.Prompt]:
         """The server's prompts (empty when it offers none).
@@ -367,8 +373,15 @@ class McpSession:
         caps = self.capabilities
         if caps is None or caps.prompts is None:
             return []
-        page = await self._timed(session.list_prompts(), timeout)
-        return list(page.prompts)
+        prompts: list[types.Prompt] = []
+        cursor: str | None = None
+        for _ in range(_PAGE_CAP):
+            page = await self._timed(session.list_prompts(params=_page(cursor)), timeout)
+            prompts.extend(page.prompts)
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return prompts
 
     async def read_resource(self, uri: str, timeout: float) -> types.ReadResourceResult:
         """Read one resource.
@@ -396,6 +409,10 @@ class McpSession:
                 return await call
 
         return await self._request(bounded)
+
+
+def _page(cursor: str | None) -> types.PaginatedRequestParams | None:
+    return types.PaginatedRequestParams(cursor=cursor) if cursor else None
 
 
 def _reason(failure: BaseException | None) -> str:
