@@ -213,15 +213,7 @@ class McpToolsClient(FerrymanClient):
             ValueError: an option is malformed.
             aiokafka.errors.KafkaError: publishing or reading replies failed.
         """
-        request = ToolCallRequest(
-            server=server,
-            tool=tool,
-            arguments=dict(arguments or {}),
-            progress=progress,
-            timeout=timeout,
-            principal=principal,
-            use_cache=use_cache,
-        )
+        request = _tool_call(server, tool, arguments, progress, timeout, principal, use_cache)
         stream = self.request_stream(
             MCP_TOOL_CALL_REQUESTED,
             request,
@@ -256,15 +248,7 @@ class McpToolsClient(FerrymanClient):
             ValueError: an option is malformed.
             aiokafka.errors.KafkaError: publishing or reading replies failed.
         """
-        request = ToolCallRequest(
-            server=server,
-            tool=tool,
-            arguments=dict(arguments or {}),
-            progress=False,
-            timeout=timeout,
-            principal=principal,
-            use_cache=use_cache,
-        )
+        request = _tool_call(server, tool, arguments, False, timeout, principal, use_cache)
         completed = await self.request(
             MCP_TOOL_CALL_REQUESTED,
             request,
@@ -279,3 +263,28 @@ def reply_wait(timeout: float | None) -> float:
     """How long to wait for the reply to a call bounded by `timeout` seconds: `timeout`
     plus `REPLY_GRACE_SECONDS`, or 600 s for a call without a bound of its own."""
     return _DEFAULT_WAIT if timeout is None else timeout + REPLY_GRACE_SECONDS
+
+
+def _tool_call(
+    server: str,
+    tool: str,
+    arguments: Mapping[str, Any] | None,
+    progress: bool,
+    timeout: float | None,
+    principal: str | None,
+    use_cache: bool,
+) -> ToolCallRequest:
+    """The request of a tool call.
+
+    Raises:
+        pydantic.ValidationError: a malformed name, or `timeout` out of range.
+    """
+    return ToolCallRequest(
+        server=server,
+        tool=tool,
+        arguments=dict(arguments or {}),
+        progress=progress,
+        timeout=timeout,
+        principal=principal,
+        use_cache=use_cache,
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -41,6 +41,8 @@ from mcp_worker.servers.stderr_log import StderrTail
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = TypeVar("P")
+ItemT = TypeVar("ItemT")
 
 Streams = tuple[Any, Any]
 TransportFactory = Callable[[], AbstractAsyncContextManager[Streams]]
@@ -333,18 +335,14 @@ class McpSession:
             FerrymanError: the listing failed.
         """
         session = self._live()
-        tools: list[types.Tool] = []
-        cursor: str | None = None
-        for _ in range(_PAGE_CAP):
-            page = await self._timed(session.list_tools(params=_page(cursor)), timeout)
-            tools.extend(page.tools)
-            cursor = page.next_cursor
-            if not cursor:
-                break
-        return tools
+        return await self._all_pages(
+            lambda cursor: session.list_tools(params=_page(cursor)),
+            lambda page: page.tools,
+            timeout,
+        )
 
     async def list_resources(self, timeout: float) -> list[types.Resource]:
-        """The server's resources (empty when it offers none).
+        """The server's resources, all pages (empty when it offers none).
 
         Raises:
             FerrymanError: the listing failed.
@@ -353,18 +351,14 @@ class McpSession:
         caps = self.capabilities
         if caps is None or caps.resources is None:
             return []
-        resources: list[types.Resource] = []
-        cursor: str | None = None
-        for _ in range(_PAGE_CAP):
-            page = await self._timed(session.list_resources(params=_page(cursor)), timeout)
-            resources.extend(page.resources)
-            cursor = page.next_cursor
-            if not cursor:
-                break
-        return resources
+        return await self._all_pages(
+            lambda cursor: session.list_resources(params=_page(cursor)),
+            lambda page: page.resources,
+            timeout,
+        )
 
     async def list_prompts(self, timeout: float) -> list[types.Prompt]:
-        """The server's prompts (empty when it offers none).
+        """The server's prompts, all pages (empty when it offers none).
 
         Raises:
             FerrymanError: the listing failed.
@@ -373,15 +367,28 @@ class McpSession:
         caps = self.capabilities
         if caps is None or caps.prompts is None:
             return []
-        prompts: list[types.Prompt] = []
+        return await self._all_pages(
+            lambda cursor: session.list_prompts(params=_page(cursor)),
+            lambda page: page.prompts,
+            timeout,
+        )
+
+    async def _all_pages(
+        self,
+        fetch: Callable[[str | None], Awaitable[P]],
+        items: Callable[[P], Sequence[ItemT]],
+        timeout: float,
+    ) -> list[ItemT]:
+        """Follow `next_cursor` (at most `_PAGE_CAP` pages, each within `timeout`)."""
+        collected: list[ItemT] = []
         cursor: str | None = None
         for _ in range(_PAGE_CAP):
-            page = await self._timed(session.list_prompts(params=_page(cursor)), timeout)
-            prompts.extend(page.prompts)
-            cursor = page.next_cursor
+            page = await self._timed(fetch(cursor), timeout)
+            collected.extend(items(page))
+            cursor = getattr(page, "next_cursor", None)
             if not cursor:
                 break
-        return prompts
+        return collected
 
     async def read_resource(self, uri: str, timeout: float) -> types.ReadResourceResult:
         """Read one resource.
