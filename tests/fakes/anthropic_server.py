@@ -10,6 +10,11 @@ Anthropic's error body and retry-after headers, delays before headers or before
 the first token, and faults mid-stream (cut, clean end, stall, malformed event,
 `error` event, no `message_stop`). Every request is recorded for assertions.
 
+A scenario with `tool_steps` plays a multi-step tool loop (see `tests.fakes.tool_loop`):
+each request's conversation is checked like Anthropic does (every `tool_use` block answered
+by a `tool_result` in the very next user message, else HTTP 400) and picks the turn to play
+from the tool rounds it already holds.
+
 Streams carry `event:` lines: the SDK skips SSE events without one. The key is
 accepted as `Authorization: Bearer <key>` (what anthropic 2.x sends) or `x-api-key`.
 """
@@ -24,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.http_fake import FakeHttpServer, run_standalone
+from tests.fakes.tool_loop import Turn, anthropic_conversation, play
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -84,6 +90,18 @@ class Scenario:
     """Send an in-stream `error` event after this many content deltas, then end."""
     error_event_type: str = "overloaded_error"
     send_message_stop: bool = True
+    tool_steps: list[list[dict[str, str]]] = field(default_factory=list)
+    """A scripted tool loop: a request whose conversation already holds k assistant turns with
+    `tool_use` blocks gets the calls of `tool_steps[k]` (`{"name", "arguments": "<json>"}`;
+    several are parallel calls, ids `toolu_<k>_<i>`), or the final text answer once k is past
+    the script. Overrides `tool_calls`."""
+    echo_tool_results: bool = False
+    """The final answer is `tool results: ` and the last round's `tool_result` contents (text;
+    `error: ` before those with `is_error`), in call order, joined by ` | ` (overrides
+    `answer` and `tokens`)."""
+    delays_from_step: int = 0
+    """`delay_before_headers`, `first_token_delay` and `token_delay` apply only to turns k >=
+    this one (k counts the tool rounds of the conversation), so one step can be made slow."""
 
 
 @dataclass
@@ -171,7 +189,10 @@ class FakeAnthropic(FakeHttpServer):
             return web.json_response(self._models_page(request.query))
         if request.method != "POST" or request.path != "/v1/messages":
             return _error(404, None, f"no route {request.method} {request.path}", {})
-        scenario = self.scenario_for(body.get("model", ""))
+        conversation = anthropic_conversation(body.get("messages") or [])
+        if conversation.error is not None:
+            return _error(400, "invalid_request_error", conversation.error, {})
+        scenario, turn = play(self.scenario_for(body.get("model", "")), conversation)
         if scenario.delay_before_headers:
             await asyncio.sleep(scenario.delay_before_headers)
         if scenario.status is not None:
@@ -179,8 +200,8 @@ class FakeAnthropic(FakeHttpServer):
                 scenario.status, scenario.error_type, scenario.error_message, scenario.headers
             )
         if body.get("stream"):
-            return await self._stream(request, body, scenario)
-        return web.json_response(_message(body, scenario), headers=scenario.headers)
+            return await self._stream(request, body, scenario, turn)
+        return web.json_response(_message(body, scenario, turn), headers=scenario.headers)
 
     def _models_page(self, query: Any) -> dict[str, Any]:
         start = 0
@@ -205,7 +226,7 @@ class FakeAnthropic(FakeHttpServer):
         }
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], scenario: Scenario
+        self, request: web.Request, body: dict[str, Any], scenario: Scenario, turn: Turn | None
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"content-type": "text/event-stream", **scenario.headers}
@@ -218,7 +239,7 @@ class FakeAnthropic(FakeHttpServer):
 
         if scenario.first_token_delay:
             await asyncio.sleep(scenario.first_token_delay)
-        frames = _frames(body, scenario)
+        frames = _frames(body, scenario, turn)
         sent = 0
         for frame in frames:
             if frame.counted:
@@ -260,6 +281,11 @@ def _error(
         status=status,
         headers=headers,
     )
+
+
+def _tool_use_id(turn: Turn | None, i: int) -> str:
+    """Ids unique over a scripted conversation (`toolu_<k>_<i>`), else `toolu_<i>`."""
+    return f"toolu_{i}" if turn is None else f"toolu_{turn.step}_{i}"
 
 
 def _answer(body: dict[str, Any], scenario: Scenario) -> str:
@@ -304,7 +330,7 @@ def _stop_reason(scenario: Scenario) -> str:
     return scenario.stop_reason or ("tool_use" if scenario.tool_calls else "end_turn")
 
 
-def _frames(body: dict[str, Any], scenario: Scenario) -> list[_Frame]:
+def _frames(body: dict[str, Any], scenario: Scenario, turn: Turn | None) -> list[_Frame]:
     """The whole stream: message_start, ping, content blocks, message_delta, message_stop."""
     model = scenario.response_model or body.get("model", "claude-fake")
     frames = [
@@ -369,7 +395,7 @@ def _frames(body: dict[str, Any], scenario: Scenario) -> list[_Frame]:
                         "index": index,
                         "content_block": {
                             "type": "tool_use",
-                            "id": f"toolu_{i}",
+                            "id": _tool_use_id(turn, i),
                             "name": call["name"],
                             "input": {},
                         },
@@ -413,7 +439,7 @@ def _frames(body: dict[str, Any], scenario: Scenario) -> list[_Frame]:
     return frames
 
 
-def _message(body: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
+def _message(body: dict[str, Any], scenario: Scenario, turn: Turn | None) -> dict[str, Any]:
     """The non-streamed answer."""
     content: list[dict[str, Any]] = []
     if scenario.tool_calls:
@@ -422,7 +448,7 @@ def _message(body: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
         content.extend(
             {
                 "type": "tool_use",
-                "id": f"toolu_{i}",
+                "id": _tool_use_id(turn, i),
                 "name": call["name"],
                 "input": json.loads(call["arguments"] or "{}"),
             }

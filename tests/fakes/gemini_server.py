@@ -16,6 +16,12 @@ with thought signatures), usage, finish reasons, a blocked prompt, HTTP errors
 with `retry-after` headers and `RetryInfo` details, delays, and faults
 mid-stream (cut, stall, malformed event, in-stream error, no finish reason),
 and answers paused with a continuation token. Every request is recorded.
+
+A scenario with `tool_steps` plays a multi-step tool loop as a Gemini 3 model does (see
+`tests.fakes.tool_loop`): function calls have no id, the first call of each step carries a
+thought signature, and each request's conversation is checked like Gemini does (every model
+turn of function calls answered by as many function responses in the next user turn; the
+first call of each step of the current turn must bring its signature back, else HTTP 400).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -31,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.http_fake import FakeHttpServer, run_standalone
+from tests.fakes.tool_loop import Turn, gemini_conversation, gemini_signature, play
 
 _PATH = re.compile(r"^/(?P<version>[^/]+)/models/(?P<model>[^/:]+):(?P<method>[A-Za-z]+)$")
 _LIST = re.compile(r"^/(?P<version>[^/]+)/models$")
@@ -86,6 +94,20 @@ class Scenario:
     error_event_code: int = 503
     continuation_hops: int = 0
     """Pause the answer this many times (finish reason CONTINUATION with a token)."""
+    tool_steps: list[list[dict[str, str]]] = field(default_factory=list)
+    """A scripted tool loop: a request whose conversation already holds k model turns with
+    function calls gets the calls of `tool_steps[k]` (`{"name", "arguments": "<json>"}`;
+    several are parallel calls), or the final text answer once k is past the script.
+    Calls have no id (as Gemini sends them); the first call of turn k carries the thought
+    signature `gemini_signature(k)` (base64 of `sig-<k>-0`), which the next requests must
+    bring back. Overrides `function_calls` (and `answer` on the steps that call tools)."""
+    echo_tool_results: bool = False
+    """The final answer is `tool results: ` and the last round's `functionResponse.response`s
+    (the string of a lone `result`/`output` field, `error: ` and the string of a lone `error`
+    field, else compact JSON), in call order, joined by ` | ` (overrides `answer`, `tokens`)."""
+    delays_from_step: int = 0
+    """`delay_before_headers`, `first_token_delay` and `token_delay` apply only to turns k >=
+    this one (k counts the tool rounds of the conversation), so one step can be made slow."""
 
 
 _STATUS_NAMES = {
@@ -156,6 +178,16 @@ class FakeGemini(FakeHttpServer):
             return _error(404, "NOT_FOUND", f"unknown method {match['method']}")
         model = match["model"]
         scenario = self.scenario_for(model)
+        conversation = gemini_conversation(
+            body.get("contents") or [], signatures=bool(scenario.tool_steps)
+        )
+        if conversation.error is not None:
+            return _error(400, "INVALID_ARGUMENT", conversation.error)
+        scenario, turn = play(scenario, conversation, calls_field="function_calls", to_call=_args)
+        if turn is not None and turn.calls:
+            first = {**scenario.function_calls[0], "thought_signature": gemini_signature(turn.step)}
+            calls = [first, *scenario.function_calls[1:]]
+            scenario = dataclasses.replace(scenario, function_calls=calls, answer=None)
         if scenario.delay_before_headers:
             await asyncio.sleep(scenario.delay_before_headers)
         if scenario.status is not None:
@@ -166,7 +198,7 @@ class FakeGemini(FakeHttpServer):
                 scenario.error_details,
                 scenario.headers,
             )
-        chunks = _chunks(body, model, scenario)
+        chunks = _chunks(body, model, scenario, turn)
         if match["method"] == "generateContent":
             return web.json_response(_merge(chunks), headers=scenario.headers)
         return await self._stream(request, chunks, scenario)
@@ -263,6 +295,11 @@ def _answer(body: dict[str, Any], scenario: Scenario) -> str:
     return f"Echo: {_user_text(body)}"
 
 
+def _args(call: dict[str, str]) -> dict[str, Any]:
+    """A scripted `{"name", "arguments": "<json>"}` call as a `function_calls` entry."""
+    return {"name": call["name"], "args": json.loads(call["arguments"] or "{}")}
+
+
 def _call_part(call: dict[str, Any]) -> dict[str, Any]:
     function_call: dict[str, Any] = {"name": call["name"], "args": call.get("args", {})}
     if "id" in call:
@@ -273,7 +310,17 @@ def _call_part(call: dict[str, Any]) -> dict[str, Any]:
     return part
 
 
-def _chunks(body: dict[str, Any], model: str, scenario: Scenario) -> list[dict[str, Any]]:
+def _prompt_tokens(body: dict[str, Any], turn: Turn | None) -> int:
+    parts = [p for c in body.get("contents", []) for p in c.get("parts", [])]
+    prompt = sum(len(str(p.get("text", "")).split()) for p in parts)
+    if turn is not None:  # a scripted loop: every turn's input grows with the conversation
+        prompt += len(parts)
+    return prompt
+
+
+def _chunks(
+    body: dict[str, Any], model: str, scenario: Scenario, turn: Turn | None
+) -> list[dict[str, Any]]:
     """The streamed chunks of the answer to one request (the last carries the finish)."""
     if scenario.block_reason is not None:
         ratings = [
@@ -311,11 +358,7 @@ def _chunks(body: dict[str, Any], model: str, scenario: Scenario) -> list[dict[s
         )
         if scenario.text_signature is not None:
             parts_per_chunk[-1][-1]["thoughtSignature"] = scenario.text_signature
-    prompt = sum(
-        len(str(p.get("text", "")).split())
-        for c in body.get("contents", [])
-        for p in c.get("parts", [])
-    )
+    prompt = _prompt_tokens(body, turn)
     chunks: list[dict[str, Any]] = []
     for n, parts in enumerate(parts_per_chunk):
         usage: dict[str, Any] = {

@@ -8,6 +8,10 @@ an echo answer streamed in tokens, tool calls streamed in fragments, HTTP
 errors with retry-after headers, a connection reset before headers, delays
 before headers or before the first token, and faults mid-stream (cut, stall,
 malformed event, no terminator).
+A scenario with `tool_steps` plays a multi-step tool loop (see `tests.fakes.tool_loop`):
+each request's conversation is checked like OpenAI does (every `tool_calls` entry answered
+by a `role: tool` message right after it, else HTTP 400) and picks the turn to play from
+the tool rounds it already holds.
 Every request is recorded for assertions. `GET /_stats` answers the chat calls, the TCP
 connections that carried them and the concurrent streams (current and peak) since the last
 `POST /_stats`, which starts a new window (the benchmark reads these).
@@ -24,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.http_fake import FakeHttpServer, run_standalone
+from tests.fakes.tool_loop import Turn, openai_conversation, play
 
 
 @dataclass
@@ -70,6 +75,17 @@ class Scenario:
     numbered: bool = False
     """Start the answer with the call's ordinal, so every call answers differently (as a
     real model does)."""
+    tool_steps: list[list[dict[str, str]]] = field(default_factory=list)
+    """A scripted tool loop: a request whose conversation already holds k assistant turns with
+    tool calls gets the calls of `tool_steps[k]` (`{"name", "arguments": "<json>"}`; several
+    are parallel calls, ids `call_<k>_<i>`), or the final text answer once k is past the
+    script. Overrides `tool_calls`."""
+    echo_tool_results: bool = False
+    """The final answer is `tool results: ` and the last round's tool-message contents, in call
+    order, joined by ` | ` (overrides `answer` and `tokens`)."""
+    delays_from_step: int = 0
+    """`delay_before_headers`, `first_token_delay` and `token_delay` apply only to turns k >=
+    this one (k counts the tool rounds of the conversation), so one step can be made slow."""
 
 
 @dataclass
@@ -171,7 +187,16 @@ class FakeOpenAI(FakeHttpServer):
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if peer is not None:
             self.stats.called((str(peer[0]), int(peer[1])))
-        scenario = self.scenario_for(body.get("model", ""))
+        conversation = openai_conversation(body.get("messages") or [])
+        if conversation.error is not None:
+            error = {
+                "message": conversation.error,
+                "type": "invalid_request_error",
+                "param": conversation.error_param,
+                "code": None,
+            }
+            return web.json_response({"error": error}, status=400)
+        scenario, turn = play(self.scenario_for(body.get("model", "")), conversation)
         if scenario.numbered:
             numbered = f"call {len(self.requests)}: {_answer(body, scenario)}"
             scenario = dataclasses.replace(scenario, answer=numbered, numbered=False)
@@ -198,13 +223,13 @@ class FakeOpenAI(FakeHttpServer):
             self.stats.active_streams += 1
             self.stats.peak_streams = max(self.stats.peak_streams, self.stats.active_streams)
             try:
-                return await self._stream(request, body, scenario)
+                return await self._stream(request, body, scenario, turn)
             finally:
                 self.stats.active_streams -= 1
-        return web.json_response(_completion(body, scenario), headers=scenario.headers)
+        return web.json_response(_completion(body, scenario, turn), headers=scenario.headers)
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], scenario: Scenario
+        self, request: web.Request, body: dict[str, Any], scenario: Scenario, turn: Turn | None
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"content-type": "text/event-stream", **scenario.headers}
@@ -228,7 +253,7 @@ class FakeOpenAI(FakeHttpServer):
         if scenario.first_token_delay:
             await asyncio.sleep(scenario.first_token_delay)
         await send(chunk({"role": "assistant", "content": ""}))
-        pieces = _pieces(body, scenario)
+        pieces = _pieces(body, scenario, turn)
         for n, piece in enumerate(pieces):
             if n and scenario.token_delay:
                 await asyncio.sleep(scenario.token_delay)
@@ -251,7 +276,7 @@ class FakeOpenAI(FakeHttpServer):
         if scenario.content_filter_results is not None:
             closing["choices"][0]["content_filter_results"] = scenario.content_filter_results
         await send(closing)
-        usage = _usage(body, pieces)
+        usage = _usage(body, pieces, turn)
         if (body.get("stream_options") or {}).get("include_usage"):
             await send(
                 {
@@ -285,7 +310,12 @@ def _answer(body: dict[str, Any], scenario: Scenario) -> str:
     return "Echo:"
 
 
-def _pieces(body: dict[str, Any], scenario: Scenario) -> list[dict[str, Any]]:
+def _call_id(turn: Turn | None, i: int) -> str:
+    """Ids unique over a scripted conversation (`call_<k>_<i>`), else `call_<i>`."""
+    return f"call_{i}" if turn is None else f"call_{turn.step}_{i}"
+
+
+def _pieces(body: dict[str, Any], scenario: Scenario, turn: Turn | None) -> list[dict[str, Any]]:
     """The content deltas of the answer: words, or tool-call fragments."""
     if scenario.tool_calls:
         pieces: list[dict[str, Any]] = []
@@ -295,7 +325,7 @@ def _pieces(body: dict[str, Any], scenario: Scenario) -> list[dict[str, Any]]:
                     "tool_calls": [
                         {
                             "index": i,
-                            "id": f"call_{i}",
+                            "id": _call_id(turn, i),
                             "type": "function",
                             "function": {"name": call["name"], "arguments": ""},
                         }
@@ -316,8 +346,11 @@ def _pieces(body: dict[str, Any], scenario: Scenario) -> list[dict[str, Any]]:
     return [{"content": w if i == 0 else f" {w}"} for i, w in enumerate(words)]
 
 
-def _usage(body: dict[str, Any], pieces: list[dict[str, Any]]) -> dict[str, int]:
-    prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+def _usage(body: dict[str, Any], pieces: list[dict[str, Any]], turn: Turn | None) -> dict[str, int]:
+    messages = body.get("messages", [])
+    prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+    if turn is not None:  # a scripted loop: every turn's input grows with the conversation
+        prompt += len(messages)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": len(pieces),
@@ -325,13 +358,13 @@ def _usage(body: dict[str, Any], pieces: list[dict[str, Any]]) -> dict[str, int]
     }
 
 
-def _completion(body: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
-    pieces = _pieces(body, scenario)
+def _completion(body: dict[str, Any], scenario: Scenario, turn: Turn | None) -> dict[str, Any]:
+    pieces = _pieces(body, scenario, turn)
     message: dict[str, Any] = {"role": "assistant", "content": None}
     if scenario.tool_calls:
         message["tool_calls"] = [
             {
-                "id": f"call_{i}",
+                "id": _call_id(turn, i),
                 "type": "function",
                 "function": {"name": c["name"], "arguments": c["arguments"]},
             }
@@ -346,7 +379,7 @@ def _completion(body: dict[str, Any], scenario: Scenario) -> dict[str, Any]:
         "created": 0,
         "model": body.get("model", "gpt-fake"),
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": _usage(body, pieces),
+        "usage": _usage(body, pieces, turn),
     }
 
 

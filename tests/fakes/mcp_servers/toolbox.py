@@ -12,6 +12,7 @@ Environment:
 - `TOOLBOX_START_LOG`: a file that gets one line `start <pid>` at every start.
 - `TOOLBOX_CANCEL_LOG`: a file that gets one line `cancelled slow <pid>` when a `slow`
   call is cancelled by the client (`notifications/cancelled`).
+- `TOOLBOX_CALL_LOG`: a file that gets one line `destroy <target>` per execution of `destroy`.
 
 Tools: add, echo, slow, crash, fail, huge, count, pid, toggle (adds/removes `extra`),
 mutate (rewrites `echo`'s description), bad_structured (breaks its own output schema),
@@ -178,7 +179,8 @@ async def mutate(description: str, ctx: Context) -> str:
     structured_output=False,
 )
 def destroy(target: str) -> str:
-    """Pretend to destroy `target`."""
+    """Pretend to destroy `target` (each execution is a line in `TOOLBOX_CALL_LOG`, if set)."""
+    _append_line("TOOLBOX_CALL_LOG", f"destroy {target}")
     return f"destroyed {target}"
 
 

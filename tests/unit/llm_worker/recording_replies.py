@@ -14,11 +14,16 @@ from ferryman.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
+    LLM_CHAT_PROGRESS,
     LLM_CHAT_RESTARTED,
+    LLM_CHAT_TOOL_CALLED,
+    LLM_CHAT_TOOL_RESULT,
     ChatChunk,
     ChatCompleted,
     ChatRestarted,
     ErrorInfo,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 
 
@@ -33,6 +38,16 @@ class RecordingReplies:
 
     async def restarted(self, restart: ChatRestarted) -> None:
         self._record(LLM_CHAT_RESTARTED, restart)
+
+    async def progress(self, stage: str, step: int, message: str | None) -> None:
+        data = {"stage": stage, "step": step, "message": message}
+        self.events.append((LLM_CHAT_PROGRESS, {k: v for k, v in data.items() if v is not None}))
+
+    async def tool_called(self, event: ToolCallStarted) -> None:
+        self._record(LLM_CHAT_TOOL_CALLED, event)
+
+    async def tool_result(self, event: ToolCallFinished) -> None:
+        self._record(LLM_CHAT_TOOL_RESULT, event)
 
     async def completed(self, result: ChatCompleted) -> None:
         self._record(LLM_CHAT_COMPLETED, result)

@@ -26,6 +26,7 @@ from ferryman.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
+    LLM_CHAT_PROGRESS,
     LLM_CHAT_RESTARTED,
     ChatRequest,
 )
@@ -189,7 +190,13 @@ class Outcome:
         terminal, self.data = self.events[-1]
         self.kind = terminal.rpartition(".")[2]
         assert terminal in (LLM_CHAT_COMPLETED, LLM_CHAT_FAILED)
-        assert all(t in (LLM_CHAT_CHUNK, LLM_CHAT_RESTARTED) for t, _ in self.events[:-1])
+        assert all(
+            t in (LLM_CHAT_CHUNK, LLM_CHAT_RESTARTED, LLM_CHAT_PROGRESS)
+            for t, _ in self.events[:-1]
+        )
+
+    def progress(self) -> list[str]:
+        return [d["stage"] for t, d in self.events if t == LLM_CHAT_PROGRESS]
 
     def chunks(self, attempt: int = 1) -> list[dict[str, Any]]:
         return [d for t, d in self.events if t == LLM_CHAT_CHUNK and d["attempt"] == attempt]
@@ -955,6 +962,7 @@ async def test_a_deployment_at_its_quota_makes_requests_wait_or_fail_rate_limite
         slow = await first_call
 
         assert (slow.kind, waiting.kind) == ("completed", "completed")
+        assert (slow.progress(), waiting.progress()) == ([], ["waiting_quota"])
         _assert_failed(hurried, "rate_limited", retryable=True, says="at its quota")
         assert hurried.elapsed < AT_ONCE
         first, second = upstream.times("limited")
@@ -985,6 +993,11 @@ async def test_a_tenant_over_its_quota_waits_and_fails_rate_limited_past_its_dea
         other = await _send(service, tenant="globex")
 
         assert [first.kind, second.kind, other.kind] == ["completed"] * 3
+        assert [first.progress(), second.progress(), hurried.progress()] == [
+            [],
+            ["waiting_quota"],
+            [],  # it fails at once: nothing to wait for
+        ]
         admitted_first, admitted_second, _ = upstream.times("only")
         assert admitted_second - started == pytest.approx(
             1.0

@@ -9,8 +9,13 @@ from typing import Any
 from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
+from ferryman.codec import IncomingEvent
 from ferryman.contracts import FerrymanError
+from ferryman.contracts.mcp import MCP_CANCEL_REQUESTED, CancelRequest
+from ferryman_runtime.cancellation import CancelBoard
+from ferryman_runtime.catalog_view import CatalogView
 from ferryman_runtime.config_watch import ConfigWatcher, content_version
+from ferryman_runtime.control import ControlReader
 from ferryman_runtime.health_events import publish_health
 from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
@@ -27,6 +32,10 @@ from llm_worker.routing.capabilities import CapabilityTable
 from llm_worker.routing.config import Deployment, RoutingConfig
 from llm_worker.routing.table import RoutingTable, build_table
 from llm_worker.settings import LlmWorkerSettings
+from llm_worker.tool_loop.dispatch import ToolDispatcher
+from llm_worker.tool_loop.journal import LoopJournal
+from llm_worker.tool_loop.loop import ToolLoop
+from llm_worker.tool_loop.tool_runs import ToolRunner
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +85,37 @@ class LlmWorker:
             share=lambda: self.worker.share(),
             cooldowns=Cooldowns(max_ad_hoc=settings.max_direct_models),
         )
+        connection = settings.kafka_connection()
+        client_id = f"ferryman-llm-worker-{settings.instance_id}"
+        self.cancels = CancelBoard(settings.cancel_window)
+        self.control = ControlReader(
+            connection,
+            settings.control_topic,
+            window=settings.cancel_window,
+            handlers={MCP_CANCEL_REQUESTED: self._on_cancel},
+            client_id=f"{client_id}-control",
+        )
+        self.catalog = CatalogView(
+            connection, settings.catalog_topic, client_id=f"{client_id}-catalog"
+        )
+        self.journal = LoopJournal(
+            connection,
+            settings.tool_loop_topic,
+            lambda: self.worker.publisher,
+            source=f"/ferryman/llm-worker/{settings.instance_id}",
+            window=settings.tool_loop_window,
+            memory=settings.tool_loop_memory,
+            client_id=f"{client_id}-tool-loop",
+        )
+        dispatcher = ToolDispatcher(
+            lambda: self.worker.publisher,
+            request_topic=settings.mcp_request_topic,
+            reply_topic=settings.tool_loop_topic,
+            control_topic=settings.control_topic,
+        )
+        runner = ToolRunner(
+            dispatcher, self.journal, result_max_chars=settings.tool_result_max_chars
+        )
         self.service = ChatService(
             self.resolver,
             LlmMetrics(registry),
@@ -86,6 +126,8 @@ class LlmWorker:
                 total=settings.request_timeout,
             ),
             self.resilience,
+            tool_loop=ToolLoop(self.catalog, self.journal, runner),
+            cancels=self.cancels,
         )
         self._owned_clients: list[ChatModel] = []
         self.watcher: ConfigWatcher[RoutingTable] | None = None
@@ -118,7 +160,7 @@ class LlmWorker:
             metric_noun="deployment",
             probe_label="provider",
         )
-        background = [self.monitor.run]
+        background = [self.monitor.run, self.control.run, self.catalog.run, self.journal.run]
         if self.watcher is not None:
             background.append(self.watcher.run)
         self.worker = Worker(
@@ -130,7 +172,13 @@ class LlmWorker:
             background=background,
             on_stop=[self._close_clients],
             details=self._details,
+            extra_topics={settings.tool_loop_topic: {}},
         )
+
+    def _on_cancel(self, event: IncomingEvent) -> None:
+        cancel = CancelRequest.model_validate(event.data)
+        if self.cancels.cancel((cancel.source, cancel.request_id), cancel.reason):
+            logger.info("chat request %s cancelled", cancel.request_id[:200])
 
     def _load_routing(self, data: bytes) -> RoutingTable:
         config = RoutingConfig.parse(data, f"routing file {self._settings.routing_file}")
@@ -179,6 +227,11 @@ class LlmWorker:
             "providers": sorted(self.resolver.providers),
             "routing": self.watcher.status() if self.watcher else None,
             "circuits": self.breakers.states(),
+            "tool_loop": {
+                "catalog_servers": self.catalog.servers(),
+                "journal_bytes": self.journal.held_bytes(),
+                "running": self.cancels.running(),
+            },
             "deployments": self.monitor.snapshot(),
             "quotas": {
                 "share": round(self.worker.share(), 4),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ferryman.contracts import LLM_CHAT_FAILED, LLM_CHAT_REQUESTED, ChatFailed, ChatRequest
+from ferryman.contracts.events import EXT_TRACEPARENT
 from ferryman_runtime.job import Job, RequestSpec
 from llm_worker.chat.replies import ChatReplies
 from llm_worker.chat.service import ChatJob, ChatService
@@ -35,9 +36,11 @@ class ChatRequests:
         await self._service.execute(
             ChatJob(
                 request=job.request,
-                replies=ChatReplies(job.replies),
+                replies=ChatReplies(job.replies, progress_events=job.request.stream),
                 deadline=job.deadline,
                 tenant=job.tenant,
                 tenant_share=job.tenant_share,
+                key=(job.event.source, job.event.id),
+                traceparent=job.event.extension(EXT_TRACEPARENT),
             )
         )

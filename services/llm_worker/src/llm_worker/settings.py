@@ -15,6 +15,11 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import SettingsConfigDict
 
 from ferryman.contracts.llm import DEFAULT_LLM_REPLY_TOPIC, DEFAULT_LLM_REQUEST_TOPIC
+from ferryman.contracts.mcp import (
+    DEFAULT_MCP_CATALOG_TOPIC,
+    DEFAULT_MCP_CONTROL_TOPIC,
+    DEFAULT_MCP_REQUEST_TOPIC,
+)
 from ferryman_runtime.settings import WorkerSettings
 from llm_worker.providers.config import (
     AnthropicConfig,
@@ -76,6 +81,27 @@ class LlmWorkerSettings(WorkerSettings):
     """Seconds between active probes (an unbilled model listing per provider client)."""
     health_probe_timeout: float = Field(default=5.0, gt=0)
     """Seconds a probe may take before it counts as failed."""
+    control_topic: str = DEFAULT_MCP_CONTROL_TOPIC
+    """The mcp_worker's control topic: cancels of chat requests (and of tool calls) are read
+    from it by every replica, and the worker cancels the tool calls of a cancelled chat there."""
+    cancel_window: float = Field(default=600.0, gt=0)
+    """Seconds a cancel that arrives before its request is remembered; on start the control
+    topic is read back this far."""
+    catalog_topic: str = DEFAULT_MCP_CATALOG_TOPIC
+    """The mcp_worker's compacted catalog topic, where MCP tools offered to models come from."""
+    mcp_request_topic: str = DEFAULT_MCP_REQUEST_TOPIC
+    """Where tool calls of tool loops are sent (the mcp_worker's request topic)."""
+    tool_loop_topic: str = "llm.tool-loop.results"
+    """The tool loop's topic: the mcp_worker's replies to tool calls and the worker's journal
+    of each step, read whole by every replica (a redelivered request finds its earlier steps
+    and results there). It must match the mcp_worker's `reply_topics` patterns."""
+    tool_loop_window: float = Field(default=3600.0, gt=0)
+    """Seconds of the tool-loop topic a replica reads back at start and keeps in memory: a
+    request redelivered within it resumes its loop instead of running it again."""
+    tool_loop_memory: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    """Bytes of steps and tool results kept for resumption at most (oldest forgotten first)."""
+    tool_result_max_chars: int = Field(default=100_000, ge=100)
+    """Characters of one tool result given to the model at most (the rest is cut, and said)."""
     mock_token_delay_ms: float = Field(default=0.0, ge=0)
     """Delay between the mock provider's tokens (for demos)."""
 

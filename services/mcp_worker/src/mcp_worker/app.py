@@ -9,13 +9,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.mcp import CancelRequest, ToolApproval, ToolChanged
+from ferryman_runtime.cancellation import CancelBoard
 from ferryman_runtime.config_watch import ConfigWatcher
+from ferryman_runtime.control import ControlReader
 from ferryman_runtime.health_events import publish_health
 from ferryman_runtime.resilience import Breakers
 from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
@@ -25,10 +26,9 @@ from mcp_worker.catalog.catalog import Catalog
 from mcp_worker.catalog.discovery import Discovery
 from mcp_worker.catalog.persisted import read_catalog
 from mcp_worker.contract import MCP_REQUESTS, McpRequests
-from mcp_worker.control import ControlReader
+from mcp_worker.control import control_handlers
 from mcp_worker.execution.audit import Auditor
 from mcp_worker.execution.cache import ResultCache
-from mcp_worker.execution.cancellation import CancelBoard
 from mcp_worker.execution.context import Runtime
 from mcp_worker.execution.limits import Limits
 from mcp_worker.execution.service import McpService, server_status
@@ -249,19 +249,10 @@ class McpWorker:
             self.worker.connection,
             self._settings.control_topic,
             window=self._settings.cancel_window,
-            on_cancel=self._cancel,
-            on_approval=self._approve,
+            handlers=control_handlers(self._cancel, self._approve),
             client_id=f"ferryman-mcp-worker-control-{self._settings.instance_id}",
         )
-        delay = 1.0
-        while True:  # cancels and approvals must keep flowing: a failed reader starts again
-            try:
-                await self.control.run()
-            except Exception as exc:
-                logger.error("the control topic reader failed (%s); restarting it", exc)
-                self.control.ready.clear()
-                await asyncio.sleep(delay)  # backoff between restarts
-                delay = min(delay * 2, 30.0)
+        await self.control.run()  # cancels and approvals keep flowing: it starts again itself
 
     async def _lifecycle(self) -> None:
         """Runs while the worker runs: recall the published catalog, bring up the servers."""
@@ -274,7 +265,7 @@ class McpWorker:
                     client_id=f"ferryman-mcp-worker-catalog-{self._settings.instance_id}",
                 )
                 break
-            except (KafkaError, LookupError) as exc:
+            except LookupError as exc:
                 # Without it, first sights become the baseline: a rug pull across this
                 # restart would go unseen. Say so loudly.
                 logger.error(
@@ -363,7 +354,7 @@ class McpWorker:
             },
             "health": self.monitor.snapshot(),
             "cancels": {
-                "reader": bool(self.control and self.control.ready.is_set()),
+                "reader": bool(self.control and self.control.live),
                 "running": self.board.running(),
                 "cancelled": self.board.cancelled,
             },

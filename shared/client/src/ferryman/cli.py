@@ -22,24 +22,12 @@ from aiokafka.errors import (  # pyright: ignore[reportMissingTypeStubs]
 )
 from pydantic import ValidationError
 
+from ferryman.cli_chat import add_chat_arguments, chat_command
 from ferryman.cli_mcp_tools import add_tools_arguments, tools_command
 from ferryman.cli_tools import dlq_command, health_command, tail_command
-from ferryman.client import (
-    ChatFailedError,
-    FerrymanClient,
-    RunRestarted,
-    TopicSpec,
-)
-from ferryman.contracts import (
-    DEFAULT_HEALTH_TOPIC,
-    DEFAULT_LLM_REPLY_TOPIC,
-    DEFAULT_LLM_REQUEST_TOPIC,
-    ChatCompleted,
-    ChatRestarted,
-)
+from ferryman.contracts import DEFAULT_HEALTH_TOPIC
 from ferryman.contracts.asyncapi import build_asyncapi
 from ferryman.kafka_config import KafkaConnection
-from ferryman.shortcuts import request_from_prompt
 
 _CONNECTION_FLAGS = (
     "bootstrap_servers",
@@ -88,22 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help_text, description=help_text, parents=[common])
 
-    chat = command("chat", "send a prompt and print the answer as it streams")
-    chat.add_argument("prompt")
-    chat.add_argument("--model", default="mock/echo", help="alias or provider/model")
-    chat.add_argument("--no-stream", action="store_true", help="ask for the completed result only")
-    chat.add_argument("--request-topic", default=DEFAULT_LLM_REQUEST_TOPIC)
-    chat.add_argument("--reply-topic", default=DEFAULT_LLM_REPLY_TOPIC)
-    chat.add_argument("--reply-partition", type=int, help="read only this reply partition")
-    chat.add_argument(
-        "--create-reply-topic", action="store_true", help="create a missing reply topic (dev)"
-    )
-    chat.add_argument("--tenant", help="the tenant the request is accounted to")
-    chat.add_argument(
-        "--expires-in", type=_positive_float, help="seconds after which it must not start"
-    )
-    chat.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
-    chat.add_argument("--json", action="store_true", help="print the completed event as JSON")
+    chat = command("chat", "send a prompt and print the answer as it streams; tools with --tools")
+    add_chat_arguments(chat)
 
     tools = command("tools", "list the MCP tools your tenant may see, or call one")
     add_tools_arguments(tools, common)
@@ -148,13 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
 def connection_from(args: argparse.Namespace, environ: Mapping[str, str]) -> KafkaConnection:
     """The connection: `KAFKA_*` variables of `environ`, overridden by the global options.
 
@@ -175,67 +142,6 @@ def _asyncapi(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _chat(connection: KafkaConnection, args: argparse.Namespace) -> int:
-    request = request_from_prompt(args.prompt, model=args.model, stream=not args.no_stream)
-    async with FerrymanClient(
-        connection,
-        request_topic=args.request_topic,
-        reply_topic=args.reply_topic,
-        reply_partition=args.reply_partition,
-        create_reply_topic=TopicSpec() if args.create_reply_topic else False,
-    ) as client:
-        try:
-            stream = client.chat_stream(
-                request, timeout=args.timeout, tenant=args.tenant, expires_in=args.expires_in
-            )
-            async for event in stream:
-                _print_chat_event(event, args)
-        except ChatFailedError as exc:
-            print(f"\nfailed: {exc}", file=sys.stderr)
-            return 1
-        except TimeoutError:
-            print(f"\nno result within {args.timeout:.0f}s (is a worker running?)", file=sys.stderr)
-            return 2
-    return 0
-
-
-def _print_chat_event(event: object, args: argparse.Namespace) -> None:
-    if isinstance(event, ChatCompleted):
-        if args.json:
-            print(event.model_dump_json(indent=2))
-            return
-        if args.no_stream:
-            print(event.content, end="")
-        print()
-        usage = event.usage
-        print(
-            f"[{event.provider}/{event.model} · {event.finish_reason} · "
-            f"{usage.input_tokens} in / {usage.output_tokens} out · "
-            f"{event.latency_ms.total:.0f} ms]",
-            file=sys.stderr,
-        )
-        for call in event.tool_calls:
-            print(f"tool call {call.id}: {call.name}({call.arguments})")
-    elif args.json:
-        return
-    elif isinstance(event, ChatRestarted):
-        print(
-            f"\n[restarted on {event.deployment}: {event.reason.code}; "
-            f"discarding {event.discarded_chunks} chunks]",
-            file=sys.stderr,
-        )
-    elif isinstance(event, RunRestarted):
-        print(
-            f"\n[the request runs again (run {event.run_id}); "
-            f"discarding {event.discarded_chunks} chunks]",
-            file=sys.stderr,
-        )
-    else:
-        content = getattr(getattr(event, "delta", None), "content", None)
-        if content:
-            print(content, end="", flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     args = build_parser().parse_args(argv)
@@ -248,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ferryman: bad Kafka connection settings: {problems}", file=sys.stderr)
         return 2
     runners = {
-        "chat": _chat,
+        "chat": chat_command,
         "tools": tools_command,
         "tail": tail_command,
         "health": health_command,

@@ -5,8 +5,10 @@ connection = KafkaConnection.from_env(os.environ)
 async with FerrymanClient(connection, reply_topic="app-7.replies") as client:
     async for event in client.chat_stream(request, expires_in=60):
         ...  # ChatChunk, ChatChunk, …, then a final ChatCompleted
-        # (a ChatRestarted or RunRestarted in between means: discard what was shown so far)
+        # (a ChatRestarted or RunRestarted in between means: discard what was shown so far;
+        # a tool loop adds ChatProgress, ToolCallStarted and ToolCallFinished)
     completed = await client.chat(request)
+    await client.cancel(request_id)  # any request: the workers fail it with `cancelled`
 ```
 
 The client reads only replies meant for it: either its own reply topic (every partition), or
@@ -25,12 +27,12 @@ import os
 import secrets
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ferryman.contracts import (
     DEFAULT_LLM_REPLY_TOPIC,
@@ -38,22 +40,26 @@ from ferryman.contracts import (
     LLM_CHAT_REQUESTED,
     ChatChunk,
     ChatCompleted,
+    ChatProgress,
     ChatRequest,
     ChatRestarted,
-    ErrorInfo,
+    ToolCallFinished,
+    ToolCallStarted,
 )
+from ferryman.contracts.mcp import DEFAULT_MCP_CONTROL_TOPIC, CancelRequest
 from ferryman.kafka_config import KafkaConnection
 from ferryman.publisher import KafkaPublisher
 from ferryman.replies import (
     ReplyRegistry,
     ReplyRole,
     ReplySequencer,
+    ReplyType,
     RunRestarted,
     default_registry,
-    reply_token_matches,
 )
 from ferryman.reply_reader import ReplyReader
-from ferryman.request_encoding import RequestOptions, encode_request
+from ferryman.request_encoding import RequestOptions, encode_cancel, encode_request
+from ferryman.request_stream import RequestFailedError, RequestStream, sequenced_replies
 from ferryman.shortcuts import dumps_event, request_from_prompt
 from ferryman.topics import ensure_topics, wait_for_partitions
 
@@ -64,6 +70,7 @@ __all__ = [
     "PublishedRequest",
     "ReplySequencer",
     "RequestFailedError",
+    "RequestStream",
     "RunRestarted",
     "TopicSpec",
     "dumps_event",
@@ -73,25 +80,20 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ChatEvent = ChatChunk | ChatRestarted | RunRestarted | ChatCompleted
+ChatEvent = (
+    ChatChunk
+    | ChatRestarted
+    | RunRestarted
+    | ChatProgress
+    | ToolCallStarted
+    | ToolCallFinished
+    | ChatCompleted
+)
 """What `FerrymanClient.chat_stream` yields."""
-
-
-class RequestFailedError(Exception):
-    """The worker answered with a `failed` event; `error` carries code and retryability."""
-
-    def __init__(self, error: ErrorInfo) -> None:
-        super().__init__(f"{error.code}: {error.message}")
-        self.error = error
 
 
 ChatFailedError = RequestFailedError
 """The name `chat` callers catch; the same class as `RequestFailedError`."""
-
-
-class _Failed(Protocol):
-    @property
-    def error(self) -> ErrorInfo: ...
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,11 @@ class FerrymanClient:
         await self._replies.stop()
         await self._publisher.stop()
 
+    @property
+    def source(self) -> str:
+        """The `ce_source` of the requests this client sends."""
+        return self._source
+
     def new_request_id(self) -> str:
         """A fresh request id; with `reply_partition`, one whose replies land there."""
         while True:
@@ -261,15 +268,17 @@ class FerrymanClient:
             topic or self._request_topic, value, key=key or request_id.encode(), headers=headers
         )
 
-    async def request_stream(
+    def request_stream(
         self,
         event_type: str,
         data: BaseModel | Mapping[str, Any],
         *,
         timeout: float = 600.0,
         **options: Any,
-    ) -> AsyncIterator[BaseModel]:
-        """Publish a request and yield its replies in order, ending with the completed one.
+    ) -> RequestStream[BaseModel]:
+        """Return the stream of a request: iterating it publishes the request and yields its
+        replies in order, ending with the completed one. `request_id` of the stream is known
+        at once (for `cancel`).
 
         A `RunRestarted` (the request was redelivered and runs again) or a restart reply
         (`ChatRestarted`) means: discard what was shown so far. Duplicates, replies of
@@ -281,53 +290,34 @@ class FerrymanClient:
         `expires_in` (seconds) or `expires_at` (aware datetime).
 
         Raises:
-            RequestFailedError: the worker published the failed reply.
-            TimeoutError: no terminal reply within `timeout` seconds.
-            LookupError: `event_type` has no registered reply types.
-            ValueError: an option is malformed.
+            LookupError: `event_type` has no registered reply types (at the call).
+            ValueError: `request_id` is empty or hashes to another reply partition (at the
+                call); another option is malformed (when iterated).
+            RequestFailedError: the worker published the failed reply (when iterated).
+            TimeoutError: no terminal reply within `timeout` seconds (when iterated).
             aiokafka.errors.KafkaError: publishing failed, or reading replies failed.
         """
         replies = self._registry.kind(event_type).replies
         request_id = self._request_id(options.pop("request_id", None))
+        events = self._replies_to(event_type, data, request_id, replies, timeout, options)
+        return RequestStream(request_id, self._source, events, self.cancel)
+
+    async def _replies_to(
+        self,
+        event_type: str,
+        data: BaseModel | Mapping[str, Any],
+        request_id: str,
+        replies: Mapping[str, ReplyType],
+        timeout: float,
+        options: dict[str, Any],
+    ) -> AsyncGenerator[BaseModel, None]:
         token = secrets.token_urlsafe(24) if self._reply_tokens else None
         queue = self._replies.register(request_id)
         try:
             await self._send(event_type, data, request_id, token, **options)
-            sequencer = ReplySequencer()
             async with asyncio.timeout(timeout):
-                while not sequencer.done:
-                    delivery = await queue.get()
-                    if isinstance(delivery, BaseException):
-                        raise delivery
-                    reply_type = replies.get(delivery.event_type)
-                    if reply_type is None:
-                        continue
-                    if not reply_token_matches(token, delivery.reply_token):
-                        logger.warning(
-                            "dropped reply %s to request %s: wrong reply token",
-                            delivery.event_id,
-                            request_id,
-                        )
-                        continue
-                    try:
-                        payload = reply_type.model.model_validate_json(delivery.value)
-                    except ValidationError as exc:
-                        logger.warning(
-                            "dropped undecodable reply %s to request %s: %d errors",
-                            delivery.event_id,
-                            request_id,
-                            exc.error_count(),
-                        )
-                        continue
-                    for shown in sequencer.accept(
-                        payload,
-                        reply_type.role,
-                        run_id=delivery.run_id,
-                        event_id=delivery.event_id,
-                    ):
-                        if shown is payload and reply_type.role is ReplyRole.FAILED:
-                            raise RequestFailedError(cast(_Failed, payload).error)
-                        yield shown
+                async for event in sequenced_replies(queue, replies, token, request_id):
+                    yield event
         finally:
             self._replies.unregister(request_id)
 
@@ -354,28 +344,33 @@ class FerrymanClient:
                 return event
         raise RuntimeError("the reply stream ended without a terminal event")
 
-    async def chat_stream(
+    def chat_stream(
         self,
         request: ChatRequest | Mapping[str, Any],
         *,
         timeout: float = 600.0,
         **options: Any,
-    ) -> AsyncIterator[ChatEvent]:
-        """Publish a chat request and yield its chunks in order, then its `ChatCompleted`.
+    ) -> RequestStream[ChatEvent]:
+        """Return the stream of a chat request: iterating it publishes the request and yields
+        its chunks in order, then its `ChatCompleted`; `request_id` of the stream is known at
+        once (for `cancel`).
 
-        A `ChatRestarted` (the worker restarted a failed stream on another deployment) or a
-        `RunRestarted` (the request was redelivered) means: discard the chunks received so
-        far. Options are those of `request_stream`.
+        In a tool loop (`tool_execution` `auto`) the chunks carry their `step`, and
+        `ChatProgress`, `ToolCallStarted` and `ToolCallFinished` come between them as the
+        worker publishes them. A `ChatRestarted` (the worker restarted a failed stream on
+        another deployment) means: discard the chunks of its `step` received so far; a
+        `RunRestarted` (the request was redelivered): discard everything received so far.
+        Options are those of `request_stream`.
 
         Raises:
-            ChatFailedError: the worker published `failed`.
-            TimeoutError: no terminal event within `timeout` seconds.
-            pydantic.ValidationError: `request` is not a valid chat request.
-            ValueError: an option is malformed.
+            ValueError: `request_id` is unusable (at the call); another option is malformed.
+            ChatFailedError: the worker published `failed` (when iterated; code `cancelled`
+                after `cancel`).
+            TimeoutError: no terminal event within `timeout` seconds (when iterated).
+            pydantic.ValidationError: `request` is not a valid chat request (when iterated).
         """
         stream = self.request_stream(LLM_CHAT_REQUESTED, request, timeout=timeout, **options)
-        async for event in stream:
-            yield cast(ChatEvent, event)
+        return cast(RequestStream[ChatEvent], stream)
 
     async def chat(
         self, request: ChatRequest | Mapping[str, Any], *, timeout: float = 600.0, **options: Any
@@ -390,3 +385,31 @@ class FerrymanClient:
         """
         completed = await self.request(LLM_CHAT_REQUESTED, request, timeout=timeout, **options)
         return cast(ChatCompleted, completed)
+
+    async def cancel(
+        self,
+        request_id: str,
+        *,
+        source: str | None = None,
+        reason: str | None = None,
+        control_topic: str = DEFAULT_MCP_CONTROL_TOPIC,
+    ) -> None:
+        """Ask the workers to cancel a request: publish a `CancelRequest` to `control_topic`,
+        keyed by `request_id`.
+
+        A request is identified by (`source`, `request_id`); `source` defaults to this
+        client's own `ce_source`. The worker running it stops and publishes `failed` with
+        code `cancelled` (keep reading the request's stream to see it); a request that
+        arrives after its cancel fails the same way; a finished request is not affected.
+        Nothing is cancelled implicitly: stopping the iteration of a stream does not.
+
+        Raises:
+            pydantic.ValidationError: `request_id` or `source` is empty, or `reason` is longer
+                than 1000 characters (nothing is published).
+            aiokafka.errors.KafkaError: Kafka did not acknowledge the cancel.
+        """
+        cancel = CancelRequest(request_id=request_id, source=source or self._source, reason=reason)
+        headers, value = encode_cancel(cancel, source=self._source, now=self._clock())
+        await self._publisher.send_and_wait(
+            control_topic, value, key=request_id.encode(), headers=headers
+        )

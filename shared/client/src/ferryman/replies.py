@@ -9,8 +9,9 @@ Three rules, applied per request (see docs/client.md):
    run id seen, is told to discard what earlier runs showed (`RunRestarted`), and events of
    smaller run ids are ignored. Events without a run id count as one run, older than any.
 3. Order within a run: chunks are accepted once each, at the next index of the current
-   attempt; a restart announces a newer attempt counting from 0 again; nothing is accepted
-   after the terminal event (`ReplySequencer`).
+   attempt of their step (a tool loop's model turn; 0 without one); a restart announces a
+   newer attempt of one step, counting from 0 again (the chunks of earlier steps stand);
+   nothing is accepted after the terminal event (`ReplySequencer`).
 
 The reply types of each request type are registered in a `ReplyRegistry`, so a facade for
 another worker (MCP tools, storage) only registers its models.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, cast
 
@@ -30,13 +31,19 @@ from ferryman.contracts import (
     LLM_CHAT_CHUNK,
     LLM_CHAT_COMPLETED,
     LLM_CHAT_FAILED,
+    LLM_CHAT_PROGRESS,
     LLM_CHAT_REQUESTED,
     LLM_CHAT_RESTARTED,
+    LLM_CHAT_TOOL_CALLED,
+    LLM_CHAT_TOOL_RESULT,
     ChatChunk,
     ChatCompleted,
     ChatFailed,
+    ChatProgress,
     ChatRequest,
     ChatRestarted,
+    ToolCallFinished,
+    ToolCallStarted,
 )
 
 
@@ -44,11 +51,13 @@ class ReplyRole(StrEnum):
     """How the sequencer treats a reply event type."""
 
     CHUNK = "chunk"
-    """Ordered by its `index` (and `attempt`, 1 when absent); each passed on once."""
+    """Ordered by its `index` within its `step` (0 when absent) and `attempt` (1 when
+    absent); each passed on once."""
     PROGRESS = "progress"
     """Unordered; passed on once per event id."""
     RESTART = "restart"
-    """Announces a newer `attempt` within the run; earlier attempts' chunks are discarded."""
+    """Announces a newer `attempt` of its `step` (0 when absent) within the run; that step's
+    chunks of earlier attempts are discarded."""
     COMPLETED = "completed"
     """The terminal success."""
     FAILED = "failed"
@@ -111,13 +120,16 @@ class ReplyRegistry:
 
 
 def default_registry() -> ReplyRegistry:
-    """A registry knowing the LLM chat request and its replies."""
+    """A registry knowing the LLM chat request and its replies (tool-loop events included)."""
     registry = ReplyRegistry()
     registry.register(
         LLM_CHAT_REQUESTED,
         {
             LLM_CHAT_CHUNK: ReplyType(ChatChunk, ReplyRole.CHUNK),
             LLM_CHAT_RESTARTED: ReplyType(ChatRestarted, ReplyRole.RESTART),
+            LLM_CHAT_PROGRESS: ReplyType(ChatProgress, ReplyRole.PROGRESS),
+            LLM_CHAT_TOOL_CALLED: ReplyType(ToolCallStarted, ReplyRole.PROGRESS),
+            LLM_CHAT_TOOL_RESULT: ReplyType(ToolCallFinished, ReplyRole.PROGRESS),
             LLM_CHAT_COMPLETED: ReplyType(ChatCompleted, ReplyRole.COMPLETED),
             LLM_CHAT_FAILED: ReplyType(ChatFailed, ReplyRole.FAILED),
         },
@@ -138,7 +150,8 @@ class RunRestarted(BaseModel):
     previous_run_id: str | None
     """The run given up (None for replies of a worker that sends no run id)."""
     discarded_chunks: int = Field(ge=0)
-    """How many chunks of the previous run's current attempt the reader was shown."""
+    """How many chunks of the previous run the reader was shown (the current attempt of
+    every step)."""
 
 
 class _Chunk(Protocol):
@@ -154,9 +167,30 @@ class _Restart(Protocol):
 _CHAT_ROLES: dict[type[BaseModel], ReplyRole] = {
     ChatChunk: ReplyRole.CHUNK,
     ChatRestarted: ReplyRole.RESTART,
+    ChatProgress: ReplyRole.PROGRESS,
+    ToolCallStarted: ReplyRole.PROGRESS,
+    ToolCallFinished: ReplyRole.PROGRESS,
     ChatCompleted: ReplyRole.COMPLETED,
     ChatFailed: ReplyRole.FAILED,
 }
+
+
+@dataclass
+class _StepStream:
+    """Where the chunks of one step (a tool loop's model turn) stand."""
+
+    attempt: int
+    """The attempt whose chunks are accepted."""
+    next_index: int = 0
+    """The index of the next chunk accepted."""
+
+
+@dataclass
+class _Run:
+    steps: dict[int, _StepStream] = field(default_factory=dict[int, _StepStream])
+    announced: int = 1
+    """The greatest attempt a restart announced in the run (1 before any)."""
+    seen_ids: set[str] = field(default_factory=set[str])
 
 
 class ReplySequencer:
@@ -166,18 +200,41 @@ class ReplySequencer:
     duplicate, an event of an older run or attempt, a chunk out of turn, anything after the
     terminal event), the event itself, or a `RunRestarted` followed by the event when the
     event opens a newer run.
+
+    Chunks are sequenced per step (`step`, 0 when absent): each step counts its indexes from
+    0, and a restart of step k discards only step k's chunks of earlier attempts. A step's
+    first chunk (index 0) may carry attempt 1 or any attempt a restart of the run already
+    announced, so a worker may count attempts per step or across the request.
     """
 
     def __init__(self) -> None:
         self.run_id: str | None = None
         """The run followed ("" for replies without a run id; None before the first)."""
-        self.attempt = 1
-        """The attempt whose chunks are accepted."""
-        self.next_index = 0
-        """The index of the next chunk accepted."""
         self.done = False
         """True once a terminal event was accepted."""
-        self._seen_ids: set[str] = set()
+        self._run = _Run()
+
+    @property
+    def step(self) -> int:
+        """The latest step of the current run (0 before any chunk)."""
+        return max(self._run.steps, default=0)
+
+    @property
+    def attempt(self) -> int:
+        """The attempt whose chunks are accepted in the latest step."""
+        stream = self._run.steps.get(self.step)
+        return 1 if stream is None else stream.attempt
+
+    @property
+    def next_index(self) -> int:
+        """The index of the next chunk accepted in the latest step."""
+        stream = self._run.steps.get(self.step)
+        return 0 if stream is None else stream.next_index
+
+    @property
+    def shown_chunks(self) -> int:
+        """Chunks of the current run passed on and not discarded by a restart since."""
+        return sum(stream.next_index for stream in self._run.steps.values())
 
     def accept(
         self,
@@ -211,11 +268,10 @@ class ReplySequencer:
                 RunRestarted(
                     run_id=run,
                     previous_run_id=self.run_id or None,
-                    discarded_chunks=self.next_index,
+                    discarded_chunks=self.shown_chunks,
                 )
             )
-            self.run_id, self.attempt, self.next_index = run, 1, 0
-            self._seen_ids.clear()
+            self.run_id, self._run = run, _Run()
         if self._takes(event, role, event_id):
             shown.append(event)
         return shown
@@ -224,22 +280,31 @@ class ReplySequencer:
         if role in TERMINAL_ROLES:
             self.done = True
             return True
-        if role is ReplyRole.RESTART:
-            attempt = cast(_Restart, event).attempt
-            if attempt <= self.attempt:
-                return False
-            self.attempt, self.next_index = attempt, 0
-            return True
+        run = self._run
         if role is ReplyRole.PROGRESS:
             if event_id is not None:
-                if event_id in self._seen_ids:
+                if event_id in run.seen_ids:
                     return False
-                self._seen_ids.add(event_id)
+                run.seen_ids.add(event_id)
             return True
-        attempt: int = getattr(event, "attempt", 1)
-        if (attempt, cast(_Chunk, event).index) != (self.attempt, self.next_index):
+        step: int = getattr(event, "step", None) or 0
+        stream = run.steps.get(step)
+        if role is ReplyRole.RESTART:
+            attempt = cast(_Restart, event).attempt
+            if stream is not None and attempt <= stream.attempt:
+                return False
+            run.steps[step] = _StepStream(attempt)
+            run.announced = max(run.announced, attempt)
+            return True
+        attempt = getattr(event, "attempt", 1)
+        index = cast(_Chunk, event).index
+        if stream is None:
+            if index != 0 or attempt > run.announced:
+                return False
+            stream = run.steps[step] = _StepStream(attempt)
+        if (attempt, index) != (stream.attempt, stream.next_index):
             return False
-        self.next_index += 1
+        stream.next_index += 1
         return True
 
 

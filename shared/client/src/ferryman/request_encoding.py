@@ -1,9 +1,11 @@
-"""Builds request events: CloudEvents attributes, extensions and the JSON payload."""
+"""Builds request events (CloudEvents attributes, extensions and the JSON payload) and the
+cancel events that call them off."""
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,6 +15,7 @@ from pydantic import BaseModel
 
 from ferryman.codec import Headers, encode_binary
 from ferryman.contracts import events as ev
+from ferryman.contracts.mcp import MCP_CANCEL_REQUESTED, CancelRequest
 from ferryman.replies import ReplyRegistry
 
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
@@ -106,3 +109,16 @@ def _payload(
     if model is None:
         return json.dumps(dict(data), separators=(",", ":")).encode()
     return model.model_validate(data).model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+def encode_cancel(cancel: CancelRequest, *, source: str, now: datetime) -> tuple[Headers, bytes]:
+    """Return the Kafka headers and value of a binary-mode `ferryman.mcp.cancel.requested`
+    event carrying `cancel`, sent by `source` (publish it keyed by `cancel.request_id`)."""
+    attributes: dict[str, Any] = {
+        "id": str(uuid.uuid4()),
+        "type": MCP_CANCEL_REQUESTED,
+        "source": source,
+        "time": now.astimezone(UTC),
+        "datacontenttype": "application/json",
+    }
+    return encode_binary(attributes, cancel.model_dump_json(exclude_none=True).encode())

@@ -71,6 +71,7 @@ async def run_call(
     progress: StreamProgress,
     metrics: LlmMetrics,
     started: float,
+    step: int | None = None,
 ) -> CallResult:
     """Make one call; a streamed answer is published chunk by chunk as it arrives.
 
@@ -81,13 +82,14 @@ async def run_call(
         progress: updated with every published chunk.
         metrics: chunk and time-to-first-token metrics.
         started: `time.monotonic()` when the request's work began (for latencies).
+        step: the tool loop's turn the chunks belong to, if any.
 
     Raises:
         FerrymanError: the provider failed, timed out, or ended the stream unfinished.
         aiokafka.errors.KafkaError: a chunk could not be enqueued.
     """
     if request.stream:
-        return await _stream(call, request, replies, progress, metrics, started)
+        return await _stream(call, request, replies, progress, metrics, started, step)
     return await _generate(call, request, started)
 
 
@@ -117,6 +119,7 @@ async def _stream(
     progress: StreamProgress,
     metrics: LlmMetrics,
     started: float,
+    step: int | None,
 ) -> CallResult:
     provider = call.client.provider
     builder = CompletionBuilder()
@@ -144,7 +147,7 @@ async def _stream(
                 metrics.first_token.labels(deployment=call.deployment).observe(first_token)
                 if progress.first_token_at is None:
                     progress.first_token_at = now
-            chunk = ChatChunk(index=progress.published, delta=delta, attempt=attempt)
+            chunk = ChatChunk(index=progress.published, delta=delta, attempt=attempt, step=step)
             await replies.chunk(chunk)
             progress.published += 1
     result = builder.result()

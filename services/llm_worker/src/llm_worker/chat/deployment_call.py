@@ -92,7 +92,7 @@ class DeploymentCaller:
             async with breaker.guard() if breaker is not None else contextlib.nullcontext():
                 result = await run_call(
                     call, state.job.request, state.job.replies, state.progress,
-                    self._metrics, state.started,
+                    self._metrics, state.started, state.job.step,
                 )  # fmt: skip
         except FerrymanError as exc:
             if exc.upstream is None:

@@ -33,6 +33,12 @@ class ChatJob:
     tenant: str | None = None
     tenant_share: float = 1.0
     """This replica's share of the tenant's quota (see `QuotaBook`)."""
+    key: tuple[str, str] = ("", "")
+    """(`ce_source`, `ce_id`) of the request: what cancels and the tool loop's journal name."""
+    step: int | None = None
+    """In a tool loop: the model turn this job serves."""
+    traceparent: str | None = None
+    """The request's trace context, passed on to the tool calls it makes."""
 
 
 @dataclass
@@ -81,6 +87,8 @@ class RequestState:
     left: str | None = None
     """The deployment the request last gave up on (a failover is counted when another is tried)."""
     degraded: bool = False
+    waiting_announced: bool = False
+    """A `waiting_quota` progress event was published for this request (or turn)."""
 
 
 def over_quota_error(what: str, wait: float) -> FerrymanError:

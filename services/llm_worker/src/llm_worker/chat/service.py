@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 
 from ferryman.contracts import ChatCompleted, ChatRequest, ChatRestarted, ErrorCode, FerrymanError
+from ferryman_runtime.cancellation import CancelBoard, CancelledByRequest
 from llm_worker.chat.calls import CallResult
 from llm_worker.chat.deployment_call import DeploymentCaller, deployment_group, deployment_label
 from llm_worker.chat.job import (
@@ -38,6 +39,7 @@ from llm_worker.providers.resolver import ModelResolver
 from llm_worker.routing.capabilities import CapabilityTable
 from llm_worker.routing.plan import AttemptPlan, Candidate, Skip
 from llm_worker.routing.table import DIRECT_ALIAS, DirectTables, RoutingTable
+from llm_worker.tool_loop.loop import ToolLoop
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ class ChatService:
         routing: the initial routing table (None: only `provider/model` requests).
         clock: the clock deadlines and stream bounds are measured on (default: the
             event loop's); waits still take real time.
+        tool_loop: runs requests whose tools name MCP servers (None: such requests are
+            refused).
+        cancels: where cancel events find running requests (None: no cancellation).
     """
 
     def __init__(
@@ -77,8 +82,12 @@ class ChatService:
         resilience: Resilience | None = None,
         routing: RoutingTable | None = None,
         clock: Callable[[], float] | None = None,
+        tool_loop: ToolLoop | None = None,
+        cancels: CancelBoard | None = None,
     ) -> None:
         self._metrics = metrics
+        self._tool_loop = tool_loop
+        self._cancels = cancels
         self._capabilities = capabilities or CapabilityTable({})
         self._timeouts = timeouts or StreamTimeouts()
         self._res = resilience or Resilience()
@@ -108,14 +117,21 @@ class ChatService:
         """
         alias = "unknown"
         started = time.monotonic()
-        tenant_held = False
         try:
             state = self._begin(job)
             alias = state.alias
-            if job.tenant is not None:
-                await self._admit_tenant(state, job.tenant)
-                tenant_held = True
-            completed, serving = await self._serve(state)
+            work = self._work(state)
+            if self._cancels is not None:
+                completed, serving = await self._cancels.run(job.key, work)
+            else:
+                completed, serving = await work
+        except CancelledByRequest as exc:
+            error = FerrymanError(
+                ErrorCode.CANCELLED, f"cancelled: {exc.reason or 'by request'}", retryable=False
+            )
+            await job.replies.failed(error.to_info())
+            self._metrics.requests.labels(alias=alias, deployment="none", outcome="cancelled").inc()
+            return
         except FerrymanError as exc:
             await job.replies.failed(exc.to_info())
             self._metrics.requests.labels(alias=alias, deployment="none", outcome=exc.code).inc()
@@ -123,9 +139,6 @@ class ChatService:
                 time.monotonic() - started
             )
             return
-        finally:
-            if tenant_held and job.tenant is not None:
-                self._res.tenant_quotas.release(job.tenant)
         usage = completed.usage
         if job.tenant is not None:
             self._res.tenant_quotas.charge(job.tenant, usage.input_tokens + usage.output_tokens)
@@ -136,6 +149,38 @@ class ChatService:
         )
         self._metrics.tokens.labels(deployment=serving, direction="input").inc(usage.input_tokens)
         self._metrics.tokens.labels(deployment=serving, direction="output").inc(usage.output_tokens)
+
+    async def _work(self, state: RequestState) -> tuple[ChatCompleted, str]:
+        """Admit the request's tenant, then serve it: one turn, or a tool loop of turns.
+
+        Raises:
+            FerrymanError: the request failed.
+        """
+        job = state.job
+        tenant = job.tenant
+        if tenant is not None:
+            await self._admit_tenant(state, tenant)
+        try:
+            if not job.request.mcp_toolsets():
+                return await self._serve(state)
+            if self._tool_loop is None:
+                raise FerrymanError(
+                    ErrorCode.INVALID_REQUEST,
+                    "this worker is not connected to an MCP catalog; MCP tools cannot be offered",
+                    retryable=False,
+                )
+            return await self._tool_loop.run(job, self._serve_turn)
+        finally:
+            if tenant is not None:
+                self._res.tenant_quotas.release(tenant)
+
+    async def _serve_turn(self, job: ChatJob) -> tuple[ChatCompleted, str]:
+        """Serve one model turn of a tool loop (routing, retries and failover as for a request).
+
+        Raises:
+            FerrymanError: the turn failed.
+        """
+        return await self._serve(self._begin(job))
 
     def _begin(self, job: ChatJob) -> RequestState:
         table = self.routing
@@ -176,10 +221,16 @@ class ChatService:
         while (wait := book.try_acquire(tenant, state.job.tenant_share)) > 0:
             if not counted:
                 self._metrics.quota_waits.labels(reason="tenant").inc()
-                counted = True
             remaining = self._remaining(state.deadline)
             if wait == math.inf or remaining <= wait:
                 raise over_quota_error(f"tenant {tenant!r} is over its quota", wait)
+            if not counted:
+                counted = state.waiting_announced = True
+                await state.job.replies.progress(
+                    "waiting_quota",
+                    state.job.step or 0,
+                    f"the tenant is over its quota for {wait:.1f}s",
+                )
             await book.changed(min(wait, remaining))
 
     async def _serve(self, state: RequestState) -> tuple[ChatCompleted, str]:
@@ -219,7 +270,13 @@ class ChatService:
         if wait < remaining and state.calls.total() < state.budget:
             reasons = {s.reason for s in skipped.values() if s.retry_in == wait}
             if reasons - {"restart"}:  # a restart's backoff is no quota wait
-                self._metrics.quota_waits.labels(reason="/".join(sorted(reasons))).inc()
+                why = "/".join(sorted(reasons))
+                self._metrics.quota_waits.labels(reason=why).inc()
+                if not state.waiting_announced:
+                    state.waiting_announced = True
+                    await state.job.replies.progress(
+                        "waiting_quota", state.job.step or 0, f"every deployment waits ({why})"
+                    )
             await self._res.deployment_quotas.changed(wait)
             return
         route = plan.config.routes[plan.alias]
@@ -353,6 +410,7 @@ class ChatService:
                 discarded_chunks=progress.published,
                 reason=error.to_info(),
                 deployment=candidate.name,
+                step=state.job.step,
             )
         )
         self._metrics.restarts.labels(deployment=deployment_label(state, candidate.name)).inc()

@@ -91,8 +91,8 @@ def to_anthropic_params(
             limit = params["max_tokens"]
             raise _invalid(f"max_tokens {limit} must exceed the thinking budget {thinking_budget}")
         params["thinking"] = {"type": "enabled", "budget_tokens": thinking_budget}
-    if request.tools:
-        params["tools"] = [_tool(tool.function) for tool in request.tools]
+    if tools := request.function_tools():
+        params["tools"] = [_tool(tool.function) for tool in tools]
         if request.tool_choice is not None:
             params["tool_choice"] = _tool_choice(request.tool_choice)
     if request.stop is not None:

@@ -345,7 +345,7 @@ def _config(
     elif format_ is not None and format_.type == "json_schema":
         config.response_mime_type = "application/json"
         config.response_json_schema = format_.json_schema.json_schema
-    if request.tools:
+    if tools := request.function_tools():
         config.tools = [
             types.Tool(
                 function_declarations=[
@@ -354,7 +354,7 @@ def _config(
                         description=tool.function.description,
                         parameters_json_schema=tool.function.parameters,
                     )
-                    for tool in request.tools
+                    for tool in tools
                 ]
             )
         ]

@@ -33,8 +33,8 @@ def to_openai_params(request: ChatRequest, model: str, *, stream: bool) -> dict[
     }
     if stream:
         params["stream_options"] = {"include_usage": True}
-    if request.tools:
-        params["tools"] = [t.model_dump(exclude_none=True, by_alias=True) for t in request.tools]
+    if tools := request.function_tools():
+        params["tools"] = [t.model_dump(exclude_none=True, by_alias=True) for t in tools]
     if request.tool_choice is not None:
         choice = request.tool_choice
         params["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()

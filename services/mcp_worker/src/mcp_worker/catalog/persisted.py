@@ -5,17 +5,11 @@ tool quarantined before it stays quarantined (a restart is no way around a rug p
 from __future__ import annotations
 
 import asyncio
-import logging
-from typing import Any
-
-from aiokafka import AIOKafkaConsumer, TopicPartition  # pyright: ignore[reportMissingTypeStubs]
-from pydantic import ValidationError
+import contextlib
 
 from ferryman.contracts.mcp import CatalogRecord
 from ferryman.kafka_config import KafkaConnection
-from ferryman.topics import wait_for_partitions
-
-logger = logging.getLogger(__name__)
+from ferryman_runtime.catalog_view import CatalogView
 
 
 async def read_catalog(
@@ -24,50 +18,20 @@ async def read_catalog(
     """The latest valid record per server on the catalog topic (tombstones remove).
 
     Raises:
-        aiokafka.errors.KafkaError: Kafka could not be read.
-        LookupError: the topic does not exist, or was not read to its end within `timeout`.
+        LookupError: the topic was not read to its end within `timeout` (it does not
+            exist, or Kafka could not be read).
     """
-    options: dict[str, Any] = connection.aiokafka_options(client_id)
-    # `earliest`: a position asked before the first fetch resolves to the beginning, never
-    # to the end (which would skip the records this reads back).
-    consumer = AIOKafkaConsumer(
-        **options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    await consumer.start()
-    latest: dict[str, CatalogRecord] = {}
+    view = CatalogView(connection, topic, client_id=client_id)
+    reading = asyncio.create_task(view.run(), name=f"read-catalog-{topic}")
     try:
-        found = await wait_for_partitions(consumer, topic, timeout=timeout)
-        partitions = [TopicPartition(topic, p) for p in sorted(found)]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        remaining = {p for p in partitions if ends[p] > 0}
-        deadline = asyncio.get_running_loop().time() + timeout
-        while remaining:
-            if asyncio.get_running_loop().time() > deadline:
-                raise LookupError(f"catalog topic {topic!r} was not read to its end in time")
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
-            for partition, records in batches.items():
-                for record in records:
-                    _keep(latest, record.key, record.value)
-                if records and records[-1].offset + 1 >= ends[partition]:
-                    remaining.discard(partition)
-            for partition in list(remaining):
-                if await consumer.position(partition) >= ends[partition]:
-                    remaining.discard(partition)
+        async with asyncio.timeout(timeout):
+            await view.ready.wait()
+    except TimeoutError:
+        raise LookupError(
+            f"catalog topic {topic!r} was not read to its end within {timeout:g} s"
+        ) from None
     finally:
-        await consumer.stop()
-    return latest
-
-
-def _keep(latest: dict[str, CatalogRecord], key: bytes | None, value: bytes | None) -> None:
-    if key is None:
-        return
-    server = key.decode("utf-8", "replace")
-    if value is None:
-        latest.pop(server, None)
-        return
-    try:
-        latest[server] = CatalogRecord.model_validate_json(value)
-    except ValidationError:
-        logger.warning("catalog record of %s is not valid; ignored", server[:128])
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+    return {server: record for server in view.servers() if (record := view.record(server))}

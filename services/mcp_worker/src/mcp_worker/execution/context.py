@@ -11,12 +11,12 @@ from pydantic import BaseModel
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.mcp import ToolEntry, tenant_may_use
+from ferryman_runtime.cancellation import CancelBoard
 from ferryman_runtime.job import Job
 from mcp_worker.catalog.catalog import Catalog
 from mcp_worker.catalog.discovery import Discovery
 from mcp_worker.execution.audit import Auditor
 from mcp_worker.execution.cache import ResultCache
-from mcp_worker.execution.cancellation import CancelBoard
 from mcp_worker.execution.limits import Limits
 from mcp_worker.servers.fleet import Fleet
 from mcp_worker.servers.supervisor import ServerSupervisor

@@ -26,10 +26,10 @@ from ferryman.contracts.mcp import (
     ServerEntry,
     ToolCallRequest,
 )
+from ferryman_runtime.cancellation import CancelledByRequest
 from ferryman_runtime.job import Job
 from mcp_worker.catalog.catalog import Status
 from mcp_worker.execution.audit import Audited
-from mcp_worker.execution.cancellation import CancelledByRequest
 from mcp_worker.execution.context import Answer, CallContext, Outcome, Runtime
 from mcp_worker.execution.tool_calls import call_tool
 from mcp_worker.metrics import McpMetrics

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal, cast
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ferryman.contracts.errors import ErrorCode, ErrorInfo
+from ferryman.contracts.llm_tools import McpToolset, ToolExecution
 
 LLM_CHAT_REQUESTED: Final = "ferryman.llm.chat.requested"
 LLM_CHAT_CHUNK: Final = "ferryman.llm.chat.chunk"
@@ -129,6 +130,10 @@ class Tool(_Strict):
     function: FunctionDefinition
 
 
+OfferedTool = Annotated[Tool | McpToolset, Field(discriminator="type")]
+"""A function definition, or the MCP tools of a catalog server."""
+
+
 class NamedFunction(_Strict):
     """Names the function a forced tool choice must call."""
 
@@ -183,7 +188,7 @@ class ChatRequest(_Strict):
     model: str = Field(min_length=1)
     """A configured alias, or `provider/model` (for example `openai/gpt-4o-mini`, `mock/echo`)."""
     messages: list[Message] = Field(min_length=1)
-    tools: list[Tool] | None = None
+    tools: list[OfferedTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
@@ -196,6 +201,21 @@ class ChatRequest(_Strict):
     """When false, only the terminal event is published (no chunks)."""
     metadata: dict[str, str] | None = None
     """Free-form tags; `user_id` is passed to providers that take an end-user id."""
+    tool_execution: ToolExecution | None = None
+    """Whether the worker runs the model's MCP tool calls itself (default: it does not)."""
+
+    def function_tools(self) -> list[Tool]:
+        """The plain function definitions among `tools` (MCP toolsets are resolved by the worker
+        into functions before a provider sees the request)."""
+        return [tool for tool in self.tools or () if isinstance(tool, Tool)]
+
+    def mcp_toolsets(self) -> list[McpToolset]:
+        """The MCP toolsets among `tools`."""
+        return [tool for tool in self.tools or () if isinstance(tool, McpToolset)]
+
+    def runs_tools(self) -> bool:
+        """Whether the worker runs MCP tool calls (`tool_execution.mode` is `auto`)."""
+        return self.tool_execution is not None and self.tool_execution.mode == "auto"
 
     @model_validator(mode="before")
     @classmethod
@@ -213,12 +233,22 @@ class ChatRequest(_Strict):
             raise ValueError("stop takes 1 to 4 sequences")
         if self.tool_choice not in (None, "none", "auto") and not self.tools:
             raise ValueError("tool_choice requires tools")
-        if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
-            names = {tool.function.name for tool in self.tools}
-            if self.tool_choice.function.name not in names:
-                raise ValueError(
-                    f"tool_choice names unknown tool {self.tool_choice.function.name!r}"
-                )
+        if self.runs_tools() and not self.mcp_toolsets():
+            raise ValueError("tool_execution auto needs MCP tools ({'type': 'mcp', ...})")
+        names = [tool.function.name for tool in self.function_tools()]
+        if len(set(names)) != len(names):
+            raise ValueError("function tool names must be unique")
+        servers = [toolset.server for toolset in self.mcp_toolsets()]
+        if len(set(servers)) != len(servers):
+            raise ValueError("each MCP server may be named once in tools")
+        choice = self.tool_choice
+        # A named choice may name an MCP tool's function, known only once the catalog is read.
+        if (
+            isinstance(choice, NamedToolChoice)
+            and not servers
+            and choice.function.name not in names
+        ):
+            raise ValueError(f"tool_choice names unknown tool {choice.function.name!r}")
         return self
 
 
@@ -275,6 +305,8 @@ class ChatChunk(_Strict):
     delta: ChunkDelta
     attempt: int = Field(default=1, ge=1)
     """Which streamed answer this chunk belongs to (1 unless the stream was restarted)."""
+    step: int | None = Field(default=None, ge=0)
+    """In a tool loop: the model turn the chunk belongs to (indexes count from 0 per step)."""
 
 
 class ChatRestarted(_Strict):
@@ -292,9 +324,12 @@ class ChatRestarted(_Strict):
     """Why the previous attempt failed."""
     deployment: str
     """The deployment that serves the new attempt."""
+    step: int | None = Field(default=None, ge=0)
+    """In a tool loop: the model turn restarted (the chunks of earlier steps stand)."""
 
 
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "max_steps"]
+"""`max_steps`: the tool loop reached `tool_execution.max_steps` with tool calls pending."""
 
 
 class CompletedToolCall(_Strict):
@@ -333,10 +368,42 @@ class AttemptInfo(_Strict):
     duration_ms: float = Field(ge=0)
 
 
+class StepToolResult(_Strict):
+    """How one tool call of a step ended (its content is in the `tool.result` event)."""
+
+    call_id: str
+    server: str
+    tool: str
+    is_error: bool
+    error_code: ErrorCode | str | None = Field(default=None, union_mode="left_to_right")
+    """Why the call did not complete (None: it completed, maybe with the tool's own error)."""
+    duration_ms: float = Field(ge=0)
+    cached: bool = False
+    replayed: bool = False
+    content: str | None = None
+    """The result as the model got it: only in the last step, when it ends the loop with
+    `finish_reason: tool_calls` (the producer continues the conversation from there)."""
+
+
+class StepInfo(_Strict):
+    """One model turn of a tool loop, and the tools it ran."""
+
+    step: int = Field(ge=0)
+    content: str
+    tool_calls: list[CompletedToolCall]
+    finish_reason: FinishReason
+    usage: Usage
+    deployment: str | None = None
+    tool_results: list[StepToolResult] = Field(default_factory=list[StepToolResult])
+    replayed: bool = False
+    """Taken from an earlier run of this request (the model was not asked again)."""
+
+
 class ChatCompleted(_Strict):
     """The `data` of a `ferryman.llm.chat.completed` event.
 
-    `content` equals the concatenation of the chunks' content deltas.
+    `content` equals the concatenation of the chunks' content deltas (in a tool loop, of the
+    last step's chunks).
     """
 
     content: str
@@ -358,6 +425,9 @@ class ChatCompleted(_Strict):
     """With a restarted stream: the attempt whose chunks make up this answer."""
     degraded: bool | None = None
     """True when the route's degraded fallback served because nothing else could."""
+    steps: list[StepInfo] | None = None
+    """In a tool loop: every model turn in order. `content`, `tool_calls` and
+    `finish_reason` are the last turn's; `usage` sums the turns'."""
 
 
 class ChatFailed(_Strict):

@@ -5,7 +5,7 @@ A new worker's domain module declares a `RequestDomain` and is added here.
 
 from __future__ import annotations
 
-from ferryman.contracts import llm, mcp
+from ferryman.contracts import llm, llm_tools, mcp
 from ferryman.contracts.channels import EventMessage, ExtraChannel, RequestDomain
 
 LLM = RequestDomain(
@@ -17,6 +17,9 @@ LLM = RequestDomain(
     replies=(
         EventMessage("chatChunk", llm.LLM_CHAT_CHUNK, llm.ChatChunk),
         EventMessage("chatRestarted", llm.LLM_CHAT_RESTARTED, llm.ChatRestarted),
+        EventMessage("chatProgress", llm_tools.LLM_CHAT_PROGRESS, llm_tools.ChatProgress),
+        EventMessage("chatToolCalled", llm_tools.LLM_CHAT_TOOL_CALLED, llm_tools.ToolCallStarted),
+        EventMessage("chatToolResult", llm_tools.LLM_CHAT_TOOL_RESULT, llm_tools.ToolCallFinished),
         EventMessage("chatCompleted", llm.LLM_CHAT_COMPLETED, llm.ChatCompleted),
         EventMessage("chatFailed", llm.LLM_CHAT_FAILED, llm.ChatFailed),
     ),

@@ -1,0 +1,115 @@
+"""Sends a tool loop's tool calls to the mcp_worker, and cancels them.
+
+A tool call's request id is derived from the chat request (source and id), the step and the
+call's index, and its `ce_source` is the same on every replica: a rerun of the chat request,
+on any replica, sends the same call under the same identity, so the mcp_worker's dedupe and
+the journal's index both recognise it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from ferryman.codec import encode_binary
+from ferryman.contracts import events as ev
+from ferryman.contracts.mcp import (
+    MCP_CANCEL_REQUESTED,
+    MCP_TOOL_CALL_REQUESTED,
+    CancelRequest,
+    ToolCallRequest,
+)
+from ferryman.publisher import KafkaPublisher
+
+TOOL_LOOP_SOURCE: Final = "/ferryman/llm-worker/tool-loop"
+"""`ce_source` of every tool call a tool loop sends (the same on every replica)."""
+
+
+def tool_request_id(source: str, request_id: str, step: int, index: int) -> str:
+    """The id of call `index` of `step` of the chat request (`source`, `request_id`)."""
+    digest = hashlib.sha256(f"{source}\0{request_id}\0{step}\0{index}".encode()).hexdigest()
+    return f"tl-{digest[:40]}-s{step}c{index}"
+
+
+class ToolDispatcher:
+    """Publishes tool-call requests and cancels.
+
+    Args:
+        publisher: the worker's producer (asked for when needed: it exists once the worker does).
+        request_topic: the mcp_worker's request topic.
+        reply_topic: the tool-loop topic the mcp_worker answers on.
+        control_topic: the control topic cancels go to.
+    """
+
+    def __init__(
+        self,
+        publisher: Callable[[], KafkaPublisher],
+        *,
+        request_topic: str,
+        reply_topic: str,
+        control_topic: str,
+    ) -> None:
+        self._publisher = publisher
+        self._request_topic = request_topic
+        self._reply_topic = reply_topic
+        self._control_topic = control_topic
+
+    async def send(
+        self,
+        request_id: str,
+        call: ToolCallRequest,
+        *,
+        tenant: str | None,
+        expires_in: float,
+        traceparent: str | None = None,
+    ) -> None:
+        """Publish one tool call and wait for its acknowledgement.
+
+        Raises:
+            aiokafka.errors.KafkaError: the request was not acknowledged.
+        """
+        expiry = datetime.now(UTC) + timedelta(seconds=max(expires_in, 0.001))
+        attributes: dict[str, Any] = {
+            "id": request_id,
+            "type": MCP_TOOL_CALL_REQUESTED,
+            "source": TOOL_LOOP_SOURCE,
+            "datacontenttype": "application/json",
+            ev.EXT_REPLY_TO: self._reply_topic,
+            ev.EXT_EXPIRY_TIME: expiry.isoformat().replace("+00:00", "Z"),
+        }
+        if tenant is not None:
+            attributes[ev.EXT_TENANT] = tenant
+        if traceparent is not None:
+            attributes[ev.EXT_TRACEPARENT] = traceparent
+        headers, value = encode_binary(attributes, call.model_dump_json(exclude_none=True).encode())
+        acked = await self._publisher().send(
+            self._request_topic, value, key=request_id.encode(), headers=headers
+        )
+        await acked
+
+    async def cancel(self, request_ids: list[str], reason: str) -> None:
+        """Publish a cancel for each tool call and wait for their acknowledgements.
+
+        Raises:
+            aiokafka.errors.KafkaError: a cancel was not acknowledged.
+        """
+        pending = []
+        for request_id in request_ids:
+            attributes: dict[str, Any] = {
+                "id": str(uuid.uuid4()),
+                "type": MCP_CANCEL_REQUESTED,
+                "source": TOOL_LOOP_SOURCE,
+                "datacontenttype": "application/json",
+            }
+            payload = CancelRequest(request_id=request_id, source=TOOL_LOOP_SOURCE, reason=reason)
+            headers, value = encode_binary(attributes, payload.model_dump_json().encode())
+            pending.append(
+                await self._publisher().send(
+                    self._control_topic, value, key=request_id.encode(), headers=headers
+                )
+            )
+        for acked in pending:
+            await acked

@@ -1,0 +1,310 @@
+"""The tool loop: ask the model, run the MCP tools it calls, give it the results, ask again.
+
+Each turn is one routed call (retries and failover as for any request). Before a turn's
+tool calls are sent, the turn is recorded in the journal; a rerun of the request (after a
+crash, on any replica) replays the recorded turns instead of asking the model again, and
+takes the results the journal holds instead of calling the tools again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from ferryman.contracts import ChatCompleted, ChatRequest, ErrorCode, FerrymanError
+from ferryman.contracts.llm import (
+    AssistantMessage,
+    AttemptInfo,
+    ChatChunk,
+    ChunkDelta,
+    CompletedToolCall,
+    FunctionCall,
+    Latency,
+    Message,
+    StepInfo,
+    StepToolResult,
+    ToolCall,
+    ToolMessage,
+    Usage,
+)
+from ferryman.contracts.llm_tools import ToolCallFinished, ToolExecution
+from llm_worker.chat.job import ChatJob
+from llm_worker.tool_loop.dispatch import tool_request_id
+from llm_worker.tool_loop.journal import DispatchedCall, LoopJournal, LoopStep
+from llm_worker.tool_loop.offer import ToolCatalog, ToolOffer
+from llm_worker.tool_loop.tool_runs import StepCalls, ToolRunner
+
+logger = logging.getLogger(__name__)
+
+Serve = Callable[[ChatJob], Awaitable[tuple[ChatCompleted, str]]]
+"""Serves one model turn: routing, retries and failover; returns the answer and its
+deployment's metrics label."""
+
+SYNC_TIMEOUT = 30.0
+"""Seconds a loop waits for the catalog and the journal to be read up to date before it
+starts (then it fails `unavailable`: resuming blind could run a tool twice)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Turn:
+    info: StepInfo
+    completed: ChatCompleted | None = None
+    """The model's answer (None: the turn was replayed from `record`)."""
+    record: LoopStep | None = None
+    serving: str | None = None
+
+
+class ToolLoop:
+    """Runs chat requests whose tools name MCP servers.
+
+    Args:
+        catalog: the MCP tools the model may be offered.
+        journal: steps and tool results (the loop's memory across reruns).
+        runner: runs one step's tool calls.
+    """
+
+    def __init__(self, catalog: ToolCatalog, journal: LoopJournal, runner: ToolRunner) -> None:
+        self._catalog = catalog
+        self._journal = journal
+        self._runner = runner
+
+    async def run(self, job: ChatJob, serve: Serve) -> tuple[ChatCompleted, str]:
+        """Run `job` to its final answer (or to a turn that must go back to the producer).
+
+        Raises:
+            FerrymanError: a turn failed, the request is invalid for the catalog, or a tool
+                failed and the request says to fail.
+        """
+        request = job.request
+        try:
+            await asyncio.wait_for(self._catalog.ready.wait(), SYNC_TIMEOUT)
+        except TimeoutError:
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE,
+                "the MCP catalog topic could not be read; MCP tools cannot be offered yet",
+                retryable=True,
+            ) from None
+        offer = ToolOffer(request, job.tenant, self._catalog)
+        base = offer.provider_request(request)
+        execution = request.tool_execution
+        if execution is None or execution.mode != "auto":
+            return await serve(dataclasses.replace(job, request=base))
+        source, request_id = job.key
+        try:
+            await self._journal.sync(SYNC_TIMEOUT)
+        except TimeoutError:
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE,
+                "the tool-loop topic could not be read up to date; the loop did not start",
+                retryable=True,
+            ) from None
+        recorded = self._journal.steps(source, request_id)
+        started = time.monotonic()
+        messages: list[Message] = list(request.messages)
+        steps: list[StepInfo] = []
+        attempts: list[AttemptInfo] = []
+        chunks = 0
+        first_token: float | None = None
+        if recorded:
+            await job.replies.progress("resumed", 0, f"{len(recorded)} recorded step(s) found")
+        provider = "replayed"
+        serving = "replayed"
+        for number in range(execution.max_steps):
+            turn = await self._turn(job, base, messages, number, recorded.get(number), serve)
+            info, completed = turn.info, turn.completed
+            if completed is not None:
+                chunks += completed.chunk_count
+                attempts.extend(completed.attempts or [])
+                provider, serving = completed.provider, turn.serving or serving
+                if first_token is None and completed.latency_ms.first_token is not None:
+                    first_token = completed.latency_ms.first_token
+            calls = info.tool_calls
+            runnable = [call for call in calls if offer.runnable(call.name) is not None]
+            if not runnable or number == execution.max_steps - 1:
+                reason = "max_steps" if runnable else info.finish_reason
+                steps.append(info.model_copy(update={"finish_reason": reason}))
+                break
+            record = turn.record
+            if record is None:
+                record = LoopStep(
+                    source=source,
+                    request_id=request_id,
+                    step=number,
+                    content=info.content,
+                    tool_calls=calls,
+                    finish_reason=info.finish_reason,
+                    usage=info.usage,
+                    deployment=info.deployment,
+                    dispatched=self._dispatched(job, number, calls, offer),
+                )
+                await self._journal.record(record)
+            results = await self._run_tools(job, record, execution, resumed=info.replayed)
+            back = len(runnable) < len(calls)
+            steps.append(info.model_copy(update={"tool_results": _summaries(results, back)}))
+            if back:  # a plain function, or a tool the producer must confirm
+                break
+            messages.extend(_messages(info.content, calls, results))
+        completed = self._completed(steps, attempts, chunks, first_token, started, job)
+        return completed.model_copy(update={"provider": provider}), serving
+
+    async def _turn(
+        self,
+        job: ChatJob,
+        base: ChatRequest,
+        messages: list[Message],
+        number: int,
+        record: LoopStep | None,
+        serve: Serve,
+    ) -> _Turn:
+        if record is not None:
+            if record.content and job.request.stream:
+                await job.replies.chunk(
+                    ChatChunk(index=0, delta=ChunkDelta(content=record.content), step=number)
+                )
+            info = StepInfo(
+                step=number,
+                content=record.content,
+                tool_calls=record.tool_calls,
+                finish_reason=record.finish_reason,
+                usage=record.usage,
+                deployment=record.deployment,
+                replayed=True,
+            )
+            return _Turn(info, record=record)
+        await job.replies.progress("step_started", number, None)
+        step_job = dataclasses.replace(
+            job, request=base.model_copy(update={"messages": messages}), step=number
+        )
+        completed, serving = await serve(step_job)
+        info = StepInfo(
+            step=number,
+            content=completed.content,
+            tool_calls=completed.tool_calls,
+            finish_reason=completed.finish_reason,
+            usage=completed.usage,
+            deployment=completed.deployment,
+        )
+        return _Turn(info, completed=completed, serving=serving)
+
+    def _dispatched(
+        self, job: ChatJob, number: int, calls: list[CompletedToolCall], offer: ToolOffer
+    ) -> list[DispatchedCall]:
+        source, request_id = job.key
+        dispatched: list[DispatchedCall] = []
+        for index, call in enumerate(calls):
+            offered = offer.runnable(call.name)
+            if offered is None:
+                continue
+            dispatched.append(
+                DispatchedCall(
+                    call_id=call.id,
+                    function=call.name,
+                    server=offered.server,
+                    tool=offered.tool,
+                    arguments=call.arguments,
+                    tool_request_id=tool_request_id(source, request_id, number, index),
+                    idempotent=offered.idempotent,
+                )
+            )
+        return dispatched
+
+    async def _run_tools(
+        self, job: ChatJob, record: LoopStep, execution: ToolExecution, *, resumed: bool
+    ) -> list[ToolCallFinished]:
+        await job.replies.progress(
+            "waiting_tools", record.step, f"{len(record.dispatched)} tool call(s)"
+        )
+        return await self._runner.run(
+            record.dispatched,
+            StepCalls(
+                step=record.step,
+                tenant=job.tenant,
+                execution=execution,
+                deadline=job.deadline,
+                traceparent=job.traceparent,
+            ),
+            resumed=resumed,
+            on_started=job.replies.tool_called,
+            on_finished=job.replies.tool_result,
+        )
+
+    def _completed(
+        self,
+        steps: list[StepInfo],
+        attempts: list[AttemptInfo],
+        chunks: int,
+        first_token: float | None,
+        started: float,
+        job: ChatJob,
+    ) -> ChatCompleted:
+        last = steps[-1]
+        total = Latency(first_token=first_token, total=round((time.monotonic() - started) * 1e3, 3))
+        return ChatCompleted(
+            content=last.content,
+            tool_calls=last.tool_calls,
+            finish_reason=last.finish_reason,
+            usage=_summed([step.usage for step in steps]),
+            provider="",
+            model=job.request.model,
+            chunk_count=chunks,
+            latency_ms=total,
+            deployment=last.deployment,
+            attempts=attempts or None,
+            steps=steps,
+        )
+
+
+def _messages(
+    content: str, calls: list[CompletedToolCall], results: list[ToolCallFinished]
+) -> list[Message]:
+    """The assistant turn and one tool message per call, for the next turn."""
+    turn = AssistantMessage(
+        role="assistant",
+        content=content or None,
+        tool_calls=[
+            ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+            for call in calls
+        ],
+    )
+    answered = {result.call_id: result for result in results}
+    replies: list[Message] = [turn]
+    for call in calls:
+        result = answered.get(call.id)
+        text = result.content if result is not None else "Error: the call was not run"
+        replies.append(
+            ToolMessage(role="tool", content=text or "(no output)", tool_call_id=call.id)
+        )
+    return replies
+
+
+def _summaries(results: list[ToolCallFinished], with_content: bool) -> list[StepToolResult]:
+    return [
+        StepToolResult(
+            call_id=result.call_id,
+            server=result.server,
+            tool=result.tool,
+            is_error=result.is_error,
+            error_code=result.error.code if result.error is not None else None,
+            duration_ms=result.duration_ms,
+            cached=result.cached,
+            replayed=result.replayed,
+            content=result.content if with_content else None,
+        )
+        for result in results
+    ]
+
+
+def _summed(usages: list[Usage]) -> Usage:
+    def total(values: list[int | None]) -> int | None:
+        known = [value for value in values if value is not None]
+        return sum(known) if known else None
+
+    return Usage(
+        input_tokens=sum(u.input_tokens for u in usages),
+        output_tokens=sum(u.output_tokens for u in usages),
+        cached_input_tokens=total([u.cached_input_tokens for u in usages]),
+        reasoning_tokens=total([u.reasoning_tokens for u in usages]),
+    )
