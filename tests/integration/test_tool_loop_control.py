@@ -92,12 +92,13 @@ async def test_a_server_hidden_from_the_tenant_fails_the_request_invalid(
     assert "toolbox" in failed.value.error.message
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_a_cancel_closes_the_provider_stream_mid_answer(
-    kafka_bootstrap: str, unique: str, tmp_path: Path
+    kafka_bootstrap: str, unique: str, tmp_path: Path, provider: str
 ) -> None:
     async with tool_loop_stack(kafka_bootstrap, unique, tmp_path) as stack:
-        stack.fakes.script("openai", MODEL, tokens=500, token_delay=0.05)
-        stream = stack.client.chat_stream(tool_request(f"openai/{MODEL}"), timeout=90)
+        stack.fakes.script(provider, MODEL, tokens=500, token_delay=0.05)
+        stream = stack.client.chat_stream(tool_request(f"{provider}/{MODEL}"), timeout=90)
         seen: list[Any] = []
 
         async def stop_after_chunks(event: Any) -> None:
@@ -118,8 +119,9 @@ async def test_a_cancel_closes_the_provider_stream_mid_answer(
     assert chunks < 500  # the stream was cut, not played to its end
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_a_cancel_mid_tool_call_cancels_the_tool_too(
-    kafka_bootstrap: str, unique: str, tmp_path: Path
+    kafka_bootstrap: str, unique: str, tmp_path: Path, provider: str
 ) -> None:
     cancel_log = tmp_path / "cancelled.log"
     async with tool_loop_stack(
@@ -128,8 +130,8 @@ async def test_a_cancel_mid_tool_call_cancels_the_tool_too(
         tmp_path,
         servers={"toolbox": toolbox_entry(env={"TOOLBOX_CANCEL_LOG": str(cancel_log)})},
     ) as stack:
-        stack.fakes.script("anthropic", MODEL, tool_steps=[[_call("slow", seconds=60)]])
-        stream = stack.client.chat_stream(tool_request(f"anthropic/{MODEL}"), timeout=90)
+        stack.fakes.script(provider, MODEL, tool_steps=[[_call("slow", seconds=60)]])
+        stream = stack.client.chat_stream(tool_request(f"{provider}/{MODEL}"), timeout=90)
 
         async def stop_at_the_tool(event: Any) -> None:
             if isinstance(event, ToolCallStarted):
@@ -165,8 +167,9 @@ async def test_a_cancel_that_arrives_first_fails_without_a_provider_call(
     assert failed.value.error.code == "cancelled"
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_a_worker_killed_between_steps_never_runs_a_completed_tool_again(
-    kafka_bootstrap: str, unique: str, tmp_path: Path
+    kafka_bootstrap: str, unique: str, tmp_path: Path, provider: str
 ) -> None:
     calls = tmp_path / "calls.log"
     async with tool_loop_stack(
@@ -179,7 +182,7 @@ async def test_a_worker_killed_between_steps_never_runs_a_completed_tool_again(
         # `destroy` is neither read-only nor idempotent. The final answer is slow, so the
         # process is killed after the tool ran and before the model answered.
         stack.fakes.script(
-            "openai",
+            provider,
             MODEL,
             tool_steps=[[_call("destroy", target="prod")]],
             echo_tool_results=True,
@@ -188,7 +191,7 @@ async def test_a_worker_killed_between_steps_never_runs_a_completed_tool_again(
         )
         doomed = _worker_process(stack, tmp_path / "doomed.log")
         try:
-            stream = stack.client.chat_stream(tool_request(f"openai/{MODEL}"), timeout=120)
+            stream = stack.client.chat_stream(tool_request(f"{provider}/{MODEL}"), timeout=120)
             events: list[Any] = []
             async for event in stream:
                 events.append(event)
@@ -197,7 +200,7 @@ async def test_a_worker_killed_between_steps_never_runs_a_completed_tool_again(
                     break
             doomed.wait(timeout=10)
             stack.fakes.script(
-                "openai",
+                provider,
                 MODEL,
                 tool_steps=[[_call("destroy", target="prod")]],
                 echo_tool_results=True,
@@ -268,6 +271,12 @@ def _worker_process(stack: ToolLoopStack, log: Path) -> subprocess.Popen[bytes]:
         "LLM_WORKER_TOOL_LOOP_TOPIC": settings.tool_loop_topic,
         "OPENAI_API_KEY": "sk-test",
         "OPENAI_BASE_URL": stack.fakes.openai.base_url,
+        "AZURE_OPENAI_API_KEY": "az-test",
+        "AZURE_OPENAI_ENDPOINT": f"http://127.0.0.1:{stack.fakes.openai.port}",
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "LLM_WORKER_ANTHROPIC__BASE_URL": stack.fakes.anthropic.base_url,
+        "GEMINI_API_KEY": "g-test",
+        "LLM_WORKER_GEMINI__BASE_URL": stack.fakes.gemini.base_url,
     }
     with log.open("ab") as out:
         return subprocess.Popen(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from ferryman.cli import main as ferryman
 from ferryman.client import ChatFailedError
 from ferryman.contracts import (
     ChatChunk,
@@ -201,3 +203,64 @@ async def test_a_tool_the_producer_must_confirm_comes_back_as_a_tool_call(
     assert completed.finish_reason == "tool_calls"
     assert [c.name for c in completed.tool_calls] == ["toolbox__destroy"]
     assert (completed.steps or [])[-1].tool_results == []
+
+
+async def test_without_streaming_only_the_completed_event_comes(stack: ToolLoopStack) -> None:
+    stack.fakes.script(
+        "gemini", MODEL, tool_steps=[[_call("add", a=20, b=22)]], echo_tool_results=True
+    )
+
+    events = await _events(stack, {**tool_request(_model("gemini")), "stream": False})
+
+    assert len(events) == 1
+    completed = events[0]
+    assert isinstance(completed, ChatCompleted)
+    assert completed.content == "tool results: 42"
+    assert [len(s.tool_results) for s in completed.steps or []] == [1, 0]
+
+
+async def test_a_forced_tool_choice_holds_for_the_first_turn_only(stack: ToolLoopStack) -> None:
+    stack.fakes.script("openai", MODEL, tool_steps=[[_call("echo", text="x")]], answer="done")
+
+    completed = await stack.client.chat(
+        {**tool_request(_model("openai")), "tool_choice": "required"}, timeout=90
+    )
+
+    assert completed.content == "done"
+    choices = [r.body.get("tool_choice") for r in stack.fakes.openai.chat_requests()]
+    assert choices == ["required", None]
+
+
+async def test_the_cli_prints_tool_calls_and_results_as_they_happen(
+    stack: ToolLoopStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.fakes.script(
+        "openai", MODEL, tool_steps=[[_call("echo", text="from the cli")]], echo_tool_results=True
+    )
+    settings = stack.settings
+    argv = [
+        "chat",
+        "use the tools",
+        "--bootstrap-servers",
+        settings.kafka_bootstrap_servers,
+        "--model",
+        _model("openai"),
+        "--request-topic",
+        settings.request_topic,
+        "--reply-topic",
+        settings.default_reply_topic,
+        "--tools",
+        "toolbox:echo",
+        "--auto",
+        "--timeout",
+        "60",
+    ]
+
+    code = await asyncio.to_thread(ferryman, argv)
+
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert "tool results: from the cli" in out
+    assert '→ toolbox__echo {"text": "from the cli"}' in err
+    assert "← toolbox/echo (" in err
+    assert "from the cli" in err.split("← toolbox/echo", 1)[1]

@@ -113,12 +113,16 @@ class LlmWorker:
             reply_topic=settings.tool_loop_topic,
             control_topic=settings.control_topic,
         )
+        metrics = LlmMetrics(registry)
         runner = ToolRunner(
-            dispatcher, self.journal, result_max_chars=settings.tool_result_max_chars
+            dispatcher,
+            self.journal,
+            result_max_chars=settings.tool_result_max_chars,
+            metrics=metrics,
         )
         self.service = ChatService(
             self.resolver,
-            LlmMetrics(registry),
+            metrics,
             CapabilityTable(settings.capabilities),
             StreamTimeouts(
                 first_token=settings.first_token_timeout,
@@ -126,7 +130,7 @@ class LlmWorker:
                 total=settings.request_timeout,
             ),
             self.resilience,
-            tool_loop=ToolLoop(self.catalog, self.journal, runner),
+            tool_loop=ToolLoop(self.catalog, self.journal, runner, metrics),
             cancels=self.cancels,
         )
         self._owned_clients: list[ChatModel] = []

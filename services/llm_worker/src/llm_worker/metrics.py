@@ -79,3 +79,23 @@ class LlmMetrics:
             ["reason"],
             registry=registry,
         )
+        self.tool_calls = Counter(
+            "llm_worker_tool_calls_total",
+            "Tool calls of tool loops, by MCP server and outcome (`completed`, `tool_error`, "
+            "an error code, or `replayed` when a rerun found the result).",
+            ["server", "outcome"],
+            registry=registry,
+        )
+        self.tool_call_duration = Histogram(
+            "llm_worker_tool_call_duration_seconds",
+            "From sending a tool call to its result, as the LLM worker sees it.",
+            ["server"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.loop_steps = Counter(
+            "llm_worker_tool_loop_steps_total",
+            "Model turns of tool loops (`replayed`: taken from an earlier run's journal).",
+            ["kind"],
+            registry=registry,
+        )

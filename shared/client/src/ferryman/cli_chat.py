@@ -36,6 +36,7 @@ from ferryman.contracts import (
     ToolCallFinished,
     ToolCallStarted,
 )
+from ferryman.contracts.mcp import DEFAULT_MCP_CONTROL_TOPIC
 from ferryman.kafka_config import KafkaConnection
 from ferryman.request_stream import RequestStream
 from ferryman.shortcuts import request_from_prompt
@@ -81,6 +82,11 @@ def add_chat_arguments(chat: argparse.ArgumentParser) -> None:
         "default every tool); repeatable",
     )
     tools.add_argument("--auto", action="store_true", help="the worker runs the MCP tool calls")
+    chat.add_argument(
+        "--control-topic",
+        default=DEFAULT_MCP_CONTROL_TOPIC,
+        help="where Ctrl-C publishes the request's cancel",
+    )
     tools.add_argument("--max-steps", type=int, help="with --auto: model turns at most (1-64)")
     tools.add_argument(
         "--tool-timeout", type=_positive_float, help="with --auto: seconds one tool call may take"
@@ -282,6 +288,7 @@ async def run_chat(
     *,
     timeout: float,
     cancel_grace: float = CANCEL_GRACE_SECONDS,
+    control_topic: str = DEFAULT_MCP_CONTROL_TOPIC,
     **options: Any,
 ) -> int:
     """Send `request` through `client`, print its events, and return the exit code.
@@ -309,7 +316,7 @@ async def run_chat(
     printer.line(f"[interrupted: cancelling request {stream.request_id}]")
     try:
         async with asyncio.timeout(cancel_grace):
-            await stream.cancel(CANCEL_REASON)
+            await stream.cancel(CANCEL_REASON, control_topic=control_topic)
             await reader
     except TimeoutError:
         printer.line(
@@ -381,4 +388,5 @@ async def chat_command(connection: KafkaConnection, args: argparse.Namespace) ->
             timeout=args.timeout,
             tenant=args.tenant,
             expires_in=args.expires_in,
+            control_topic=args.control_topic,
         )

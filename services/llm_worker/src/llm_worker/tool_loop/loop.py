@@ -32,6 +32,7 @@ from ferryman.contracts.llm import (
 )
 from ferryman.contracts.llm_tools import ToolCallFinished, ToolExecution
 from llm_worker.chat.job import ChatJob
+from llm_worker.metrics import LlmMetrics
 from llm_worker.tool_loop.dispatch import tool_request_id
 from llm_worker.tool_loop.journal import DispatchedCall, LoopJournal, LoopStep
 from llm_worker.tool_loop.offer import ToolCatalog, ToolOffer
@@ -64,12 +65,16 @@ class ToolLoop:
         catalog: the MCP tools the model may be offered.
         journal: steps and tool results (the loop's memory across reruns).
         runner: runs one step's tool calls.
+        metrics: where steps are counted.
     """
 
-    def __init__(self, catalog: ToolCatalog, journal: LoopJournal, runner: ToolRunner) -> None:
+    def __init__(
+        self, catalog: ToolCatalog, journal: LoopJournal, runner: ToolRunner, metrics: LlmMetrics
+    ) -> None:
         self._catalog = catalog
         self._journal = journal
         self._runner = runner
+        self._metrics = metrics
 
     async def run(self, job: ChatJob, serve: Serve) -> tuple[ChatCompleted, str]:
         """Run `job` to its final answer (or to a turn that must go back to the producer).
@@ -115,6 +120,7 @@ class ToolLoop:
         for number in range(execution.max_steps):
             turn = await self._turn(job, base, messages, number, recorded.get(number), serve)
             info, completed = turn.info, turn.completed
+            self._metrics.loop_steps.labels(kind="replayed" if info.replayed else "model").inc()
             if completed is not None:
                 chunks += completed.chunk_count
                 attempts.extend(completed.attempts or [])
@@ -175,9 +181,12 @@ class ToolLoop:
             )
             return _Turn(info, record=record)
         await job.replies.progress("step_started", number, None)
-        step_job = dataclasses.replace(
-            job, request=base.model_copy(update={"messages": messages}), step=number
-        )
+        update: dict[str, object] = {"messages": messages}
+        if number > 0 and base.tool_choice != "none":
+            # A forced choice (`required`, a named function) holds for the first turn only:
+            # forced on every turn, the model could never answer.
+            update["tool_choice"] = None
+        step_job = dataclasses.replace(job, request=base.model_copy(update=update), step=number)
         completed, serving = await serve(step_job)
         info = StepInfo(
             step=number,

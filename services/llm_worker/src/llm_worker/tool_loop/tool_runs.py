@@ -14,6 +14,7 @@ from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.errors import ErrorInfo
 from ferryman.contracts.llm_tools import ToolCallFinished, ToolCallStarted, ToolExecution
 from ferryman.contracts.mcp import ToolCallCompleted, ToolCallRequest
+from llm_worker.metrics import LlmMetrics
 from llm_worker.tool_loop.dispatch import ToolDispatcher
 from llm_worker.tool_loop.journal import DispatchedCall, LoopJournal, ToolOutcome
 
@@ -41,6 +42,7 @@ class ToolRunner:
         dispatcher: publishes tool calls and cancels.
         journal: where results arrive.
         result_max_chars: characters of one result the model gets at most.
+        metrics: where tool calls are counted.
         clock: the clock of request deadlines (the event loop's by default).
     """
 
@@ -50,8 +52,10 @@ class ToolRunner:
         journal: LoopJournal,
         *,
         result_max_chars: int,
+        metrics: LlmMetrics,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        self._metrics = metrics
         self._dispatcher = dispatcher
         self._journal = journal
         self._max_chars = result_max_chars
@@ -89,6 +93,7 @@ class ToolRunner:
                 )
             )
             finished = await self._one(call, context, resumed)
+            self._count(finished)
             await on_finished(finished)
             return finished
 
@@ -193,6 +198,19 @@ class ToolRunner:
             duration_ms=duration,
             replayed=replayed,
         )
+
+    def _count(self, finished: ToolCallFinished) -> None:
+        if finished.replayed:
+            outcome = "replayed"
+        elif finished.error is not None:
+            outcome = str(finished.error.code)
+        else:
+            outcome = "tool_error" if finished.is_error else "completed"
+        self._metrics.tool_calls.labels(server=finished.server, outcome=outcome).inc()
+        if not finished.replayed:
+            self._metrics.tool_call_duration.labels(server=finished.server).observe(
+                finished.duration_ms / 1000.0
+            )
 
     def _cut(self, text: str) -> str:
         if len(text) <= self._max_chars:
