@@ -120,6 +120,8 @@ class ToolLoop:
         for number in range(execution.max_steps):
             turn = await self._turn(job, base, messages, number, recorded.get(number), serve)
             info, completed = turn.info, turn.completed
+            if info.replayed and info.content and request.stream:
+                chunks += 1  # the replayed step's content, published as one chunk
             self._metrics.loop_steps.labels(kind="replayed" if info.replayed else "model").inc()
             if completed is not None:
                 chunks += completed.chunk_count
