@@ -282,3 +282,21 @@ def _worker_process(stack: ToolLoopStack, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "llm_worker"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
+
+
+async def test_a_lazy_server_is_listed_on_first_use_and_its_tools_offered(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    async with tool_loop_stack(
+        kafka_bootstrap, unique, tmp_path, servers={"toolbox": toolbox_entry(start="lazy")}
+    ) as stack:
+        record = stack.llm.catalog.record("toolbox")
+        assert record is not None
+        assert record.entry.tools == []  # not started, so never listed
+        stack.fakes.script(
+            "openai", MODEL, tool_steps=[[_call("echo", text="lazy")]], echo_tool_results=True
+        )
+
+        completed = await stack.client.chat(tool_request(f"openai/{MODEL}"), timeout=90)
+
+    assert completed.content == "tool results: lazy"

@@ -163,8 +163,12 @@ async def tool_loop_stack(
 
 
 def _discovered(llm: LlmWorker, servers: dict[str, Any]) -> bool:
-    records = [llm.catalog.record(name) for name in servers]
-    return all(record is not None and record.entry.tools for record in records)
+    """Every server is in the catalog, with its tools unless it starts lazily."""
+    for name, entry in servers.items():
+        record = llm.catalog.record(name)
+        if record is None or (entry["start"] == "eager" and not record.entry.tools):
+            return False
+    return True
 
 
 def tool_request(

@@ -17,6 +17,7 @@ from ferryman.contracts.llm import CompletedToolCall, Usage
 from ferryman.contracts.mcp import (
     MCP_FAILED,
     MCP_TOOL_CALL_COMPLETED,
+    CatalogRecord,
     ToolAnnotations,
     ToolCallCompleted,
     ToolEntry,
@@ -38,6 +39,12 @@ class FakeCatalog:
         self.tools = tools
         self.tenants = tenants
         self.ready = asyncio.Event()
+
+    def record(self, server: str) -> CatalogRecord | None:
+        return None
+
+    async def sync(self, timeout: float) -> None:
+        return None
 
     def tools_for(
         self, tenant: str | None, server: str, patterns: Sequence[str]

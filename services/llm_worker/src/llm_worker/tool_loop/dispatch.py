@@ -18,8 +18,10 @@ from ferryman.codec import encode_binary
 from ferryman.contracts import events as ev
 from ferryman.contracts.mcp import (
     MCP_CANCEL_REQUESTED,
+    MCP_CATALOG_LIST_REQUESTED,
     MCP_TOOL_CALL_REQUESTED,
     CancelRequest,
+    CatalogListRequest,
     ToolCallRequest,
 )
 from ferryman.publisher import KafkaPublisher
@@ -60,21 +62,26 @@ class ToolDispatcher:
     async def send(
         self,
         request_id: str,
-        call: ToolCallRequest,
+        call: ToolCallRequest | CatalogListRequest,
         *,
         tenant: str | None,
         expires_in: float,
         traceparent: str | None = None,
     ) -> None:
-        """Publish one tool call and wait for its acknowledgement.
+        """Publish one tool call (or a catalog listing) and wait for its acknowledgement.
 
         Raises:
             aiokafka.errors.KafkaError: the request was not acknowledged.
         """
         expiry = datetime.now(UTC) + timedelta(seconds=max(expires_in, 0.001))
+        event_type = (
+            MCP_TOOL_CALL_REQUESTED
+            if isinstance(call, ToolCallRequest)
+            else MCP_CATALOG_LIST_REQUESTED
+        )
         attributes: dict[str, Any] = {
             "id": request_id,
-            "type": MCP_TOOL_CALL_REQUESTED,
+            "type": event_type,
             "source": TOOL_LOOP_SOURCE,
             "datacontenttype": "application/json",
             ev.EXT_REPLY_TO: self._reply_topic,

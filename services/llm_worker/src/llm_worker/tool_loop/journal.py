@@ -28,7 +28,13 @@ from ferryman.codec import DecodeError, decode_event, encode_binary
 from ferryman.contracts.errors import ErrorInfo
 from ferryman.contracts.events import EXT_CORRELATION_ID
 from ferryman.contracts.llm import CompletedToolCall, FinishReason, Usage
-from ferryman.contracts.mcp import MCP_FAILED, MCP_TOOL_CALL_COMPLETED, McpFailed, ToolCallCompleted
+from ferryman.contracts.mcp import (
+    MCP_CATALOG_LIST_COMPLETED,
+    MCP_FAILED,
+    MCP_TOOL_CALL_COMPLETED,
+    McpFailed,
+    ToolCallCompleted,
+)
 from ferryman.kafka_config import KafkaConnection
 from ferryman.publisher import KafkaPublisher
 from ferryman_runtime.topic_follower import FollowedRecord, TopicFollower
@@ -70,7 +76,8 @@ class LoopStep(_Frozen):
 
 @dataclass(frozen=True)
 class ToolOutcome:
-    """How a tool call ended at the mcp_worker: its result, or its failure."""
+    """How a tool call ended at the mcp_worker: its result, or its failure (neither: a
+    catalog listing was answered)."""
 
     completed: ToolCallCompleted | None = None
     failed: ErrorInfo | None = None
@@ -198,12 +205,14 @@ class LoopJournal:
         try:
             if event.type == LOOP_STEP_RECORDED:
                 self._apply_step(LoopStep.model_validate(event.data), len(record.value))
-            elif event.type in (MCP_TOOL_CALL_COMPLETED, MCP_FAILED):
+            elif event.type in (MCP_TOOL_CALL_COMPLETED, MCP_FAILED, MCP_CATALOG_LIST_COMPLETED):
                 request_id = event.extension(EXT_CORRELATION_ID)
                 if request_id is None:
                     return
                 if event.type == MCP_FAILED:
                     outcome = ToolOutcome(failed=McpFailed.model_validate(event.data).error)
+                elif event.type == MCP_CATALOG_LIST_COMPLETED:
+                    outcome = ToolOutcome()
                 else:
                     outcome = ToolOutcome(completed=ToolCallCompleted.model_validate(event.data))
                 self._apply_result(request_id, outcome, len(record.value))

@@ -49,6 +49,10 @@ SYNC_TIMEOUT = 30.0
 starts (then it fails `unavailable`: resuming blind could run a tool twice)."""
 
 
+LIST_TIMEOUT = 30.0
+"""Seconds the mcp_worker gets to start and list servers whose tools are not known yet."""
+
+
 @dataclasses.dataclass(frozen=True)
 class _Turn:
     info: StepInfo
@@ -92,6 +96,7 @@ class ToolLoop:
                 "the MCP catalog topic could not be read; MCP tools cannot be offered yet",
                 retryable=True,
             ) from None
+        await self._list_unlisted(job)
         offer = ToolOffer(request, job.tenant, self._catalog)
         base = offer.provider_request(request)
         execution = request.tool_execution
@@ -157,6 +162,23 @@ class ToolLoop:
             messages.extend(_messages(info.content, calls, results))
         completed = self._completed(steps, attempts, chunks, first_token, started, job)
         return completed.model_copy(update={"provider": provider}), serving
+
+    async def _list_unlisted(self, job: ChatJob) -> None:
+        """Servers known to the catalog whose tools were never listed (a lazy server that has
+        not run yet) are listed by the mcp_worker first, so their tools can be offered."""
+        unlisted = [
+            toolset.server
+            for toolset in job.request.mcp_toolsets()
+            if (record := self._catalog.record(toolset.server)) is not None
+            and not record.entry.tools
+        ]
+        if not unlisted:
+            return
+        if await self._runner.list_servers(unlisted, job.tenant, LIST_TIMEOUT):
+            try:
+                await self._catalog.sync(SYNC_TIMEOUT)
+            except TimeoutError:
+                logger.warning("the catalog topic was not read up to date after a listing")
 
     async def _turn(
         self,

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman.contracts.llm import FunctionDefinition, Tool
-from ferryman.contracts.mcp import ToolEntry
+from ferryman.contracts.mcp import CatalogRecord, ToolEntry
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _MAX_NAME = 64
@@ -35,6 +35,18 @@ class ToolCatalog(Protocol):
         self, tenant: str | None, server: str, patterns: Sequence[str]
     ) -> list[ToolEntry]:
         """The tools of `server` matching `patterns` that `tenant` may use."""
+        ...
+
+    def record(self, server: str) -> CatalogRecord | None:
+        """The server's latest record (None: unknown)."""
+        ...
+
+    async def sync(self, timeout: float) -> None:
+        """Return once every record published before the call was read.
+
+        Raises:
+            TimeoutError: not within `timeout` seconds.
+        """
         ...
 
 
@@ -93,8 +105,7 @@ class ToolOffer:
                 raise FerrymanError(
                     ErrorCode.INVALID_REQUEST,
                     f"MCP server {toolset.server!r} offers no tool matching {toolset.tools}"
-                    " to this tenant (unknown server, no access, or its tools not listed yet:"
-                    " a server with `start: lazy` is listed once it first runs)",
+                    " to this tenant (unknown server, no access, or it could not be listed)",
                     retryable=False,
                 )
             for entry in entries:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -13,7 +14,7 @@ from typing import Any, cast
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.errors import ErrorInfo
 from ferryman.contracts.llm_tools import ToolCallFinished, ToolCallStarted, ToolExecution
-from ferryman.contracts.mcp import ToolCallCompleted, ToolCallRequest
+from ferryman.contracts.mcp import CatalogListRequest, ToolCallCompleted, ToolCallRequest
 from llm_worker.metrics import LlmMetrics
 from llm_worker.tool_loop.dispatch import ToolDispatcher
 from llm_worker.tool_loop.journal import DispatchedCall, LoopJournal, ToolOutcome
@@ -198,6 +199,18 @@ class ToolRunner:
             duration_ms=duration,
             replayed=replayed,
         )
+
+    async def list_servers(self, servers: list[str], tenant: str | None, timeout: float) -> bool:
+        """Ask the mcp_worker to list `servers` (it starts a lazy server to do so) and wait for
+        its answer; return whether it answered in time."""
+        request_id = f"tl-list-{uuid.uuid4().hex}"
+        await self._dispatcher.send(
+            request_id,
+            CatalogListRequest(servers=servers, include_schemas=False),
+            tenant=tenant,
+            expires_in=timeout,
+        )
+        return await self._journal.wait_result(request_id, timeout + HOP_GRACE) is not None
 
     def _count(self, finished: ToolCallFinished) -> None:
         if finished.replayed:
