@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 KAFKA := $(PYTHON) tools/kafka/local_kafka.py
 
-.PHONY: help setup demo test bench bench-mcp kafka-up kafka-down up down lint fmt asyncapi
+.PHONY: help setup demo test bench bench-mcp bench-tool-loop kafka-up kafka-down up down lint fmt asyncapi
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,13 +21,18 @@ demo: setup  ## stream a chat through Kafka and the LLM worker (starts what is m
 test: setup  ## run the whole test suite (starts a local Kafka if none is configured)
 	@$(UV) run --frozen pytest
 
-bench: setup  ## benchmark the LLM worker via Kafka vs a fake OpenAI (BENCH_ARGS="--quick", "--baseline-ref bf3a7e6"), then the MCP worker (bench-mcp); docs/benchmarks.md
+bench: setup  ## benchmark the LLM worker via Kafka vs a fake OpenAI (BENCH_ARGS="--quick", "--baseline-ref bf3a7e6"), then the MCP worker (bench-mcp) and the tool loop (bench-tool-loop); docs/benchmarks.md
 	@$(UV) run --frozen python -m tests.bench.llm_bench $(BENCH_ARGS)
 	@$(UV) run --frozen python -m tests.bench.mcp_bench $(MCP_BENCH_ARGS)
+	@$(UV) run --frozen python -m tests.bench.tool_loop_bench $(TOOL_LOOP_BENCH_ARGS)
 
 MCP_BENCH_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench-mcp: setup  ## benchmark the MCP worker via Kafka vs the bare MCP SDK (MCP_BENCH_ARGS="--quick"; docs/benchmarks.md)
 	@$(UV) run --frozen python -m tests.bench.mcp_bench $(MCP_BENCH_ARGS)
+
+TOOL_LOOP_BENCH_ARGS ?= $(filter --quick,$(BENCH_ARGS))
+bench-tool-loop: setup  ## the tool loop's overhead per step: an MCP tool via the LLM worker and Kafka vs called directly (TOOL_LOOP_BENCH_ARGS="--quick"; docs/benchmarks.md)
+	@$(UV) run --frozen python -m tests.bench.tool_loop_bench $(TOOL_LOOP_BENCH_ARGS)
 
 kafka-up:  ## start the local Kafka (KRaft, from Maven Central jars) on FERRYMAN_KAFKA_PORT (9092)
 	@$(KAFKA) up

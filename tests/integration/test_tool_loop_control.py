@@ -300,3 +300,54 @@ async def test_a_lazy_server_is_listed_on_first_use_and_its_tools_offered(
         completed = await stack.client.chat(tool_request(f"openai/{MODEL}"), timeout=90)
 
     assert completed.content == "tool results: lazy"
+
+
+async def test_a_worker_stopping_mid_tool_leaves_the_call_running_for_the_rerun(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    cancel_log = tmp_path / "cancelled.log"
+    async with tool_loop_stack(
+        kafka_bootstrap,
+        unique,
+        tmp_path,
+        servers={"toolbox": toolbox_entry(env={"TOOLBOX_CANCEL_LOG": str(cancel_log)})},
+        start_llm=False,
+        grace_period=0.2,
+    ) as stack:
+        stack.fakes.script(
+            "openai", MODEL, tool_steps=[[_call("slow", seconds=3)]], echo_tool_results=True
+        )
+        first = _in_process_worker(stack)
+        await first.worker.start()
+        stream = stack.client.chat_stream(tool_request(f"openai/{MODEL}"), timeout=120)
+        events: list[Any] = []
+
+        async def stop_the_worker_at_the_tool(event: Any) -> None:
+            events.append(event)
+            if isinstance(event, ToolCallStarted):
+                await wait_until(lambda: stack.mcp.worker.board.running() >= 1)
+                await first.worker.stop()  # a rolling deploy: the loop is cut mid-tool
+                raise _Stopped
+
+        with pytest.raises(_Stopped):
+            await _consume(stream, stop_the_worker_at_the_tool)
+        survivor = _in_process_worker(stack)
+        await survivor.worker.start()
+        try:
+            completed = await _rerun_result(stack, stream.request_id)
+        finally:
+            await survivor.worker.stop()
+
+    assert completed.content == "tool results: done"
+    assert not cancel_log.exists()  # the stop cancelled no tool call
+    assert (completed.steps or [])[0].replayed
+
+
+class _Stopped(Exception):
+    """Ends reading a stream on purpose."""
+
+
+def _in_process_worker(stack: ToolLoopStack) -> LlmWorker:
+    return LlmWorker(
+        stack.settings, providers=build_providers(stack.settings), registry=CollectorRegistry()
+    )

@@ -24,7 +24,7 @@ from ferryman.contracts.mcp import (
 )
 from ferryman.kafka_config import KafkaConnection
 from ferryman_runtime.topic_follower import FollowedRecord
-from llm_worker.tool_loop.dispatch import tool_request_id
+from llm_worker.tool_loop.dispatch import request_digest, tool_request_id
 from llm_worker.tool_loop.journal import LOOP_STEP_RECORDED, LoopJournal, LoopStep
 from llm_worker.tool_loop.offer import ToolOffer, function_name
 from llm_worker.tool_loop.tool_runs import result_text
@@ -159,15 +159,33 @@ def test_results_read_as_text_for_the_model() -> None:
 
 
 def test_tool_request_ids_are_the_same_for_a_rerun_and_differ_by_call() -> None:
-    first = tool_request_id("/app", "chat-1", 0, 0)
-    assert first == tool_request_id("/app", "chat-1", 0, 0)
+    call = CompletedToolCall(id="c1", name="box__echo", arguments='{"text": "a"}')
+    other = CompletedToolCall(id="c1", name="box__echo", arguments='{"text": "b"}')
+
+    def ident(source: str = "/app", step: int = 0, index: int = 0, **kw: Any) -> str:
+        return tool_request_id(
+            source, "chat-1", step, index, digest=kw.get("digest", "d"), call=kw.get("c", call)
+        )
+
+    first = ident()
+    assert first == ident()
     others = {
-        tool_request_id("/app", "chat-1", 0, 1),
-        tool_request_id("/app", "chat-1", 1, 0),
-        tool_request_id("/other", "chat-1", 0, 0),
+        ident(index=1),
+        ident(step=1),
+        ident(source="/other"),
+        ident(digest="another request under the same id"),
+        ident(c=other),  # the model asked again and called differently
     }
     assert first not in others
-    assert len(others) == 3
+    assert len(others) == 5
+
+
+def test_a_request_digest_tells_two_requests_apart() -> None:
+    one = _request([{"type": "mcp", "server": "box"}])
+    two = _request([{"type": "mcp", "server": "box"}], max_steps=3)
+
+    assert request_digest(one) == request_digest(ChatRequest.model_validate(one.model_dump()))
+    assert request_digest(one) != request_digest(two)
 
 
 class _Clock:
@@ -192,9 +210,16 @@ def _journal(clock: _Clock, memory: int = 1 << 20, window: float = 60.0) -> Loop
 
 
 def _record(
-    clock: _Clock, event_type: str, data: dict[str, Any], correlation: str | None = None
+    clock: _Clock,
+    event_type: str,
+    data: dict[str, Any],
+    correlation: str | None = None,
+    **kw: str,
 ) -> FollowedRecord:
-    attributes: dict[str, Any] = {"id": "e", "type": event_type, "source": "/x"}
+    source = (
+        "/ferryman/llm-worker/a" if event_type == LOOP_STEP_RECORDED else "/ferryman/mcp-worker/b"
+    )
+    attributes: dict[str, Any] = {"id": "e", "type": event_type, "source": kw.get("source", source)}
     if correlation is not None:
         attributes["correlationid"] = correlation
     headers, value = encode_binary(attributes, json.dumps(data).encode())
@@ -208,6 +233,7 @@ def _step(request_id: str, step: int = 0) -> LoopStep:
     return LoopStep(
         source="/app",
         request_id=request_id,
+        request_digest="d",
         step=step,
         content="",
         tool_calls=[CompletedToolCall(id="c", name="box__echo", arguments="{}")],
@@ -233,17 +259,29 @@ async def test_the_journal_indexes_steps_and_results_and_wakes_waiters() -> None
     journal.apply(_record(clock, LOOP_STEP_RECORDED, _step("chat-1").model_dump(mode="json")))
     journal.apply(_record(clock, MCP_TOOL_CALL_COMPLETED, _completed_data(), "tool-1"))
     journal.apply(
-        _record(clock, MCP_FAILED, {"error": {"code": "timeout", "message": "late"}}, "tool-1")
+        _record(
+            clock,
+            MCP_FAILED,
+            {"error": {"code": "timeout", "message": "late", "retryable": True}},
+            "tool-1",
+        )
     )  # a rerun's reply: the first outcome stands
     journal.apply(_record(clock, MCP_FAILED, {"error": {"code": "x"}}, "tool-2"))  # invalid
     journal.apply(FollowedRecord(None, b"\xff", [], 0, 1, int(clock.now * 1000)))  # garbage
+    forged = _record(clock, MCP_TOOL_CALL_COMPLETED, _completed_data(), "tool-4", source="/evil")
+    journal.apply(forged)  # only the mcp_worker answers tool calls
+    journal.apply(
+        _record(clock, LOOP_STEP_RECORDED, _step("chat-9").model_dump(mode="json"), source="/evil")
+    )  # only a worker records steps
 
     outcome = await waiting
     assert outcome is not None
     assert outcome.completed is not None
     assert outcome.completed.content == [{"type": "text", "text": "ok"}]
-    assert journal.result("tool-1") is outcome
+    assert journal.result("tool-1") == outcome
     assert journal.result("tool-2") is None
+    assert journal.result("tool-4") is None
+    assert journal.steps("/app", "chat-9") == {}
     assert list(journal.steps("/app", "chat-1")) == [0]
     assert await journal.wait_result("tool-3", timeout=0.01) is None
 

@@ -267,6 +267,7 @@ DEFAULT_RETRYABILITY = {
     ErrorCode.CONTEXT_LENGTH: False,
     ErrorCode.EXPIRED: False,
     ErrorCode.CANCELLED: False,
+    ErrorCode.TOOL_ERROR: False,
     ErrorCode.INTERNAL: False,
 }
 

@@ -32,7 +32,7 @@ from llm_worker.routing.capabilities import CapabilityTable
 from llm_worker.routing.config import Deployment, RoutingConfig
 from llm_worker.routing.table import RoutingTable, build_table
 from llm_worker.settings import LlmWorkerSettings
-from llm_worker.tool_loop.dispatch import ToolDispatcher
+from llm_worker.tool_loop.dispatch import TOOL_LOOP_SOURCE, ToolDispatcher
 from llm_worker.tool_loop.journal import LoopJournal
 from llm_worker.tool_loop.loop import ToolLoop
 from llm_worker.tool_loop.tool_runs import ToolRunner
@@ -130,8 +130,16 @@ class LlmWorker:
                 total=settings.request_timeout,
             ),
             self.resilience,
-            tool_loop=ToolLoop(self.catalog, self.journal, runner, metrics),
+            tool_loop=ToolLoop(
+                self.catalog,
+                self.journal,
+                runner,
+                metrics,
+                timeout=settings.tool_loop_timeout,
+                cancels=self.cancels,
+            ),
             cancels=self.cancels,
+            cancels_ready=self.control.ready,
         )
         self._owned_clients: list[ChatModel] = []
         self.watcher: ConfigWatcher[RoutingTable] | None = None
@@ -176,11 +184,18 @@ class LlmWorker:
             background=background,
             on_stop=[self._close_clients],
             details=self._details,
-            extra_topics={settings.tool_loop_topic: {}},
+            # Kept long enough for any rerun to find its steps (the window), and a day at least.
+            extra_topics={
+                settings.tool_loop_topic: {
+                    "retention.ms": str(int(max(settings.tool_loop_window * 2, 86_400) * 1000))
+                }
+            },
         )
 
     def _on_cancel(self, event: IncomingEvent) -> None:
         cancel = CancelRequest.model_validate(event.data)
+        if cancel.source == TOOL_LOOP_SOURCE:
+            return  # a tool loop cancelling its tool calls: for the mcp_worker
         if self.cancels.cancel((cancel.source, cancel.request_id), cancel.reason):
             logger.info("chat request %s cancelled", cancel.request_id[:200])
 

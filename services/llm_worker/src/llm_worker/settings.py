@@ -100,6 +100,9 @@ class LlmWorkerSettings(WorkerSettings):
     request redelivered within it resumes its loop instead of running it again."""
     tool_loop_memory: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
     """Bytes of steps and tool results kept for resumption at most (oldest forgotten first)."""
+    tool_loop_timeout: float = Field(default=1800.0, gt=0)
+    """Seconds a whole tool loop may take (every turn and tool call), unless the request's
+    `expirytime` comes first."""
     tool_result_max_chars: int = Field(default=100_000, ge=100)
     """Characters of one tool result given to the model at most (the rest is cut, and said)."""
     mock_token_delay_ms: float = Field(default=0.0, ge=0)

@@ -175,7 +175,16 @@ class McpWorker:
 
     def _apply_registry(self, registry: Registry, version: str) -> None:
         changed, removed = self.fleet.apply(registry)
-        self.catalog.access = dict(registry.access)
+        access = dict(registry.access)
+        # Every record carries the access rules: when only they change, the records of the
+        # unchanged servers are published again, so catalog readers (the LLM worker's tool
+        # loop) stop describing what is now denied.
+        republish = (
+            [name for name in registry.servers if name not in changed]
+            if access != self.catalog.access
+            else []
+        )
+        self.catalog.access = access
         for name in removed:
             self.catalog.remove(name)
             self.cache.drop_server(name)
@@ -190,11 +199,13 @@ class McpWorker:
             len(removed),
         )
         if self._running:
-            self._spawn(self._after_apply(changed, removed))
+            self._spawn(self._after_apply(changed, removed, republish))
 
-    async def _after_apply(self, changed: list[str], removed: list[str]) -> None:
+    async def _after_apply(
+        self, changed: list[str], removed: list[str], republish: list[str]
+    ) -> None:
         """Provision, start eager servers and publish catalog records for a registry change."""
-        for name in removed:
+        for name in [*removed, *republish]:
             await self.discovery.publish(name)
         await asyncio.gather(*(self._bring_up(name) for name in changed))
 
@@ -283,7 +294,7 @@ class McpWorker:
         )
         self.catalog.recalled.set()
         self._running = True
-        await self._after_apply(self.fleet.names(), [])
+        await self._after_apply(self.fleet.names(), [], [])
         await asyncio.Event().wait()
 
     def _spawn(self, work: Any) -> None:

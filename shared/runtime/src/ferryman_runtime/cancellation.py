@@ -47,7 +47,15 @@ class CancelBoard:
         self.cancelled = 0
 
     def cancel(self, key: RequestKey, reason: str | None = None) -> bool:
-        """Cancel a request; return whether it was running here."""
+        """Cancel a request; return whether it was running here.
+
+        The cancel is remembered for the window either way: a rerun of the request (its
+        terminal event was not published, or it is redelivered) fails `cancelled` too.
+        """
+        self._early[key] = (self._clock() + self._window, reason)
+        self._early.move_to_end(key)
+        while len(self._early) > self._max_early:
+            self._early.popitem(last=False)
         running = self._running.get(key)
         if running is not None:
             task, reasons = running
@@ -55,18 +63,22 @@ class CancelBoard:
             task.cancel()
             self.cancelled += 1
             return True
-        self._early[key] = (self._clock() + self._window, reason)
-        self._early.move_to_end(key)
-        while len(self._early) > self._max_early:
-            self._early.popitem(last=False)
         return False
 
     def take_early(self, key: RequestKey) -> tuple[bool, str | None]:
-        """Whether a cancel for `key` arrived before it (and its reason); consumes it."""
-        found = self._early.pop(key, None)
-        if found is None or found[0] <= self._clock():
+        """Whether a cancel for `key` arrived within the window (and its reason)."""
+        found = self._early.get(key)
+        if found is None:
+            return False, None
+        if found[0] <= self._clock():
+            del self._early[key]
             return False, None
         return True, found[1]
+
+    def requested(self, key: RequestKey) -> bool:
+        """Whether a cancel event is cancelling the running request `key` (not a shutdown)."""
+        running = self._running.get(key)
+        return running is not None and bool(running[1])
 
     async def run(self, key: RequestKey, work: Coroutine[Any, Any, T]) -> T:
         """Run `work` as a cancellable request.

@@ -86,6 +86,7 @@ class TopicFollower:
         self._catch_up: dict[int, int] = {}
         self._waiters: list[tuple[dict[int, int], asyncio.Future[None]]] = []
         self._session: tuple[AIOKafkaConsumer, list[TopicPartition]] | None = None
+        """The offsets client (see `_follow`) and the partitions, while positioned."""
         """The consumer and its partitions while live."""
         self._positioned_this_session = False
 
@@ -158,8 +159,17 @@ class TopicFollower:
         consumer = AIOKafkaConsumer(
             **options, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
         )
+        # `sync` asks for end offsets on a client of its own: on the reading consumer the
+        # request would queue behind its long-polling fetch, which on a quiet topic answers
+        # only after the fetch wait (500 ms).
+        offsets = AIOKafkaConsumer(
+            **self._connection.aiokafka_options(f"{self._client_id}-offsets"),
+            group_id=None,
+            enable_auto_commit=False,
+        )
         try:
             await consumer.start()
+            await offsets.start()
             found = await wait_for_partitions(
                 consumer, self._topic, timeout=self._partitions_timeout
             )
@@ -173,7 +183,7 @@ class TopicFollower:
             await self._position(consumer, partitions, ends)
             if not self.ready.is_set():
                 self._catch_up = ends
-            self._session = (consumer, partitions)
+            self._session = (offsets, partitions)
             self._positioned_this_session = True
             self._live.set()
             self._settle()
@@ -204,6 +214,7 @@ class TopicFollower:
         finally:
             self._live.clear()
             self._session = None
+            await offsets.stop()
             await consumer.stop()
 
     async def _position(

@@ -14,6 +14,7 @@ frees up or its deadline passes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -45,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ChatJob", "ChatService", "LlmMetrics", "Resilience"]
 
+CANCELS_READY_TIMEOUT = 10.0
+"""Seconds a request waits at most for the control topic to be read back after a start."""
+
 _SKIP_REASONS = {
     "circuit_open": "circuit open",
     "cooldown": "cooling down after Retry-After",
@@ -71,6 +75,9 @@ class ChatService:
         tool_loop: runs requests whose tools name MCP servers (None: such requests are
             refused).
         cancels: where cancel events find running requests (None: no cancellation).
+        cancels_ready: set once the control topic was read back (the first requests wait for
+            it, up to `CANCELS_READY_TIMEOUT`, so a cancel published before a restart still
+            applies).
     """
 
     def __init__(
@@ -84,10 +91,12 @@ class ChatService:
         clock: Callable[[], float] | None = None,
         tool_loop: ToolLoop | None = None,
         cancels: CancelBoard | None = None,
+        cancels_ready: asyncio.Event | None = None,
     ) -> None:
         self._metrics = metrics
         self._tool_loop = tool_loop
         self._cancels = cancels
+        self._cancels_ready = cancels_ready
         self._capabilities = capabilities or CapabilityTable({})
         self._timeouts = timeouts or StreamTimeouts()
         self._res = resilience or Resilience()
@@ -120,6 +129,11 @@ class ChatService:
         try:
             state = self._begin(job)
             alias = state.alias
+            ready = self._cancels_ready
+            if ready is not None and not ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), CANCELS_READY_TIMEOUT)
+                self._cancels_ready = None  # waited once: a reader that is down delays no more
             work = self._work(state)
             if self._cancels is not None:
                 completed, serving = await self._cancels.run(job.key, work)
@@ -131,6 +145,9 @@ class ChatService:
             )
             await job.replies.failed(error.to_info())
             self._metrics.requests.labels(alias=alias, deployment="none", outcome="cancelled").inc()
+            self._metrics.duration.labels(alias=alias, outcome="cancelled").observe(
+                time.monotonic() - started
+            )
             return
         except FerrymanError as exc:
             await job.replies.failed(exc.to_info())

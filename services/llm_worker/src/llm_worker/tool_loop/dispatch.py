@@ -1,9 +1,9 @@
 """Sends a tool loop's tool calls to the mcp_worker, and cancels them.
 
-A tool call's request id is derived from the chat request (source and id), the step and the
-call's index, and its `ce_source` is the same on every replica: a rerun of the chat request,
-on any replica, sends the same call under the same identity, so the mcp_worker's dedupe and
-the journal's index both recognise it.
+A tool call's request id is derived from the chat request (source, id and digest), the step,
+the call's index and the call itself, and its `ce_source` is the same on every replica: a
+rerun of the chat request, on any replica, sends the same call under the same identity, so
+the mcp_worker's dedupe and the journal's index both recognise it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from ferryman.codec import encode_binary
+from ferryman.contracts import ChatRequest
 from ferryman.contracts import events as ev
+from ferryman.contracts.llm import CompletedToolCall
 from ferryman.contracts.mcp import (
     MCP_CANCEL_REQUESTED,
     MCP_CATALOG_LIST_REQUESTED,
@@ -30,10 +32,30 @@ TOOL_LOOP_SOURCE: Final = "/ferryman/llm-worker/tool-loop"
 """`ce_source` of every tool call a tool loop sends (the same on every replica)."""
 
 
-def tool_request_id(source: str, request_id: str, step: int, index: int) -> str:
-    """The id of call `index` of `step` of the chat request (`source`, `request_id`)."""
-    digest = hashlib.sha256(f"{source}\0{request_id}\0{step}\0{index}".encode()).hexdigest()
-    return f"tl-{digest[:40]}-s{step}c{index}"
+def request_digest(request: ChatRequest) -> str:
+    """sha256 of the request's data: a step recorded for another request under the same id
+    (a reused id) is told apart."""
+    return hashlib.sha256(request.model_dump_json(exclude_none=True).encode()).hexdigest()
+
+
+def tool_request_id(
+    source: str,
+    request_id: str,
+    step: int,
+    index: int,
+    *,
+    digest: str,
+    call: CompletedToolCall,
+) -> str:
+    """The id of call `index` of `step` of the chat request (`source`, `request_id`).
+
+    The request's digest and the call itself are part of it: a step asked of the model
+    again (its record forgotten) that makes a different call gets a different id, and the
+    id cannot be guessed by anyone who does not know the conversation.
+    """
+    parts = (source, request_id, digest, str(step), str(index), call.name, call.arguments)
+    hashed = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return f"tl-{hashed[:40]}-s{step}c{index}"
 
 
 class ToolDispatcher:

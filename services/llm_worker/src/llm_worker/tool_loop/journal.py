@@ -13,6 +13,7 @@ request's id, and the mcp_worker's replies keyed by the tool request's id.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -43,6 +44,12 @@ logger = logging.getLogger(__name__)
 
 LOOP_STEP_RECORDED: Final = "ferryman.llm.tool-loop.step"
 
+_RESULT_TYPES = frozenset({MCP_TOOL_CALL_COMPLETED, MCP_FAILED, MCP_CATALOG_LIST_COMPLETED})
+_LLM_WORKER_SOURCES = "/ferryman/llm-worker/"
+_MCP_WORKER_SOURCES = "/ferryman/mcp-worker/"
+_ENTRY_OVERHEAD = 256
+"""Bytes an entry costs besides its JSON (dict slots, keys, the bytes object)."""
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -65,6 +72,8 @@ class LoopStep(_Frozen):
 
     source: str
     request_id: str
+    request_digest: str
+    """sha256 of the request's data (a reused request id is not taken for a rerun)."""
     step: int = Field(ge=0)
     content: str
     tool_calls: list[CompletedToolCall]
@@ -81,6 +90,19 @@ class ToolOutcome:
 
     completed: ToolCallCompleted | None = None
     failed: ErrorInfo | None = None
+
+
+def _outcome(event_type: str, raw: bytes) -> ToolOutcome:
+    """The outcome a terminal reply of the mcp_worker says.
+
+    Raises:
+        pydantic.ValidationError: the reply is not valid.
+    """
+    if event_type == MCP_FAILED:
+        return ToolOutcome(failed=McpFailed.model_validate_json(raw).error)
+    if event_type == MCP_CATALOG_LIST_COMPLETED:
+        return ToolOutcome()
+    return ToolOutcome(completed=ToolCallCompleted.model_validate_json(raw))
 
 
 class LoopJournal:
@@ -115,8 +137,9 @@ class LoopJournal:
         self._window = window
         self._memory = memory
         self._clock = clock
-        self._steps: dict[tuple[str, str], dict[int, LoopStep]] = defaultdict(dict)
-        self._results: dict[str, ToolOutcome] = {}
+        # Raw JSON, parsed on lookup: parsed models take about ten times the memory.
+        self._steps: dict[tuple[str, str], dict[int, bytes]] = defaultdict(dict)
+        self._results: dict[str, tuple[str, bytes]] = {}
         self._held: OrderedDict[tuple[str, Any], tuple[int, float]] = OrderedDict()
         self._bytes = 0
         self._waiters: dict[str, list[asyncio.Future[ToolOutcome]]] = defaultdict(list)
@@ -149,15 +172,17 @@ class LoopJournal:
 
     def steps(self, source: str, request_id: str) -> dict[int, LoopStep]:
         """The recorded steps of a request, by step number."""
-        return dict(self._steps.get((source, request_id), {}))
+        known = self._steps.get((source, request_id), {})
+        return {number: LoopStep.model_validate_json(raw) for number, raw in known.items()}
 
     def result(self, tool_request_id: str) -> ToolOutcome | None:
         """The outcome of a tool call, if its terminal reply was read."""
-        return self._results.get(tool_request_id)
+        found = self._results.get(tool_request_id)
+        return None if found is None else _outcome(*found)
 
     async def wait_result(self, tool_request_id: str, timeout: float) -> ToolOutcome | None:
         """The outcome of a tool call, waiting up to `timeout` seconds for it (None: none came)."""
-        found = self._results.get(tool_request_id)
+        found = self.result(tool_request_id)
         if found is not None:
             return found
         future: asyncio.Future[ToolOutcome] = asyncio.get_running_loop().create_future()
@@ -187,35 +212,37 @@ class LoopJournal:
             "datacontenttype": "application/json",
             "time": datetime.now(UTC),
         }
-        headers, value = encode_binary(attributes, step.model_dump_json().encode())
+        value = step.model_dump_json().encode()
+        headers, value = encode_binary(attributes, value)
         acked = await self._publisher().send(
             self._topic, value, key=step.request_id.encode(), headers=headers
         )
         await acked
-        self._apply_step(step, len(value))  # visible at once to this replica
+        self._apply_step((step.source, step.request_id), step.step, value, self._clock())
 
     def apply(self, record: FollowedRecord) -> None:
         """Index one record of the topic (anything else on it is ignored)."""
-        if record.value is None or record.timestamp_ms / 1000.0 < self._clock() - self._window:
+        stamp = record.timestamp_ms / 1000.0
+        if record.value is None or stamp < self._clock() - self._window:
             return
         try:
             event = decode_event(record.headers, record.value)
         except DecodeError:
             return
+        raw = record.value if event.mode == "binary" else json.dumps(event.data).encode()
         try:
             if event.type == LOOP_STEP_RECORDED:
-                self._apply_step(LoopStep.model_validate(event.data), len(record.value))
-            elif event.type in (MCP_TOOL_CALL_COMPLETED, MCP_FAILED, MCP_CATALOG_LIST_COMPLETED):
-                request_id = event.extension(EXT_CORRELATION_ID)
-                if request_id is None:
+                # Only a worker writes steps; anything else is not trusted to steer a loop.
+                if not event.source.startswith(_LLM_WORKER_SOURCES):
                     return
-                if event.type == MCP_FAILED:
-                    outcome = ToolOutcome(failed=McpFailed.model_validate(event.data).error)
-                elif event.type == MCP_CATALOG_LIST_COMPLETED:
-                    outcome = ToolOutcome()
-                else:
-                    outcome = ToolOutcome(completed=ToolCallCompleted.model_validate(event.data))
-                self._apply_result(request_id, outcome, len(record.value))
+                step = LoopStep.model_validate_json(raw)
+                self._apply_step((step.source, step.request_id), step.step, raw, stamp)
+            elif event.type in _RESULT_TYPES:
+                request_id = event.extension(EXT_CORRELATION_ID)
+                if request_id is None or not event.source.startswith(_MCP_WORKER_SOURCES):
+                    return
+                outcome = _outcome(event.type, raw)  # validated before it is kept
+                self._apply_result(request_id, event.type, raw, outcome, stamp)
         except ValidationError as exc:
             logger.warning(
                 "invalid %s record on %s skipped: %s",
@@ -224,29 +251,31 @@ class LoopJournal:
                 str(exc).splitlines()[0][:200],
             )
 
-    def _apply_step(self, step: LoopStep, size: int) -> None:
-        key = (step.source, step.request_id)
+    def _apply_step(self, key: tuple[str, str], number: int, raw: bytes, stamp: float) -> None:
         known = self._steps[key]
-        if step.step in known:
+        if number in known:
             return
-        known[step.step] = step
-        self._hold(("step", (key, step.step)), size)
+        known[number] = raw
+        self._hold(("step", (key, number)), len(raw), stamp)
 
-    def _apply_result(self, tool_request_id: str, outcome: ToolOutcome, size: int) -> None:
+    def _apply_result(
+        self, tool_request_id: str, event_type: str, raw: bytes, outcome: ToolOutcome, stamp: float
+    ) -> None:
         if tool_request_id in self._results:
             return  # a rerun's reply: the first outcome stands
-        self._results[tool_request_id] = outcome
-        self._hold(("result", tool_request_id), size)
+        self._results[tool_request_id] = (event_type, raw)
+        self._hold(("result", tool_request_id), len(raw), stamp)
         for future in self._waiters.pop(tool_request_id, []):
             if not future.done():
                 future.set_result(outcome)
 
-    def _hold(self, entry: tuple[str, Any], size: int) -> None:
-        now = self._clock()
-        self._held[entry] = (size, now)
+    def _hold(self, entry: tuple[str, Any], size: int, stamp: float) -> None:
+        size += _ENTRY_OVERHEAD
+        self._held[entry] = (size, stamp)
         self._bytes += size
+        horizon = self._clock() - self._window
         while self._held and (
-            self._bytes > self._memory or next(iter(self._held.values()))[1] < now - self._window
+            self._bytes > self._memory or next(iter(self._held.values()))[1] < horizon
         ):
             (kind, what), (held, _) = self._held.popitem(last=False)
             self._bytes -= held

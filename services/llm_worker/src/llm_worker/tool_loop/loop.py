@@ -9,6 +9,7 @@ takes the results the journal holds instead of calling the tools again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -16,27 +17,28 @@ from collections.abc import Awaitable, Callable
 
 from ferryman.contracts import ChatCompleted, ChatRequest, ErrorCode, FerrymanError
 from ferryman.contracts.llm import (
-    AssistantMessage,
     AttemptInfo,
     ChatChunk,
     ChunkDelta,
     CompletedToolCall,
-    FunctionCall,
     Latency,
     Message,
     StepInfo,
-    StepToolResult,
-    ToolCall,
-    ToolMessage,
-    Usage,
 )
 from ferryman.contracts.llm_tools import ToolCallFinished, ToolExecution
+from ferryman_runtime.cancellation import CancelBoard
 from llm_worker.chat.job import ChatJob
 from llm_worker.metrics import LlmMetrics
-from llm_worker.tool_loop.dispatch import tool_request_id
+from llm_worker.tool_loop.dispatch import request_digest, tool_request_id
 from llm_worker.tool_loop.journal import DispatchedCall, LoopJournal, LoopStep
 from llm_worker.tool_loop.offer import ToolCatalog, ToolOffer
 from llm_worker.tool_loop.tool_runs import StepCalls, ToolRunner
+from llm_worker.tool_loop.turns import (
+    step_summaries,
+    summed_usage,
+    turn_messages,
+    within_record_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,55 +75,49 @@ class ToolLoop:
     """
 
     def __init__(
-        self, catalog: ToolCatalog, journal: LoopJournal, runner: ToolRunner, metrics: LlmMetrics
+        self,
+        catalog: ToolCatalog,
+        journal: LoopJournal,
+        runner: ToolRunner,
+        metrics: LlmMetrics,
+        *,
+        timeout: float,
+        cancels: CancelBoard | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._catalog = catalog
         self._journal = journal
         self._runner = runner
         self._metrics = metrics
+        self._timeout = timeout
+        self._cancels = cancels
+        self._clock = clock
 
     async def run(self, job: ChatJob, serve: Serve) -> tuple[ChatCompleted, str]:
         """Run `job` to its final answer (or to a turn that must go back to the producer).
 
         Raises:
-            FerrymanError: a turn failed, the request is invalid for the catalog, or a tool
-                failed and the request says to fail.
+            FerrymanError: a turn failed, the request is invalid for the catalog, a tool
+                failed and the request says to fail, or the loop ran out of time.
         """
         request = job.request
-        try:
-            await asyncio.wait_for(self._catalog.ready.wait(), SYNC_TIMEOUT)
-        except TimeoutError:
-            raise FerrymanError(
-                ErrorCode.UNAVAILABLE,
-                "the MCP catalog topic could not be read; MCP tools cannot be offered yet",
-                retryable=True,
-            ) from None
-        await self._list_unlisted(job)
-        offer = ToolOffer(request, job.tenant, self._catalog)
+        offer = await self._offer(job)
         base = offer.provider_request(request)
         execution = request.tool_execution
         if execution is None or execution.mode != "auto":
             return await serve(dataclasses.replace(job, request=base))
-        source, request_id = job.key
-        try:
-            await self._journal.sync(SYNC_TIMEOUT)
-        except TimeoutError:
-            raise FerrymanError(
-                ErrorCode.UNAVAILABLE,
-                "the tool-loop topic could not be read up to date; the loop did not start",
-                retryable=True,
-            ) from None
-        recorded = self._journal.steps(source, request_id)
+        # The whole loop is bounded, not only each provider call and each tool call.
+        ends = [t for t in (job.deadline, self._now() + self._timeout) if t is not None]
+        job = dataclasses.replace(job, deadline=min(ends))
+        digest = request_digest(request)
+        recorded = await self._recorded(job, digest)
         started = time.monotonic()
         messages: list[Message] = list(request.messages)
         steps: list[StepInfo] = []
         attempts: list[AttemptInfo] = []
         chunks = 0
         first_token: float | None = None
-        if recorded:
-            await job.replies.progress("resumed", 0, f"{len(recorded)} recorded step(s) found")
-        provider = "replayed"
-        serving = "replayed"
+        provider = serving = "replayed"
         for number in range(execution.max_steps):
             turn = await self._turn(job, base, messages, number, recorded.get(number), serve)
             info, completed = turn.info, turn.completed
@@ -143,25 +139,77 @@ class ToolLoop:
             record = turn.record
             if record is None:
                 record = LoopStep(
-                    source=source,
-                    request_id=request_id,
+                    source=job.key[0],
+                    request_id=job.key[1],
+                    request_digest=digest,
                     step=number,
                     content=info.content,
                     tool_calls=calls,
                     finish_reason=info.finish_reason,
                     usage=info.usage,
                     deployment=info.deployment,
-                    dispatched=self._dispatched(job, number, calls, offer),
+                    dispatched=self._dispatched(job, digest, number, calls, offer),
                 )
                 await self._journal.record(record)
             results = await self._run_tools(job, record, execution, resumed=info.replayed)
             back = len(runnable) < len(calls)
-            steps.append(info.model_copy(update={"tool_results": _summaries(results, back)}))
+            steps.append(info.model_copy(update={"tool_results": step_summaries(results, back)}))
             if back:  # a plain function, or a tool the producer must confirm
                 break
-            messages.extend(_messages(info.content, calls, results))
+            messages.extend(turn_messages(info.content, calls, results))
         completed = self._completed(steps, attempts, chunks, first_token, started, job)
         return completed.model_copy(update={"provider": provider}), serving
+
+    async def _offer(self, job: ChatJob) -> ToolOffer:
+        """The MCP tools offered for `job`, from a catalog read up to date if need be.
+
+        Raises:
+            FerrymanError: the catalog cannot be read, or offers the tenant nothing asked for.
+        """
+        try:
+            await asyncio.wait_for(self._catalog.ready.wait(), SYNC_TIMEOUT)
+        except TimeoutError:
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE,
+                "the MCP catalog topic could not be read; MCP tools cannot be offered yet",
+                retryable=True,
+            ) from None
+        await self._list_unlisted(job)
+        try:
+            return ToolOffer(job.request, job.tenant, self._catalog)
+        except FerrymanError:
+            # A server listed a moment ago may not have been read yet: read up to date once.
+            with contextlib.suppress(TimeoutError):
+                await self._catalog.sync(SYNC_TIMEOUT)
+            return ToolOffer(job.request, job.tenant, self._catalog)
+
+    async def _recorded(self, job: ChatJob, digest: str) -> dict[int, LoopStep]:
+        """The steps an earlier run of this very request recorded, contiguous from step 0.
+
+        Raises:
+            FerrymanError: the journal cannot be read up to date (resuming blind could run a
+                tool twice).
+        """
+        try:
+            await self._journal.sync(SYNC_TIMEOUT)
+        except TimeoutError:
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE,
+                "the tool-loop topic could not be read up to date; the loop did not start",
+                retryable=True,
+            ) from None
+        found = self._journal.steps(*job.key)
+        recorded: dict[int, LoopStep] = {}
+        # A step of another request under the same id (a reused id) is not this one's; a gap
+        # (a step forgotten) ends the replay: later steps followed the forgotten one.
+        while (step := found.get(len(recorded))) is not None and step.request_digest == digest:
+            recorded[step.step] = step
+        if recorded:
+            await job.replies.progress("resumed", 0, f"{len(recorded)} recorded step(s) found")
+        return recorded
+
+    def _now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
 
     async def _list_unlisted(self, job: ChatJob) -> None:
         """Servers known to the catalog whose tools were never listed (a lazy server that has
@@ -223,7 +271,12 @@ class ToolLoop:
         return _Turn(info, completed=completed, serving=serving)
 
     def _dispatched(
-        self, job: ChatJob, number: int, calls: list[CompletedToolCall], offer: ToolOffer
+        self,
+        job: ChatJob,
+        digest: str,
+        number: int,
+        calls: list[CompletedToolCall],
+        offer: ToolOffer,
     ) -> list[DispatchedCall]:
         source, request_id = job.key
         dispatched: list[DispatchedCall] = []
@@ -238,7 +291,9 @@ class ToolLoop:
                     server=offered.server,
                     tool=offered.tool,
                     arguments=call.arguments,
-                    tool_request_id=tool_request_id(source, request_id, number, index),
+                    tool_request_id=tool_request_id(
+                        source, request_id, number, index, digest=digest, call=call
+                    ),
                     idempotent=offered.idempotent,
                 )
             )
@@ -258,6 +313,9 @@ class ToolLoop:
                 execution=execution,
                 deadline=job.deadline,
                 traceparent=job.traceparent,
+                cancel_requested=lambda: (
+                    self._cancels is not None and self._cancels.requested(job.key)
+                ),
             ),
             resumed=resumed,
             on_started=job.replies.tool_called,
@@ -275,11 +333,11 @@ class ToolLoop:
     ) -> ChatCompleted:
         last = steps[-1]
         total = Latency(first_token=first_token, total=round((time.monotonic() - started) * 1e3, 3))
-        return ChatCompleted(
+        completed = ChatCompleted(
             content=last.content,
             tool_calls=last.tool_calls,
             finish_reason=last.finish_reason,
-            usage=_summed([step.usage for step in steps]),
+            usage=summed_usage([step.usage for step in steps]),
             provider="",
             model=job.request.model,
             chunk_count=chunks,
@@ -288,56 +346,4 @@ class ToolLoop:
             attempts=attempts or None,
             steps=steps,
         )
-
-
-def _messages(
-    content: str, calls: list[CompletedToolCall], results: list[ToolCallFinished]
-) -> list[Message]:
-    """The assistant turn and one tool message per call, for the next turn."""
-    turn = AssistantMessage(
-        role="assistant",
-        content=content or None,
-        tool_calls=[
-            ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
-            for call in calls
-        ],
-    )
-    answered = {result.call_id: result for result in results}
-    replies: list[Message] = [turn]
-    for call in calls:
-        result = answered.get(call.id)
-        text = result.content if result is not None else "Error: the call was not run"
-        replies.append(
-            ToolMessage(role="tool", content=text or "(no output)", tool_call_id=call.id)
-        )
-    return replies
-
-
-def _summaries(results: list[ToolCallFinished], with_content: bool) -> list[StepToolResult]:
-    return [
-        StepToolResult(
-            call_id=result.call_id,
-            server=result.server,
-            tool=result.tool,
-            is_error=result.is_error,
-            error_code=result.error.code if result.error is not None else None,
-            duration_ms=result.duration_ms,
-            cached=result.cached,
-            replayed=result.replayed,
-            content=result.content if with_content else None,
-        )
-        for result in results
-    ]
-
-
-def _summed(usages: list[Usage]) -> Usage:
-    def total(values: list[int | None]) -> int | None:
-        known = [value for value in values if value is not None]
-        return sum(known) if known else None
-
-    return Usage(
-        input_tokens=sum(u.input_tokens for u in usages),
-        output_tokens=sum(u.output_tokens for u in usages),
-        cached_input_tokens=total([u.cached_input_tokens for u in usages]),
-        reasoning_tokens=total([u.reasoning_tokens for u in usages]),
-    )
+        return within_record_size(completed)

@@ -34,6 +34,9 @@ class StepCalls:
     deadline: float | None
     """`clock()` time by which the request must be done."""
     traceparent: str | None = None
+    cancel_requested: Callable[[], bool] = lambda: False
+    """Whether a cancel event is cancelling the request (its pending calls are cancelled
+    too; a worker that stops leaves them to finish, for the rerun to find)."""
 
 
 class ToolRunner:
@@ -98,27 +101,39 @@ class ToolRunner:
             await on_finished(finished)
             return finished
 
-        pending = {call.tool_request_id for call in calls}
+        fail_fast = context.execution.on_tool_error == "fail"
+        results: list[ToolCallFinished] = []
+        tasks: list[asyncio.Task[ToolCallFinished]] = []
         try:
             if context.execution.parallel:
-                results = await asyncio.gather(*(one(call) for call in calls))
+                tasks = [asyncio.create_task(one(call)) for call in calls]
+                results = list(await asyncio.gather(*tasks))
             else:
-                results = [await one(call) for call in calls]
-        except asyncio.CancelledError:
-            unanswered = [rid for rid in pending if self._journal.result(rid) is None]
-            if unanswered:
-                await asyncio.shield(self._dispatcher.cancel(unanswered, "chat request cancelled"))
-            raise
-        if context.execution.on_tool_error == "fail":
-            for result in results:
-                if result.error is not None:
-                    code = result.error.code
-                    raise FerrymanError(
-                        code if isinstance(code, ErrorCode) else ErrorCode.INTERNAL,
-                        f"tool {result.server}/{result.tool} failed: {result.error.message}",
-                        retryable=False,
+                for call in calls:
+                    results.append(await one(call))
+                    if fail_fast and results[-1].is_error:
+                        break  # the rest would run for a request that fails
+        except BaseException:
+            # A sibling still running would publish on a run that is over.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if context.cancel_requested():
+                unanswered = [
+                    c.tool_request_id
+                    for c in calls
+                    if self._journal.result(c.tool_request_id) is None
+                ]
+                if unanswered:
+                    await asyncio.shield(
+                        self._dispatcher.cancel(unanswered, "chat request cancelled")
                     )
-        return list(results)
+            raise
+        if fail_fast:
+            for result in results:
+                if result.is_error:
+                    raise _failure(result)
+        return results
 
     async def _one(
         self, call: DispatchedCall, context: StepCalls, resumed: bool
@@ -150,7 +165,8 @@ class ToolRunner:
                     expires_in=timeout,
                     traceparent=context.traceparent,
                 )
-            outcome = await self._journal.wait_result(call.tool_request_id, timeout + HOP_GRACE)
+            wait = min(timeout + HOP_GRACE, max(self._remaining(context.deadline), timeout))
+            outcome = await self._journal.wait_result(call.tool_request_id, wait)
             if outcome is None:
                 await self._dispatcher.cancel([call.tool_request_id], "tool call timed out")
                 outcome = (
@@ -236,6 +252,22 @@ class ToolRunner:
             return float("inf")
         now = self._clock() if self._clock else asyncio.get_running_loop().time()
         return deadline - now
+
+
+def _failure(result: ToolCallFinished) -> FerrymanError:
+    """The request's failure for a call that failed (`on_tool_error: fail`)."""
+    if result.error is None:
+        return FerrymanError(
+            ErrorCode.TOOL_ERROR,
+            f"tool {result.server}/{result.tool} reported an error: {result.content[:500]}",
+            retryable=False,
+        )
+    code = result.error.code
+    return FerrymanError(
+        code if isinstance(code, ErrorCode) else ErrorCode.INTERNAL,
+        f"tool {result.server}/{result.tool} failed: {result.error.message}",
+        retryable=False,
+    )
 
 
 def result_text(result: ToolCallCompleted) -> str:

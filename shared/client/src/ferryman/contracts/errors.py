@@ -40,6 +40,8 @@ class ErrorCode(StrEnum):
     CONTEXT_LENGTH = "context_length"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    TOOL_ERROR = "tool_error"
+    """A tool ran and reported an error itself (MCP `isError`), and the request asked to fail."""
     INTERNAL = "internal"
     """A fault in Ferryman itself (a bug); not retryable: the same input meets the same bug."""
 
