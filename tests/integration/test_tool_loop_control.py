@@ -351,3 +351,31 @@ def _in_process_worker(stack: ToolLoopStack) -> LlmWorker:
     return LlmWorker(
         stack.settings, providers=build_providers(stack.settings), registry=CollectorRegistry()
     )
+
+
+async def test_failover_works_inside_the_loop_across_providers(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(
+        "deployments:\n"
+        "  flaky: {provider: openai, model: flaky}\n"
+        "  steady: {provider: anthropic, model: loop-model}\n"
+        "routes:\n"
+        "  chat: {deployments: [flaky], fallbacks: [spare]}\n"
+        "  spare: {deployments: [steady]}\n"
+    )
+    async with tool_loop_stack(kafka_bootstrap, unique, tmp_path, routing_file=routing) as stack:
+        stack.fakes.script("openai", "flaky", status=503)
+        stack.fakes.script(
+            "anthropic", MODEL, tool_steps=[[_call("echo", text="failed over")]],
+            echo_tool_results=True,
+        )  # fmt: skip
+
+        completed = await stack.client.chat(tool_request("chat"), timeout=90)
+
+    assert completed.content == "tool results: failed over"
+    assert [s.deployment for s in completed.steps or []] == ["steady", "steady"]
+    outcomes = [(a.deployment, a.outcome) for a in completed.attempts or []]
+    assert ("flaky", "failed") in outcomes
+    assert outcomes.count(("steady", "completed")) == 2
