@@ -264,3 +264,23 @@ async def test_the_cli_prints_tool_calls_and_results_as_they_happen(
     assert '→ toolbox__echo {"text": "from the cli"}' in err
     assert "← toolbox/echo (" in err
     assert "from the cli" in err.split("← toolbox/echo", 1)[1]
+
+
+async def test_a_call_of_a_function_never_offered_is_answered_as_an_error(
+    stack: ToolLoopStack,
+) -> None:
+    stack.fakes.script(
+        "anthropic",
+        MODEL,
+        tool_steps=[[{"name": "toolbox__nope", "arguments": "{}"}, _call("echo", text="real")]],
+        echo_tool_results=True,
+    )
+
+    completed = await stack.client.chat(tool_request(_model("anthropic")), timeout=90)
+
+    assert completed.finish_reason == "stop"
+    assert "no function named 'toolbox__nope' is offered" in completed.content
+    assert "real" in completed.content
+    results = {r.tool: r for r in (completed.steps or [])[0].tool_results}
+    assert results["toolbox__nope"].error_code == "not_found"
+    assert results["echo"].is_error is False

@@ -37,6 +37,7 @@ from llm_worker.tool_loop.turns import (
     step_summaries,
     summed_usage,
     turn_messages,
+    unknown_function,
     within_record_size,
 )
 
@@ -131,7 +132,9 @@ class ToolLoop:
                 if first_token is None and completed.latency_ms.first_token is not None:
                     first_token = completed.latency_ms.first_token
             calls = info.tool_calls
+            unknown = [call for call in calls if not offer.knows(call.name)]
             runnable = [call for call in calls if offer.runnable(call.name) is not None]
+            runnable += unknown  # answered at once: no such function was offered
             if not runnable or number == execution.max_steps - 1:
                 reason = "max_steps" if runnable else info.finish_reason
                 steps.append(info.model_copy(update={"finish_reason": reason}))
@@ -152,6 +155,9 @@ class ToolLoop:
                 )
                 await self._journal.record(record)
             results = await self._run_tools(job, record, execution, resumed=info.replayed)
+            for call in unknown:
+                results.append(unknown_function(number, call))
+                await job.replies.tool_result(results[-1])
             back = len(runnable) < len(calls)
             steps.append(info.model_copy(update={"tool_results": step_summaries(results, back)}))
             if back:  # a plain function, or a tool the producer must confirm

@@ -97,6 +97,7 @@ class ToolOffer:
         runs = request.runs_tools()
         self.by_function: dict[str, OfferedMcpTool] = {}
         taken = {tool.function.name for tool in request.function_tools()}
+        self._plain = frozenset(taken)
         for toolset in request.mcp_toolsets():
             entries = catalog.tools_for(tenant, toolset.server, toolset.tools)
             if not entries:
@@ -144,6 +145,10 @@ class ToolOffer:
         """`request` as a provider sees it: plain functions only, no tool execution."""
         tools = [*request.function_tools(), *self.functions()]
         return request.model_copy(update={"tools": tools or None, "tool_execution": None})
+
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a function the request offered (an MCP tool or a plain one)."""
+        return name in self.by_function or name in self._plain
 
     def runnable(self, name: str) -> OfferedMcpTool | None:
         """The MCP tool behind function `name` if the worker runs it, else None."""

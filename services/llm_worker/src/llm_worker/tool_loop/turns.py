@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from ferryman.contracts import ChatCompleted
+from ferryman.contracts import ChatCompleted, ErrorCode
+from ferryman.contracts.errors import ErrorInfo
 from ferryman.contracts.llm import (
     AssistantMessage,
     CompletedToolCall,
@@ -59,6 +60,27 @@ def turn_messages(
             ToolMessage(role="tool", content=text or "(no output)", tool_call_id=call.id)
         )
     return replies
+
+
+def unknown_function(step: int, call: CompletedToolCall) -> ToolCallFinished:
+    """The result the model gets for a call of a function that was never offered (a
+    hallucinated name): an error it can recover from, not the end of the loop."""
+    error = ErrorInfo(
+        code=ErrorCode.NOT_FOUND,
+        message=f"no function named {call.name[:128]!r} is offered",
+        retryable=False,
+    )
+    return ToolCallFinished(
+        step=step,
+        call_id=call.id,
+        server="",
+        tool=call.name[:128],
+        tool_request_id="",
+        content=f"Error ({error.code}): {error.message}",
+        is_error=True,
+        error=error,
+        duration_ms=0.0,
+    )
 
 
 def step_summaries(results: list[ToolCallFinished], with_content: bool) -> list[StepToolResult]:
