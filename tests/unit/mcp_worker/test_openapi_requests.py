@@ -1,0 +1,127 @@
+"""Tool calls of an OpenAPI operation as HTTP requests, sent to the inventory API: arguments
+land where the spec says, and no argument can change the path that is called."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from mcp_worker.openapi import OperationTool, api_tools, load_spec
+from mcp_worker.openapi.http_request import UnsupportedParameter, build_request
+from mcp_worker.openapi.operations import Binding
+from tests.fakes.openapi_api import InventoryApi
+
+SPEC = Path(__file__).resolve().parents[2] / "fakes" / "openapi" / "api-v1.json"
+
+
+@pytest.fixture
+def tools() -> dict[str, OperationTool]:
+    return api_tools(load_spec(SPEC.read_bytes(), source="api-v1.json")).by_name()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[InventoryApi]:
+    server = InventoryApi()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def _send(api: InventoryApi, request: httpx2.Request) -> httpx2.Response:
+    async with httpx2.AsyncClient() as client:
+        return await client.send(request)
+
+
+@pytest.mark.parametrize(
+    ("item_id", "raw"),
+    [
+        ("../admin", "/items/..%2Fadmin"),
+        ("..", "/items/%2E%2E"),
+        ("a/b?c#d", "/items/a%2Fb%3Fc%23d"),
+    ],
+)
+async def test_a_path_parameter_never_changes_the_path(
+    api: InventoryApi, tools: dict[str, OperationTool], item_id: str, raw: str
+) -> None:
+    request = build_request(tools["getItem"], {"itemId": item_id}, api.base_url)
+
+    response = await _send(api, request)
+
+    assert response.status_code == 404  # no such item, and no other route reached
+    assert [r.raw_path for r in api.requests] == [raw]
+    assert api.count("adminTrap") == 0
+
+
+async def test_query_arrays_explode_and_a_json_body_is_sent(
+    api: InventoryApi, tools: dict[str, OperationTool]
+) -> None:
+    listed = await _send(
+        api, build_request(tools["listItems"], {"limit": 5, "tag": ["a", "b"]}, api.base_url)
+    )
+    created = await _send(
+        api,
+        build_request(tools["createItem"], {"body": {"name": "lamp", "tags": ["x"]}}, api.base_url),
+    )
+
+    assert listed.status_code == 200
+    assert api.requests[0].query == [("limit", "5"), ("tag", "a"), ("tag", "b")]
+    assert created.status_code == 201
+    assert created.json()["name"] == "lamp"
+
+
+def test_header_cookie_and_object_serializations() -> None:
+    tool = OperationTool(
+        name="t",
+        description="",
+        method="get",
+        path="/x",
+        input_schema={"type": "object"},
+        output_schema=None,
+        bindings={
+            "h": Binding("header", "X-Ids"),
+            "c": Binding("cookie", "session"),
+            "deep": Binding("query", "filter", style="deepObject", explode=True),
+            "flat": Binding("query", "ids", style="form", explode=False),
+            "pipes": Binding("query", "p", style="pipeDelimited", explode=False),
+            "on": Binding("query", "on"),
+        },
+        read_only=True,
+        idempotent=True,
+    )
+    arguments: dict[str, Any] = {
+        "h": [1, 2],
+        "c": "a b;c",
+        "deep": {"kind": "lamp", "max": 3},
+        "flat": [1, 2],
+        "pipes": ["a", "b"],
+        "on": True,
+    }
+
+    request = build_request(tool, arguments, "http://127.0.0.1:1/base/")
+
+    assert str(request.url) == (
+        "http://127.0.0.1:1/base/x?filter%5Bkind%5D=lamp&filter%5Bmax%5D=3&ids=1%2C2&p=a%7Cb&on=true"
+    )
+    assert request.headers["X-Ids"] == "1,2"
+    assert request.headers["Cookie"] == "session=a%20b%3Bc"
+
+
+def test_a_style_not_implemented_is_refused_clearly() -> None:
+    tool = OperationTool(
+        name="t",
+        description="",
+        method="get",
+        path="/x/{id}",
+        input_schema={"type": "object"},
+        output_schema=None,
+        bindings={"id": Binding("path", "id", style="matrix")},
+        read_only=True,
+        idempotent=True,
+    )
+
+    with pytest.raises(UnsupportedParameter, match="'id': style 'matrix'"):
+        build_request(tool, {"id": 1}, "http://127.0.0.1:1")
