@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from ferryman.cli_chat import add_chat_arguments, chat_command
 from ferryman.cli_mcp_tools import add_tools_arguments, tools_command
+from ferryman.cli_plugins import CommandPlugin, installed_plugins
 from ferryman.cli_tools import dlq_command, health_command, tail_command
 from ferryman.contracts import DEFAULT_HEALTH_TOPIC
 from ferryman.contracts.asyncapi import build_asyncapi
@@ -66,8 +67,9 @@ def _global_options() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (global options accepted before and after the command)."""
+def build_parser(plugins: Mapping[str, CommandPlugin] | None = None) -> argparse.ArgumentParser:
+    """The argument parser (global options accepted before and after the command), with the
+    commands of `plugins` (installed packages' commands, see `cli_plugins`)."""
     common = _global_options()
     parser = argparse.ArgumentParser(prog="ferryman", description=__doc__, parents=[common])
     parser.add_argument("--version", action="version", version=f"ferryman {package_version()}")
@@ -119,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     spec = command("asyncapi", "print the AsyncAPI document of the events")
     spec.add_argument("--output", help="write to this file instead of stdout")
+    for name, plugin in sorted((plugins or {}).items()):
+        if name not in commands.choices:  # a built-in command wins
+            plugin.configure(command(name, plugin.help))
     return parser
 
 
@@ -144,9 +149,12 @@ def _asyncapi(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
-    args = build_parser().parse_args(argv)
+    plugins = installed_plugins()
+    args = build_parser(plugins).parse_args(argv)
     if args.command == "asyncapi":
         return _asyncapi(args)
+    if args.command in plugins:
+        return plugins[args.command].run(args)
     try:
         connection = connection_from(args, os.environ)
     except ValidationError as exc:
