@@ -56,6 +56,8 @@ def test_diff_exits_1_on_a_breaking_change_and_0_without(
     kinds = {(e["operation"], e["kind"]) for e in report["entries"] if e["breaking"]}
     assert ("DELETE /items/{itemId}", "removed_operation") in kinds
     assert ("GET /items", "new_required_parameter") in kinds
+    assert ("GET /items", "changed_type") in kinds
+    assert ("GET /items/{itemId}", "removed_response_field") in kinds  # inside an allOf
     assert same == 0
     assert out.strip() == "1.0.0 -> 1.0.0: compatible"
 

@@ -149,16 +149,44 @@ class _SchemaDiff:
         old, new = self._deref(old, self._roots[0]), self._deref(new, self._roots[1])
         if not isinstance(old, dict) or not isinstance(new, dict):
             return
+        # allOf members are compared as one object: their properties and requirements.
+        old = self._flattened(old, self._roots[0], 0)  # pyright: ignore[reportUnknownArgumentType]
+        new = self._flattened(new, self._roots[1], 0)  # pyright: ignore[reportUnknownArgumentType]
         name = where or "(arguments)" if self._direction == "input" else where or "(response)"
         self._compare_types(old, new, name)  # pyright: ignore[reportUnknownArgumentType]
         self._compare_enums(old, new, name)  # pyright: ignore[reportUnknownArgumentType]
         for keyword in _COMPOSITION:
+            if keyword == "allOf":
+                continue  # flattened above, so analysed
             old_part, new_part = old.get(keyword), new.get(keyword)  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
             if canonical_json(old_part) != canonical_json(new_part):
                 self._add("changed_composition", False, f"{name}: {keyword} changed (not analysed)")
         self._compare_properties(old, new, where)  # pyright: ignore[reportUnknownArgumentType]
         if "items" in old and "items" in new:
             self.compare(old["items"], new["items"], f"{where}[]")
+
+    def _flattened(
+        self, schema: dict[str, Any], root: dict[str, Any], depth: int
+    ) -> dict[str, Any]:
+        """`schema` with the properties and requirements of its `allOf` members merged in."""
+        members = schema.get("allOf")
+        if not isinstance(members, list) or depth > _MAX_ALL_OF_DEPTH:
+            return schema
+        merged = {key: value for key, value in schema.items() if key != "allOf"}
+        properties: dict[str, Any] = dict(merged.get("properties") or {})
+        required: set[str] = set(merged.get("required") or [])
+        for member in members:  # pyright: ignore[reportUnknownVariableType]
+            part = self._deref(member, root)
+            if not isinstance(part, dict):
+                continue
+            part = self._flattened(part, root, depth + 1)  # pyright: ignore[reportUnknownArgumentType]
+            properties.update(part.get("properties") or {})
+            required.update(part.get("required") or [])
+            if "type" not in merged and "type" in part:
+                merged["type"] = part["type"]
+        merged["properties"] = properties
+        merged["required"] = sorted(required)
+        return merged
 
     def _compare_types(self, old: dict[str, Any], new: dict[str, Any], name: str) -> None:
         old_types, new_types = _types(old), _types(new)
@@ -223,6 +251,10 @@ class _SchemaDiff:
                     "removed_response_field", True, f"{prefix}{prop}: no longer always returned"
                 )
             self.compare(old_props[prop], new_props[prop], f"{prefix}{prop}")
+
+
+_MAX_ALL_OF_DEPTH = 16
+"""Nested allOf levels merged at most (a cyclic allOf stops there)."""
 
 
 def _types(schema: dict[str, Any]) -> set[str] | None:
