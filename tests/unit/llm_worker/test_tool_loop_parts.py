@@ -68,6 +68,15 @@ def _entry(name: str, **hints: Any) -> ToolEntry:
     )
 
 
+def _request_data() -> dict[str, Any]:
+    return {
+        "model": "openai/x",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "mcp", "server": "box"}],
+        "tool_execution": {"mode": "auto"},
+    }
+
+
 def _request(tools: list[dict[str, Any]], **execution: Any) -> ChatRequest:
     return ChatRequest.model_validate(
         {
@@ -120,6 +129,18 @@ def test_a_server_hidden_from_the_tenant_is_refused_like_an_unknown_one() -> Non
 
     assert hidden.value.code == unknown.value.code == "invalid_request"
     assert hidden.value.message.replace("box", "S") == unknown.value.message.replace("nowhere", "S")
+
+
+def test_a_named_tool_choice_must_name_an_offered_function() -> None:
+    catalog = FakeCatalog({"box": [_entry("echo")]})
+    named = {"type": "function", "function": {"name": "box__echo"}}
+    wrong = {"type": "function", "function": {"name": "box__nope"}}
+    good = ChatRequest.model_validate({**_request_data(), "tool_choice": named})
+    bad = ChatRequest.model_validate({**_request_data(), "tool_choice": wrong})
+
+    assert ToolOffer(good, None, catalog).provider_request(good).tool_choice == good.tool_choice
+    with pytest.raises(FerrymanError, match="box__nope"):
+        ToolOffer(bad, None, catalog).provider_request(bad)
 
 
 def test_a_function_name_taken_twice_is_refused() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from ferryman.contracts.llm import FunctionDefinition, Tool
+from ferryman.contracts.llm import FunctionDefinition, NamedToolChoice, Tool
 from ferryman.contracts.mcp import CatalogRecord, ToolEntry
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -142,7 +142,18 @@ class ToolOffer:
         ]
 
     def provider_request(self, request: ChatRequest) -> ChatRequest:
-        """`request` as a provider sees it: plain functions only, no tool execution."""
+        """`request` as a provider sees it: plain functions only, no tool execution.
+
+        Raises:
+            FerrymanError: `invalid_request` when a named `tool_choice` names no offered function.
+        """
+        choice = request.tool_choice
+        if isinstance(choice, NamedToolChoice) and not self.knows(choice.function.name):
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST,
+                f"tool_choice names {choice.function.name!r}, which is not offered to this tenant",
+                retryable=False,
+            )
         tools = [*request.function_tools(), *self.functions()]
         return request.model_copy(update={"tools": tools or None, "tool_execution": None})
 
