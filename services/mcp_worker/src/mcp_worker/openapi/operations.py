@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from mcp_worker.openapi.naming import (
     BODY_ARGUMENT,
@@ -64,6 +64,9 @@ class OperationTool:
     deprecated: bool = False
     output_wrapped: bool = False
     """True when a non-object success body is wrapped as ``{"result": ...}`` (MCP wants objects)."""
+    security: tuple[Mapping[str, tuple[str, ...]], ...] = ()
+    """The operation's security requirements (or the document's): any one of them satisfies
+    it, each maps scheme names to scopes; empty: no authentication."""
 
 
 @dataclass(frozen=True)
@@ -274,7 +277,20 @@ def _build_tool(
         operation_id=op_id,
         deprecated=operation.get("deprecated") is True,
         output_wrapped=wrapped,
+        security=_security(operation.get("security", document.get("security"))),
     )
+
+
+def _security(requirements: Any) -> tuple[Mapping[str, tuple[str, ...]], ...]:
+    """Security requirements as data (`[{}]`, "no auth allowed", becomes an empty mapping)."""
+    if not isinstance(requirements, list):
+        return ()
+    found: list[Mapping[str, tuple[str, ...]]] = []
+    for requirement in cast(list[Any], requirements):
+        if isinstance(requirement, dict):
+            entries = cast(dict[str, Any], requirement).items()
+            found.append({name: tuple(str(s) for s in scopes or ()) for name, scopes in entries})
+    return tuple(found)
 
 
 def _parameters(
