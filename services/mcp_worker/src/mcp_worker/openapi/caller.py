@@ -1,0 +1,178 @@
+"""Calls one OpenAPI operation as a tool: validate the arguments, build the request, add the
+credentials, send it within the call's time, retry what may be retried, read a bounded body.
+
+Retries: only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) are sent again, after a
+429, a 5xx or a transport failure, waiting the `Retry-After` the API asked for or an
+exponential backoff with full jitter, never past the call's deadline. A 401 with an OAuth2
+token fetches a new token once and sends again (any method: the API refused it unread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx2
+from jsonschema import Draft202012Validator
+
+from ferryman.contracts import ErrorCode, FerrymanError
+from mcp_worker.openapi.auth import ApiAuth
+from mcp_worker.openapi.http_request import UnsupportedParameter, build_request
+from mcp_worker.openapi.http_response import ApiResult, api_result
+from mcp_worker.openapi.operations import OperationTool
+
+BASE_DELAY = 0.2
+MAX_DELAY = 5.0
+
+
+class ApiCaller:
+    """Calls the operations of one API.
+
+    Args:
+        name: the API's name in the registry (in errors and results).
+        tools: its operations by tool name.
+        base_url: where its paths are (the spec's server, or the registry's override).
+        auth: its credentials.
+        client: the HTTP client (its transport may cache; see the caller's owner).
+        max_bytes: response body bytes kept at most.
+        retries: further sends of an idempotent call after a retryable failure.
+        sleep: waits between sends (injectable for tests).
+        clock: monotonic seconds for the deadline.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tools: Mapping[str, OperationTool],
+        *,
+        base_url: str,
+        auth: ApiAuth,
+        client: httpx2.AsyncClient,
+        max_bytes: int,
+        retries: int = 2,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self._tools = tools
+        self._base_url = base_url
+        self._auth = auth
+        self._client = client
+        self._max_bytes = max_bytes
+        self._retries = retries
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._validators = {n: Draft202012Validator(t.input_schema) for n, t in tools.items()}
+
+    async def call(self, tool_name: str, arguments: Mapping[str, Any], timeout: float) -> ApiResult:
+        """Call `tool_name` with `arguments` within `timeout` seconds.
+
+        Raises:
+            FerrymanError: unknown tool or bad arguments (`not_found`, `invalid_request`), a
+                timeout, or a failure of the API after the retries (the code says which).
+        """
+        tool = self._tools.get(tool_name)
+        if tool is None:
+            raise FerrymanError(
+                ErrorCode.NOT_FOUND, f"{self.name} has no tool {tool_name!r}", retryable=False
+            )
+        self._validate(tool_name, arguments)
+        requirement = self._auth.requirement(tool.security)
+        deadline = self._clock() + timeout
+        sends, refreshed = 0, False
+        while True:
+            sends += 1
+            try:
+                response = await self._send(tool, arguments, requirement, deadline)
+                if response.status_code == 401 and not refreshed:
+                    refreshed = True
+                    if self._auth.forget_tokens(requirement):
+                        sends -= 1  # a token refresh is not a retry
+                        continue
+                return api_result(
+                    response,
+                    api=self.name,
+                    max_bytes=self._max_bytes,
+                    wrap_output=tool.output_wrapped,
+                )
+            except FerrymanError as exc:
+                if not (exc.retryable and tool.idempotent and sends <= self._retries):
+                    raise
+                delay = exc.retry_after
+                if delay is None:
+                    delay = self._rng.uniform(0, min(MAX_DELAY, BASE_DELAY * 2 ** (sends - 1)))
+                if self._clock() + delay >= deadline:
+                    raise
+                await self._sleep(delay)
+
+    def _validate(self, tool_name: str, arguments: Mapping[str, Any]) -> None:
+        errors = sorted(
+            self._validators[tool_name].iter_errors(dict(arguments)), key=lambda e: list(e.path)
+        )
+        if errors:
+            where = ".".join(str(p) for p in errors[0].absolute_path) or "(arguments)"
+            problem = errors[0].message[:300]
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST,
+                f"invalid arguments for {self.name}/{tool_name}: {where}: {problem}",
+                retryable=False,
+            )
+
+    async def _send(
+        self,
+        tool: OperationTool,
+        arguments: Mapping[str, Any],
+        requirement: Mapping[str, tuple[str, ...]],
+        deadline: float,
+    ) -> httpx2.Response:
+        try:
+            request = build_request(tool, arguments, self._base_url)
+        except UnsupportedParameter as exc:
+            raise FerrymanError(ErrorCode.INVALID_REQUEST, str(exc), retryable=False) from None
+        remaining = deadline - self._clock()
+        try:
+            async with asyncio.timeout(max(remaining, 0.0)):
+                request = await self._auth.apply(request, requirement)
+                response = await self._client.send(request, stream=True)
+                try:
+                    body = await _bounded_body(response, self._max_bytes + 1)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise FerrymanError(
+                ErrorCode.TIMEOUT,
+                f"{self.name}/{tool.name} did not answer within the call's time",
+                retryable=True,
+                upstream=self.name,
+            ) from None
+        except httpx2.TransportError as exc:
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE,
+                f"{self.name} could not be reached ({type(exc).__name__})",
+                retryable=True,
+                upstream=self.name,
+            ) from None
+        # The body is decoded already, and may be cut: its encoding and length no longer apply.
+        headers = [
+            (k, v)
+            for k, v in response.headers.multi_items()
+            if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx2.Response(response.status_code, headers=headers, content=body, request=request)
+
+
+async def _bounded_body(response: httpx2.Response, limit: int) -> bytes:
+    """At most `limit` bytes of the body (the rest is never read into memory)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)
