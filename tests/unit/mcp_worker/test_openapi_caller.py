@@ -3,6 +3,7 @@ be made to fail that way, the HTTP client's mock transport)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from ferryman.contracts import FerrymanError
 from mcp_worker.openapi import api_tools, load_spec
 from mcp_worker.openapi.auth import ApiAuth, SchemeSecret
+from mcp_worker.openapi.cache import CacheMode, caching_client
 from mcp_worker.openapi.caller import ApiCaller
 from mcp_worker.openapi.operations import Binding, OperationTool
 from tests.fakes.openapi_api import ApiOptions, InventoryApi
@@ -170,3 +172,48 @@ async def test_a_large_body_is_read_only_up_to_the_limit() -> None:
 
     assert result.truncated
     assert result.content == [{"type": "text", "text": "x" * 100}]
+
+
+@contextlib.asynccontextmanager
+async def _cached_caller(
+    api: InventoryApi, tmp_path: Path, mode: CacheMode
+) -> AsyncIterator[ApiCaller]:
+    async with (
+        httpx2.AsyncClient() as plain,
+        caching_client(tmp_path / f"{mode}.db", max_size=1 << 20) as cache,
+    ):
+        auth = ApiAuth("inv", SCHEMES, SECRETS, base_url=api.base_url, client=plain)
+        yield ApiCaller(
+            "inv", TOOLS, base_url=api.base_url, auth=auth, client=plain, max_bytes=10_000,
+            cache_client=cache, cache_mode=mode, cache_ttl=60, sleep=Waits(),
+        )  # fmt: skip
+
+
+async def test_rfc_caching_follows_the_api_and_never_crosses_tenants(
+    api: InventoryApi, tmp_path: Path
+) -> None:
+    async with _cached_caller(api, tmp_path, "rfc") as caller:
+        first = await caller.call("getCached", {}, timeout=30, tenant="acme")
+        again = await caller.call("getCached", {}, timeout=30, tenant="acme")
+        other = await caller.call("getCached", {}, timeout=30, tenant="globex")
+        uncached = [await caller.call("getUncached", {}, timeout=30, tenant="acme") for _ in "ab"]
+
+    assert [first.cached, again.cached, other.cached] == [False, True, False]
+    assert again.content == first.content
+    assert api.count("getCached") == 2  # one per tenant
+    assert api.count("getUncached") == 2  # no cache headers: not stored
+    assert [r.cached for r in uncached] == [False, False]
+
+
+async def test_ttl_caching_keeps_answers_without_cache_headers_but_not_writes(
+    api: InventoryApi, tmp_path: Path
+) -> None:
+    async with _cached_caller(api, tmp_path, "ttl") as caller:
+        first = await caller.call("getUncached", {}, timeout=30, tenant="acme")
+        again = await caller.call("getUncached", {}, timeout=30, tenant="acme")
+        for name in ("a", "b"):
+            await caller.call("createItem", {"body": {"name": name}}, timeout=30, tenant="acme")
+
+    assert [first.cached, again.cached] == [False, True]
+    assert api.count("getUncached") == 1
+    assert api.count("createItem") == 2

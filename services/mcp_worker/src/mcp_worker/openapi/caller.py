@@ -10,6 +10,7 @@ token fetches a new token once and sends again (any method: the API refused it u
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +21,7 @@ from jsonschema import Draft202012Validator
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from mcp_worker.openapi.auth import ApiAuth
+from mcp_worker.openapi.cache import CacheMode, cache_request, from_cache
 from mcp_worker.openapi.http_request import UnsupportedParameter, build_request
 from mcp_worker.openapi.http_response import ApiResult, api_result
 from mcp_worker.openapi.operations import OperationTool
@@ -39,6 +41,10 @@ class ApiCaller:
         client: the HTTP client (its transport may cache; see the caller's owner).
         max_bytes: response body bytes kept at most.
         retries: further sends of an idempotent call after a retryable failure.
+        cache_client: the client read-only calls go through when `cache_mode` is not `off`
+            (see `cache.caching_client`).
+        cache_mode: how read-only calls' responses are cached, per tenant.
+        cache_ttl: with `cache_mode` `ttl`, seconds a response is kept.
         sleep: waits between sends (injectable for tests).
         clock: monotonic seconds for the deadline.
     """
@@ -53,6 +59,9 @@ class ApiCaller:
         client: httpx2.AsyncClient,
         max_bytes: int,
         retries: int = 2,
+        cache_client: httpx2.AsyncClient | None = None,
+        cache_mode: CacheMode = "off",
+        cache_ttl: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -64,13 +73,24 @@ class ApiCaller:
         self._client = client
         self._max_bytes = max_bytes
         self._retries = retries
+        self._cache_client = cache_client if cache_mode != "off" else None
+        self._cache_mode: CacheMode = cache_mode
+        self._cache_ttl = cache_ttl
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
         self._validators = {n: Draft202012Validator(t.input_schema) for n, t in tools.items()}
 
-    async def call(self, tool_name: str, arguments: Mapping[str, Any], timeout: float) -> ApiResult:
-        """Call `tool_name` with `arguments` within `timeout` seconds.
+    async def call(
+        self,
+        tool_name: str,
+        arguments: Mapping[str, Any],
+        timeout: float,
+        *,
+        tenant: str | None = None,
+    ) -> ApiResult:
+        """Call `tool_name` with `arguments` within `timeout` seconds, for `tenant` (whose
+        cached responses are its own).
 
         Raises:
             FerrymanError: unknown tool or bad arguments (`not_found`, `invalid_request`), a
@@ -88,18 +108,19 @@ class ApiCaller:
         while True:
             sends += 1
             try:
-                response = await self._send(tool, arguments, requirement, deadline)
+                response, cached = await self._send(tool, arguments, requirement, deadline, tenant)
                 if response.status_code == 401 and not refreshed:
                     refreshed = True
                     if self._auth.forget_tokens(requirement):
                         sends -= 1  # a token refresh is not a retry
                         continue
-                return api_result(
+                result = api_result(
                     response,
                     api=self.name,
                     max_bytes=self._max_bytes,
                     wrap_output=tool.output_wrapped,
                 )
+                return dataclasses.replace(result, cached=cached)
             except FerrymanError as exc:
                 if not (exc.retryable and tool.idempotent and sends <= self._retries):
                     raise
@@ -129,7 +150,8 @@ class ApiCaller:
         arguments: Mapping[str, Any],
         requirement: Mapping[str, tuple[str, ...]],
         deadline: float,
-    ) -> httpx2.Response:
+        tenant: str | None,
+    ) -> tuple[httpx2.Response, bool]:
         try:
             request = build_request(tool, arguments, self._base_url)
         except UnsupportedParameter as exc:
@@ -138,7 +160,13 @@ class ApiCaller:
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
                 request = await self._auth.apply(request, requirement)
-                response = await self._client.send(request, stream=True)
+                client = self._client
+                if self._cache_client is not None and tool.read_only:
+                    client = self._cache_client
+                    cache_request(
+                        request, tenant=tenant, mode=self._cache_mode, ttl=self._cache_ttl
+                    )
+                response = await client.send(request, stream=True)
                 try:
                     body = await _bounded_body(response, self._max_bytes + 1)
                 finally:
@@ -163,7 +191,10 @@ class ApiCaller:
             for k, v in response.headers.multi_items()
             if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
         ]
-        return httpx2.Response(response.status_code, headers=headers, content=body, request=request)
+        bounded = httpx2.Response(
+            response.status_code, headers=headers, content=body, request=request
+        )
+        return bounded, from_cache(response)
 
 
 async def _bounded_body(response: httpx2.Response, limit: int) -> bytes:

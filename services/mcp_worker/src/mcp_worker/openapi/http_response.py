@@ -34,6 +34,8 @@ class ApiResult:
     structured: dict[str, Any] | None = None
     is_error: bool = False
     truncated: bool = False
+    cached: bool = False
+    """The cache answered (see `cache.py`)."""
 
 
 def api_result(
