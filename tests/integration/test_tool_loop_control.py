@@ -3,7 +3,6 @@ LLM worker, the mcp_worker and the toolbox MCP server."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,30 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from ferryman.client import ChatFailedError
 from ferryman.codec import decode_event, header_value
 from ferryman.contracts import ChatChunk, ChatCompleted, ToolCallFinished, ToolCallStarted
-from llm_worker.app import LlmWorker
-from llm_worker.providers.factory import build_providers
 from tests.integration.conftest import read_topic
 from tests.integration.test_mcp_worker_e2e import toolbox_entry, wait_until
 from tests.integration.tool_loop_harness import (
+    MODEL,
     PROVIDERS,
     ToolLoopStack,
+    in_process_worker,
     of_type,
     tool_loop_stack,
     tool_request,
+    toolbox_call,
 )
 
 pytestmark = pytest.mark.integration
-
-MODEL = "loop-model"
-
-
-def _call(name: str, **arguments: Any) -> dict[str, str]:
-    return {"name": f"toolbox__{name}", "arguments": json.dumps(arguments)}
 
 
 def _offered_functions(stack: ToolLoopStack, provider: str) -> set[str]:
@@ -130,7 +123,7 @@ async def test_a_cancel_mid_tool_call_cancels_the_tool_too(
         tmp_path,
         servers={"toolbox": toolbox_entry(env={"TOOLBOX_CANCEL_LOG": str(cancel_log)})},
     ) as stack:
-        stack.fakes.script(provider, MODEL, tool_steps=[[_call("slow", seconds=60)]])
+        stack.fakes.script(provider, MODEL, tool_steps=[[toolbox_call("slow", seconds=60)]])
         stream = stack.client.chat_stream(tool_request(f"{provider}/{MODEL}"), timeout=90)
 
         async def stop_at_the_tool(event: Any) -> None:
@@ -149,7 +142,7 @@ async def test_a_cancel_mid_tool_call_cancels_the_tool_too(
     assert failed.value.error.code == "cancelled"
 
 
-async def test_a_cancel_that_arrives_first_fails_without_a_provider_call(
+async def test_a_cancel_that_arrives_first_fails_without_a_providertoolbox_call(
     kafka_bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
     async with tool_loop_stack(kafka_bootstrap, unique, tmp_path) as stack:
@@ -184,7 +177,7 @@ async def test_a_worker_killed_between_steps_never_runs_a_completed_tool_again(
         stack.fakes.script(
             provider,
             MODEL,
-            tool_steps=[[_call("destroy", target="prod")]],
+            tool_steps=[[toolbox_call("destroy", target="prod")]],
             echo_tool_results=True,
             first_token_delay=20,
             delays_from_step=1,
@@ -202,14 +195,10 @@ async def test_a_worker_killed_between_steps_never_runs_a_completed_tool_again(
             stack.fakes.script(
                 provider,
                 MODEL,
-                tool_steps=[[_call("destroy", target="prod")]],
+                tool_steps=[[toolbox_call("destroy", target="prod")]],
                 echo_tool_results=True,
             )
-            survivor = LlmWorker(
-                stack.settings,
-                providers=build_providers(stack.settings),
-                registry=CollectorRegistry(),
-            )
+            survivor = in_process_worker(stack.settings)
             await survivor.worker.start()
             try:
                 completed = await _rerun_result(stack, stream.request_id)
@@ -294,7 +283,10 @@ async def test_a_lazy_server_is_listed_on_first_use_and_its_tools_offered(
         assert record is not None
         assert record.entry.tools == []  # not started, so never listed
         stack.fakes.script(
-            "openai", MODEL, tool_steps=[[_call("echo", text="lazy")]], echo_tool_results=True
+            "openai",
+            MODEL,
+            tool_steps=[[toolbox_call("echo", text="lazy")]],
+            echo_tool_results=True,
         )
 
         completed = await stack.client.chat(tool_request(f"openai/{MODEL}"), timeout=90)
@@ -315,9 +307,9 @@ async def test_a_worker_stopping_mid_tool_leaves_the_call_running_for_the_rerun(
         grace_period=0.2,
     ) as stack:
         stack.fakes.script(
-            "openai", MODEL, tool_steps=[[_call("slow", seconds=3)]], echo_tool_results=True
+            "openai", MODEL, tool_steps=[[toolbox_call("slow", seconds=3)]], echo_tool_results=True
         )
-        first = _in_process_worker(stack)
+        first = in_process_worker(stack.settings)
         await first.worker.start()
         stream = stack.client.chat_stream(tool_request(f"openai/{MODEL}"), timeout=120)
         events: list[Any] = []
@@ -331,7 +323,7 @@ async def test_a_worker_stopping_mid_tool_leaves_the_call_running_for_the_rerun(
 
         with pytest.raises(_Stopped):
             await _consume(stream, stop_the_worker_at_the_tool)
-        survivor = _in_process_worker(stack)
+        survivor = in_process_worker(stack.settings)
         await survivor.worker.start()
         try:
             completed = await _rerun_result(stack, stream.request_id)
@@ -345,12 +337,6 @@ async def test_a_worker_stopping_mid_tool_leaves_the_call_running_for_the_rerun(
 
 class _Stopped(Exception):
     """Ends reading a stream on purpose."""
-
-
-def _in_process_worker(stack: ToolLoopStack) -> LlmWorker:
-    return LlmWorker(
-        stack.settings, providers=build_providers(stack.settings), registry=CollectorRegistry()
-    )
 
 
 async def test_failover_works_inside_the_loop_across_providers(
@@ -368,7 +354,7 @@ async def test_failover_works_inside_the_loop_across_providers(
     async with tool_loop_stack(kafka_bootstrap, unique, tmp_path, routing_file=routing) as stack:
         stack.fakes.script("openai", "flaky", status=503)
         stack.fakes.script(
-            "anthropic", MODEL, tool_steps=[[_call("echo", text="failed over")]],
+            "anthropic", MODEL, tool_steps=[[toolbox_call("echo", text="failed over")]],
             echo_tool_results=True,
         )  # fmt: skip
 

@@ -21,26 +21,22 @@ from ferryman.contracts import (
     ToolCallStarted,
 )
 from tests.integration.tool_loop_harness import (
+    MODEL,
     PROVIDERS,
     ToolLoopStack,
     of_type,
     tool_loop_stack,
     tool_request,
+    toolbox_call,
 )
 
 pytestmark = pytest.mark.integration
-
-MODEL = "loop-model"
 
 
 @pytest.fixture
 async def stack(kafka_bootstrap: str, unique: str, tmp_path: Path) -> AsyncIterator[ToolLoopStack]:
     async with tool_loop_stack(kafka_bootstrap, unique, tmp_path) as running:
         yield running
-
-
-def _call(name: str, **arguments: Any) -> dict[str, str]:
-    return {"name": f"toolbox__{name}", "arguments": json.dumps(arguments)}
 
 
 def _model(provider: str) -> str:
@@ -56,7 +52,7 @@ async def test_one_tool_call_runs_and_its_result_reaches_the_model(
     stack: ToolLoopStack, provider: str
 ) -> None:
     stack.fakes.script(
-        provider, MODEL, tool_steps=[[_call("echo", text="hi from the toolbox")]],
+        provider, MODEL, tool_steps=[[toolbox_call("echo", text="hi from the toolbox")]],
         echo_tool_results=True,
     )  # fmt: skip
 
@@ -93,8 +89,8 @@ async def test_parallel_calls_then_a_second_round(stack: ToolLoopStack, provider
         provider,
         MODEL,
         tool_steps=[
-            [_call("add", a=2, b=3), _call("echo", text="second")],
-            [_call("echo", text="round two")],
+            [toolbox_call("add", a=2, b=3), toolbox_call("echo", text="second")],
+            [toolbox_call("echo", text="round two")],
         ],
         echo_tool_results=True,
     )
@@ -122,7 +118,7 @@ async def test_a_tool_error_and_a_timeout_are_fed_back_to_the_model(
     stack.fakes.script(
         provider,
         MODEL,
-        tool_steps=[[_call("fail", message="disk full"), _call("slow", seconds=30)]],
+        tool_steps=[[toolbox_call("fail", message="disk full"), toolbox_call("slow", seconds=30)]],
         echo_tool_results=True,
     )
 
@@ -146,7 +142,7 @@ async def test_a_tool_error_and_a_timeout_are_fed_back_to_the_model(
 async def test_on_tool_error_fail_ends_the_request_with_the_tools_error(
     stack: ToolLoopStack,
 ) -> None:
-    stack.fakes.script("openai", MODEL, tool_steps=[[_call("slow", seconds=30)]])
+    stack.fakes.script("openai", MODEL, tool_steps=[[toolbox_call("slow", seconds=30)]])
 
     with pytest.raises(ChatFailedError) as failed:
         await _events(stack, tool_request(_model("openai"), tool_timeout=0.5, on_tool_error="fail"))
@@ -159,7 +155,9 @@ async def test_on_tool_error_fail_ends_the_request_with_the_tools_error(
 async def test_max_steps_ends_with_its_own_finish_reason(
     stack: ToolLoopStack, provider: str
 ) -> None:
-    stack.fakes.script(provider, MODEL, tool_steps=[[_call("echo", text=str(n))] for n in range(5)])
+    stack.fakes.script(
+        provider, MODEL, tool_steps=[[toolbox_call("echo", text=str(n))] for n in range(5)]
+    )
 
     completed = await stack.client.chat(tool_request(_model(provider), max_steps=2), timeout=90)
 
@@ -171,14 +169,14 @@ async def test_max_steps_ends_with_its_own_finish_reason(
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_a_mixed_turn_runs_the_mcp_tool_and_returns_the_function_call(
+async def test_a_mixed_turn_runs_the_mcp_tool_and_returns_the_functiontoolbox_call(
     stack: ToolLoopStack, provider: str
 ) -> None:
     weather = {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}
     stack.fakes.script(
         provider,
         MODEL,
-        tool_steps=[[_call("echo", text="ran"), {"name": "get_weather", "arguments": "{}"}]],
+        tool_steps=[[toolbox_call("echo", text="ran"), {"name": "get_weather", "arguments": "{}"}]],
     )
 
     completed = await stack.client.chat(
@@ -191,10 +189,10 @@ async def test_a_mixed_turn_runs_the_mcp_tool_and_returns_the_function_call(
     assert [(r.tool, r.content) for r in results] == [("echo", "ran")]
 
 
-async def test_a_tool_the_producer_must_confirm_comes_back_as_a_tool_call(
+async def test_a_tool_the_producer_must_confirm_comes_back_as_a_tooltoolbox_call(
     stack: ToolLoopStack,
 ) -> None:
-    stack.fakes.script("openai", MODEL, tool_steps=[[_call("destroy", target="prod")]])
+    stack.fakes.script("openai", MODEL, tool_steps=[[toolbox_call("destroy", target="prod")]])
 
     completed = await stack.client.chat(
         tool_request(_model("openai"), auto_approve=["toolbox/echo"]), timeout=90
@@ -207,7 +205,7 @@ async def test_a_tool_the_producer_must_confirm_comes_back_as_a_tool_call(
 
 async def test_without_streaming_only_the_completed_event_comes(stack: ToolLoopStack) -> None:
     stack.fakes.script(
-        "gemini", MODEL, tool_steps=[[_call("add", a=20, b=22)]], echo_tool_results=True
+        "gemini", MODEL, tool_steps=[[toolbox_call("add", a=20, b=22)]], echo_tool_results=True
     )
 
     events = await _events(stack, {**tool_request(_model("gemini")), "stream": False})
@@ -220,7 +218,9 @@ async def test_without_streaming_only_the_completed_event_comes(stack: ToolLoopS
 
 
 async def test_a_forced_tool_choice_holds_for_the_first_turn_only(stack: ToolLoopStack) -> None:
-    stack.fakes.script("openai", MODEL, tool_steps=[[_call("echo", text="x")]], answer="done")
+    stack.fakes.script(
+        "openai", MODEL, tool_steps=[[toolbox_call("echo", text="x")]], answer="done"
+    )
 
     completed = await stack.client.chat(
         {**tool_request(_model("openai")), "tool_choice": "required"}, timeout=90
@@ -235,7 +235,10 @@ async def test_the_cli_prints_tool_calls_and_results_as_they_happen(
     stack: ToolLoopStack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack.fakes.script(
-        "openai", MODEL, tool_steps=[[_call("echo", text="from the cli")]], echo_tool_results=True
+        "openai",
+        MODEL,
+        tool_steps=[[toolbox_call("echo", text="from the cli")]],
+        echo_tool_results=True,
     )
     settings = stack.settings
     argv = [
@@ -272,7 +275,9 @@ async def test_a_call_of_a_function_never_offered_is_answered_as_an_error(
     stack.fakes.script(
         "anthropic",
         MODEL,
-        tool_steps=[[{"name": "toolbox__nope", "arguments": "{}"}, _call("echo", text="real")]],
+        tool_steps=[
+            [{"name": "toolbox__nope", "arguments": "{}"}, toolbox_call("echo", text="real")]
+        ],
         echo_tool_results=True,
     )
 

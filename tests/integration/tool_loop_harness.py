@@ -4,6 +4,7 @@ topics unique to the test."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -31,6 +32,19 @@ from tests.integration.test_mcp_worker_e2e import toolbox_entry, wait_until, wri
 
 PROVIDERS = ("openai", "azure", "anthropic", "gemini")
 """Every provider, with the model a test asks for (`<provider>/<model>`)."""
+
+MODEL = "loop-model"
+"""The model the tests script on each provider's fake."""
+
+
+def toolbox_call(name: str, **arguments: Any) -> dict[str, str]:
+    """A scripted call of the toolbox's tool `name` (as a fake model makes it)."""
+    return {"name": f"toolbox__{name}", "arguments": json.dumps(arguments)}
+
+
+def in_process_worker(settings: LlmWorkerSettings) -> LlmWorker:
+    """An LLM worker on `settings` (not started), with its own metrics registry."""
+    return LlmWorker(settings, providers=build_providers(settings), registry=CollectorRegistry())
 
 
 @dataclass
@@ -131,8 +145,8 @@ async def tool_loop_stack(
             running_mcp_worker(bootstrap, unique, registry_file, **(mcp_overrides or {}))
         )
         settings = llm_settings(bootstrap, unique, mcp, fakes, **llm_overrides)
-        metrics = CollectorRegistry()
-        llm = LlmWorker(settings, providers=build_providers(settings), registry=metrics)
+        llm = in_process_worker(settings)
+        metrics = llm.worker.registry
         await ensure_topics(
             bootstrap,
             [settings.request_topic, settings.default_reply_topic],

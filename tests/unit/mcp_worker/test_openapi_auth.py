@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
-
 import httpx2
 import pytest
 
 from ferryman.contracts import FerrymanError
-from mcp_worker.openapi import OperationTool, api_tools, load_spec
+from mcp_worker.openapi import OperationTool
 from mcp_worker.openapi.auth import ApiAuth, SchemeSecret
 from mcp_worker.openapi.http_request import build_request
 from tests.fakes.openapi_api import InventoryApi
+from tests.unit.mcp_worker.conftest import INVENTORY_SCHEMES, INVENTORY_TOOLS
 
-SPEC = load_spec(
-    (Path(__file__).resolve().parents[2] / "fakes" / "openapi" / "api-v1.json").read_bytes(),
-    source="api-v1.json",
-)
-TOOLS = api_tools(SPEC).by_name()
-SCHEMES: dict[str, Any] = SPEC.document["components"]["securitySchemes"]
+TOOLS = INVENTORY_TOOLS
+SCHEMES = INVENTORY_SCHEMES
 RIGHT = {
     "apiKeyHeader": SchemeSecret(value="key-123"),
     "apiKeyQuery": SchemeSecret(value="key-123"),
@@ -29,14 +22,6 @@ RIGHT = {
     "basicAuth": SchemeSecret(username="alice", password="wonderland"),
     "oauth": SchemeSecret(client_id="client-1", client_secret="client-secret-1"),
 }
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[InventoryApi]:
-    server = InventoryApi()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def _call(

@@ -11,19 +11,15 @@ import httpx2
 import pytest
 
 from ferryman.contracts import FerrymanError
-from mcp_worker.openapi import api_tools, load_spec
 from mcp_worker.openapi.auth import ApiAuth, SchemeSecret
 from mcp_worker.openapi.cache import CacheMode, caching_client
 from mcp_worker.openapi.caller import ApiCaller
 from mcp_worker.openapi.operations import Binding, OperationTool
-from tests.fakes.openapi_api import ApiOptions, InventoryApi
+from tests.fakes.openapi_api import InventoryApi
+from tests.unit.mcp_worker.conftest import INVENTORY_SCHEMES, INVENTORY_TOOLS
 
-SPEC = load_spec(
-    (Path(__file__).resolve().parents[2] / "fakes" / "openapi" / "api-v1.json").read_bytes(),
-    source="api-v1.json",
-)
-TOOLS = api_tools(SPEC).by_name()
-SCHEMES = SPEC.document["components"]["securitySchemes"]
+TOOLS = INVENTORY_TOOLS
+SCHEMES = INVENTORY_SCHEMES
 SECRETS = {"oauth": SchemeSecret(client_id="client-1", client_secret="client-secret-1")}
 
 
@@ -35,14 +31,6 @@ class Waits:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[InventoryApi]:
-    server = InventoryApi(ApiOptions(limited_failures=2, flaky_failures=2))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture

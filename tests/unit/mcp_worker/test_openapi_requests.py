@@ -3,32 +3,21 @@ land where the spec says, and no argument can change the path that is called."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
-from mcp_worker.openapi import OperationTool, api_tools, load_spec
+from mcp_worker.openapi import OperationTool
 from mcp_worker.openapi.http_request import UnsupportedParameter, build_request
 from mcp_worker.openapi.operations import Binding
 from tests.fakes.openapi_api import InventoryApi
-
-SPEC = Path(__file__).resolve().parents[2] / "fakes" / "openapi" / "api-v1.json"
+from tests.unit.mcp_worker.conftest import INVENTORY_TOOLS
 
 
 @pytest.fixture
 def tools() -> dict[str, OperationTool]:
-    return api_tools(load_spec(SPEC.read_bytes(), source="api-v1.json")).by_name()
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[InventoryApi]:
-    server = InventoryApi()
-    await server.start()
-    yield server
-    await server.stop()
+    return INVENTORY_TOOLS
 
 
 async def _send(api: InventoryApi, request: httpx2.Request) -> httpx2.Response:

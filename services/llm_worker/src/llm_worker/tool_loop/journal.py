@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ferryman.codec import DecodeError, decode_event, encode_binary
+from ferryman.codec import DecodeError, decode_event, encode_binary, header_value
 from ferryman.contracts.errors import ErrorInfo
 from ferryman.contracts.events import EXT_CORRELATION_ID
 from ferryman.contracts.llm import CompletedToolCall, FinishReason, Usage
@@ -225,28 +225,37 @@ class LoopJournal:
         stamp = record.timestamp_ms / 1000.0
         if record.value is None or stamp < self._clock() - self._window:
             return
+        headers = record.headers
+        event_type = header_value(headers, "ce_type")
+        if event_type is not None:  # binary mode: the attributes are headers, the value is data
+            source = header_value(headers, "ce_source") or ""
+            request_id = header_value(headers, f"ce_{EXT_CORRELATION_ID}")
+            raw = record.value
+        else:  # structured mode: the envelope is the value
+            try:
+                event = decode_event(headers, record.value)
+            except DecodeError:
+                return
+            event_type, source = event.type, event.source
+            request_id = event.extension(EXT_CORRELATION_ID)
+            raw = json.dumps(event.data).encode()
+        # Read by type first: the progress events most of the topic holds are never parsed.
         try:
-            event = decode_event(record.headers, record.value)
-        except DecodeError:
-            return
-        raw = record.value if event.mode == "binary" else json.dumps(event.data).encode()
-        try:
-            if event.type == LOOP_STEP_RECORDED:
+            if event_type == LOOP_STEP_RECORDED:
                 # Only a worker writes steps; anything else is not trusted to steer a loop.
-                if not event.source.startswith(_LLM_WORKER_SOURCES):
+                if not source.startswith(_LLM_WORKER_SOURCES):
                     return
                 step = LoopStep.model_validate_json(raw)
                 self._apply_step((step.source, step.request_id), step.step, raw, stamp)
-            elif event.type in _RESULT_TYPES:
-                request_id = event.extension(EXT_CORRELATION_ID)
-                if request_id is None or not event.source.startswith(_MCP_WORKER_SOURCES):
+            elif event_type in _RESULT_TYPES:
+                if request_id is None or not source.startswith(_MCP_WORKER_SOURCES):
                     return
-                outcome = _outcome(event.type, raw)  # validated before it is kept
-                self._apply_result(request_id, event.type, raw, outcome, stamp)
+                outcome = _outcome(event_type, raw)  # validated before it is kept
+                self._apply_result(request_id, event_type, raw, outcome, stamp)
         except ValidationError as exc:
             logger.warning(
                 "invalid %s record on %s skipped: %s",
-                event.type,
+                event_type,
                 self._topic,
                 str(exc).splitlines()[0][:200],
             )

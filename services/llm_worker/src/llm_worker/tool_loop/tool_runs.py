@@ -185,34 +185,26 @@ class ToolRunner:
         *,
         replayed: bool = False,
     ) -> ToolCallFinished:
-        duration = round((time.monotonic() - started) * 1000.0, 3)
         done = outcome.completed
+        error = None
         if done is not None:
-            return ToolCallFinished(
-                step=context.step,
-                call_id=call.call_id,
-                server=call.server,
-                tool=call.tool,
-                tool_request_id=call.tool_request_id,
-                content=self._cut(result_text(done)),
-                is_error=done.is_error,
-                duration_ms=duration,
-                cached=done.cached,
-                replayed=replayed,
+            content, is_error, cached = result_text(done), done.is_error, done.cached
+        else:
+            error = outcome.failed or ErrorInfo(
+                code=ErrorCode.INTERNAL, message="no outcome", retryable=False
             )
-        error = outcome.failed or ErrorInfo(
-            code=ErrorCode.INTERNAL, message="no outcome", retryable=False
-        )
+            content, is_error, cached = f"Error ({error.code}): {error.message}", True, False
         return ToolCallFinished(
             step=context.step,
             call_id=call.call_id,
             server=call.server,
             tool=call.tool,
             tool_request_id=call.tool_request_id,
-            content=self._cut(f"Error ({error.code}): {error.message}"),
-            is_error=True,
+            content=self._cut(content),
+            is_error=is_error,
             error=error,
-            duration_ms=duration,
+            duration_ms=round((time.monotonic() - started) * 1000.0, 3),
+            cached=cached,
             replayed=replayed,
         )
 
