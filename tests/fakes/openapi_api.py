@@ -56,6 +56,9 @@ class ApiOptions:
     """`GET /limited` answers 429 (`Retry-After: 1`) for this many calls, then 200."""
     flaky_failures: int = 2
     """`GET /flaky` answers 503 for this many calls, then 200."""
+    off_spec: bool = False
+    """Answers outside the documents (for response validation): `getItem` gives `price` as
+    text, `getTree` a grandchild without `children`, `getMissing` HTTP 410 (undeclared)."""
 
 
 @dataclass
@@ -263,7 +266,10 @@ class InventoryApi(FakeHttpServer):
             )
             response.headers.update(echo)
             return response
-        return web.json_response(self._view(item, call.version), headers=echo)
+        view = self._view(item, call.version)
+        if self.options.off_spec:
+            view = {**view, "price": f"{view.get('price', 0)} EUR"}
+        return web.json_response(view, headers=echo)
 
     async def _replace_item(self, call: Call) -> web.StreamResponse:
         body = await self._item_body(call)
@@ -282,7 +288,8 @@ class InventoryApi(FakeHttpServer):
         def leaf(name: str) -> dict[str, Any]:
             return {"name": name, "children": []}
 
-        tools = {"name": "tools", "children": [leaf("hammers"), leaf("saws")]}
+        saws = {"name": "saws"} if self.options.off_spec else leaf("saws")
+        tools = {"name": "tools", "children": [leaf("hammers"), saws]}
         return web.json_response({"name": "root", "children": [tools, leaf("garden")]})
 
     # auth: missing credentials → 401; a wrong API key → 403; wrong bearer/basic/token → 401
@@ -383,6 +390,8 @@ class InventoryApi(FakeHttpServer):
         return web.Response(text="hello, inventory\n", content_type="text/plain")
 
     async def _missing(self, call: Call) -> web.StreamResponse:
+        if self.options.off_spec:
+            return problem(410, "Gone", "this resource is gone", instance=call.raw_path)
         return problem(404, "Not Found", "this resource never exists", instance=call.raw_path)
 
     async def _health(self, call: Call) -> web.StreamResponse:

@@ -211,9 +211,12 @@ def test_cyclic_schema_terminates_and_validates_recursive_data(pets: ApiSpec) ->
     bad = {"label": "root", "children": [{"label": "a", "children": [{"children": []}]}]}
     errors = list(_validator(schema).iter_errors({"body": bad}))
     assert [list(e.absolute_path) for e in errors] == [["body", "children", 0, "children", 0]]
-    assert tool.output_wrapped
+    assert not tool.output_wrapped  # a `$ref` to an object schema is an object
     assert tool.output_schema is not None
-    jsonschema.validate({"result": deep}, tool.output_schema, cls=Draft202012Validator)
+    assert tool.output_schema["type"] == "object"
+    jsonschema.validate(deep, tool.output_schema, cls=Draft202012Validator)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"result": deep}, tool.output_schema, cls=Draft202012Validator)
 
 
 def test_output_schema_from_first_json_2xx(pets: ApiSpec) -> None:
@@ -275,3 +278,154 @@ def test_name_overrides(pets: ApiSpec) -> None:
     assert "name override 'nope' matches no selected operation" in generated.warnings
     with pytest.raises(ValueError, match="not a valid tool name"):
         api_tools(pets, name_overrides={"listPets": "bad name"})
+
+
+def _doubling_chain_spec(depth: int) -> ApiSpec:
+    """``Level0`` refers to ``Level1`` twice, which refers to ``Level2`` twice, and so on:
+    copying every use would write ``Level{depth}`` out ``2**depth`` times."""
+    schemas: dict[str, Any] = {
+        f"Level{i}": {
+            "type": "object",
+            "properties": {
+                "left": {"$ref": f"#/components/schemas/Level{i + 1}"},
+                "right": {"$ref": f"#/components/schemas/Level{i + 1}"},
+            },
+        }
+        for i in range(depth)
+    }
+    schemas[f"Level{depth}"] = {
+        "type": "object",
+        "properties": {"leaf": {"$ref": "#/components/schemas/Leaf"}},
+        "required": ["leaf"],
+    }
+    schemas["Leaf"] = {"type": "string", "minLength": 1}
+    schemas["Tag"] = {"type": "string", "pattern": "^[a-z]+$"}
+    root = {"$ref": "#/components/schemas/Level0"}
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "doubling", "version": "1"},
+        "paths": {
+            "/trees": {
+                "post": {
+                    "operationId": "plant",
+                    "parameters": [
+                        {
+                            "name": "tag",
+                            "in": "query",
+                            "schema": {"$ref": "#/components/schemas/Tag"},
+                        },
+                        {
+                            "name": "kind",
+                            "in": "query",
+                            "schema": {"$ref": "#/components/schemas/Leaf"},
+                        },
+                    ],
+                    "requestBody": {"content": {"application/json": {"schema": root}}},
+                    "responses": {
+                        "200": {
+                            "description": "ok",
+                            "content": {"application/json": {"schema": root}},
+                        }
+                    },
+                }
+            }
+        },
+        "components": {"schemas": schemas},
+    }
+    return load_spec(json.dumps(document).encode(), source="doubling")
+
+
+def test_shared_components_are_defined_once_not_copied_per_use() -> None:
+    depth = 12
+    tool = api_tools(_doubling_chain_spec(depth)).by_name()["plant"]
+    schema, output = tool.input_schema, tool.output_schema
+    assert output is not None
+    # Linear in the document, not 2**12 copies of the leaf.
+    assert len(json.dumps(schema)) < 10_000
+    assert len(json.dumps(output)) < 10_000
+    body = schema["properties"]["body"]
+    assert body["properties"]["left"] == {"$ref": "#/$defs/Level1"}  # reached twice
+    assert body["properties"]["right"] == {"$ref": "#/$defs/Level1"}
+    assert set(schema["$defs"]) == {f"Level{i}" for i in range(1, depth + 1)} | {"Leaf"}
+    # Used once in this tool: still inlined where it is used.
+    assert schema["properties"]["tag"] == {"type": "string", "pattern": "^[a-z]+$"}
+    # Reached from a parameter and from the body: defined once for both.
+    assert schema["properties"]["kind"] == {"$ref": "#/$defs/Leaf"}
+    assert output["properties"]["left"] == {"$ref": "#/$defs/Level1"}
+    assert "Level0" not in output["$defs"]
+
+    def nest(level: int, leaf: Any) -> dict[str, Any]:
+        if level == depth:
+            return {"leaf": leaf}
+        return {"left": nest(level + 1, leaf)}
+
+    assert _valid(schema, {"tag": "abc", "kind": "k", "body": nest(0, "x")})
+    assert not _valid(schema, {"body": nest(0, "")})  # the leaf's minLength, 12 levels down
+    assert not _valid(schema, {"kind": ""})
+    assert _valid(output, nest(0, "x"))
+    assert not _valid(output, nest(0, 5))
+
+
+def test_output_schema_covers_every_2xx_json_body() -> None:
+    """A search that answers 200 with results or 202 "index not ready" must accept both."""
+
+    def json_response(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"description": "ok", "content": {"application/json": {"schema": schema}}}
+
+    results = {"$ref": "#/components/schemas/Results"}
+    pending = {
+        "type": "object",
+        "properties": {"retry_after": {"type": "integer"}},
+        "required": ["retry_after"],
+    }
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "search", "version": "1"},
+        "paths": {
+            "/search": {
+                "get": {
+                    "operationId": "search",
+                    "responses": {
+                        "200": json_response(results),
+                        "201": json_response(results),  # same schema: listed once
+                        "202": json_response(pending),
+                        "204": {"description": "nothing"},
+                    },
+                }
+            },
+            "/ids": {
+                "get": {
+                    "operationId": "ids",
+                    "responses": {
+                        "200": json_response({"type": "array", "items": {"type": "string"}}),
+                        "202": json_response(pending),
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Results": {
+                    "type": "object",
+                    "properties": {"hits": {"type": "array"}},
+                    "required": ["hits"],
+                }
+            }
+        },
+    }
+    tools = api_tools(load_spec(json.dumps(document).encode(), source="search")).by_name()
+    search = tools["search"]
+    assert search.output_schema is not None
+    assert not search.output_wrapped
+    assert search.output_schema["type"] == "object"
+    assert len(search.output_schema["anyOf"]) == 2
+    assert _valid(search.output_schema, {"hits": []})
+    assert _valid(search.output_schema, {"retry_after": 5})
+    assert not _valid(search.output_schema, {"retry_after": "soon"})
+    assert not _valid(search.output_schema, {})
+    ids = tools["ids"]
+    assert ids.output_wrapped  # one member is not an object: every body is wrapped
+    assert ids.output_schema is not None
+    assert _valid(ids.output_schema, {"result": ["a"]})
+    assert _valid(ids.output_schema, {"result": {"retry_after": 1}})
+    assert not _valid(ids.output_schema, {"result": 3})

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mcp_worker.registry import RegistryError, dumps_registry, parse_registry, resolve
+from mcp_worker.references import resolve
+from mcp_worker.registry import RegistryError, dumps_registry, parse_registry
 
 CLAUDE_DESKTOP = json.dumps(
     {

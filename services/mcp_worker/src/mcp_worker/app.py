@@ -7,13 +7,14 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
 from ferryman.contracts import ErrorCode, FerrymanError
-from ferryman.contracts.mcp import CancelRequest, ToolApproval, ToolChanged
+from ferryman.contracts.mcp import ApiChanged, CancelRequest, ToolApproval, ToolChanged
 from ferryman_runtime.cancellation import CancelBoard
 from ferryman_runtime.config_watch import ConfigWatcher
 from ferryman_runtime.control import ControlReader
@@ -22,6 +23,7 @@ from ferryman_runtime.resilience import Breakers
 from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
 from ferryman_runtime.upstreams.stats import StatsBoard
 from ferryman_runtime.worker import Worker
+from mcp_worker.catalog.api_changes import ApiChanges
 from mcp_worker.catalog.catalog import Catalog
 from mcp_worker.catalog.discovery import Discovery
 from mcp_worker.catalog.persisted import read_catalog
@@ -31,14 +33,17 @@ from mcp_worker.execution.audit import Auditor
 from mcp_worker.execution.cache import ResultCache
 from mcp_worker.execution.context import Runtime
 from mcp_worker.execution.limits import Limits
+from mcp_worker.execution.rate_limits import RateLimits
 from mcp_worker.execution.service import McpService, server_status
 from mcp_worker.metrics import FleetCollector, McpMetrics
+from mcp_worker.openapi.backend import ApiLimits
 from mcp_worker.registry import Registry, parse_registry
 from mcp_worker.servers.fleet import Fleet
 from mcp_worker.servers.provisioning import Provisioner
 from mcp_worker.servers.sandbox_launch import SandboxPolicy
 from mcp_worker.servers.session import NotificationKind
 from mcp_worker.settings import McpWorkerSettings
+from mcp_worker.status import worker_details
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +80,11 @@ class McpWorker:
         )
         self.stats = StatsBoard()
         self.catalog = Catalog()
+        base_dir = settings.registry_file.parent if settings.registry_file else Path()
+        self.rate_limits = RateLimits(
+            lambda: self.worker.share(),
+            on_wait=lambda server: self.metrics.rate_limit_waits.labels(server).inc(),
+        )
         self.cache = ResultCache(settings.cache_max_entries)
         self.board = CancelBoard(settings.cancel_window)
         self.fleet = Fleet(
@@ -84,8 +94,11 @@ class McpWorker:
             sandbox=SandboxPolicy(bwrap=settings.sandbox_bwrap, prlimit=settings.sandbox_prlimit),
             on_list_changed=self._list_changed,
             on_crash=self._crashed,
+            on_api_loaded=lambda name, old, backend: self.api_changes.loaded(name, old, backend),
             restart_delays=(settings.restart_base_delay, settings.restart_max_delay),
             environ=os.environ if environ is None else environ,
+            base_dir=base_dir,
+            api_limits=ApiLimits(settings.api_max_response_bytes, settings.api_cache_max_bytes),
         )
         self.auditor = Auditor(
             lambda: self.worker.publisher,
@@ -103,6 +116,13 @@ class McpWorker:
             debounce=settings.list_changed_debounce,
             status=lambda name: server_status(self.fleet.get(name)),
             on_changed=self._tool_changed,
+        )
+        self.api_changes = ApiChanges(
+            self.catalog,
+            self.fleet,
+            base_dir=base_dir,
+            publish=self._api_changed,
+            served_anew=self._served_anew,
         )
         self._running = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -144,9 +164,9 @@ class McpWorker:
             service=McpRequests(self.service),
             registry=registry,
             background=[self.monitor.run, self._control, self._lifecycle]
-            + ([self.watcher.run] if self.watcher is not None else []),
+            + ([self.watcher.run, self._watch_api_documents] if self.watcher is not None else []),
             on_stop=[self._stop],
-            details=self._details,
+            details=lambda: worker_details(self),
             extra_topics={
                 settings.control_topic: {},
                 settings.catalog_topic: {"cleanup.policy": "compact"},
@@ -171,10 +191,12 @@ class McpWorker:
             limits=limits,
             board=self.board,
             auditor=self.auditor,
+            rate_limits=self.rate_limits,
         )
 
     def _apply_registry(self, registry: Registry, version: str) -> None:
         changed, removed = self.fleet.apply(registry)
+        self.rate_limits.configure(registry)
         access = dict(registry.access)
         # Every record carries the access rules: when only they change, the records of the
         # unchanged servers are published again, so catalog readers (the LLM worker's tool
@@ -214,7 +236,7 @@ class McpWorker:
         if supervisor is None:
             return
         await self.fleet.provision(name)
-        if supervisor.config.start == "eager":
+        if supervisor.config.start == "eager" or supervisor.config.is_api:  # an API is cheap
             try:
                 await self.discovery.refresh(name, supervisor.config.connect_timeout)
                 return
@@ -241,6 +263,19 @@ class McpWorker:
             )
         except Exception as exc:  # the next crash or call tries again
             logger.warning("server %s did not restart: %s", server, str(exc)[:300])
+
+    def _served_anew(self, server: str) -> None:
+        self.catalog.invalidate(server)
+        self.cache.drop_server(server)
+        if self._running:
+            self._spawn(self._bring_up(server))
+
+    async def _watch_api_documents(self) -> None:
+        await self.api_changes.watch(self._settings.registry_poll_interval)
+
+    async def _api_changed(self, change: ApiChanged) -> None:
+        self.metrics.api_changes.labels(change.server, str(change.breaking).lower()).inc()
+        await self.auditor.api_changed(change)
 
     async def _tool_changed(self, change: ToolChanged) -> None:
         self.metrics.tool_changes.labels(change.server, change.state).inc()
@@ -309,6 +344,7 @@ class McpWorker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.discovery.close()
+        await self.api_changes.close()
         await self.fleet.close()
 
     def _server_refs(self) -> list[UpstreamRef]:
@@ -344,37 +380,6 @@ class McpWorker:
             await self.discovery.refresh(name, supervisor.config.timeout, scope)
 
         return probe
-
-    def _details(self) -> dict[str, Any]:
-        return {
-            "registry": self.watcher.status() if self.watcher else None,
-            "servers": {
-                name: {
-                    "state": s.state,
-                    "status": server_status(s),
-                    "transport": s.config.transport,
-                    "protocol_version": s.protocol_version,
-                    "sessions": s.session_count,
-                    "restarts": s.restarts,
-                    "last_success": s.last_success.isoformat() if s.last_success else None,
-                    "last_error": s.last_error,
-                    "circuit": s.breaker.state,
-                    "package_version": self.fleet.package_versions.get(name),
-                }
-                for name, s in sorted(self.fleet.supervisors.items())
-            },
-            "health": self.monitor.snapshot(),
-            "cancels": {
-                "reader": bool(self.control and self.control.live),
-                "running": self.board.running(),
-                "cancelled": self.board.cancelled,
-            },
-            "cache": {
-                "entries": len(self.cache),
-                "hits": self.cache.hits,
-                "misses": self.cache.misses,
-            },
-        }
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -39,6 +39,19 @@ class McpMetrics:
             ["server", "state"],
             registry=registry,
         )
+        self.api_changes = Counter(
+            "mcp_worker_api_document_changes_total",
+            "API documents that changed (reload or edited file), by server and whether the"
+            " change was breaking.",
+            ["server", "breaking"],
+            registry=registry,
+        )
+        self.rate_limit_waits = Counter(
+            "mcp_worker_rate_limit_waits_total",
+            "Tool calls that waited for a slot of a configured rate limit, by server.",
+            ["server"],
+            registry=registry,
+        )
 
 
 class FleetCollector(Collector):
@@ -73,8 +86,17 @@ class FleetCollector(Collector):
             "1 when the server's last start or call succeeded, else 0.",
             labels=["server"],
         )
+        invalid = CounterMetricFamily(
+            "mcp_worker_api_invalid_responses",
+            "API responses that did not match the API's document, per server (counts from"
+            " zero again when the API's entry or document changes).",
+            labels=["server"],
+        )
         for name, supervisor in sorted(self._fleet.supervisors.items()):
             sessions.add_metric([name], supervisor.session_count)
+            backend = self._fleet.api_backend(name)
+            if backend is not None:
+                invalid.add_metric([name], backend.invalid_responses)
             restarts.add_metric([name], supervisor.restarts)
             up.add_metric([name], 0 if supervisor.failures_in_a_row else 1)
         cache = CounterMetricFamily(
@@ -84,7 +106,7 @@ class FleetCollector(Collector):
         cache.add_metric(["miss"], self._cache.misses)
         entries = GaugeMetricFamily("mcp_worker_cache_entries", "Results held in the cache.")
         entries.add_metric([], len(self._cache))
-        yield from (sessions, restarts, up, cache, entries)
+        yield from (sessions, restarts, up, invalid, cache, entries)
         audit = CounterMetricFamily(
             "mcp_worker_audit_records",
             "Audit records by outcome (published, or failed: lost).",

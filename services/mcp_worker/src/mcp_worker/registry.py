@@ -13,6 +13,10 @@ mcpServers:
     type: http                        # streamable HTTP (VS Code form)
     url: https://search.example/mcp
     headers: {Authorization: "env:SEARCH_TOKEN"}
+  petstore@1:
+    type: openapi                     # an HTTP API: each operation is a tool
+    spec: specs/petstore-v1.yaml      # a path (relative to this file) or a URL
+    credentials: {api_key: {value: "env:PETSTORE_KEY"}}
 ```
 
 Credentials are references, never inline: `env:VAR` (the worker's environment) or
@@ -25,8 +29,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
@@ -35,55 +37,21 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from ferryman.contracts.mcp import AccessRule, ServerName
+from mcp_worker.references import RegistryError, is_reference
+from mcp_worker.registry_api import ApiCredential, OperationSelection, RateLimit
 from mcp_worker.servers.sandbox import SandboxProfile
 
-_REFERENCE = re.compile(r"(env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)")
 _SECRET_NAME = re.compile(r"(?i)(authorization|api[-_]?key|token|secret|password|passwd|cookie)")
-
-
-class RegistryError(ValueError):
-    """The registry file is invalid; the message names the server and the field."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-def is_reference(value: str) -> bool:
-    """Whether `value` is a credential reference (`env:VAR` or `file:/path`)."""
-    return _REFERENCE.fullmatch(value) is not None
-
-
-def resolve(
-    value: str,
-    environ: Mapping[str, str],
-    read_file: Callable[[Path], str] = lambda path: path.read_text(encoding="utf-8"),
-) -> SecretStr:
-    """The value a reference points to (a literal value as it is).
-
-    Raises:
-        RegistryError: the variable is unset or the file cannot be read (the message names
-            the reference, never a value).
-    """
-    if value.startswith("env:") and is_reference(value):
-        name = value[4:]
-        if name not in environ:
-            raise RegistryError(f"credential reference {value!r}: the variable is not set")
-        return SecretStr(environ[name])
-    if value.startswith("file:") and is_reference(value):
-        path = Path(value[5:])
-        try:
-            return SecretStr(read_file(path).strip())
-        except OSError as exc:
-            raise RegistryError(f"credential reference {value!r}: {type(exc).__name__}") from None
-    return SecretStr(value)
 
 
 class ToolFilter(_Strict):
@@ -100,9 +68,13 @@ class ToolFilter(_Strict):
 
 
 class CachePolicy(_Strict):
-    """Result caching: `auto` caches tools annotated read-only or idempotent."""
+    """Result caching: `auto` caches tools annotated read-only or idempotent.
 
-    mode: Literal["off", "auto", "on"] = "auto"
+    An API (`type: openapi`) caches HTTP responses of read-only operations instead, per
+    tenant: `rfc` (also `auto`) as the API's `Cache-Control`/`ETag` headers say, `ttl` for
+    `ttl` seconds (for APIs that send no cache headers), `off` never."""
+
+    mode: Literal["off", "auto", "on", "rfc", "ttl"] = "auto"
     ttl: float = Field(default=300.0, gt=0)
 
     @field_validator("mode", mode="before")
@@ -144,8 +116,31 @@ class ServerConfig(_Strict):
     cwd: str | None = None
     url: str | None = None
     headers: dict[str, str] = Field(default_factory=dict[str, str])
-    type: Literal["stdio", "http", "streamable-http", "sse"] | None = None
+    type: Literal["stdio", "http", "streamable-http", "sse", "openapi"] | None = None
     package: Package | None = None
+    spec: str | None = Field(default=None, min_length=1, max_length=4096)
+    """`type: openapi`: the API's OpenAPI 3.0/3.1 document, a path (relative to the registry
+    file) or an http(s) URL fetched at load."""
+    base_url: str | None = Field(default=None, pattern=r"^https?://")
+    """Where the API's paths are, over the document's first server."""
+    operations: OperationSelection = Field(default_factory=OperationSelection)
+    """Which operations become tools (by tag, path or method)."""
+    tool_names: dict[str, str] = Field(default_factory=dict[str, str])
+    """Tool names by `operationId` or `"METHOD /path"` (default: the operationId)."""
+    credentials: dict[str, ApiCredential] = Field(default_factory=dict[str, ApiCredential])
+    """Secrets by the document's security scheme name (references only)."""
+    tenant_credentials: dict[str, dict[str, ApiCredential]] = Field(
+        default_factory=dict[str, dict[str, ApiCredential]]
+    )
+    """Tenant pattern → secrets by scheme, over `credentials` (first matching pattern)."""
+    spec_version: str | None = Field(default=None, min_length=1, max_length=100)
+    """Pins the document's `info.version`: another version is refused."""
+    spec_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{12,64}$")
+    """Pins the document's hash (a prefix of its sha256): any other document is refused."""
+    rate_limit: RateLimit | None = None
+    """Calls of the whole server, shared by every replica (each enforces its share)."""
+    tenant_rate_limit: RateLimit | None = None
+    """Calls of each tenant on this server, shared the same way."""
     tenants: list[str] = Field(default_factory=lambda: ["*"])
     """Tenants that may list and call it (`fnmatch` patterns; `*`: every tenant)."""
     tools: ToolFilter = Field(default_factory=ToolFilter)
@@ -178,20 +173,44 @@ class ServerConfig(_Strict):
     """Argument fields replaced by `[redacted]` in audit records (with the worker's list)."""
 
     @property
-    def transport(self) -> Literal["stdio", "streamable-http", "sse"]:
+    def transport(self) -> Literal["stdio", "streamable-http", "sse", "openapi"]:
         """How the worker talks to it."""
+        if self.spec is not None:
+            return "openapi"
         if self.url is None:
             return "stdio"
         return "sse" if self.type == "sse" else "streamable-http"
 
+    @property
+    def is_api(self) -> bool:
+        """An HTTP API described by an OpenAPI document (its operations are the tools)."""
+        return self.spec is not None
+
+    @property
+    def api_cache_mode(self) -> Literal["off", "rfc", "ttl"]:
+        """How an API's responses are cached (`auto` follows the API's headers)."""
+        mode = self.cache.mode
+        return "off" if mode == "off" else "ttl" if mode == "ttl" else "rfc"
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        given = [k for k in ("command", "url", "package") if getattr(self, k) is not None]
+        given = [k for k in ("command", "url", "package", "spec") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "give exactly one of command (stdio), url (HTTP) or package (provisioned"
-                f" stdio), got {given or 'none'}"
+                "give exactly one of command (stdio), url (HTTP), package (provisioned"
+                f" stdio) or spec (an OpenAPI API), got {given or 'none'}"
             )
+        if (self.type == "openapi") != (self.spec is not None):
+            raise ValueError("type openapi takes a spec (its OpenAPI document), and only it does")
+        if self.spec is None:
+            api_keys = ("base_url", "credentials", "tenant_credentials", "spec_version")
+            stray = [k for k in api_keys if k in self.model_fields_set]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} apply to type openapi only")
+            if self.cache.mode in ("rfc", "ttl"):
+                raise ValueError("cache modes rfc and ttl apply to type openapi only")
+        elif self.cache.mode == "on":
+            raise ValueError("an API's cache mode is off, auto, rfc or ttl")
         if self.url is not None and self.type == "stdio":
             raise ValueError("type stdio takes a command, not a url")
         if self.url is None and self.type in ("http", "streamable-http", "sse"):

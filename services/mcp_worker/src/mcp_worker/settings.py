@@ -75,3 +75,7 @@ class McpWorkerSettings(WorkerSettings):
     health_probe_timeout: float = Field(default=30.0, gt=0)
     """Seconds a probe (a `tools/list` of a running server) may take."""
     health_report_interval: float = Field(default=30.0, gt=0)
+    api_max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    """Largest API response body read (more is cut and the result flagged `truncated`)."""
+    api_cache_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Bytes of API responses each API's HTTP cache holds at most (in memory)."""

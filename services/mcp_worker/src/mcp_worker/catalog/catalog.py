@@ -41,6 +41,8 @@ class ServerCatalog:
     prompts: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
     protocol_version: str | None = None
     package_version: str | None = None
+    api_version: str | None = None
+    spec_digest: str | None = None
     discovered: bool = False
 
 
@@ -72,6 +74,12 @@ class Catalog:
             # Hints, tags and tool filters come from the config: list again before use
             # (the definitions stay, so an unchanged tool is no "change").
             current.config = config
+            current.discovered = False
+
+    def invalidate(self, name: str) -> None:
+        """List the server again before its next use (what it serves changed)."""
+        current = self._servers.get(name)
+        if current is not None:
             current.discovered = False
 
     def remove(self, name: str) -> None:
@@ -193,6 +201,8 @@ class Catalog:
             protocol_version=current.protocol_version,
             status=status,
             package_version=current.package_version,
+            api_version=current.api_version,
+            spec_digest=current.spec_digest,
             tools=sorted(tools, key=lambda t: t.name),
             resources=current.resources,
             prompts=current.prompts,

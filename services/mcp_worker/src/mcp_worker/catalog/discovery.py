@@ -107,6 +107,10 @@ class Discovery:
             current = self._catalog.get(server)
             if current is not None:
                 current.package_version = self._fleet.package_versions.get(server)
+                backend = self._fleet.api_backend(server)
+                if backend is not None:
+                    current.api_version = backend.spec.version
+                    current.spec_digest = backend.spec.digest
         for change in changes:
             await self._on_changed(change)
         await self.publish(server)

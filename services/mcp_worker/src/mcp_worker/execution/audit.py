@@ -13,7 +13,14 @@ from typing import Any
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 from pydantic import BaseModel
 
-from ferryman.contracts.mcp import MCP_CALL_AUDITED, MCP_TOOL_CHANGED, CallAudit, ToolChanged
+from ferryman.contracts.mcp import (
+    MCP_API_CHANGED,
+    MCP_CALL_AUDITED,
+    MCP_TOOL_CHANGED,
+    ApiChanged,
+    CallAudit,
+    ToolChanged,
+)
 from ferryman.publisher import KafkaPublisher
 from ferryman_runtime.side_events import enqueue_event, publish_event
 from mcp_worker.catalog.definitions import canonical_json
@@ -110,6 +117,10 @@ class Auditor:
     async def tool_changed(self, change: ToolChanged) -> None:
         """Publish a tool definition change, keyed by server."""
         await self._send(MCP_TOOL_CHANGED, change, change.server)
+
+    async def api_changed(self, change: ApiChanged) -> None:
+        """Publish an API document change (its compatibility report), keyed by server."""
+        await self._send(MCP_API_CHANGED, change, change.server)
 
     async def _send(self, event_type: str, payload: BaseModel, key: str) -> None:
         try:

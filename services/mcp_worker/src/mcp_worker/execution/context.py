@@ -4,7 +4,7 @@ access checks and the deadline arithmetic every kind of request needs."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -18,6 +18,7 @@ from mcp_worker.catalog.discovery import Discovery
 from mcp_worker.execution.audit import Auditor
 from mcp_worker.execution.cache import ResultCache
 from mcp_worker.execution.limits import Limits
+from mcp_worker.execution.rate_limits import RateLimits
 from mcp_worker.servers.fleet import Fleet
 from mcp_worker.servers.supervisor import ServerSupervisor
 
@@ -33,6 +34,7 @@ class Runtime:
     limits: Limits
     board: CancelBoard
     auditor: Auditor
+    rate_limits: RateLimits = field(default_factory=RateLimits)
 
 
 @dataclass

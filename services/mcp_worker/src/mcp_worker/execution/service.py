@@ -33,8 +33,8 @@ from mcp_worker.execution.audit import Audited
 from mcp_worker.execution.context import Answer, CallContext, Outcome, Runtime
 from mcp_worker.execution.tool_calls import call_tool
 from mcp_worker.metrics import McpMetrics
-from mcp_worker.servers.session import McpSession
 from mcp_worker.servers.supervisor import ServerSupervisor
+from mcp_worker.servers.tool_session import ToolSession
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ async def _on_server(
     server: str,
     target: str,
     requested_timeout: float | None,
-    work: Callable[[McpSession, float], Awaitable[T]],
+    work: Callable[[ToolSession, float], Awaitable[T]],
 ) -> tuple[T, str]:
     """Run one request on the tenant's session within the server's slot and timeouts;
     return its result and the negotiated protocol version.

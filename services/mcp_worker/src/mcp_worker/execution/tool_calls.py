@@ -26,6 +26,7 @@ from mcp_worker.catalog.definitions import may_cache, may_retry
 from mcp_worker.execution.cache import cache_key
 from mcp_worker.execution.context import Answer, CallContext, Outcome
 from mcp_worker.execution.limits import bound_output, check_arguments, check_structured
+from mcp_worker.openapi.session import CACHED_META
 from mcp_worker.servers.supervisor import ServerSupervisor
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ async def call_tool(ctx: CallContext, request: ToolCallRequest) -> Answer:
     config = supervisor.config
     arguments: dict[str, Any] = request.arguments
     check_arguments(arguments, entry.input_schema, ctx.runtime.limits, request.tool)
-    cacheable = may_cache(entry, config.cache.mode)
+    # An API caches HTTP responses itself (per tenant, as its headers say).
+    cacheable = not config.is_api and may_cache(entry, config.cache.mode)
     key = cache_key(
         f"{request.server}#{supervisor.config_digest}",
         request.tool,
@@ -101,15 +103,18 @@ async def call_tool(ctx: CallContext, request: ToolCallRequest) -> Answer:
     if request.timeout is not None:
         bounds.append(request.timeout)
     timeout = ctx.bounded(min(bounds))
-    attempts = 1 + (config.retries if may_retry(entry) else 0)
+    # An API's caller retries itself (idempotent methods, honouring Retry-After).
+    attempts = 1 + (config.retries if may_retry(entry) and not config.is_api else 0)
     started = time.monotonic()
-    result = await _with_retries(ctx, supervisor, entry, request, timeout, attempts)
+    async with ctx.runtime.rate_limits.admitted(request.server, ctx.job.tenant, timeout):
+        remaining = max(timeout - (time.monotonic() - started), 0.01)
+        result = await _with_retries(ctx, supervisor, entry, request, remaining, attempts)
     duration_ms = (time.monotonic() - started) * 1000
     content = [
         block.model_dump(mode="json", by_alias=True, exclude_none=True) for block in result.content
     ]
     structured = result.structured_content
-    if not result.is_error:
+    if not result.is_error and not config.is_api:  # an API's responses: see ApiCaller
         check_structured(structured, entry.output_schema, config.output_validation, request.tool)
     content, structured, truncated = bound_output(
         content, structured, ctx.runtime.limits, request.tool
@@ -124,7 +129,9 @@ async def call_tool(ctx: CallContext, request: ToolCallRequest) -> Answer:
         definition_hash=entry.definition_hash,
         duration_ms=duration_ms,
         truncated=truncated,
+        cached=bool((result.meta or {}).get(CACHED_META)),
     )
+    outcome.cached = completed.cached
     if cacheable:
         ctx.runtime.cache.put(key, completed, config.cache.ttl)
     outcome.tool_error = completed.is_error

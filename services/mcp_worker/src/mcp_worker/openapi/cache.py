@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import anysqlite
 import httpx2
 from hishel import AsyncSqliteStorage
 from hishel.httpx2 import AsyncCacheTransport
@@ -20,15 +21,28 @@ CacheMode = Literal["off", "rfc", "ttl"]
 
 
 def caching_client(
-    database: Path | str, *, max_size: int, transport: httpx2.AsyncBaseTransport | None = None
+    database: Path | anysqlite.Connection,
+    *,
+    max_size: int,
+    transport: httpx2.AsyncBaseTransport | None = None,
 ) -> httpx2.AsyncClient:
-    """An HTTP client whose responses may be cached in `database` (SQLite; `:memory:` for
-    none on disk), at most `max_size` bytes. Redirects are not followed."""
-    storage = AsyncSqliteStorage(database_path=database, max_size=max_size)
+    """An HTTP client whose responses may be cached in `database` (a SQLite file, or an open
+    connection: `await memory_database()` keeps nothing on disk), at most `max_size` bytes.
+    Redirects are not followed."""
+    if isinstance(database, Path):
+        storage = AsyncSqliteStorage(database_path=database, max_size=max_size)
+    else:
+        storage = AsyncSqliteStorage(connection=database, max_size=max_size)
     cached = AsyncCacheTransport(
         next_transport=transport or httpx2.AsyncHTTPTransport(), storage=storage, rfc=True
     )
-    return httpx2.AsyncClient(transport=cached, follow_redirects=False)
+    # No client timeout: each call's own deadline bounds it.
+    return httpx2.AsyncClient(transport=cached, follow_redirects=False, timeout=None)
+
+
+async def memory_database() -> anysqlite.Connection:
+    """An SQLite database in memory, for one client's cache."""
+    return await anysqlite.connect(":memory:", isolation_level=None)
 
 
 def cache_request(

@@ -5,16 +5,24 @@ Retries: only idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE) are sent agai
 429, a 5xx or a transport failure, waiting the `Retry-After` the API asked for or an
 exponential backoff with full jitter, never past the call's deadline. A 401 with an OAuth2
 token fetches a new token once and sends again (any method: the API refused it unread).
+
+Response validation (see `validation.py`): a response that became a result (2xx, 4xx, 304,
+from the API or the cache) is checked against the spec; failures (5xx, 429, redirects,
+transport errors, timeouts) are not, their error says enough. `off` checks nothing; `warn`
+reports the problems to `on_invalid`, logs a line (at most one per tool a minute) and returns
+the result; `strict` reports them and fails the call, not retryable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 from jsonschema import Draft202012Validator
@@ -25,9 +33,19 @@ from mcp_worker.openapi.cache import CacheMode, cache_request, from_cache
 from mcp_worker.openapi.http_request import UnsupportedParameter, build_request
 from mcp_worker.openapi.http_response import ApiResult, api_result
 from mcp_worker.openapi.operations import OperationTool
+from mcp_worker.openapi.validation import ResponseValidation
+
+logger = logging.getLogger(__name__)
 
 BASE_DELAY = 0.2
 MAX_DELAY = 5.0
+WARN_INTERVAL = 60.0
+"""Seconds between two warnings about one tool's invalid responses (`on_invalid` sees all)."""
+
+VALIDATE_INLINE_BYTES = 16_384
+"""Response bodies up to this size are validated on the event loop, larger ones in a thread."""
+
+ResponseValidationMode = Literal["off", "warn", "strict"]
 
 
 class ApiCaller:
@@ -45,8 +63,18 @@ class ApiCaller:
             (see `cache.caching_client`).
         cache_mode: how read-only calls' responses are cached, per tenant.
         cache_ttl: with `cache_mode` `ttl`, seconds a response is kept.
+        response_validation: what a response that does not match the spec does: nothing
+            (`off`), a warning (`warn`: the result is returned) or a failure (`strict`).
+        validation: the spec's response validation, shared by the callers of one API (built
+            by the owner; with `off` it is never used, so need not be built). Without it,
+            responses are not checked.
+        on_invalid: told the tool name and the problems of every response that does not
+            match the spec (under `warn` and `strict`), e.g. to count them.
         sleep: waits between sends (injectable for tests).
-        clock: monotonic seconds for the deadline.
+        clock: monotonic seconds for the deadline (and the warnings' throttle).
+
+    Raises:
+        ValueError: `strict` validation without a `validation`.
     """
 
     def __init__(
@@ -62,6 +90,9 @@ class ApiCaller:
         cache_client: httpx2.AsyncClient | None = None,
         cache_mode: CacheMode = "off",
         cache_ttl: float | None = None,
+        response_validation: ResponseValidationMode = "warn",
+        validation: ResponseValidation | None = None,
+        on_invalid: Callable[[str, list[str]], None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -80,6 +111,12 @@ class ApiCaller:
         self._clock = clock
         self._rng = rng or random.Random()
         self._validators = {n: Draft202012Validator(t.input_schema) for n, t in tools.items()}
+        if response_validation == "strict" and validation is None:
+            raise ValueError(f"{name}: strict response validation needs the spec's validation")
+        self._response_validation: ResponseValidationMode = response_validation
+        self._validation = validation if response_validation != "off" else None
+        self._on_invalid = on_invalid
+        self._warned_at: dict[str, float] = {}
 
     async def call(
         self,
@@ -120,6 +157,7 @@ class ApiCaller:
                     max_bytes=self._max_bytes,
                     wrap_output=tool.output_wrapped,
                 )
+                await self._check_response(tool, response)
                 return dataclasses.replace(result, cached=cached)
             except FerrymanError as exc:
                 if not (exc.retryable and tool.idempotent and sends <= self._retries):
@@ -142,6 +180,49 @@ class ApiCaller:
                 ErrorCode.INVALID_REQUEST,
                 f"invalid arguments for {self.name}/{tool_name}: {where}: {problem}",
                 retryable=False,
+            )
+
+    async def _check_response(self, tool: OperationTool, response: httpx2.Response) -> None:
+        """Report, log or fail on a response that does not match the spec.
+
+        Raises:
+            FerrymanError: under `strict`, `unavailable` (not retryable: the API answers
+                outside its contract, and asking again gets the same answer).
+        """
+        if self._validation is None:
+            return
+        check = functools.partial(
+            self._validation.problems,
+            tool,
+            response.request,
+            response,
+            body_complete=len(response.content) <= self._max_bytes,
+        )
+        # jsonschema takes up to ~2 ms per KiB of JSON (measured on the inventory's items):
+        # a large body would stall every other call on the loop.
+        big = len(response.content) > VALIDATE_INLINE_BYTES
+        problems = await asyncio.to_thread(check) if big else check()
+        if not problems:
+            return
+        if self._on_invalid is not None:
+            self._on_invalid(tool.name, problems)
+        if self._response_validation == "strict":
+            raise FerrymanError(
+                ErrorCode.UNAVAILABLE,
+                f"{self.name}/{tool.name}: the response does not match the spec: {problems[0]}",
+                retryable=False,
+                upstream=self.name,
+                status=response.status_code,
+            )
+        now = self._clock()
+        last = self._warned_at.get(tool.name)
+        if last is None or now - last >= WARN_INTERVAL:
+            self._warned_at[tool.name] = now
+            logger.warning(
+                "%s/%s: the response does not match the spec: %s",
+                self.name,
+                tool.name,
+                "; ".join(problems),
             )
 
     async def _send(

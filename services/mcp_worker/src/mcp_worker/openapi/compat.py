@@ -11,10 +11,11 @@ rather than a JSON pointer into the spec. Composition keywords (``allOf`` /
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mcp_worker.openapi.operations import OperationTool, api_tools
+from mcp_worker.openapi.operations import ApiTools, OperationTool, api_tools
 from mcp_worker.openapi.spec import ApiSpec, canonical_json
 
 CompatKind = Literal[
@@ -60,14 +61,22 @@ class CompatReport:
         return any(entry.breaking for entry in self.entries)
 
 
-def compare(old: ApiSpec, new: ApiSpec) -> CompatReport:
+def compare(
+    old: ApiSpec, new: ApiSpec, tools: Callable[[ApiSpec], ApiTools] = api_tools
+) -> CompatReport:
     """Compare every operation of ``old`` with its counterpart in ``new``.
+
+    Args:
+        old: the document served so far.
+        new: the document to serve.
+        tools: the tools of a document (default: every operation, named by operationId);
+            a registry entry passes its own selection and names.
 
     Raises:
         ValueError: never for valid specs; propagated from tool generation.
     """
-    old_tools = {_key(tool): tool for tool in api_tools(old).tools}
-    new_tools = {_key(tool): tool for tool in api_tools(new).tools}
+    old_tools = {_key(tool): tool for tool in tools(old).tools}
+    new_tools = {_key(tool): tool for tool in tools(new).tools}
     entries: list[CompatEntry] = []
     for key in sorted(old_tools.keys() - new_tools.keys()):
         tool = old_tools[key]

@@ -216,13 +216,18 @@ def _build_tool(
 ) -> OperationTool | None:
     document = spec.document
     label = f"{method.upper()} {path}"
-    openapi_30 = spec.openapi.startswith("3.0")
-    converter = SchemaConverter(document, openapi_30=openapi_30, mode="input")
     properties: dict[str, Any] = {}
     required: list[str] = []
     bindings: dict[str, Binding] = {}
     ignored: list[str] = []
     parameters = _parameters(document, item, operation, ignored)
+    body = resolve_object(document, operation.get("requestBody"))
+    sources = [_parameter_schema(parameter)[0] for parameter in parameters]
+    if isinstance(body, dict):
+        sources.append(_pick_body_media(body.get("content") or {})[1].get("schema", {}))  # pyright: ignore[reportUnknownArgumentType, reportUnknownMemberType]
+    converter = SchemaConverter(
+        document, openapi_30=spec.openapi.startswith("3.0"), mode="input", sources=sources
+    )
     for header in ignored:
         warnings.append(f"{label}: header parameter {header!r} ignored (set by the HTTP client)")
     names = argument_names([(p["in"], p["name"]) for p in parameters])
@@ -243,7 +248,6 @@ def _build_tool(
         style = None if content_type else str(parameter.get("style") or _DEFAULT_STYLE[location])
         explode = None if content_type else bool(parameter.get("explode", style == "form"))
         bindings[argument] = Binding(location, spec_name, style, explode, content_type)
-    body = resolve_object(document, operation.get("requestBody"))
     if isinstance(body, dict):
         _add_body(body, converter, label, properties, required, bindings, warnings)  # pyright: ignore[reportUnknownArgumentType]
     for unsupported in ("callbacks", "links"):
@@ -338,6 +342,9 @@ def _pick_body_media(content: dict[str, Any]) -> tuple[str | None, dict[str, Any
 
 
 def _output_schema(spec: ApiSpec, operation: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """The schema of every 2xx JSON body (``anyOf`` when they differ, e.g. a 200 result and
+    a 202 "not ready yet"), wrapped as ``{"result": ...}`` unless each one is an object."""
+    sources: list[Any] = []
     responses: dict[str, Any] = operation.get("responses") or {}
     for status in sorted(str(code) for code in responses):
         if not (status.startswith("2") and len(status) == 3):
@@ -346,27 +353,48 @@ def _output_schema(spec: ApiSpec, operation: dict[str, Any]) -> tuple[dict[str, 
         content: dict[str, Any] = (
             response.get("content") or {} if isinstance(response, dict) else {}
         )  # pyright: ignore[reportUnknownMemberType]
-        for media_type in sorted(content):
-            if (
-                _is_json(media_type)
-                and isinstance(content[media_type], dict)
-                and "schema" in content[media_type]
-            ):
-                converter = SchemaConverter(
-                    spec.document, openapi_30=spec.openapi.startswith("3.0"), mode="output"
-                )
-                schema = converter.convert(content[media_type]["schema"])
-                wrapped = not (isinstance(schema, dict) and schema.get("type") == "object")
-                root: dict[str, Any] = (
-                    {"type": "object", "properties": {"result": schema}, "required": ["result"]}
-                    if wrapped
-                    else dict(schema)  # pyright: ignore[reportUnknownArgumentType]
-                )
-                if converter.defs:
-                    root["$defs"] = {**root.get("$defs", {}), **converter.defs}
-                return root, wrapped
+        schemas = (
+            media["schema"]
+            for media_type, media in sorted(content.items())
+            if _is_json(media_type) and isinstance(media, dict) and "schema" in media
+        )
+        schema = next(schemas, None)
+        if schema is not None and schema not in sources:
+            sources.append(schema)
+    if not sources:
         return None, False
-    return None, False
+    openapi_30 = spec.openapi.startswith("3.0")
+    converter = SchemaConverter(
+        spec.document, openapi_30=openapi_30, mode="output", sources=sources
+    )
+    members: list[Any] = [converter.convert(source) for source in sources]
+    wrapped = not all(_is_object(m, converter.defs) for m in members)
+    union: Any = members[0] if len(members) == 1 else {"anyOf": members}
+    root: dict[str, Any]
+    if wrapped:
+        root = {"type": "object", "properties": {"result": union}, "required": ["result"]}
+    else:
+        root = {"type": "object", **union}
+    if converter.defs:
+        root["$defs"] = {**root.get("$defs", {}), **converter.defs}
+    return root, wrapped
+
+
+def _is_object(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> bool:
+    """Whether every instance of `schema` is an object: `type: object`, a local `$ref` to
+    such a schema, or an `allOf` with such a member (MCP wants object results unwrapped)."""
+    if not isinstance(schema, dict) or depth > 16:
+        return False
+    node = cast(dict[str, Any], schema)
+    if node.get("type") == "object":
+        return True
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return _is_object(defs.get(ref.removeprefix("#/$defs/")), defs, depth + 1)
+    parts = node.get("allOf")
+    return isinstance(parts, list) and any(
+        _is_object(part, defs, depth + 1) for part in cast(list[Any], parts)
+    )
 
 
 def _add_body(

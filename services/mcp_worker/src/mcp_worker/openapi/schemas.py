@@ -1,9 +1,12 @@
 """Turning OpenAPI Schema Objects into standalone JSON Schema 2020-12.
 
-Local ``$ref``s are inlined, except refs that sit on a cycle (a ``Node`` whose
-``children`` are ``Node``s): those become ``{"$ref": "#/$defs/<name>"}`` and the
-target is emitted once under the tool schema's root ``$defs``, so conversion
-terminates and ``jsonschema`` can still validate recursive data.
+Local ``$ref``s used once in a tool schema are inlined. Two kinds become
+``{"$ref": "#/$defs/<name>"}`` with the target emitted once under the tool
+schema's root ``$defs``: refs that sit on a cycle (a ``Node`` whose ``children``
+are ``Node``s), so conversion terminates and ``jsonschema`` can still validate
+recursive data; and refs reached more than once from the tool's schemas, because
+inlining every use copies a shared component as often as it is reached (real
+documents reach the same few components thousands of times: megabytes per tool).
 
 ``allOf`` is kept as written. Merging it into one object is tempting but wrong:
 a member with ``additionalProperties: false`` would then reject the properties
@@ -13,6 +16,7 @@ the other members contribute, and every call would fail validation.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote
 
@@ -74,12 +78,21 @@ def resolve_object(document: Any, node: Any, *, limit: int = 32) -> Any:
 class SchemaConverter:
     """Converts schemas of one document; one instance per tool schema (shares ``$defs``)."""
 
-    def __init__(self, document: dict[str, Any], *, openapi_30: bool, mode: str) -> None:
+    def __init__(
+        self,
+        document: dict[str, Any],
+        *,
+        openapi_30: bool,
+        mode: str,
+        sources: Iterable[Any] = (),
+    ) -> None:
         """Args:
         document: The bundled OpenAPI document refs resolve against.
         openapi_30: Apply 3.0 rules (``nullable``, boolean exclusive bounds).
         mode: ``"input"`` (drop ``readOnly`` properties from ``required``) or
             ``"output"`` (drop ``writeOnly`` ones).
+        sources: Every schema this converter will convert; a ref they reach
+            more than once goes to ``$defs`` instead of being copied.
         """
         self._document = document
         self._openapi_30 = openapi_30
@@ -87,6 +100,7 @@ class SchemaConverter:
         self._def_names: dict[str, str] = {}
         self._defs: dict[str, Any] = {}
         self._cyclic: dict[str, bool] = {}
+        self._uses = _count_uses(document, sources)
 
     @property
     def defs(self) -> dict[str, Any]:
@@ -108,7 +122,7 @@ class SchemaConverter:
         siblings = {k: v for k, v in schema.items() if k != "$ref"}  # pyright: ignore[reportUnknownVariableType]
         if isinstance(ref, str):
             extra = self._convert_keywords(siblings, stack=stack) if siblings else {}
-            if self._is_cyclic(ref):
+            if self._uses.get(ref, 0) > 1 or self._is_cyclic(ref):
                 return {"$ref": f"#/$defs/{self._define(ref)}", **extra}
             target = self._convert(resolve_pointer(self._document, ref), stack=(*stack, ref))
             return {**target, **extra} if isinstance(target, dict) else target  # pyright: ignore[reportUnknownVariableType]
@@ -168,7 +182,7 @@ class SchemaConverter:
         """Whether ``ref`` can reach itself through other refs."""
         if ref not in self._cyclic:
             seen: set[str] = set()
-            todo = list(_refs_in(resolve_pointer(self._document, ref)))
+            todo = list(refs_in(resolve_pointer(self._document, ref)))
             while todo:
                 current = todo.pop()
                 if current in seen:
@@ -176,12 +190,32 @@ class SchemaConverter:
                 seen.add(current)
                 if current == ref:
                     break
-                todo.extend(_refs_in(resolve_pointer(self._document, current)))
+                todo.extend(refs_in(resolve_pointer(self._document, current)))
             self._cyclic[ref] = ref in seen
         return self._cyclic[ref]
 
 
-def _refs_in(node: Any) -> list[str]:
+def _count_uses(document: dict[str, Any], sources: Iterable[Any]) -> dict[str, int]:
+    """How many places reached from ``sources`` refer to each ref.
+
+    A ref's target is walked once however often it is referred to, so this is
+    linear in the document. Dangling refs are left for conversion to report.
+    """
+    uses: dict[str, int] = {}
+    todo = list(sources)
+    while todo:
+        for ref in refs_in(todo.pop()):
+            uses[ref] = uses.get(ref, 0) + 1
+            if uses[ref] == 1:
+                try:
+                    todo.append(resolve_pointer(document, ref))
+                except ValueError:
+                    continue
+    return uses
+
+
+def refs_in(node: Any) -> list[str]:
+    """Every `$ref` string anywhere in `node`."""
     found: list[str] = []
     stack: list[Any] = [node]
     while stack:

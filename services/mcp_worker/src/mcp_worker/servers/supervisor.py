@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Literal
@@ -17,13 +17,12 @@ from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breaker
 from ferryman_runtime.upstreams.stats import UpstreamStats
 from mcp_worker.registry import ServerConfig
-from mcp_worker.servers.session import Connector, McpSession, NotificationKind
+from mcp_worker.servers.session import NotificationKind
+from mcp_worker.servers.tool_session import PrepareSession, ToolSession
 
 logger = logging.getLogger(__name__)
 
 State = Literal["idle", "provisioning", "starting", "running", "backoff", "failed", "stopped"]
-PrepareTransport = Callable[[], Awaitable[Connector]]
-"""Provisions (once) and builds the transport; raises FerrymanError when it cannot."""
 
 
 class ServerSupervisor:
@@ -32,7 +31,7 @@ class ServerSupervisor:
     Args:
         name: the registry name.
         config: its registry entry.
-        prepare: builds the transport (provisioning and sandboxing happen there).
+        prepare: builds a session (provisioning, sandboxing, an API's document happen there).
         breaker: the server's circuit breaker (opens after consecutive start or call failures).
         stats: the server's passive stats (latency, error rate, in flight).
         on_list_changed: called with (server, session scope, kind) when a session reports a
@@ -47,7 +46,7 @@ class ServerSupervisor:
         name: str,
         config: ServerConfig,
         *,
-        prepare: PrepareTransport,
+        prepare: PrepareSession,
         breaker: Breaker,
         stats: UpstreamStats,
         on_list_changed: Callable[[str, str, NotificationKind], None],
@@ -66,8 +65,8 @@ class ServerSupervisor:
         self._on_crash = on_crash
         self._delays = restart_delays
         self._clock = clock
-        self._sessions: dict[str, McpSession] = {}
-        self._starting: dict[str, asyncio.Task[McpSession]] = {}
+        self._sessions: dict[str, ToolSession] = {}
+        self._starting: dict[str, asyncio.Task[ToolSession]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self.limit = asyncio.Semaphore(config.max_concurrency)
         self.state: State = "idle"
@@ -102,7 +101,7 @@ class ServerSupervisor:
         delay = min(first * 2 ** (self.failures_in_a_row - 1), maximum)
         return max(0.0, self._failed_at + delay - self._clock())
 
-    async def session(self, tenant: str | None, timeout: float) -> McpSession:
+    async def session(self, tenant: str | None, timeout: float) -> ToolSession:
         """The tenant's live session, started if needed (after any restart backoff).
 
         A start runs on its own, bounded by the server's `connect_timeout`: a caller that
@@ -143,13 +142,13 @@ class ServerSupervisor:
                 upstream=self.name,
             ) from None
 
-    def _started(self, key: str, task: asyncio.Task[McpSession]) -> None:
+    def _started(self, key: str, task: asyncio.Task[ToolSession]) -> None:
         if self._starting.get(key) is task:
             del self._starting[key]
         if not task.cancelled():
             task.exception()  # retrieved: waiters got it; nobody waiting is fine too
 
-    async def _start(self, key: str) -> McpSession:
+    async def _start(self, key: str) -> ToolSession:
         wait = self.backoff_remaining()
         if wait > 0:
             self.state = "backoff"
@@ -161,12 +160,8 @@ class ServerSupervisor:
         self.state = "starting"
         try:
             async with self.breaker.guard():
-                connector = await self._prepare()
-                session = McpSession(
-                    self.name,
-                    connector,
-                    mode="legacy" if self.config.protocol == "legacy" else "auto",
-                    on_list_changed=lambda kind: self._on_list_changed(self.name, key, kind),
+                session = await self._prepare(
+                    key, lambda kind: self._on_list_changed(self.name, key, kind)
                 )
                 # The server's own handshake bound, not the caller's remainder: a caller
                 # with little time left must not make a healthy server look broken.
@@ -193,7 +188,7 @@ class ServerSupervisor:
         )
         return session
 
-    async def _watch(self, key: str, session: McpSession) -> None:
+    async def _watch(self, key: str, session: ToolSession) -> None:
         await session.closed.wait()
         if self._sessions.get(key) is session:
             del self._sessions[key]

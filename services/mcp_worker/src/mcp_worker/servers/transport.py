@@ -13,7 +13,8 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_worker.registry import ServerConfig, is_reference, resolve
+from mcp_worker.references import is_reference, resolve
+from mcp_worker.registry import ServerConfig
 from mcp_worker.servers.session import Connector, TransportFactory
 from mcp_worker.servers.stderr_log import StderrTail
 

@@ -44,6 +44,8 @@ MCP_TOOL_CHANGED: Final = "ferryman.mcp.tool.changed"
 """On the audit topic: a tool's definition hash changed (a possible rug pull)."""
 MCP_CALL_AUDITED: Final = "ferryman.mcp.call.audited"
 """On the audit topic: one record per tool call, resource read or prompt get."""
+MCP_API_CHANGED: Final = "ferryman.mcp.api.changed"
+"""On the audit topic: an OpenAPI server's document changed (its compatibility report)."""
 
 DEFAULT_MCP_REQUEST_TOPIC: Final = "mcp.requests"
 DEFAULT_MCP_REPLY_TOPIC: Final = "mcp.results"
@@ -52,7 +54,10 @@ DEFAULT_MCP_CATALOG_TOPIC: Final = "mcp.catalog"
 DEFAULT_MCP_AUDIT_TOPIC: Final = "mcp.audit"
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
-"""Server and tool names: what MCP clients and registries accept, without path characters."""
+"""Tool names: what MCP clients and registries accept, without path characters."""
+_SERVER_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}(@[A-Za-z0-9_.\-]{1,32})?")
+"""Server names: the same, with an optional `@version` (two versions of one API side by
+side: `petstore@1`, `petstore@2`)."""
 
 JsonObject = dict[str, Any]
 ContentBlock = dict[str, Any]
@@ -63,16 +68,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _named(kind: str) -> AfterValidator:
+def _named(kind: str, pattern: re.Pattern[str] = _NAME, suffix: str = "") -> AfterValidator:
     def check(value: str) -> str:
-        if not _NAME.fullmatch(value):
-            raise ValueError(f"{kind} {value[:140]!r} must be 1-128 of A-Z a-z 0-9 _ . -")
+        if not pattern.fullmatch(value):
+            raise ValueError(f"{kind} {value[:140]!r} must be 1-128 of A-Z a-z 0-9 _ . -{suffix}")
         return value
 
     return AfterValidator(check)
 
 
-ServerName = Annotated[str, _named("server name")]
+ServerName = Annotated[
+    str, _named("server name", _SERVER_NAME, " (and an optional @version of the same)")
+]
 """A server's name in the registry."""
 ToolName = Annotated[str, _named("tool name")]
 PromptName = Annotated[str, _named("prompt name")]
@@ -167,9 +174,15 @@ class ServerEntry(_Strict):
     """A server in the catalog, as its tenant may see it."""
 
     server: str
-    transport: Literal["stdio", "streamable-http", "sse"]
+    transport: Literal["stdio", "streamable-http", "sse", "openapi"]
+    """`openapi`: an HTTP API whose operations are tools (described by an OpenAPI document)."""
     protocol_version: str | None = None
-    """The MCP revision negotiated with it (None before the first connection)."""
+    """The MCP revision negotiated with it (None before the first connection); for an API,
+    `openapi <version of the document's format>`."""
+    api_version: str | None = None
+    """An API's `info.version` (the version of the document the tools come from)."""
+    spec_digest: str | None = None
+    """An API's document hash (sha256 of its canonical JSON, external references included)."""
     status: Literal["healthy", "degraded", "unhealthy", "provisioning"] = "healthy"
     package_version: str | None = None
     """The provisioned package's resolved version, for servers installed from a package."""
@@ -353,3 +366,31 @@ class CallAudit(_Strict):
     cached: bool = False
     definition_hash: str | None = None
     duration_ms: float = Field(ge=0)
+
+
+class ApiChange(_Strict):
+    """One difference between two versions of an API's document."""
+
+    kind: str
+    """`operation_removed`, `operation_added`, `parameter_required`, `type_changed`, …"""
+    tool: str
+    """The tool (operation) it concerns."""
+    detail: str
+    breaking: bool
+
+
+class ApiChanged(_Strict):
+    """The `data` of `ferryman.mcp.api.changed` on the audit topic: an OpenAPI server's
+    document changed (a reload, a changed file). Tools with a breaking change follow the
+    server's `on_tool_change` policy (quarantined until approved, or accepted); tools with
+    only compatible changes are taken as they are."""
+
+    server: str
+    old_version: str
+    new_version: str
+    old_digest: str
+    new_digest: str
+    breaking: bool
+    changes: list[ApiChange]
+    quarantined: list[str] = Field(default_factory=list[str])
+    """Tools now refused until an operator approves their new definition."""

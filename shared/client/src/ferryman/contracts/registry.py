@@ -76,10 +76,11 @@ MCP = RequestDomain(
             name="mcpAudit",
             address=mcp.DEFAULT_MCP_AUDIT_TOPIC,
             description="One record per call (arguments digested, configured fields"
-            " redacted), and tool definition changes.",
+            " redacted), tool definition changes, and API document changes.",
             messages=(
                 EventMessage("callAudited", mcp.MCP_CALL_AUDITED, mcp.CallAudit),
                 EventMessage("toolChanged", mcp.MCP_TOOL_CHANGED, mcp.ToolChanged),
+                EventMessage("apiChanged", mcp.MCP_API_CHANGED, mcp.ApiChanged),
             ),
             action="send",
         ),
