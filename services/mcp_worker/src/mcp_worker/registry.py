@@ -206,7 +206,7 @@ class ServerConfig(_Strict):
             api_keys = ("base_url", "credentials", "tenant_credentials", "spec_version")
             stray = [k for k in api_keys if k in self.model_fields_set]
             if stray:
-                raise ValueError(f"{', '.join(stray)} apply to type openapi only")
+                raise ValueError(f"{', '.join(stray)}: only for type openapi")
             if self.cache.mode in ("rfc", "ttl"):
                 raise ValueError("cache modes rfc and ttl apply to type openapi only")
         elif self.cache.mode == "on":

@@ -192,3 +192,30 @@ def _client_credentials(scheme: dict[str, Any]) -> dict[str, Any] | None:
         return None
     flow = cast(dict[str, Any], flows).get("clientCredentials")
     return cast(dict[str, Any], flow) if isinstance(flow, dict) else None
+
+
+def unsupported_schemes(schemes: Mapping[str, Any]) -> list[str]:
+    """Warnings for the document's security schemes no credential can satisfy here (the
+    operations needing only them cannot be called)."""
+    warnings: list[str] = []
+    for name, raw in schemes.items():
+        scheme = cast(dict[str, Any], raw) if isinstance(raw, dict) else {}
+        kind = scheme.get("type")
+        if kind == "apiKey" and scheme.get("in") in ("header", "query", "cookie"):
+            continue
+        if kind == "http" and str(scheme.get("scheme", "")).lower() in ("bearer", "basic"):
+            continue
+        if kind == "oauth2" and _client_credentials(scheme) is not None:
+            continue
+        detail = kind
+        if kind == "http":
+            detail = f"http {scheme.get('scheme')}"
+        elif kind == "oauth2":
+            flows = scheme.get("flows")
+            named = sorted(cast(dict[str, Any], flows)) if isinstance(flows, dict) else []
+            detail = f"oauth2 {'/'.join(named) or 'without flows'}"
+        warnings.append(
+            f"security scheme {name!r} ({detail}) is not supported: only API keys, HTTP bearer"
+            " and basic, and OAuth2 client credentials are"
+        )
+    return warnings

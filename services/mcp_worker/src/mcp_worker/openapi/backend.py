@@ -18,7 +18,7 @@ import httpx2
 import mcp_types as types
 
 from ferryman.contracts import ErrorCode, FerrymanError
-from mcp_worker.openapi.auth import ApiAuth, SchemeSecret
+from mcp_worker.openapi.auth import ApiAuth, SchemeSecret, unsupported_schemes
 from mcp_worker.openapi.cache import caching_client, memory_database
 from mcp_worker.openapi.caller import ApiCaller
 from mcp_worker.openapi.operations import ApiTools, OperationFilter, OperationTool, api_tools
@@ -79,7 +79,7 @@ class ApiBackend:
         except ValueError as exc:
             raise _refused(name, str(exc)) from None
         self.tools: dict[str, OperationTool] = generated.by_name()
-        self.warnings = generated.warnings
+        self.warnings = generated.warnings + tuple(unsupported_schemes(_schemes(spec)))
         self.base_url = _base_url(name, config, spec)
         self.validation = ResponseValidation(spec) if config.output_validation != "off" else None
         self.invalid_responses = 0
@@ -126,10 +126,9 @@ class ApiBackend:
             raise FerrymanError(
                 ErrorCode.AUTH, f"server {self.name!r}: {exc}", retryable=False, upstream=self.name
             ) from None
-        schemes: dict[str, Any] = (self.spec.document.get("components") or {}).get(
-            "securitySchemes"
-        ) or {}
-        auth = ApiAuth(self.name, schemes, secrets, base_url=self.base_url, client=self.client)
+        auth = ApiAuth(
+            self.name, _schemes(self.spec), secrets, base_url=self.base_url, client=self.client
+        )
         return ApiCaller(
             self.name,
             self.tools,
@@ -292,6 +291,11 @@ def _base_url(name: str, config: ServerConfig, spec: ApiSpec) -> str:
             return urljoin(source, url)  # relative to where the document came from
         raise _refused(name, f"the document's server {url!r} is not an http(s) URL: give base_url")
     return url
+
+
+def _schemes(spec: ApiSpec) -> dict[str, Any]:
+    components: dict[str, Any] = spec.document.get("components") or {}
+    return components.get("securitySchemes") or {}
 
 
 def _filter(selector: OperationSelector | None) -> OperationFilter | None:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from mcp_worker.openapi.auth import unsupported_schemes
 from mcp_worker.openapi.compat import compare
 from mcp_worker.openapi.operations import api_tools
 from mcp_worker.openapi.spec import ApiSpec, load_spec
@@ -55,13 +56,15 @@ class OpenApiCommand:
 
     def _inspect(self, spec: ApiSpec, as_json: bool, out: TextIO, err: TextIO) -> int:
         tools = api_tools(spec)
+        components: dict[str, Any] = spec.document.get("components") or {}
+        warnings = [*tools.warnings, *unsupported_schemes(components.get("securitySchemes") or {})]
         if as_json:
             listing: dict[str, Any] = {
                 "title": spec.title,
                 "version": spec.version,
                 "digest": spec.digest,
                 "tools": [_tool_json(tool) for tool in tools.tools],
-                "warnings": list(tools.warnings),
+                "warnings": warnings,
             }
             out.write(json.dumps(listing, indent=2) + "\n")
             return 0
@@ -69,7 +72,7 @@ class OpenApiCommand:
         for tool in tools.tools:
             hints = "read-only" if tool.read_only else "idempotent" if tool.idempotent else ""
             out.write(f"  {tool.name:<32} {tool.method.upper():<7} {tool.path}  {hints}\n")
-        for warning in tools.warnings:
+        for warning in warnings:
             err.write(f"warning: {warning}\n")
         return 0
 
