@@ -4,6 +4,7 @@ inventory API (tests/fakes/openapi_api.py) on loopback, registered in a registry
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -252,17 +253,25 @@ async def test_cached_responses_are_never_shared_across_tenants(
     assert cached.count(True) == 1
 
 
-async def test_no_secret_reaches_any_topic(harness: McpHarness) -> None:
+async def test_no_secret_reaches_any_topic_or_log(
+    harness: McpHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     for tool in ("getWithHeaderKey", "getWithBasic", "getWithOAuth", "getWithBearer"):
         await harness.result(await harness.call("inv", tool))
+    refused = await harness.call("inv", "getWithHeaderKey", tenant="wrong-tenant")
+    assert (await harness.result(refused)).data["is_error"] is True
     await harness.result(await harness.send(MCP_CATALOG_LIST_REQUESTED, {}))
 
     settings = harness.settings
     everything = b""
     for topic in (settings.default_reply_topic, settings.audit_topic, settings.catalog_topic):
         everything += record_bytes(await read_all(harness, topic))
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "registry version" in logged  # the worker's own logs were captured
     for secret in SECRETS.values():
         assert secret.encode() not in everything
+        assert secret not in logged
 
 
 async def test_rate_limits_per_server_and_per_tenant(
@@ -449,3 +458,27 @@ async def test_responses_off_the_document_are_counted_or_fail_by_policy(
                 "mcp_worker_api_invalid_responses_total", {"server": server}
             )
             assert invalid == 1
+
+
+async def test_a_failing_api_opens_its_circuit_and_other_apis_serve(
+    kafka_bootstrap: str, unique: str, tmp_path: Path, api: InventoryApi, spec_v1: Path
+) -> None:
+    api.options.flaky_failures = 1000
+    registry = write_registry(
+        tmp_path / "servers.json",
+        {"flaky": api_entry(api, spec_v1, retries=0), "inv": api_entry(api, spec_v1)},
+    )
+    async with running_mcp_worker(
+        kafka_bootstrap, unique, registry, breaker_fail_max=2, breaker_reset_timeout=600
+    ) as harness:
+        for _ in range(2):
+            failing = await harness.call("flaky", "getFlaky")
+            assert "HTTP 503" in (await harness.result(failing)).data["error"]["message"]
+        refused = await harness.call("flaky", "getFlaky")
+        other = await harness.call("inv", "getText")
+
+        failed = (await harness.result(refused)).data["error"]
+        assert failed["code"] == "unavailable"
+        assert "circuit" in failed["message"]
+        assert api.count("getFlaky") == 2  # the open circuit sent nothing
+        assert (await harness.result(other)).data["is_error"] is False
