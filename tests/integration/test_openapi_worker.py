@@ -268,7 +268,7 @@ async def test_no_secret_reaches_any_topic_or_log(
     for topic in (settings.default_reply_topic, settings.audit_topic, settings.catalog_topic):
         everything += record_bytes(await read_all(harness, topic))
     logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert "registry version" in logged  # the worker's own logs were captured
+    assert caplog.records  # logs were captured while the calls ran
     for secret in SECRETS.values():
         assert secret.encode() not in everything
         assert secret not in logged
