@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 KAFKA := $(PYTHON) tools/kafka/local_kafka.py
 
-.PHONY: help setup demo test bench bench-mcp bench-tool-loop kafka-up kafka-down up down lint fmt asyncapi
+.PHONY: help setup demo test bench bench-mcp bench-tool-loop bench-openapi kafka-up kafka-down up down lint fmt asyncapi
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,10 +21,11 @@ demo: setup  ## stream a chat through Kafka and the LLM worker (starts what is m
 test: setup  ## run the whole test suite (starts a local Kafka if none is configured)
 	@$(UV) run --frozen pytest
 
-bench: setup  ## benchmark the LLM worker via Kafka vs a fake OpenAI (BENCH_ARGS="--quick", "--baseline-ref bf3a7e6"), then the MCP worker (bench-mcp) and the tool loop (bench-tool-loop); docs/benchmarks.md
+bench: setup  ## benchmark the LLM worker via Kafka vs a fake OpenAI (BENCH_ARGS="--quick", "--baseline-ref bf3a7e6"), then the MCP worker (bench-mcp), the tool loop (bench-tool-loop) and OpenAPI tools (bench-openapi); docs/benchmarks.md
 	@$(UV) run --frozen python -m tests.bench.llm_bench $(BENCH_ARGS)
 	@$(UV) run --frozen python -m tests.bench.mcp_bench $(MCP_BENCH_ARGS)
 	@$(UV) run --frozen python -m tests.bench.tool_loop_bench $(TOOL_LOOP_BENCH_ARGS)
+	@$(UV) run --frozen python -m tests.bench.openapi_bench $(OPENAPI_BENCH_ARGS)
 
 MCP_BENCH_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench-mcp: setup  ## benchmark the MCP worker via Kafka vs the bare MCP SDK (MCP_BENCH_ARGS="--quick"; docs/benchmarks.md)
@@ -33,6 +34,10 @@ bench-mcp: setup  ## benchmark the MCP worker via Kafka vs the bare MCP SDK (MCP
 TOOL_LOOP_BENCH_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench-tool-loop: setup  ## the tool loop's overhead per step: an MCP tool via the LLM worker and Kafka vs called directly (TOOL_LOOP_BENCH_ARGS="--quick"; docs/benchmarks.md)
 	@$(UV) run --frozen python -m tests.bench.tool_loop_bench $(TOOL_LOOP_BENCH_ARGS)
+
+OPENAPI_BENCH_ARGS ?= $(filter --quick,$(BENCH_ARGS))
+bench-openapi: setup  ## an OpenAPI operation as a tool: direct httpx vs ApiCaller vs the mcp_worker via Kafka (OPENAPI_BENCH_ARGS="--quick"; docs/benchmarks.md)
+	@$(UV) run --frozen python -m tests.bench.openapi_bench $(OPENAPI_BENCH_ARGS)
 
 kafka-up:  ## start the local Kafka (KRaft, from Maven Central jars) on FERRYMAN_KAFKA_PORT (9092)
 	@$(KAFKA) up

@@ -18,6 +18,7 @@ from mcp_worker.openapi.auth import ApiAuth, SchemeSecret
 from mcp_worker.openapi.caller import (
     VALIDATE_INLINE_BYTES,
     WARN_INTERVAL,
+    WARN_SAMPLE_INTERVAL,
     ApiCaller,
     ResponseValidationMode,
 )
@@ -121,7 +122,7 @@ async def test_responses_as_the_spec_declares_them_have_no_problems(
     assert invalid.calls == []
 
 
-async def test_warn_returns_the_result_reports_every_time_and_logs_once_a_minute(
+async def test_warn_samples_returns_the_result_and_logs_once_a_minute(
     api: InventoryApi, client: httpx2.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     api.default.off_spec = True
@@ -130,7 +131,9 @@ async def test_warn_returns_the_result_reports_every_time_and_logs_once_a_minute
 
     with caplog.at_level(logging.WARNING, logger="mcp_worker.openapi.caller"):
         first = await caller.call("getItem", {"itemId": "1"}, timeout=30)
-        await caller.call("getItem", {"itemId": "1"}, timeout=30)
+        await caller.call("getItem", {"itemId": "1"}, timeout=30)  # within the sample interval
+        clock.now += WARN_SAMPLE_INTERVAL
+        await caller.call("getItem", {"itemId": "1"}, timeout=30)  # sampled, not logged
         clock.now += WARN_INTERVAL
         await caller.call("getItem", {"itemId": "1"}, timeout=30)
 
@@ -231,14 +234,15 @@ async def test_a_server_url_with_a_path_prefix_is_checked_by_the_operation(
     api: InventoryApi, client: httpx2.AsyncClient
 ) -> None:
     v2_tools = api_tools(INVENTORY_V2).by_name()
-    invalid = Invalid()
+    invalid, clock = Invalid(), Clock()
     caller = _caller(
         f"{api.base_url}/v2", client, "warn", validation=ResponseValidation(INVENTORY_V2),
-        tools=v2_tools, on_invalid=invalid,
+        tools=v2_tools, on_invalid=invalid, clock=clock,
     )  # fmt: skip
 
     valid = await caller.call("getItem", {"itemId": "2"}, timeout=30)
     api.default.off_spec = True
+    clock.now += WARN_SAMPLE_INTERVAL
     await caller.call("getItem", {"itemId": "2"}, timeout=30)
 
     assert valid.status == 200
