@@ -25,6 +25,7 @@ from ferryman_runtime.upstreams.stats import StatsBoard
 from ferryman_runtime.worker import Worker
 from mcp_worker.catalog.api_changes import ApiChanges
 from mcp_worker.catalog.catalog import Catalog
+from mcp_worker.catalog.catalog_topic import CATALOG_TOPIC_CONFIG
 from mcp_worker.catalog.discovery import Discovery
 from mcp_worker.catalog.persisted import read_catalog
 from mcp_worker.contract import MCP_REQUESTS, McpRequests
@@ -116,6 +117,7 @@ class McpWorker:
             debounce=settings.list_changed_debounce,
             status=lambda name: server_status(self.fleet.get(name)),
             on_changed=self._tool_changed,
+            connection=settings.kafka_connection(),
         )
         self.api_changes = ApiChanges(
             self.catalog,
@@ -169,7 +171,7 @@ class McpWorker:
             details=lambda: worker_details(self),
             extra_topics={
                 settings.control_topic: {},
-                settings.catalog_topic: {"cleanup.policy": "compact"},
+                settings.catalog_topic: CATALOG_TOPIC_CONFIG,
                 settings.audit_topic: {},
             },
         )

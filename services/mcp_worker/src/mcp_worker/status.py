@@ -1,5 +1,6 @@
 """What the mcp_worker's `/health` shows beside the kit's own: the registry, every server's
-state (an API's document version too), health, cancels, the result cache, rate limits."""
+state (an API's document version too), health, cancels, the result cache, rate limits, and
+catalog records Kafka refused."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def worker_details(worker: McpWorker) -> dict[str, Any]:
             }
             for name, s in sorted(worker.fleet.supervisors.items())
         },
+        "catalog_unpublished": dict(worker.discovery.unpublished),
         "rate_limits": {"waits": worker.rate_limits.waits},
         "api_document_changes": worker.api_changes.reports,
         "health": worker.monitor.snapshot(),

@@ -26,6 +26,7 @@ from ferryman.contracts.mcp import (
     ServerEntry,
     ToolCallRequest,
 )
+from ferryman.publisher import RecordTooLarge
 from ferryman_runtime.cancellation import CancelledByRequest
 from ferryman_runtime.job import Job
 from mcp_worker.catalog.catalog import Status
@@ -188,7 +189,12 @@ class McpService:
         completed = CatalogListCompleted(
             servers=entries, catalog_version=self.runtime.catalog.version(names)
         )
-        await ctx.job.replies.finish(MCP_CATALOG_LIST_COMPLETED, completed)
+        try:
+            await ctx.job.replies.finish(MCP_CATALOG_LIST_COMPLETED, completed)
+        except RecordTooLarge as exc:
+            # Large APIs (hundreds of operations, megabytes of schemas) outgrow a reply
+            # topic's limit; say what would fit rather than the kit's generic `too_large`.
+            await ctx.job.replies.fail(_catalog_too_large(exc, request, len(entries)))
 
     async def _audit(
         self,
@@ -254,6 +260,22 @@ async def _on_server(
         result = await work(session, timeout)
     supervisor.succeeded()
     return result, session.protocol_version
+
+
+def _catalog_too_large(exc: RecordTooLarge, request: CatalogListRequest, servers: int) -> ErrorInfo:
+    """The `too_large` failure of a catalog listing: its size, and how to ask for less."""
+    hints = ["include_schemas: false"] if request.include_schemas else []
+    if servers > 1:
+        hints.append("fewer servers in `servers`")
+    advice = f"; ask with {' or '.join(hints)}" if hints else ""
+    return ErrorInfo(
+        code=ErrorCode.TOO_LARGE,
+        message=(
+            f"the catalog of {servers} server(s) is about {exc.size} bytes, more than reply"
+            f" topic {exc.topic!r} accepts{advice}"
+        )[:1000],
+        retryable=False,
+    )
 
 
 def _as_json(model: BaseModel) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from mcp_worker.openapi.naming import (
     fallback_name,
     sanitize_name,
 )
+from mcp_worker.openapi.output_schema import is_json_media, success_schema
 from mcp_worker.openapi.schemas import SchemaConverter, resolve_object
 from mcp_worker.openapi.spec import ApiSpec
 
@@ -264,7 +265,7 @@ def _build_tool(
         input_schema["required"] = required
     if converter.defs:
         input_schema["$defs"] = converter.defs
-    output_schema, wrapped = _output_schema(spec, operation)
+    output_schema, wrapped = success_schema(spec, operation)
     summary, details = operation.get("summary"), operation.get("description")
     description = "\n\n".join(str(x).strip() for x in (summary, details) if x and str(x).strip())
     return OperationTool(
@@ -326,75 +327,14 @@ def _parameter_schema(parameter: dict[str, Any]) -> tuple[Any, str | None]:
     return {}, None
 
 
-def _is_json(media_type: str) -> bool:
-    essence = media_type.split(";", 1)[0].strip().lower()
-    return essence == "application/json" or essence.endswith("+json") or essence == "*/*"
-
-
 def _pick_body_media(content: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     for media_type in sorted(content):
-        if _is_json(media_type):
+        if is_json_media(media_type):
             return media_type, content[media_type] or {}
     for media_type in _FORM_TYPES:
         if media_type in content:
             return media_type, content[media_type] or {}
     return None, {}
-
-
-def _output_schema(spec: ApiSpec, operation: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-    """The schema of every 2xx JSON body (``anyOf`` when they differ, e.g. a 200 result and
-    a 202 "not ready yet"), wrapped as ``{"result": ...}`` unless each one is an object."""
-    sources: list[Any] = []
-    responses: dict[str, Any] = operation.get("responses") or {}
-    for status in sorted(str(code) for code in responses):
-        if not (status.startswith("2") and len(status) == 3):
-            continue
-        response = resolve_object(spec.document, responses[status])
-        content: dict[str, Any] = (
-            response.get("content") or {} if isinstance(response, dict) else {}
-        )  # pyright: ignore[reportUnknownMemberType]
-        schemas = (
-            media["schema"]
-            for media_type, media in sorted(content.items())
-            if _is_json(media_type) and isinstance(media, dict) and "schema" in media
-        )
-        schema = next(schemas, None)
-        if schema is not None and schema not in sources:
-            sources.append(schema)
-    if not sources:
-        return None, False
-    openapi_30 = spec.openapi.startswith("3.0")
-    converter = SchemaConverter(
-        spec.document, openapi_30=openapi_30, mode="output", sources=sources
-    )
-    members: list[Any] = [converter.convert(source) for source in sources]
-    wrapped = not all(_is_object(m, converter.defs) for m in members)
-    union: Any = members[0] if len(members) == 1 else {"anyOf": members}
-    root: dict[str, Any]
-    if wrapped:
-        root = {"type": "object", "properties": {"result": union}, "required": ["result"]}
-    else:
-        root = {"type": "object", **union}
-    if converter.defs:
-        root["$defs"] = {**root.get("$defs", {}), **converter.defs}
-    return root, wrapped
-
-
-def _is_object(schema: Any, defs: Mapping[str, Any], depth: int = 0) -> bool:
-    """Whether every instance of `schema` is an object: `type: object`, a local `$ref` to
-    such a schema, or an `allOf` with such a member (MCP wants object results unwrapped)."""
-    if not isinstance(schema, dict) or depth > 16:
-        return False
-    node = cast(dict[str, Any], schema)
-    if node.get("type") == "object":
-        return True
-    ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        return _is_object(defs.get(ref.removeprefix("#/$defs/")), defs, depth + 1)
-    parts = node.get("allOf")
-    return isinstance(parts, list) and any(
-        _is_object(part, defs, depth + 1) for part in cast(list[Any], parts)
-    )
 
 
 def _add_body(
