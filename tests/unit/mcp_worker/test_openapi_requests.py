@@ -114,3 +114,60 @@ def test_a_style_not_implemented_is_refused_clearly() -> None:
 
     with pytest.raises(UnsupportedParameter, match="'id': style 'matrix'"):
         build_request(tool, {"id": 1}, "http://127.0.0.1:1")
+
+
+def _tool(bindings: dict[str, Binding], method: str = "GET", path: str = "/x") -> OperationTool:
+    return OperationTool(
+        name="t",
+        description="",
+        method=method,
+        path=path,
+        input_schema={"type": "object"},
+        output_schema=None,
+        bindings=bindings,
+        read_only=method == "GET",
+        idempotent=method != "POST",
+    )
+
+
+def test_an_empty_path_parameter_is_refused() -> None:
+    tool = _tool({"id": Binding("path", "id")}, method="DELETE", path="/items/{id}")
+
+    with pytest.raises(UnsupportedParameter, match="'id' must not be empty"):
+        build_request(tool, {"id": ""}, "http://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "caf\u00e9", "tab\there"])
+def test_a_header_value_that_could_break_the_request_is_refused(value: str) -> None:
+    tool = _tool({"account": Binding("header", "X-Account")})
+
+    with pytest.raises(UnsupportedParameter, match="'X-Account' must be printable ASCII"):
+        build_request(tool, {"account": value}, "http://127.0.0.1:1")
+
+
+def test_a_json_variant_body_keeps_its_media_type() -> None:
+    tool = _tool(
+        {"body": Binding("body", "body", content_type="application/merge-patch+json")},
+        method="PATCH",
+    )
+
+    request = build_request(tool, {"body": {"name": "café"}}, "http://127.0.0.1:1")
+
+    assert request.headers["Content-Type"] == "application/merge-patch+json"
+    assert request.content == '{"name": "café"}'.encode()
+
+
+def test_a_content_encoded_parameter_is_sent_as_json() -> None:
+    tool = _tool(
+        {
+            "filter": Binding("query", "filter", content_type="application/json"),
+            "ctx": Binding("header", "X-Context", content_type="application/json"),
+        }
+    )
+
+    request = build_request(
+        tool, {"filter": {"kind": "lamp", "max": 3}, "ctx": [1, 2]}, "http://127.0.0.1:1"
+    )
+
+    assert request.url.params["filter"] == '{"kind":"lamp","max":3}'
+    assert request.headers["X-Context"] == "[1,2]"

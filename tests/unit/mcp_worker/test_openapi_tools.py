@@ -78,6 +78,28 @@ def test_load_spec_refuses_external_refs_without_base_dir_and_urls() -> None:
     assert output["properties"] == {"id": {"type": "string"}}
 
 
+def test_a_fetched_document_resolves_its_relative_refs_against_its_url() -> None:
+    doc = json.loads((SPECS / "units-compat-v1.json").read_text())
+    doc["components"]["schemas"]["Pet"] = {"$ref": "schemas/pet.json"}
+    fetched: list[str] = []
+
+    def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return b'{"type": "object", "properties": {"id": {"type": "string"}}}'
+
+    spec = load_spec(
+        json.dumps(doc).encode(),
+        source="remote",
+        fetch_url=fetch,
+        base_url="https://api.example/specs/openapi.json?v=2",
+    )
+
+    assert fetched == ["https://api.example/specs/schemas/pet.json"]
+    output = api_tools(spec).by_name()["getPet"].output_schema
+    assert output is not None
+    assert output["properties"] == {"id": {"type": "string"}}
+
+
 def test_load_spec_refuses_refs_leaving_the_base_dir(tmp_path: Path) -> None:
     doc = json.loads((SPECS / "units-compat-v1.json").read_text())
     doc["components"]["schemas"]["Pet"] = {"$ref": "../secret.json"}

@@ -58,20 +58,30 @@ class ApiChanges:
         if previous is None or previous.digest == new.digest:
             return
         report = compare(previous, new, lambda spec: entry_tools(spec, backend.config))
+        before = {t.name: t for t in entry_tools(previous, backend.config).tools}
         # Entries name operations; a removed one by its old tool name.
-        by_operation = {
-            f"{t.method} {t.path}": t.name for t in entry_tools(previous, backend.config).tools
-        }
+        by_operation = {f"{t.method} {t.path}": t.name for t in before.values()}
         by_operation.update({f"{t.method} {t.path}": t.name for t in backend.tools.values()})
-        breaking_tools = {
-            by_operation[e.operation]
-            for e in report.entries
-            if e.breaking and e.operation in by_operation
-        } & set(backend.tools)
+        breaking_tools = (
+            {
+                by_operation[e.operation]
+                for e in report.entries
+                if e.breaking and e.operation in by_operation
+            }
+            & set(before)
+            & set(backend.tools)
+        )  # a renamed tool is new: no earlier approval
+        held = set(breaking_tools)
         for tool in backend.mcp_tools():
-            if tool.name not in breaking_tools:
-                # A compatible change is no rug pull: its new definition is approved.
-                self._catalog.remember(server, tool.name, definition_hash(tool_definition(tool)))
+            old = before.get(tool.name)
+            # A compatible change is no rug pull, but a changed description may be (it is
+            # what the model reads): that one follows the policy like a breaking change.
+            if tool.name in breaking_tools or (
+                old is not None and old.description != (tool.description or "")
+            ):
+                held.add(tool.name)
+                continue
+            self._catalog.remember(server, tool.name, definition_hash(tool_definition(tool)))
         quarantine = backend.config.on_tool_change == "quarantine"
         changed = ApiChanged(
             server=server,
@@ -89,7 +99,7 @@ class ApiChanges:
                 )
                 for e in report.entries[:200]
             ],
-            quarantined=sorted(breaking_tools) if quarantine else [],
+            quarantined=sorted(held) if quarantine else [],
         )
         logger.warning(
             "API %s changed from %s to %s: %d changes, %d breaking%s",

@@ -208,7 +208,11 @@ async def _attempt(
                 try:
                     return_value = await asyncio.wait_for(
                         session.call_tool(
-                            request.tool, request.arguments, timeout=remaining, progress=progress
+                            request.tool,
+                            request.arguments,
+                            timeout=remaining,
+                            progress=progress,
+                            use_cache=request.use_cache,
                         ),
                         remaining + 1.0,  # the SDK's own timeout fires first, politely
                     )

@@ -178,10 +178,19 @@ class ApiAuth:
                     retryable=code is ErrorCode.UNAVAILABLE,
                     upstream=self._api,
                 )
-            body = cast(dict[str, Any], response.json())
-            lifetime = float(body.get("expires_in") or 3600)
+            try:
+                body = cast(dict[str, Any], response.json())
+                lifetime = float(body.get("expires_in") or 3600)
+                value = str(body["access_token"])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise FerrymanError(
+                    ErrorCode.UNAVAILABLE,
+                    f"{self._api}: the OAuth2 token endpoint answered without an access token",
+                    retryable=True,
+                    upstream=self._api,
+                ) from None
             margin = min(TOKEN_MARGIN, lifetime / 2)
-            token = _Token(str(body["access_token"]), self._clock() + lifetime - margin)
+            token = _Token(value, self._clock() + lifetime - margin)
             self._tokens[name] = token
             return token.value
 

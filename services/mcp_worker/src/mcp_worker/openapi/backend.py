@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,10 @@ from mcp_worker.openapi.validation import ResponseValidation
 from mcp_worker.references import RegistryError, resolve
 from mcp_worker.registry import ServerConfig
 from mcp_worker.registry_api import ApiCredential, OperationSelector
+
+QUIET_LOGGERS = ("httpx2", "httpcore2")
+"""HTTP client loggers held at WARNING: at INFO httpx2 logs every request's full URL, which
+carries an API key given in the query."""
 
 MAX_SPEC_BYTES = 32 * 1024 * 1024
 """A document larger than this is refused (a URL that streams forever cannot fill memory)."""
@@ -68,6 +73,8 @@ class ApiBackend:
         environ: Mapping[str, str],
         cache_database: anysqlite.Connection | None = None,
     ) -> None:
+        for quiet in QUIET_LOGGERS:
+            logging.getLogger(quiet).setLevel(logging.WARNING)
         self.name = name
         self.config = config
         self.spec = spec
@@ -84,9 +91,11 @@ class ApiBackend:
         self.validation = ResponseValidation(spec) if config.output_validation != "off" else None
         self.invalid_responses = 0
         """Responses that did not match the document (counted whatever the policy)."""
-        self.client = httpx2.AsyncClient(follow_redirects=False, timeout=None)
+        # Each call's deadline bounds it; a host that never answers fails at connect time.
+        timeout = httpx2.Timeout(None, connect=config.connect_timeout)
+        self.client = httpx2.AsyncClient(follow_redirects=False, timeout=timeout)
         self.cache_client = (
-            caching_client(cache_database, max_size=limits.cache_max_bytes)
+            caching_client(cache_database, max_size=limits.cache_max_bytes, timeout=timeout)
             if cache_database is not None
             else None
         )
@@ -102,7 +111,7 @@ class ApiBackend:
                 annotations=types.ToolAnnotations(
                     read_only_hint=tool.read_only,
                     idempotent_hint=tool.idempotent,
-                    destructive_hint=tool.method == "delete",
+                    destructive_hint=_destructive(tool),
                     open_world_hint=True,
                 ),
             )
@@ -190,8 +199,9 @@ async def load_backend(
             spec = await asyncio.to_thread(
                 load_spec,
                 data,
-                source=source,
+                source=_without_query(source),
                 fetch_url=lambda url: _fetch_sync(url, config.connect_timeout),
+                base_url=source,
             )
             digest = None
         else:
@@ -210,15 +220,21 @@ async def load_backend(
             name, f"the document's hash is {spec.digest[:16]}…, pinned: {config.spec_digest}"
         )
     cached = config.api_cache_mode != "off" and limits.cache_max_bytes > 0
-    return ApiBackend(
-        name,
-        config,
-        spec,
-        source_digest=digest,
-        limits=limits,
-        environ=environ,
-        cache_database=await memory_database() if cached else None,
-    )
+    database = await memory_database() if cached else None
+    try:
+        return ApiBackend(
+            name,
+            config,
+            spec,
+            source_digest=digest,
+            limits=limits,
+            environ=environ,
+            cache_database=database,
+        )
+    except BaseException:
+        if database is not None:
+            await database.close()
+        raise
 
 
 def entry_tools(spec: ApiSpec, config: ServerConfig) -> ApiTools:
@@ -257,22 +273,43 @@ def _read(path: Path) -> bytes:
 
 
 async def _fetch(url: str, timeout: float) -> bytes:
-    async with httpx2.AsyncClient(timeout=timeout, follow_redirects=True) as client:
-        response = await client.get(url)
-    return _body(url, response)
+    async with (
+        httpx2.AsyncClient(timeout=timeout, follow_redirects=True) as client,
+        client.stream("GET", url) as response,
+    ):
+        _check_status(url, response)
+        data = bytearray()
+        async for chunk in response.aiter_bytes():
+            data += chunk
+            _check_size(url, data)
+        return bytes(data)
 
 
 def _fetch_sync(url: str, timeout: float) -> bytes:
-    with httpx2.Client(timeout=timeout, follow_redirects=True) as client:
-        return _body(url, client.get(url))
+    with (
+        httpx2.Client(timeout=timeout, follow_redirects=True) as client,
+        client.stream("GET", url) as response,
+    ):
+        _check_status(url, response)
+        data = bytearray()
+        for chunk in response.iter_bytes():
+            data += chunk
+            _check_size(url, data)
+        return bytes(data)
 
 
-def _body(url: str, response: httpx2.Response) -> bytes:
+def _check_status(url: str, response: httpx2.Response) -> None:
     if response.status_code != 200:
-        raise ValueError(f"fetching {url} answered HTTP {response.status_code}")
-    if len(response.content) > MAX_SPEC_BYTES:
-        raise ValueError(f"{url} is larger than {MAX_SPEC_BYTES} bytes")
-    return response.content
+        raise ValueError(f"fetching {_without_query(url)} answered HTTP {response.status_code}")
+
+
+def _check_size(url: str, data: bytearray) -> None:
+    if len(data) > MAX_SPEC_BYTES:
+        raise ValueError(f"{_without_query(url)} is larger than {MAX_SPEC_BYTES} bytes")
+
+
+def _without_query(url: str) -> str:
+    return urlsplit(url)._replace(query="", fragment="").geturl()
 
 
 def _base_url(name: str, config: ServerConfig, spec: ApiSpec) -> str:
@@ -291,6 +328,13 @@ def _base_url(name: str, config: ServerConfig, spec: ApiSpec) -> str:
             return urljoin(source, url)  # relative to where the document came from
         raise _refused(name, f"the document's server {url!r} is not an http(s) URL: give base_url")
     return url
+
+
+def _destructive(tool: OperationTool) -> bool | None:
+    """DELETE is; a read is not; a POST/PATCH is unknown (MCP then assumes it may be)."""
+    if tool.method == "DELETE":
+        return True
+    return False if tool.read_only else None
 
 
 def _schemes(spec: ApiSpec) -> dict[str, Any]:

@@ -9,12 +9,13 @@ nothing.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import anysqlite
 import httpx2
-from hishel import AsyncSqliteStorage
+from hishel import AsyncSqliteStorage, CacheOptions
 from hishel.httpx2 import AsyncCacheTransport
 
 CacheMode = Literal["off", "rfc", "ttl"]
@@ -25,6 +26,7 @@ def caching_client(
     *,
     max_size: int,
     transport: httpx2.AsyncBaseTransport | None = None,
+    timeout: httpx2.Timeout | None = None,
 ) -> httpx2.AsyncClient:
     """An HTTP client whose responses may be cached in `database` (a SQLite file, or an open
     connection: `await memory_database()` keeps nothing on disk), at most `max_size` bytes.
@@ -36,8 +38,8 @@ def caching_client(
     cached = AsyncCacheTransport(
         next_transport=transport or httpx2.AsyncHTTPTransport(), storage=storage, rfc=True
     )
-    # No client timeout: each call's own deadline bounds it.
-    return httpx2.AsyncClient(transport=cached, follow_redirects=False, timeout=None)
+    # No read timeout: each call's own deadline bounds it.
+    return httpx2.AsyncClient(transport=cached, follow_redirects=False, timeout=timeout)
 
 
 async def memory_database() -> anysqlite.Connection:
@@ -46,22 +48,36 @@ async def memory_database() -> anysqlite.Connection:
 
 
 def cache_request(
-    request: httpx2.Request, *, tenant: str | None, mode: CacheMode, ttl: float | None
+    request: httpx2.Request,
+    *,
+    tenant: str | None,
+    mode: CacheMode,
+    ttl: float | None,
+    varies: Sequence[str] = (),
 ) -> None:
-    """Set how `request` may be answered from the cache (its key holds the tenant); with
-    `off` the request must not go through the caching client at all.
+    """Set how `request` may be answered from the cache; with `off` the request must not go
+    through the caching client at all. Call it before credentials are added.
+
+    The key holds the tenant, the URL and the values of the request's headers named in
+    `varies` (its header and cookie parameters): never the credentials, which are the
+    tenant's own anyway. The cache is private (one tenant's), so responses to requests with
+    `Authorization` are stored too; `Cache-Control: private` is honoured as such.
 
     Raises:
         ValueError: `mode` is `off`.
     """
     if mode == "off":
         raise ValueError("a request that must not be cached does not use the caching client")
-    identity = f"{tenant or ''}\0{mode}\0{request.url}"
+    parts = [tenant or "", mode, str(request.url)]
+    parts += [f"{name.lower()}={request.headers.get(name, '')}" for name in sorted(varies)]
+    if varies and "cookie" in request.headers:
+        parts.append(f"cookie={request.headers['cookie']}")
+    identity = "\0".join(parts)
     config: dict[str, Any] = {"key": hashlib.sha256(identity.encode()).hexdigest()}
     if mode == "ttl":
         config.update(rfc=False, ttl=ttl)
     else:
-        config.update(rfc=True)
+        config.update(rfc=CacheOptions(shared=False))
     request.extensions["caching"] = config
 
 

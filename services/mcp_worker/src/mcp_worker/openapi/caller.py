@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 BASE_DELAY = 0.2
 MAX_DELAY = 5.0
 WARN_INTERVAL = 60.0
+_VARYING = ("header", "cookie")
+"""Parameters whose values are part of a cached response's key (besides the URL)."""
 WARN_SAMPLE_INTERVAL = 1.0
 """Under `warn`, seconds between two checked responses of one tool."""
 """Seconds between two warnings about one tool's invalid responses (`on_invalid` sees all)."""
@@ -130,9 +132,10 @@ class ApiCaller:
         timeout: float,
         *,
         tenant: str | None = None,
+        use_cache: bool = True,
     ) -> ApiResult:
         """Call `tool_name` with `arguments` within `timeout` seconds, for `tenant` (whose
-        cached responses are its own).
+        cached responses are its own; `use_cache` False: never answered from the cache).
 
         Raises:
             FerrymanError: unknown tool or bad arguments (`not_found`, `invalid_request`), a
@@ -150,7 +153,9 @@ class ApiCaller:
         while True:
             sends += 1
             try:
-                response, cached = await self._send(tool, arguments, requirement, deadline, tenant)
+                response, cached = await self._send(
+                    tool, arguments, requirement, deadline, tenant, use_cache
+                )
                 if response.status_code == 401 and not refreshed:
                     refreshed = True
                     if self._auth.forget_tokens(requirement):
@@ -243,21 +248,30 @@ class ApiCaller:
         requirement: Mapping[str, tuple[str, ...]],
         deadline: float,
         tenant: str | None,
+        use_cache: bool,
     ) -> tuple[httpx2.Response, bool]:
         try:
             request = build_request(tool, arguments, self._base_url)
         except UnsupportedParameter as exc:
             raise FerrymanError(ErrorCode.INVALID_REQUEST, str(exc), retryable=False) from None
+        # What results may name: the request before credentials (a query API key) are added.
+        public = httpx2.Request(request.method, request.url)
+        client = self._client
+        # Reads may be answered from the cache; writes pass through it too, so that (in `rfc`
+        # mode) they invalidate what was cached for their URL. Keyed before credentials.
+        if self._cache_client is not None and (use_cache or not tool.read_only):
+            client = self._cache_client
+            cache_request(
+                request,
+                tenant=tenant,
+                mode=self._cache_mode,
+                ttl=self._cache_ttl,
+                varies=[b.name for b in tool.bindings.values() if b.location in _VARYING],
+            )
         remaining = deadline - self._clock()
         try:
             async with asyncio.timeout(max(remaining, 0.0)):
                 request = await self._auth.apply(request, requirement)
-                client = self._client
-                if self._cache_client is not None and tool.read_only:
-                    client = self._cache_client
-                    cache_request(
-                        request, tenant=tenant, mode=self._cache_mode, ttl=self._cache_ttl
-                    )
                 response = await client.send(request, stream=True)
                 try:
                     body = await _bounded_body(response, self._max_bytes + 1)
@@ -284,7 +298,7 @@ class ApiCaller:
             if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
         ]
         bounded = httpx2.Response(
-            response.status_code, headers=headers, content=body, request=request
+            response.status_code, headers=headers, content=body, request=public
         )
         return bounded, from_cache(response)
 

@@ -46,13 +46,14 @@ def build_request(
         elif binding.location == "query":
             query.extend(_query_pairs(binding, value))
         elif binding.location == "header":
-            headers[binding.name] = _simple(binding, value)
+            headers[binding.name] = _header_value(binding, _simple(binding, value))
         elif binding.location == "cookie":
             cookies.append(f"{binding.name}={quote(_simple(binding, value), safe='')}")
         else:
             body = _body(binding, value)
     if cookies:
         headers["Cookie"] = "; ".join(cookies)
+    headers.update(body.pop("headers", {}))
     url = base_url.rstrip("/") + path
     params = httpx2.QueryParams(tuple(query))
     return httpx2.Request(tool.method.upper(), url, params=params, headers=headers, **body)
@@ -63,11 +64,26 @@ def _path_value(binding: Binding, value: Any) -> str:
     if style != "simple":
         raise UnsupportedParameter(f"path parameter {binding.name!r}: style {style!r}")
     encoded = quote(_simple(binding, value), safe="")
+    if not encoded:
+        # `/items/{id}` with an empty id would call `/items/`, another resource.
+        raise UnsupportedParameter(f"path parameter {binding.name!r} must not be empty")
     return _DOT_SEGMENTS.get(encoded, encoded)
 
 
+def _header_value(binding: Binding, value: str) -> str:
+    if not value.isascii() or not value.isprintable():
+        # A CR/LF could add headers (or fail the connection and look like an outage).
+        raise UnsupportedParameter(
+            f"header parameter {binding.name!r} must be printable ASCII without line breaks"
+        )
+    return value
+
+
 def _simple(binding: Binding, value: Any) -> str:
-    """`style: simple`: arrays comma-joined; objects `k,v,…` (`k=v,…` exploded)."""
+    """`style: simple`: arrays comma-joined; objects `k,v,…` (`k=v,…` exploded); a parameter
+    described by `content` (JSON) as its JSON text."""
+    if binding.content_type is not None:
+        return _content(binding, value)
     if isinstance(value, list):
         return ",".join(_scalar(item) for item in cast(list[Any], value))
     if isinstance(value, dict):
@@ -79,6 +95,8 @@ def _simple(binding: Binding, value: Any) -> str:
 
 
 def _query_pairs(binding: Binding, value: Any) -> list[tuple[str, str]]:
+    if binding.content_type is not None:
+        return [(binding.name, _content(binding, value))]
     style = binding.style or "form"
     explode = binding.explode if binding.explode is not None else style == "form"
     name = binding.name
@@ -102,14 +120,26 @@ def _query_pairs(binding: Binding, value: Any) -> list[tuple[str, str]]:
     return [(name, _scalar(value))]
 
 
+def _content(binding: Binding, value: Any) -> str:
+    essence = (binding.content_type or "").split(";", 1)[0].strip().lower()
+    if essence == "application/json" or essence.endswith("+json"):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    raise UnsupportedParameter(f"parameter {binding.name!r}: content {essence!r} (JSON only)")
+
+
 def _body(binding: Binding, value: Any) -> dict[str, Any]:
     content_type = binding.content_type or "application/json"
+    if "*" in content_type:  # `*/*` accepts JSON; it is no Content-Type to send
+        content_type = "application/json"
     if content_type == "application/x-www-form-urlencoded":
         fields = cast(dict[str, Any], value)
         return {"data": {k: _scalar(v) for k, v in fields.items()}}
     if content_type == "multipart/form-data":
         fields = cast(dict[str, Any], value)
         return {"files": {k: (None, _scalar(v)) for k, v in fields.items()}}
+    if content_type != "application/json":  # `application/merge-patch+json` and the like
+        content = json.dumps(value, ensure_ascii=False).encode()
+        return {"content": content, "headers": {"Content-Type": content_type}}
     return {"json": value}
 
 

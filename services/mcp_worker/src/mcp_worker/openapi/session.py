@@ -40,8 +40,8 @@ class ApiSession:
 
     @property
     def alive(self) -> bool:
-        """Open and not closed."""
-        return self._caller is not None and not self.closed.is_set()
+        """Not closed."""
+        return not self.closed.is_set()
 
     @property
     def protocol_version(self) -> str:
@@ -53,12 +53,8 @@ class ApiSession:
         return "closed"
 
     async def open(self, timeout: float) -> None:
-        """Resolve the scope's credentials (nothing is sent).
-
-        Raises:
-            FerrymanError: `auth` when a credential reference cannot be resolved.
-        """
-        self._caller = self._backend.caller(self._scope)
+        """Nothing to open: the scope's credentials are resolved at its first call, so one
+        tenant's unresolvable reference fails that tenant's calls, not the API."""
 
     async def close(self) -> None:
         """End the session (the API's clients belong to its backend)."""
@@ -71,15 +67,19 @@ class ApiSession:
         *,
         timeout: float,
         progress: ProgressFnT | None = None,
+        use_cache: bool = True,
     ) -> types.CallToolResult:
         """Call the operation `name`; an HTTP error the caller can act on is a result with
         `isError`.
 
         Raises:
-            FerrymanError: bad arguments, a timeout, or the API failing after its retries.
+            FerrymanError: bad arguments, unresolvable credentials (`auth`), a timeout, or
+                the API failing after its retries.
         """
         caller = self._live()
-        result = await caller.call(name, arguments, timeout, tenant=self._scope or None)
+        result = await caller.call(
+            name, arguments, timeout, tenant=self._scope or None, use_cache=use_cache
+        )
         return types.CallToolResult.model_validate(
             {
                 "content": result.content,
@@ -125,12 +125,14 @@ class ApiSession:
         )
 
     def _live(self) -> ApiCaller:
-        if self._caller is None or self.closed.is_set():
+        if self.closed.is_set():
             raise FerrymanError(
                 ErrorCode.UNAVAILABLE,
                 f"API {self._backend.name!r} is not open",
                 upstream=self._backend.name,
             )
+        if self._caller is None:
+            self._caller = self._backend.caller(self._scope)
         return self._caller
 
 

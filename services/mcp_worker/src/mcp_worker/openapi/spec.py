@@ -84,6 +84,7 @@ def load_spec(
     source: str,
     base_dir: Path | None = None,
     fetch_url: UrlFetcher | None = None,
+    base_url: str | None = None,
 ) -> ApiSpec:
     """Parse, bundle and validate an OpenAPI 3.0/3.1 document.
 
@@ -94,6 +95,8 @@ def load_spec(
             it, external file refs are refused. Refs may not leave this directory.
         fetch_url: Fetches an ``http(s)`` ``$ref`` target. Without it, URL refs
             are refused (the caller decides whether the network is allowed).
+        base_url: Where the document was fetched from: its relative ``$ref``s are
+            resolved against it (and fetched with ``fetch_url``).
 
     Raises:
         ValueError: unparseable input, unsupported version, an external ref that
@@ -107,7 +110,8 @@ def load_spec(
         raise ValueError(
             f"{source}: only OpenAPI 3.0 and 3.1 are supported (found version {found!r})"
         )
-    bundled = _Bundler(source=source, base_dir=base_dir, fetch_url=fetch_url).bundle(document)
+    bundler = _Bundler(source=source, base_dir=base_dir, fetch_url=fetch_url, base_url=base_url)
+    bundled = bundler.bundle(document)
     validator = OpenAPIV31SpecValidator if version.startswith("3.1") else OpenAPIV30SpecValidator
     error = next(iter(validator(bundled).iter_errors()), None)
     if error is not None:
@@ -142,8 +146,16 @@ def _escape_pointer(token: str) -> str:
 class _Bundler:
     """Rewrites external ``$ref``s into ``#/x-ferryman-external/<key>/...``."""
 
-    def __init__(self, *, source: str, base_dir: Path | None, fetch_url: UrlFetcher | None) -> None:
+    def __init__(
+        self,
+        *,
+        source: str,
+        base_dir: Path | None,
+        fetch_url: UrlFetcher | None,
+        base_url: str | None = None,
+    ) -> None:
         self._source = source
+        self._base_url = base_url
         self._base_dir = base_dir.resolve() if base_dir is not None else None
         self._fetch_url = fetch_url
         self._external: dict[str, Any] = {}
@@ -152,7 +164,9 @@ class _Bundler:
     def bundle(self, document: dict[str, Any]) -> dict[str, Any]:
         if EXTERNAL_KEY in document:
             raise ValueError(f"{self._source}: the root key {EXTERNAL_KEY!r} is reserved")
-        root_location = str(self._base_dir / "__root__") if self._base_dir is not None else None
+        root_location = self._base_url or (
+            str(self._base_dir / "__root__") if self._base_dir is not None else None
+        )
         rewritten = self._rewrite(document, location=root_location, prefix="")
         if self._external:
             rewritten[EXTERNAL_KEY] = self._external

@@ -307,8 +307,10 @@ class McpSession:
         *,
         timeout: float,
         progress: ProgressFnT | None = None,
+        use_cache: bool = True,
     ) -> types.CallToolResult:
-        """Call a tool (the server's own `isError` comes back as a result).
+        """Call a tool (the server's own `isError` comes back as a result; `use_cache` is
+        for sessions that cache, and an MCP session does not).
 
         Raises:
             FerrymanError: the transport failed (`unavailable`), the call timed out

@@ -80,7 +80,9 @@ class ServerSupervisor:
 
     def scope(self, tenant: str | None) -> str:
         """The session key of a tenant: its own unless the server's sessions are shared."""
-        return "" if self.config.sessions == "shared" else (tenant or "")
+        # An API's session is per tenant always: its credentials and cache are the tenant's.
+        shared = self.config.sessions == "shared" and not self.config.is_api
+        return "" if shared else (tenant or "")
 
     def live_scope(self) -> str | None:
         """The key of a live session (the shared one first), or None when none runs."""

@@ -38,6 +38,7 @@ class ToolSession(Protocol):
         *,
         timeout: float,
         progress: ProgressFnT | None = None,
+        use_cache: bool = True,
     ) -> types.CallToolResult: ...
 
     async def list_tools(self, timeout: float) -> list[types.Tool]: ...
