@@ -34,6 +34,10 @@ def test_asyncapi_document_describes_every_channel_and_event() -> None:
         "mcp.control",
         "mcp.catalog",
         "mcp.audit",
+        "storage.requests",
+        "storage.results",
+        "storage.requests.dlq",
+        "storage.events",
     }
     assert {
         "ferryman.llm.chat.requested",

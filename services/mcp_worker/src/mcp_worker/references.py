@@ -1,24 +1,21 @@
-"""Credential references: `env:VAR` (the worker's environment) or `file:/path` (a mounted
-secret), so a registry file never holds a secret and can be committed and shown safely."""
+"""Credential references in the registry file (the kit's `env:VAR` / `file:/path`), and
+the registry's error."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydantic import SecretStr
 
-_REFERENCE = re.compile(r"(env:[A-Za-z_][A-Za-z0-9_]*|file:/\S+)")
+from ferryman_runtime import references
+from ferryman_runtime.references import is_reference
+
+__all__ = ["RegistryError", "is_reference", "resolve"]
 
 
 class RegistryError(ValueError):
     """The registry file is invalid; the message names the server and the field."""
-
-
-def is_reference(value: str) -> bool:
-    """Whether `value` is a credential reference (`env:VAR` or `file:/path`)."""
-    return _REFERENCE.fullmatch(value) is not None
 
 
 def resolve(
@@ -32,15 +29,7 @@ def resolve(
         RegistryError: the variable is unset or the file cannot be read (the message names
             the reference, never a value).
     """
-    if value.startswith("env:") and is_reference(value):
-        name = value[4:]
-        if name not in environ:
-            raise RegistryError(f"credential reference {value!r}: the variable is not set")
-        return SecretStr(environ[name])
-    if value.startswith("file:") and is_reference(value):
-        path = Path(value[5:])
-        try:
-            return SecretStr(read_file(path).strip())
-        except OSError as exc:
-            raise RegistryError(f"credential reference {value!r}: {type(exc).__name__}") from None
-    return SecretStr(value)
+    try:
+        return references.resolve(value, environ, read_file)
+    except references.UnresolvedReference as exc:
+        raise RegistryError(str(exc)) from None

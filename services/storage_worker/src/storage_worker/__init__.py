@@ -1,1 +1,1 @@
-"""Ferryman's storage worker (package skeleton; the worker itself comes with its own issue)."""
+"""Ferryman's storage worker: objects on local disk and S3-compatible stores over Kafka."""

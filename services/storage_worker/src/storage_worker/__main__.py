@@ -1,15 +1,16 @@
-"""Entry point: `python -m storage_worker` (not implemented yet)."""
+"""Entry point: `python -m storage_worker` (settings from `STORAGE_WORKER_*` variables)."""
 
 from __future__ import annotations
 
-import sys
+from ferryman_runtime.entry import run_worker
+from storage_worker.app import create_app
+from storage_worker.settings import StorageWorkerSettings
 
 
-def main() -> int:
-    """Explain that this worker is not implemented yet and exit non-zero."""
-    print("storage_worker is not implemented yet; see the project's issues.", file=sys.stderr)
-    return 2
+def main() -> None:
+    """Run the storage_worker until SIGTERM, then drain and exit."""
+    run_worker(StorageWorkerSettings, create_app)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,5 +1,5 @@
-"""The `ferryman` command line: chat through the bus, list and call MCP tools, tail topics,
-show worker health, inspect and replay dead letters.
+"""The `ferryman` command line: chat through the bus, list and call MCP tools, store and fetch
+objects, tail topics, show worker health, inspect and replay dead letters.
 
 Connection settings come from `KAFKA_*` environment variables (see `KafkaConnection`) and
 the global options, which may be given before or after the command. Passwords are read
@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from ferryman.cli_chat import add_chat_arguments, chat_command
 from ferryman.cli_mcp_tools import add_tools_arguments, tools_command
 from ferryman.cli_plugins import CommandPlugin, installed_plugins
+from ferryman.cli_storage import add_storage_arguments, storage_command
 from ferryman.cli_tools import dlq_command, health_command, tail_command
 from ferryman.contracts import DEFAULT_HEALTH_TOPIC
 from ferryman.contracts.asyncapi import build_asyncapi
@@ -83,6 +84,9 @@ def build_parser(plugins: Mapping[str, CommandPlugin] | None = None) -> argparse
 
     tools = command("tools", "list the MCP tools your tenant may see, or call one")
     add_tools_arguments(tools, common)
+
+    storage = command("storage", "put, get, list, delete, copy and sign objects (storage_worker)")
+    add_storage_arguments(storage, common)
 
     tail = command("tail", "print the events of a topic, one line each")
     tail.add_argument("topic")
@@ -164,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     runners = {
         "chat": chat_command,
         "tools": tools_command,
+        "storage": storage_command,
         "tail": tail_command,
         "health": health_command,
         "dlq": dlq_command,

@@ -5,7 +5,7 @@ A new worker's domain module declares a `RequestDomain` and is added here.
 
 from __future__ import annotations
 
-from ferryman.contracts import llm, llm_tools, mcp
+from ferryman.contracts import llm, llm_tools, mcp, storage
 from ferryman.contracts.channels import EventMessage, ExtraChannel, RequestDomain
 
 LLM = RequestDomain(
@@ -88,5 +88,63 @@ MCP = RequestDomain(
 )
 """Tool calls, resources, prompts and the catalog on MCP servers (the mcp_worker)."""
 
-DOMAINS: tuple[RequestDomain, ...] = (LLM, MCP)
+STORAGE = RequestDomain(
+    name="storage",
+    title="Objects on local disk, S3, Azure Blob and GCS",
+    request_topic=storage.DEFAULT_STORAGE_REQUEST_TOPIC,
+    reply_topic=storage.DEFAULT_STORAGE_REPLY_TOPIC,
+    requests=(
+        EventMessage("putRequested", storage.STORAGE_PUT_REQUESTED, storage.PutRequest),
+        EventMessage("getRequested", storage.STORAGE_GET_REQUESTED, storage.GetRequest),
+        EventMessage("headRequested", storage.STORAGE_HEAD_REQUESTED, storage.HeadRequest),
+        EventMessage("listRequested", storage.STORAGE_LIST_REQUESTED, storage.ListRequest),
+        EventMessage("deleteRequested", storage.STORAGE_DELETE_REQUESTED, storage.DeleteRequest),
+        EventMessage("copyRequested", storage.STORAGE_COPY_REQUESTED, storage.CopyRequest),
+        EventMessage("presignRequested", storage.STORAGE_PRESIGN_REQUESTED, storage.PresignRequest),
+        EventMessage(
+            "metadataUpdateRequested",
+            storage.STORAGE_METADATA_UPDATE_REQUESTED,
+            storage.MetadataUpdateRequest,
+        ),
+    ),
+    replies=(
+        EventMessage("storageProgress", storage.STORAGE_PROGRESS, storage.StorageProgress),
+        EventMessage("putCompleted", storage.STORAGE_PUT_COMPLETED, storage.PutCompleted),
+        EventMessage("getCompleted", storage.STORAGE_GET_COMPLETED, storage.GetCompleted),
+        EventMessage("headCompleted", storage.STORAGE_HEAD_COMPLETED, storage.HeadCompleted),
+        EventMessage("listCompleted", storage.STORAGE_LIST_COMPLETED, storage.ListCompleted),
+        EventMessage("deleteCompleted", storage.STORAGE_DELETE_COMPLETED, storage.DeleteCompleted),
+        EventMessage("copyCompleted", storage.STORAGE_COPY_COMPLETED, storage.CopyCompleted),
+        EventMessage(
+            "presignCompleted", storage.STORAGE_PRESIGN_COMPLETED, storage.PresignCompleted
+        ),
+        EventMessage(
+            "metadataUpdateCompleted",
+            storage.STORAGE_METADATA_UPDATE_COMPLETED,
+            storage.MetadataUpdateCompleted,
+        ),
+        EventMessage("storageFailed", storage.STORAGE_FAILED, storage.StorageFailed),
+    ),
+    extra=(
+        ExtraChannel(
+            name="storageEvents",
+            address=storage.DEFAULT_STORAGE_EVENTS_TOPIC,
+            description="Object events (created, deleted, metadata changed), keyed by"
+            " `tenant/backend/key`, for consumers that react to new documents.",
+            messages=(
+                EventMessage("objectCreated", storage.STORAGE_OBJECT_CREATED, storage.ObjectEvent),
+                EventMessage("objectDeleted", storage.STORAGE_OBJECT_DELETED, storage.ObjectEvent),
+                EventMessage(
+                    "objectMetadataChanged",
+                    storage.STORAGE_OBJECT_METADATA_CHANGED,
+                    storage.ObjectEvent,
+                ),
+            ),
+            action="send",
+        ),
+    ),
+)
+"""Objects in the tenant's space on a storage backend (the storage_worker)."""
+
+DOMAINS: tuple[RequestDomain, ...] = (LLM, MCP, STORAGE)
 """The domains whose workers exist (and the AsyncAPI document describes)."""

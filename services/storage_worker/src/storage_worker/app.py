@@ -1,0 +1,107 @@
+"""Composition root of the storage_worker: `create_app(settings)` wires everything, with no
+I/O beyond reading the policy file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from faststream.asgi import AsgiFastStream
+from prometheus_client import CollectorRegistry
+
+from ferryman_runtime.config_watch import ConfigWatcher
+from ferryman_runtime.worker import Worker
+from storage_worker.contract import STORAGE_REQUESTS, StorageRequests
+from storage_worker.events import ObjectEvents
+from storage_worker.policy import Policy, default_policy, parse_policy
+from storage_worker.service import StorageService
+from storage_worker.settings import StorageWorkerSettings
+from storage_worker.stores import Stores
+
+_NAME = "storage_worker"
+
+
+class StorageWorker:
+    """The storage_worker: the shared `Worker` around the storage service, its backends,
+    its policy (hot reloaded) and its object events.
+
+    Args:
+        settings: the worker's settings.
+        registry: where metrics go.
+        environ: where credential references resolve (default: the process environment).
+
+    Raises:
+        PolicyError: the policy file is invalid (the worker refuses to start).
+    """
+
+    def __init__(
+        self,
+        settings: StorageWorkerSettings,
+        *,
+        registry: CollectorRegistry,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._settings = settings
+        self.stores = Stores(environ)
+        self.policy: Policy = default_policy(settings.local_root)
+        self.stores.configure(self.policy)
+        self.watcher: ConfigWatcher[Policy] | None = None
+        if settings.policy_file is not None:
+            self.watcher = ConfigWatcher(
+                settings.policy_file,
+                lambda data: parse_policy(data, f"policy file {settings.policy_file}"),
+                self._apply_policy,
+                registry=registry,
+                prefix=_NAME,
+                name="policy",
+                interval=settings.policy_poll_interval,
+            )
+            self.watcher.load_initial()
+        self.events = ObjectEvents(
+            lambda: self.worker.publisher,
+            settings.events_topic,
+            source=f"/ferryman/storage-worker/{settings.instance_id}",
+        )
+        self.service = StorageService(
+            stores=self.stores,
+            policy=lambda: self.policy,
+            events=self.events,
+            inline_limit=settings.inline_limit,
+        )
+        self.worker = Worker(
+            settings,
+            name=_NAME,
+            spec=STORAGE_REQUESTS,
+            service=StorageRequests(self.service),
+            registry=registry,
+            background=[self.watcher.run] if self.watcher is not None else [],
+            on_stop=[self.stores.close],
+            details=self._details,
+            extra_topics={settings.events_topic: {}},
+        )
+
+    def _apply_policy(self, policy: Policy, version: str) -> None:
+        self.policy = policy
+        self.stores.configure(policy)
+
+    def _details(self) -> dict[str, Any]:
+        return {
+            "policy": self.watcher.status() if self.watcher else "default (local backend)",
+            "backends": sorted(self.policy.backends),
+            "events": {"published": self.events.published, "failed": self.events.failed},
+        }
+
+
+def create_app(
+    settings: StorageWorkerSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> AsgiFastStream:
+    """Build the storage_worker's FastStream app (only the policy file is read before start).
+
+    Raises:
+        PolicyError: the policy file is invalid.
+    """
+    worker = StorageWorker(settings, registry=registry or CollectorRegistry(), environ=environ)
+    return worker.worker.app()

@@ -1,0 +1,370 @@
+"""The storage_worker's service: each request to its terminal reply, inside the tenant's
+space, with its limits; object events for every write."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from ferryman.contracts import ErrorCode, FerrymanError
+from ferryman.contracts.storage import (
+    STORAGE_COPY_COMPLETED,
+    STORAGE_DELETE_COMPLETED,
+    STORAGE_GET_COMPLETED,
+    STORAGE_HEAD_COMPLETED,
+    STORAGE_LIST_COMPLETED,
+    STORAGE_METADATA_UPDATE_COMPLETED,
+    STORAGE_PRESIGN_COMPLETED,
+    STORAGE_PUT_COMPLETED,
+    CopyCompleted,
+    CopyRequest,
+    DeleteCompleted,
+    DeleteRequest,
+    GetCompleted,
+    GetRequest,
+    HeadCompleted,
+    HeadRequest,
+    ListCompleted,
+    ListRequest,
+    MetadataUpdateCompleted,
+    MetadataUpdateRequest,
+    PresignCompleted,
+    PresignRequest,
+    PutCompleted,
+    PutRequest,
+)
+from ferryman_runtime.job import Job
+from storage_worker.backends.port import ObjectStore, StoredObject
+from storage_worker.content_types import allowed, compatible, detect
+from storage_worker.events import ObjectEvents
+from storage_worker.keys import KeyRefused, normalise_key
+from storage_worker.object_info import REQUEST_META, object_info
+from storage_worker.policy import Policy, TenantSpace, space_of, tenant_name
+from storage_worker.stores import Stores
+
+logger = logging.getLogger(__name__)
+
+StorageRequest = (
+    PutRequest
+    | GetRequest
+    | HeadRequest
+    | ListRequest
+    | DeleteRequest
+    | CopyRequest
+    | PresignRequest
+    | MetadataUpdateRequest
+)
+
+_COPY_CHUNK = 1024 * 1024
+
+
+class StorageService:
+    """Executes storage requests.
+
+    Args:
+        stores: the open backends of the active policy.
+        policy: the active policy.
+        events: publishes object events.
+        inline_limit: bytes carried inline in requests and replies.
+    """
+
+    def __init__(
+        self,
+        *,
+        stores: Stores,
+        policy: Callable[[], Policy],
+        events: ObjectEvents,
+        inline_limit: int,
+    ) -> None:
+        self._stores = stores
+        self._policy = policy
+        self._events = events
+        self._inline_limit = inline_limit
+        self._handlers: dict[type[BaseModel], Callable[[Any, Job[Any]], Awaitable[Any]]] = {
+            PutRequest: self._put,
+            GetRequest: self._get,
+            HeadRequest: self._head,
+            ListRequest: self._list,
+            DeleteRequest: self._delete,
+            CopyRequest: self._copy,
+            PresignRequest: self._presign,
+            MetadataUpdateRequest: self._update_metadata,
+        }
+
+    async def execute(self, job: Job[StorageRequest]) -> None:
+        """Run one request to its terminal reply.
+
+        Raises:
+            aiokafka.errors.KafkaError: a reply was not acknowledged.
+        """
+        try:
+            event_type, payload = await self._handlers[type(job.request)](job.request, job)
+        except FerrymanError as exc:
+            await job.replies.fail(exc.to_info())
+            return
+        await job.replies.finish(event_type, payload)
+
+    async def _space(self, job: Job[Any], backend: str | None) -> tuple[TenantSpace, ObjectStore]:
+        space = space_of(self._policy(), tenant_name(job.tenant), backend)
+        return space, await self._stores.get(space.backend)
+
+    async def _put(self, request: PutRequest, job: Job[Any]) -> tuple[str, BaseModel]:
+        space, store = await self._space(job, request.backend)
+        key = _key(request.key)
+        data = self._inline_bytes(request.content_base64)
+        limit = space.rule.max_object_bytes
+        if limit is not None and len(data) > limit:
+            raise FerrymanError(
+                ErrorCode.TOO_LARGE,
+                f"{len(data)} bytes is over the tenant's object size limit ({limit})",
+                retryable=False,
+            )
+        detected = detect(data[:8192])
+        content_type = request.content_type or detected
+        if not compatible(content_type, detected):
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST,
+                f"the content is {detected}, not {content_type}",
+                retryable=False,
+            )
+        if not allowed(detected, space.rule.content_types):
+            raise FerrymanError(
+                ErrorCode.PERMISSION_DENIED,
+                f"content type {detected} is not allowed for this tenant",
+                retryable=False,
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        if request.sha256 is not None and request.sha256 != digest:
+            raise FerrymanError(
+                ErrorCode.PRECONDITION_FAILED,
+                f"the content's SHA-256 is {digest}, not {request.sha256}: nothing stored",
+                retryable=False,
+            )
+        marker = _request_marker(job)
+        earlier = await _head_or_none(store, space.full_key(key))
+        if earlier is not None and earlier.metadata.get(REQUEST_META) == marker:
+            # A redelivery of a put that was done: its object, not a second write (its event
+            # again, in case the first run stopped before publishing it).
+            info = object_info(space, earlier)
+            await self._events.created(space.tenant, info, "put", job.event.id)
+            return STORAGE_PUT_COMPLETED, PutCompleted(object=info, created=False)
+        stored = await store.put(
+            space.full_key(key),
+            _one_chunk(data),
+            content_type=content_type,
+            metadata={**request.metadata, REQUEST_META: marker},
+            tags=dict(request.tags),
+            sha256=digest,
+            if_absent=request.if_absent,
+        )
+        info = object_info(space, stored)
+        await self._events.created(space.tenant, info, "put", job.event.id)
+        return STORAGE_PUT_COMPLETED, PutCompleted(object=info)
+
+    async def _get(self, request: GetRequest, job: Job[Any]) -> tuple[str, BaseModel]:
+        space, store = await self._space(job, request.backend)
+        key = space.full_key(_key(request.key))
+        head = await store.head(key)
+        inline = request.delivery == "inline" or (
+            request.delivery == "auto" and head.size <= self._inline_limit
+        )
+        if inline:
+            if head.size > self._inline_limit:
+                raise FerrymanError(
+                    ErrorCode.TOO_LARGE,
+                    f"{head.size} bytes is over the inline limit ({self._inline_limit}):"
+                    " ask for delivery url",
+                    retryable=False,
+                )
+            stored, body = await store.get(key)
+            data = await _read_at_most(body, self._inline_limit)
+            return STORAGE_GET_COMPLETED, GetCompleted(
+                object=object_info(space, stored),
+                content_base64=base64.b64encode(data).decode(),
+            )
+        expires = min(request.url_expires_in, space.rule.max_presign_seconds)
+        signed = await store.presign(key, "GET", expires)
+        return STORAGE_GET_COMPLETED, GetCompleted(
+            object=object_info(space, head), url=signed.url, url_expires_at=signed.expires_at
+        )
+
+    async def _head(self, request: HeadRequest, job: Job[Any]) -> tuple[str, BaseModel]:
+        space, store = await self._space(job, request.backend)
+        stored = await store.head(space.full_key(_key(request.key)))
+        return STORAGE_HEAD_COMPLETED, HeadCompleted(object=object_info(space, stored))
+
+    async def _list(self, request: ListRequest, job: Job[Any]) -> tuple[str, BaseModel]:
+        space, store = await self._space(job, request.backend)
+        try:
+            prefix = normalise_key(request.prefix, allow_empty=True, folder=True)
+        except KeyRefused as exc:
+            raise FerrymanError(ErrorCode.INVALID_REQUEST, str(exc), retryable=False) from None
+        page = await store.list(
+            space.full_key(prefix),
+            delimiter=request.delimiter,
+            limit=request.page_size,
+            token=request.page_token,
+        )
+        return STORAGE_LIST_COMPLETED, ListCompleted(
+            objects=[object_info(space, o) for o in page.objects],
+            prefixes=[space.own_key(p) for p in page.prefixes],
+            next_page_token=page.next_token,
+        )
+
+    async def _delete(self, request: DeleteRequest, job: Job[Any]) -> tuple[str, BaseModel]:
+        space, store = await self._space(job, request.backend)
+        key = _key(request.key)
+        before = await _head_or_none(store, space.full_key(key))
+        deleted = await store.delete(space.full_key(key))
+        if deleted and before is not None:
+            await self._events.deleted(
+                space.tenant, object_info(space, before), "delete", job.event.id
+            )
+        return STORAGE_DELETE_COMPLETED, DeleteCompleted(
+            backend=space.backend, key=key, deleted=deleted
+        )
+
+    async def _copy(self, request: CopyRequest, job: Job[Any]) -> tuple[str, BaseModel]:
+        source_space, source_store = await self._space(job, request.source.backend)
+        target_space, target_store = await self._space(job, request.backend)
+        source_key = source_space.full_key(_key(request.source.key))
+        target_key = target_space.full_key(_key(request.key))
+        if source_space.backend == target_space.backend:
+            stored = await target_store.copy(source_key, target_key, if_absent=request.if_absent)
+        else:
+            origin, body = await source_store.get(source_key)
+            stored = await target_store.put(
+                target_key,
+                body,
+                content_type=origin.content_type,
+                metadata=dict(origin.metadata),
+                tags=dict(origin.tags),
+                sha256=origin.sha256 or "",
+                if_absent=request.if_absent,
+            )
+        info = object_info(target_space, stored)
+        cause = "move" if request.move else "copy"
+        await self._events.created(target_space.tenant, info, cause, job.event.id)
+        if request.move and (source_space.backend, source_key) != (
+            target_space.backend,
+            target_key,
+        ):
+            source = await _head_or_none(source_store, source_key)
+            if await source_store.delete(source_key) and source is not None:
+                await self._events.deleted(
+                    source_space.tenant, object_info(source_space, source), "move", job.event.id
+                )
+        return STORAGE_COPY_COMPLETED, CopyCompleted(object=info, moved=request.move)
+
+    async def _presign(self, request: PresignRequest, job: Job[Any]) -> tuple[str, BaseModel]:
+        space, store = await self._space(job, request.backend)
+        maximum = space.rule.max_presign_seconds
+        if request.expires_in > maximum:
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST,
+                f"expires_in {request.expires_in} s is over the tenant's maximum ({maximum} s)",
+                retryable=False,
+            )
+        signed = await store.presign(
+            space.full_key(_key(request.key)),
+            request.method,
+            request.expires_in,
+            content_type=request.content_type,
+        )
+        return STORAGE_PRESIGN_COMPLETED, PresignCompleted(
+            url=signed.url,
+            method=signed.method,
+            expires_at=signed.expires_at,
+            headers=dict(signed.headers),
+        )
+
+    async def _update_metadata(
+        self, request: MetadataUpdateRequest, job: Job[Any]
+    ) -> tuple[str, BaseModel]:
+        space, store = await self._space(job, request.backend)
+        key = space.full_key(_key(request.key))
+        metadata = None
+        if request.metadata is not None:
+            current = await store.head(key)
+            kept = {k: v for k, v in current.metadata.items() if k.startswith("ferryman-")}
+            metadata = {**request.metadata, **kept}
+        stored = await store.update_metadata(
+            key, metadata=metadata, tags=request.tags, content_type=request.content_type
+        )
+        info = object_info(space, stored)
+        await self._events.metadata_changed(space.tenant, info, "metadata", job.event.id)
+        return STORAGE_METADATA_UPDATE_COMPLETED, MetadataUpdateCompleted(object=info)
+
+    def _inline_bytes(self, content: str) -> bytes:
+        if len(content) > (self._inline_limit + 2) // 3 * 4 + 4:
+            raise FerrymanError(
+                ErrorCode.TOO_LARGE,
+                f"inline content is limited to {self._inline_limit} bytes: upload larger"
+                " content to a URL from a presign request (method PUT)",
+                retryable=False,
+            )
+        try:
+            data = base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST, "content_base64 is not valid base64", retryable=False
+            ) from None
+        if len(data) > self._inline_limit:
+            raise FerrymanError(
+                ErrorCode.TOO_LARGE,
+                f"inline content is limited to {self._inline_limit} bytes",
+                retryable=False,
+            )
+        return data
+
+
+def _key(key: str) -> str:
+    try:
+        return normalise_key(key)
+    except KeyRefused as exc:
+        raise FerrymanError(ErrorCode.INVALID_REQUEST, str(exc), retryable=False) from None
+
+
+def _request_marker(job: Job[Any]) -> str:
+    """Names the request that wrote an object (a redelivery finds its own write)."""
+    identity = f"{job.event.source}\0{job.event.id}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+async def _head_or_none(store: ObjectStore, key: str) -> StoredObject | None:
+    try:
+        return await store.head(key)
+    except FerrymanError as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            return None
+        raise
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _read_at_most(body: AsyncIterator[bytes], limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in body:
+            size += len(chunk)
+            if size > limit:
+                raise FerrymanError(
+                    ErrorCode.TOO_LARGE,
+                    f"the object grew over the inline limit ({limit}) while read",
+                    retryable=False,
+                )
+            chunks.append(chunk)
+    finally:
+        close = getattr(body, "aclose", None)
+        if close is not None:
+            await close()
+    return b"".join(chunks)

@@ -1,0 +1,44 @@
+"""The storage_worker's settings, read once from the environment at the entry point
+(`STORAGE_WORKER_` prefix, plus `KAFKA_BOOTSTRAP_SERVERS`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ferryman.contracts.storage import (
+    DEFAULT_INLINE_LIMIT,
+    DEFAULT_STORAGE_EVENTS_TOPIC,
+    DEFAULT_STORAGE_REPLY_TOPIC,
+    DEFAULT_STORAGE_REQUEST_TOPIC,
+)
+from ferryman_runtime.settings import WorkerSettings
+
+
+class StorageWorkerSettings(WorkerSettings):
+    """Environment variables prefixed `STORAGE_WORKER_`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STORAGE_WORKER_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    group_id: str = "ferryman-storage-worker"
+    request_topic: str = DEFAULT_STORAGE_REQUEST_TOPIC
+    default_reply_topic: str = DEFAULT_STORAGE_REPLY_TOPIC
+    events_topic: str = DEFAULT_STORAGE_EVENTS_TOPIC
+    """Object events (created, deleted, metadata changed)."""
+    max_in_flight: int = Field(default=256, ge=1)
+    policy_file: Path | None = None
+    """Backends and each tenant's space on them (YAML or JSON). None: the local backend
+    under `local_root`, each tenant in its own folder."""
+    policy_poll_interval: float = Field(default=1.0, gt=0)
+    local_root: Path = Path(".ferryman/storage")
+    """The local backend's root without a policy file."""
+    inline_limit: int = Field(default=DEFAULT_INLINE_LIMIT, ge=1, le=700 * 1024)
+    """Bytes of content carried inline in requests and replies (before base64; below Kafka's
+    1 MB message limit with room for the envelope)."""

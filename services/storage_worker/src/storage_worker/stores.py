@@ -1,0 +1,92 @@
+"""The open backends of the active policy: each opened on first use, reopened when its
+configuration changes (the old one closed once its in-flight work had time to end)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+
+from ferryman.contracts import ErrorCode, FerrymanError
+from storage_worker.backends.port import ObjectStore
+from storage_worker.policy import Backend, LocalBackend, Policy
+
+logger = logging.getLogger(__name__)
+
+RETIRE_AFTER = 300.0
+"""Seconds a replaced backend stays open for the requests still using it."""
+
+
+class Stores:
+    """Backends by name.
+
+    Args:
+        environ: where credential references resolve.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+        self._configs: dict[str, Backend] = {}
+        self._open: dict[str, tuple[Backend, ObjectStore]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    def configure(self, policy: Policy) -> None:
+        """Take the policy's backends (a changed or removed one is closed later)."""
+        self._configs = dict(policy.backends)
+        for name, (config, store) in list(self._open.items()):
+            if self._configs.get(name) != config:
+                del self._open[name]
+                self._retire(store)
+
+    async def get(self, name: str) -> ObjectStore:
+        """The open backend `name`.
+
+        Raises:
+            FerrymanError: `unavailable` when it is not configured or cannot be opened.
+        """
+        current = self._open.get(name)
+        if current is not None:
+            return current[1]
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            current = self._open.get(name)
+            if current is not None:
+                return current[1]
+            config = self._configs.get(name)
+            if config is None:
+                raise FerrymanError(
+                    ErrorCode.UNAVAILABLE, f"backend {name!r} is not configured", retryable=False
+                )
+            store = await self._open_store(name, config)
+            self._open[name] = (config, store)
+            return store
+
+    async def _open_store(self, name: str, config: Backend) -> ObjectStore:
+        if isinstance(config, LocalBackend):
+            from storage_worker.backends.local import LocalStore
+
+            return LocalStore(name, config.root)
+        from storage_worker.backends.s3_open import open_s3
+
+        return await open_s3(name, config, self._environ)
+
+    def _retire(self, store: ObjectStore) -> None:
+        async def later() -> None:
+            try:
+                await asyncio.sleep(RETIRE_AFTER)  # a grace period, not synchronization
+            finally:
+                await store.close()
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def close(self) -> None:
+        """Close every backend."""
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        stores = [store for _, store in self._open.values()]
+        self._open.clear()
+        await asyncio.gather(*(s.close() for s in stores), return_exceptions=True)
