@@ -15,7 +15,7 @@ setup:  ## install uv (if missing) and every Python dependency from uv.lock
 	@$(UV) sync --frozen --quiet
 	@bash tools/setup_system.sh
 
-demo: setup  ## stream a chat through Kafka and the LLM worker (starts what is missing)
+demo: setup  ## a chat, an MCP tool call and a stored document through Kafka and the workers (starts what is missing)
 	@$(UV) run --frozen python tools/demo.py
 
 test: setup  ## run the whole test suite (starts a local Kafka if none is configured)

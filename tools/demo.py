@@ -1,5 +1,6 @@
-"""`make demo`: stream a chat through Kafka and the LLM worker, then call an MCP tool through
-the mcp_worker (the time server, sandboxed where bubblewrap is installed), starting only what
+"""`make demo`: stream a chat through Kafka and the LLM worker, call an MCP tool through
+the mcp_worker (the time server, sandboxed where bubblewrap is installed), then store a
+document with the storage_worker (its local backend) and read it back, starting only what
 is missing.
 
 Uses the real OpenAI API when OPENAI_API_KEY is set, otherwise the built-in
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HEALTH_PORT = int(os.environ.get("LLM_WORKER_HTTP_PORT", "8081"))
 MCP_HEALTH_PORT = int(os.environ.get("MCP_WORKER_HTTP_PORT", "8082"))
+STORAGE_HEALTH_PORT = int(os.environ.get("STORAGE_WORKER_HTTP_PORT", "8083"))
 
 
 def _local_kafka():
@@ -96,7 +98,7 @@ def main() -> int:
     finally:
         _stop(worker)
     try:
-        return code or _tool_call(bootstrap, env)
+        return code or _tool_call(bootstrap, env) or _storage(bootstrap, env)
     finally:
         if started_kafka:
             kafka.stop()
@@ -131,6 +133,40 @@ def _tool_call(bootstrap: str, env: dict[str, str]) -> int:
             [sys.executable, "-m", "ferryman.cli", *call, "--timeout", "60", "-b", bootstrap],
             env=mcp_env,
         )
+    finally:
+        _stop(worker)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _storage(bootstrap: str, env: dict[str, str]) -> int:
+    """Start the storage_worker (local backend in a temporary folder), store a document and
+    read it back."""
+    folder = Path(tempfile.mkdtemp(prefix="ferryman-demo-storage-"))
+    document = folder / "welcome.md"
+    document.write_text("# Welcome\n\nStored through Kafka by the storage_worker.\n")
+    storage_env = {
+        **env,
+        "STORAGE_WORKER_HTTP_PORT": str(STORAGE_HEALTH_PORT),
+        "STORAGE_WORKER_LOCAL_ROOT": str(folder / "objects"),
+        "STORAGE_WORKER_LOG_LEVEL": os.environ.get("STORAGE_WORKER_LOG_LEVEL", "WARNING"),
+    }
+    print("\n▶ starting the storage_worker (local backend)", file=sys.stderr)
+    worker = subprocess.Popen([sys.executable, "-m", "storage_worker"], env=storage_env)
+    try:
+        _wait_ready(worker, STORAGE_HEALTH_PORT)
+        common = ["--tenant", "demo", "--timeout", "60", "-b", bootstrap]
+        for step in (
+            ["storage", "put", "docs/welcome.md", str(document), "--content-type", "text/markdown"],
+            ["storage", "ls", "docs/"],
+            ["storage", "get", "docs/welcome.md", "-o", "-"],
+        ):
+            print(f"\n▶ ferryman {' '.join(step)} --tenant demo\n", file=sys.stderr)
+            code = subprocess.call(
+                [sys.executable, "-m", "ferryman.cli", *step, *common], env=storage_env
+            )
+            if code:
+                return code
+        return 0
     finally:
         _stop(worker)
         shutil.rmtree(folder, ignore_errors=True)
