@@ -258,3 +258,24 @@ async def test_a_policy_with_s3_and_local_spaces(
             async with admin_client() as s3:
                 listed = await s3.list_objects_v2(Bucket=bucket)
             assert [o["Key"] for o in listed["Contents"]] == ["tenants/acme/docs/a.txt"]
+
+
+async def test_a_tenants_request_quota(kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
+    policy = {
+        "backends": {"local": {"type": "local", "root": str(tmp_path / "disk")}},
+        "tenants": {
+            "acme": {"spaces": {"local": "acme/"}, "rate_limit": {"requests": 2, "window": 600}},
+            "*": {"spaces": {"local": "{tenant}/"}},
+        },
+    }
+    async with running_storage_worker(kafka_bootstrap, unique, tmp_path, policy=policy) as harness:
+        first = await harness.put("a.txt", b"one")
+        second = await harness.call("head", {"key": "a.txt"})
+        third = await harness.call("head", {"key": "a.txt"})
+        other = await harness.put("b.txt", b"two", tenant="globex")
+
+        assert first.type == "ferryman.storage.put.completed"
+        assert second.type == "ferryman.storage.head.completed"
+        assert third.data["error"]["code"] == "rate_limited"
+        assert third.data["error"]["retryable"] is True
+        assert other.type == "ferryman.storage.put.completed"

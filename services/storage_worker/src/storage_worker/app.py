@@ -14,6 +14,7 @@ from ferryman_runtime.worker import Worker
 from storage_worker.contract import STORAGE_REQUESTS, StorageRequests
 from storage_worker.events import ObjectEvents
 from storage_worker.policy import Policy, default_policy, parse_policy
+from storage_worker.quotas import TenantQuotas
 from storage_worker.service import StorageService
 from storage_worker.settings import StorageWorkerSettings
 from storage_worker.stores import Stores
@@ -43,8 +44,10 @@ class StorageWorker:
     ) -> None:
         self._settings = settings
         self.stores = Stores(environ)
+        self.quotas = TenantQuotas(lambda: self.worker.share())
         self.policy: Policy = default_policy(settings.local_root)
         self.stores.configure(self.policy)
+        self.quotas.configure(self.policy)
         self.watcher: ConfigWatcher[Policy] | None = None
         if settings.policy_file is not None:
             self.watcher = ConfigWatcher(
@@ -67,6 +70,7 @@ class StorageWorker:
             policy=lambda: self.policy,
             events=self.events,
             inline_limit=settings.inline_limit,
+            quotas=self.quotas,
         )
         self.worker = Worker(
             settings,
@@ -83,12 +87,14 @@ class StorageWorker:
     def _apply_policy(self, policy: Policy, version: str) -> None:
         self.policy = policy
         self.stores.configure(policy)
+        self.quotas.configure(policy)
 
     def _details(self) -> dict[str, Any]:
         return {
             "policy": self.watcher.status() if self.watcher else "default (local backend)",
             "backends": sorted(self.policy.backends),
             "events": {"published": self.events.published, "failed": self.events.failed},
+            "quota_refusals": self.quotas.refused,
         }
 
 

@@ -75,6 +75,14 @@ class S3Backend(_Strict):
 Backend = Annotated[LocalBackend | S3Backend, Field(discriminator="type")]
 
 
+class RequestLimit(_Strict):
+    """Requests per window and requests at once."""
+
+    requests: int | None = Field(default=None, gt=0)
+    window: float = Field(default=60.0, gt=0, le=86_400)
+    max_concurrent: int | None = Field(default=None, gt=0)
+
+
 class TenantRule(_Strict):
     """One tenant pattern's spaces and limits."""
 
@@ -86,6 +94,9 @@ class TenantRule(_Strict):
     content_types: list[str] | None = None
     """Allowed content types (`fnmatch`, e.g. `image/*`), as detected from the bytes."""
     max_presign_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    rate_limit: RequestLimit | None = None
+    """Requests of each tenant matching the pattern, shared by the replicas (each enforces
+    its share); past it, requests fail `rate_limited` with the wait as `retry_after`."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -117,8 +128,12 @@ class Policy(_Strict):
 class TenantSpace:
     """Where one tenant's objects are on one backend, and its limits."""
 
-    def __init__(self, tenant: str, backend: str, prefix: str, rule: TenantRule) -> None:
+    def __init__(
+        self, tenant: str, backend: str, prefix: str, rule: TenantRule, pattern: str = "*"
+    ) -> None:
         self.tenant = tenant
+        self.pattern = pattern
+        """The policy's tenant pattern that matched."""
         self.backend = backend
         self.prefix = prefix
         self.rule = rule
@@ -164,7 +179,7 @@ def space_of(policy: Policy, tenant: str, backend: str | None) -> TenantSpace:
                     f"tenant {tenant!r} has no space on backend {name!r}",
                     retryable=False,
                 )
-            return TenantSpace(tenant, name, prefix.replace("{tenant}", tenant), rule)
+            return TenantSpace(tenant, name, prefix.replace("{tenant}", tenant), rule, pattern)
     raise FerrymanError(
         ErrorCode.PERMISSION_DENIED, f"tenant {tenant!r} has no storage", retryable=False
     )

@@ -46,6 +46,7 @@ from storage_worker.events import ObjectEvents
 from storage_worker.keys import KeyRefused, normalise_key
 from storage_worker.object_info import REQUEST_META, object_info
 from storage_worker.policy import Policy, TenantSpace, space_of, tenant_name
+from storage_worker.quotas import TenantQuotas
 from storage_worker.stores import Stores
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class StorageService:
         policy: the active policy.
         events: publishes object events.
         inline_limit: bytes carried inline in requests and replies.
+        quotas: each tenant's request budget.
     """
 
     def __init__(
@@ -81,8 +83,10 @@ class StorageService:
         policy: Callable[[], Policy],
         events: ObjectEvents,
         inline_limit: int,
+        quotas: TenantQuotas | None = None,
     ) -> None:
         self._stores = stores
+        self._quotas = quotas or TenantQuotas()
         self._policy = policy
         self._events = events
         self._inline_limit = inline_limit
@@ -104,7 +108,9 @@ class StorageService:
             aiokafka.errors.KafkaError: a reply was not acknowledged.
         """
         try:
-            event_type, payload = await self._handlers[type(job.request)](job.request, job)
+            space = space_of(self._policy(), tenant_name(job.tenant), None)
+            async with self._quotas.admitted(space):
+                event_type, payload = await self._handlers[type(job.request)](job.request, job)
         except FerrymanError as exc:
             await job.replies.fail(exc.to_info())
             return
