@@ -46,6 +46,7 @@ from storage_worker.events import ObjectEvents
 from storage_worker.keys import KeyRefused, normalise_key
 from storage_worker.object_info import REQUEST_META, object_info
 from storage_worker.policy import Policy, TenantSpace, space_of, tenant_name
+from storage_worker.progress import reported
 from storage_worker.quotas import TenantQuotas
 from storage_worker.stores import Stores
 
@@ -247,7 +248,7 @@ class StorageService:
             origin, body = await source_store.get(source_key)
             stored = await target_store.put(
                 target_key,
-                body,
+                reported(body, job.replies, stage="copy", total=origin.size),
                 content_type=origin.content_type,
                 metadata=dict(origin.metadata),
                 tags=dict(origin.tags),
