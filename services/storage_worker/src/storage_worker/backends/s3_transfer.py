@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ from storage_worker.backends.s3_parts import InFlight, PartBody, PartReader
 MIN_PART_SIZE = 5 * 1024 * 1024
 """S3's smallest part (every part but the last)."""
 MAX_PARTS = 10_000
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -272,9 +275,27 @@ async def _complete(
         return await target.client.complete_multipart_upload(Bucket=target.bucket, Key=key, **args)
 
 
+ABORT_DELAYS = (0.0, 0.2, 0.5, 1.0)
+"""Waits before each abort attempt: a part upload still in flight on the server may outlive
+one abort (S3 documents that an upload may need aborting more than once)."""
+
+
 async def _abort(target: S3Bucket, key: str, upload_id: str) -> None:
-    """Abort the upload even while being cancelled (S3 then drops the stored parts)."""
-    with contextlib.suppress(Exception):
-        await asyncio.shield(
-            target.client.abort_multipart_upload(Bucket=target.bucket, Key=key, UploadId=upload_id)
-        )
+    """Abort the upload even while being cancelled (S3 then drops the stored parts), again
+    until it is gone (bounded)."""
+    await asyncio.shield(_abort_until_gone(target, key, upload_id))
+
+
+async def _abort_until_gone(target: S3Bucket, key: str, upload_id: str) -> None:
+    client = target.client
+    for delay in ABORT_DELAYS:
+        await asyncio.sleep(delay)  # a retry backoff, not synchronization
+        with contextlib.suppress(Exception):
+            await client.abort_multipart_upload(Bucket=target.bucket, Key=key, UploadId=upload_id)
+        try:
+            listed = await client.list_multipart_uploads(Bucket=target.bucket, Prefix=key)
+        except Exception:  # cannot tell: another attempt costs little
+            continue
+        if not any(u.get("UploadId") == upload_id for u in listed.get("Uploads", [])):
+            return
+    logger.warning("multipart upload of %s could not be aborted; a lifecycle rule must", key)
