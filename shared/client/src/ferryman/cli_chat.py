@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 from pydantic import ValidationError
 
+from ferryman.cli_tools import positive_float
 from ferryman.client import ChatEvent, ChatFailedError, FerrymanClient, RunRestarted, TopicSpec
 from ferryman.contracts import (
     DEFAULT_LLM_REPLY_TOPIC,
@@ -65,7 +66,7 @@ def add_chat_arguments(chat: argparse.ArgumentParser) -> None:
     )
     chat.add_argument("--tenant", help="the tenant the request is accounted to")
     chat.add_argument(
-        "--expires-in", type=_positive_float, help="seconds after which it must not start"
+        "--expires-in", type=positive_float, help="seconds after which it must not start"
     )
     chat.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
     chat.add_argument("--json", action="store_true", help="print the completed event as JSON")
@@ -89,15 +90,8 @@ def add_chat_arguments(chat: argparse.ArgumentParser) -> None:
     )
     tools.add_argument("--max-steps", type=int, help="with --auto: model turns at most (1-64)")
     tools.add_argument(
-        "--tool-timeout", type=_positive_float, help="with --auto: seconds one tool call may take"
+        "--tool-timeout", type=positive_float, help="with --auto: seconds one tool call may take"
     )
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
 
 
 def tool_servers(text: str) -> list[tuple[str, str]]:

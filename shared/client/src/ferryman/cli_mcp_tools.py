@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from pydantic import ValidationError
 
-from ferryman.cli_tools import render_table
+from ferryman.cli_tools import add_reply_arguments, positive_float, render_table
 from ferryman.client import RunRestarted, TopicSpec
 from ferryman.contracts import ErrorInfo
 from ferryman.contracts.mcp import (
@@ -47,7 +47,7 @@ def add_tools_arguments(tools: argparse.ArgumentParser, common: argparse.Argumen
         "--server", action="append", dest="servers", metavar="NAME", help="only this server"
     )
     listing.add_argument("--no-schemas", action="store_true", help="leave out the tool schemas")
-    listing.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds to wait")
+    listing.add_argument("--timeout", type=positive_float, default=60.0, help="seconds to wait")
     listing.add_argument("--json", action="store_true", help="print the catalog as JSON")
     _client_arguments(listing)
 
@@ -61,7 +61,7 @@ def add_tools_arguments(tools: argparse.ArgumentParser, common: argparse.Argumen
         metavar="JSON",
         help="the tool's arguments: a JSON object, or @FILE (@- for stdin)",
     )
-    call.add_argument("--timeout", type=_positive_float, help="seconds the call may take")
+    call.add_argument("--timeout", type=positive_float, help="seconds the call may take")
     call.add_argument("--principal", help="who asks, for the audit record")
     call.add_argument("--no-cache", action="store_true", help="refuse a cached result")
     call.add_argument("--json", action="store_true", help="print the completed event as JSON")
@@ -72,17 +72,7 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenant", help="the tenant the request is made for")
     parser.add_argument("--request-topic", default=DEFAULT_MCP_REQUEST_TOPIC)
     parser.add_argument("--reply-topic", default=DEFAULT_MCP_REPLY_TOPIC)
-    parser.add_argument("--reply-partition", type=int, help="read only this reply partition")
-    parser.add_argument(
-        "--create-reply-topic", action="store_true", help="create a missing reply topic (dev)"
-    )
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
+    add_reply_arguments(parser)
 
 
 def tool_arguments(text: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ferryman.cli_storage_format import (
     render_listing,
     when,
 )
+from ferryman.cli_tools import add_reply_arguments, positive_float, positive_int
 from ferryman.client import RunRestarted, TopicSpec
 from ferryman.contracts.storage import (
     DEFAULT_INLINE_LIMIT,
@@ -98,7 +99,7 @@ def add_storage_arguments(
     put.add_argument("--if-absent", action="store_true", help="fail (conflict) when the key exists")
     put.add_argument(
         "--inline-limit",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_INLINE_LIMIT,
         metavar="BYTES",
         help=f"the worker's inline limit (default {DEFAULT_INLINE_LIMIT})",
@@ -112,7 +113,7 @@ def add_storage_arguments(
     get.add_argument("--url", action="store_true", help="ask for a presigned GET URL and print it")
     get.add_argument(
         "--expires",
-        type=_positive_int,
+        type=positive_int,
         default=900,
         metavar="SECONDS",
         help="the URL's lifetime (default 900)",
@@ -124,7 +125,7 @@ def add_storage_arguments(
         "--delimiter", choices=["/"], help="roll keys below the next / up into folders"
     )
     listing.add_argument(
-        "--page-size", type=_positive_int, default=1000, help="objects per request (1-1000)"
+        "--page-size", type=positive_int, default=1000, help="objects per request (1-1000)"
     )
     listing.add_argument("--json", action="store_true", help="print objects and prefixes as JSON")
 
@@ -136,7 +137,7 @@ def add_storage_arguments(
     presign.add_argument("--method", choices=["GET", "PUT"], default="GET")
     presign.add_argument(
         "--expires",
-        type=_positive_int,
+        type=positive_int,
         default=900,
         metavar="SECONDS",
         help="the URL's lifetime (default 900)",
@@ -165,30 +166,13 @@ def _client_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
     parser.add_argument("--backend", help="one of the tenant's backends (default: its default)")
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=timeout,
         help=f"seconds to wait for the reply (default {timeout:g})",
     )
     parser.add_argument("--request-topic", default=DEFAULT_STORAGE_REQUEST_TOPIC)
     parser.add_argument("--reply-topic", default=DEFAULT_STORAGE_REPLY_TOPIC)
-    parser.add_argument("--reply-partition", type=int, help="read only this reply partition")
-    parser.add_argument(
-        "--create-reply-topic", action="store_true", help="create a missing reply topic (dev)"
-    )
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
+    add_reply_arguments(parser)
 
 
 def _client(connection: KafkaConnection, args: argparse.Namespace) -> StorageClient:

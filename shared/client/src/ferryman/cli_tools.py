@@ -236,3 +236,35 @@ async def dlq_command(connection: KafkaConnection, args: argparse.Namespace) -> 
         print("no matching dead letter", file=sys.stderr)
         return 1
     return 0
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above zero.
+
+    Raises:
+        argparse.ArgumentTypeError: zero or less.
+    """
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero.
+
+    Raises:
+        argparse.ArgumentTypeError: zero or less.
+    """
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def add_reply_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--reply-partition` and `--create-reply-topic`, as every request command takes them."""
+    parser.add_argument("--reply-partition", type=int, help="read only this reply partition")
+    parser.add_argument(
+        "--create-reply-topic", action="store_true", help="create a missing reply topic (dev)"
+    )
