@@ -115,15 +115,25 @@ class ApiChanges:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def check_files(self) -> list[str]:
-        """Serve anew every API whose document file changed since it was loaded; return them."""
+    async def check_files(self) -> list[str]:
+        """Serve anew every API whose document file changed since it was loaded; return them.
+        The files are read and hashed off the event loop (a document may be megabytes)."""
+        loaded = {
+            name: backend
+            for name in self._fleet.names()
+            if (backend := self._fleet.api_backend(name)) is not None
+            and backend.source_digest is not None
+        }
+        digests = await asyncio.to_thread(
+            lambda: {n: file_digest(b.config, self._base_dir) for n, b in loaded.items()}
+        )
         changed: list[str] = []
-        for name in self._fleet.names():
-            backend = self._fleet.api_backend(name)
-            if backend is None or backend.source_digest is None:
+        for name, backend in loaded.items():
+            now = digests[name]
+            if now is None or now == backend.source_digest:
                 continue
-            now = file_digest(backend.config, self._base_dir)
-            if now is not None and now != backend.source_digest and self._fleet.reload(name):
+            # Still the backend that was hashed: a reload meanwhile has read the file anew.
+            if self._fleet.api_backend(name) is backend and self._fleet.reload(name):
                 logger.info("API %s: its document file changed; serving it anew", name)
                 changed.append(name)
                 self._served_anew(name)
@@ -133,7 +143,7 @@ class ApiChanges:
         """Check the document files every `interval` seconds (runs until cancelled)."""
         while True:
             await asyncio.sleep(interval)  # a polling period, not synchronization
-            self.check_files()
+            await self.check_files()
 
     async def close(self) -> None:
         """Wait for reports being published."""
