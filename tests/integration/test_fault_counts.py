@@ -68,6 +68,27 @@ def _in_flight(worker: WorkerProcess) -> int:
     return int(consumer["in_flight"]) if isinstance(consumer, dict) else 0
 
 
+async def _mid_load(worker: WorkerProcess, upstream: FakeOpenAI, calls: int) -> int:
+    """Wait until the upstream has been called `calls` times and `worker` is executing
+    requests; return how many it is executing.
+
+    Waits on the worker's side, not on completions at the client: a client reading its
+    replies late (a slow reply consumer in CI) would otherwise see the 40th completion only
+    after the worker had finished everything, and the fault would hit an idle worker.
+    """
+    executing = 0
+
+    def busy() -> bool:
+        nonlocal executing
+        if len(upstream.chat_requests()) < calls:
+            return False
+        executing = _in_flight(worker)
+        return executing > 0
+
+    await wait_until(busy, 60, f"{calls} upstream calls with requests in flight")
+    return executing
+
+
 def _log_lines(worker: WorkerProcess) -> int:
     return len(worker.log_path.read_bytes().splitlines())
 
@@ -160,7 +181,7 @@ async def test_sigkill_mid_load_then_a_restart_loses_nothing_and_reruns_are_reco
     first = await _started(worker_factory, **env)
     load = _load(client)
     load.start()
-    await load.wait_completed(40, 60)
+    await _mid_load(first, fake_openai, calls=60)
 
     first.kill()
     assert not load.finished, load.summary()
@@ -182,9 +203,7 @@ async def test_sigterm_drains_then_a_new_worker_finishes_without_any_rerun(
     first = await _started(worker_factory, **env)
     load = _load(client)
     load.start()
-    await load.wait_completed(40, 60)
-
-    draining = _in_flight(first)
+    draining = await _mid_load(first, fake_openai, calls=60)
     first.signal(signal.SIGTERM)
     assert await first.wait_exit(45) == 0
     assert not load.finished, load.summary()
@@ -211,10 +230,10 @@ async def test_a_broker_outage_mid_load_is_reported_logged_sparingly_and_loses_n
             worker = await _started(worker_factory, **env)
             load = _load(client)
             load.start()
-            await load.wait_completed(20, 60)
             await _all_published(bootstrap, topics.requests, REQUESTS, 30)
+            in_flight = await _mid_load(worker, fake_openai, calls=60)
 
-            lines_before, in_flight = _log_lines(worker), _in_flight(worker)
+            lines_before = _log_lines(worker)
             await broker.stop()
             down_at, completed_before = time.monotonic(), load.completed
             assert not load.finished, load.summary()
