@@ -264,6 +264,7 @@ def test_storage_request_types_are_registered_with_their_replies() -> None:
 def test_a_put_carries_the_content_and_its_sha256() -> None:
     request = put_request("a.bin", b"\x00\x01", metadata={"owner": "ana"}, if_absent=True)
 
+    assert request.content_base64 is not None
     assert base64.b64decode(request.content_base64) == b"\x00\x01"
     assert request.sha256 == hashlib.sha256(b"\x00\x01").hexdigest()
     assert (request.metadata, request.if_absent) == ({"owner": "ana"}, True)

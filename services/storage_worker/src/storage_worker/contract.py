@@ -15,6 +15,7 @@ from ferryman.contracts.storage import (
     STORAGE_LIST_REQUESTED,
     STORAGE_METADATA_UPDATE_REQUESTED,
     STORAGE_PRESIGN_REQUESTED,
+    STORAGE_PROCESS_REQUESTED,
     STORAGE_PUT_REQUESTED,
     CopyRequest,
     DeleteRequest,
@@ -23,6 +24,7 @@ from ferryman.contracts.storage import (
     ListRequest,
     MetadataUpdateRequest,
     PresignRequest,
+    ProcessRequest,
     PutRequest,
     StorageFailed,
 )
@@ -39,6 +41,7 @@ STORAGE_REQUESTS = RequestSpec[BaseModel](
         STORAGE_COPY_REQUESTED: CopyRequest,
         STORAGE_PRESIGN_REQUESTED: PresignRequest,
         STORAGE_METADATA_UPDATE_REQUESTED: MetadataUpdateRequest,
+        STORAGE_PROCESS_REQUESTED: ProcessRequest,
     },
     failed_type=STORAGE_FAILED,
     failed_model=StorageFailed,

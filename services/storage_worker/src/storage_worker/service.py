@@ -124,6 +124,12 @@ class StorageService:
     async def _put(self, request: PutRequest, job: Job[Any]) -> tuple[str, BaseModel]:
         space, store = await self._space(job, request.backend)
         key = _key(request.key)
+        if request.content_base64 is None:
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST,
+                "puts from a source URL are not enabled on this worker",
+                retryable=False,
+            )
         data = self._inline_bytes(request.content_base64)
         limit = space.rule.max_object_bytes
         if limit is not None and len(data) > limit:

@@ -32,6 +32,8 @@ from ferryman.contracts.storage import (
     STORAGE_METADATA_UPDATE_REQUESTED,
     STORAGE_PRESIGN_COMPLETED,
     STORAGE_PRESIGN_REQUESTED,
+    STORAGE_PROCESS_COMPLETED,
+    STORAGE_PROCESS_REQUESTED,
     STORAGE_PROGRESS,
     STORAGE_PUT_COMPLETED,
     STORAGE_PUT_REQUESTED,
@@ -49,6 +51,8 @@ from ferryman.contracts.storage import (
     MetadataUpdateRequest,
     PresignCompleted,
     PresignRequest,
+    ProcessCompleted,
+    ProcessRequest,
     PutCompleted,
     PutRequest,
     StorageFailed,
@@ -91,6 +95,7 @@ _KINDS: tuple[tuple[str, str, type[BaseModel], type[BaseModel]], ...] = (
         MetadataUpdateRequest,
         MetadataUpdateCompleted,
     ),
+    (STORAGE_PROCESS_REQUESTED, STORAGE_PROCESS_COMPLETED, ProcessRequest, ProcessCompleted),
 )
 
 

@@ -106,6 +106,7 @@ STORAGE = RequestDomain(
             storage.STORAGE_METADATA_UPDATE_REQUESTED,
             storage.MetadataUpdateRequest,
         ),
+        EventMessage("processRequested", storage.STORAGE_PROCESS_REQUESTED, storage.ProcessRequest),
     ),
     replies=(
         EventMessage("storageProgress", storage.STORAGE_PROGRESS, storage.StorageProgress),
@@ -122,6 +123,9 @@ STORAGE = RequestDomain(
             "metadataUpdateCompleted",
             storage.STORAGE_METADATA_UPDATE_COMPLETED,
             storage.MetadataUpdateCompleted,
+        ),
+        EventMessage(
+            "processCompleted", storage.STORAGE_PROCESS_COMPLETED, storage.ProcessCompleted
         ),
         EventMessage("storageFailed", storage.STORAGE_FAILED, storage.StorageFailed),
     ),

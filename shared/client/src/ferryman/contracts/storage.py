@@ -14,9 +14,9 @@ from (the claim-check pattern).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from ferryman.contracts.errors import ErrorInfo
 
@@ -28,6 +28,7 @@ STORAGE_DELETE_REQUESTED: Final = "ferryman.storage.delete.requested"
 STORAGE_COPY_REQUESTED: Final = "ferryman.storage.copy.requested"
 STORAGE_PRESIGN_REQUESTED: Final = "ferryman.storage.presign.requested"
 STORAGE_METADATA_UPDATE_REQUESTED: Final = "ferryman.storage.metadata.update.requested"
+STORAGE_PROCESS_REQUESTED: Final = "ferryman.storage.process.requested"
 
 STORAGE_PROGRESS: Final = "ferryman.storage.progress"
 STORAGE_PUT_COMPLETED: Final = "ferryman.storage.put.completed"
@@ -38,6 +39,7 @@ STORAGE_DELETE_COMPLETED: Final = "ferryman.storage.delete.completed"
 STORAGE_COPY_COMPLETED: Final = "ferryman.storage.copy.completed"
 STORAGE_PRESIGN_COMPLETED: Final = "ferryman.storage.presign.completed"
 STORAGE_METADATA_UPDATE_COMPLETED: Final = "ferryman.storage.metadata.update.completed"
+STORAGE_PROCESS_COMPLETED: Final = "ferryman.storage.process.completed"
 STORAGE_FAILED: Final = "ferryman.storage.failed"
 
 STORAGE_OBJECT_CREATED: Final = "ferryman.storage.object.created"
@@ -112,14 +114,26 @@ class ObjectRef(_Strict):
     backend: BackendName | None = None
 
 
+class SourceRef(_Strict):
+    """Content the worker fetches itself for a put: an `http(s)` URL (only schemes and hosts
+    the worker's policy allows; never an internal address unless the policy names it)."""
+
+    url: str = Field(min_length=8, max_length=8192, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://")
+    headers: dict[str, str] = Field(default_factory=dict[str, str])
+    """Sent with the fetch (e.g. a presigned URL's required headers); never logged."""
+
+
 class PutRequest(_Strict):
-    """The `data` of `ferryman.storage.put.requested`: store `content` (inline) under `key`."""
+    """The `data` of `ferryman.storage.put.requested`: store content under `key`, given
+    inline (`content_base64`) or fetched by the worker from `source` (exactly one of them)."""
 
     key: ObjectKey
     backend: BackendName | None = None
-    content_base64: str
+    content_base64: str | None = None
     """The bytes, base64, up to the worker's inline limit. Larger content goes to a URL from
-    a `presign` request with `method: PUT`."""
+    a `presign` request with `method: PUT`, or comes from `source`."""
+    source: SourceRef | None = None
+    """A URL the worker streams the content from (any size; progress is reported)."""
     content_type: str | None = Field(default=None, max_length=256)
     """Checked against what the bytes are (detected, never trusted), where the policy limits
     content types."""
@@ -128,8 +142,16 @@ class PutRequest(_Strict):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     """The bytes' SHA-256 as the producer computed it: a mismatch fails `precondition_failed`
     and stores nothing."""
+    crc32c: str | None = Field(default=None, pattern=r"^[0-9a-f]{8}$")
+    """The bytes' CRC32C (Castagnoli), as 8 lowercase hex digits: checked like `sha256`."""
     if_absent: bool = False
     """Only create: fail `conflict` when the key exists."""
+
+    @model_validator(mode="after")
+    def _one_content(self) -> Self:
+        if (self.content_base64 is None) == (self.source is None):
+            raise ValueError("give exactly one of content_base64 and source")
+        return self
 
 
 class GetRequest(_Strict):
@@ -204,6 +226,19 @@ class MetadataUpdateRequest(_Strict):
     content_type: str | None = Field(default=None, max_length=256)
 
 
+class ProcessRequest(_Strict):
+    """The `data` of `ferryman.storage.process.requested`: run the pipeline `pipeline` of the
+    worker's policy on one object. Each step's output is stored as a derived object with
+    lineage; the source is never changed."""
+
+    key: ObjectKey
+    backend: BackendName | None = None
+    pipeline: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    force: bool = False
+    """Run again even when derived objects of this source version and pipeline version
+    exist (by default they are reused and reported with `reused: true`)."""
+
+
 class StorageProgress(_Strict):
     """The `data` of `ferryman.storage.progress`."""
 
@@ -275,10 +310,26 @@ class MetadataUpdateCompleted(_Strict):
     object: ObjectInfo
 
 
+class ProcessCompleted(_Strict):
+    """The `data` of `ferryman.storage.process.completed`."""
+
+    source: ObjectInfo
+    pipeline: str
+    outputs: list[ObjectInfo] = Field(default_factory=list[ObjectInfo])
+    """The derived objects, each with its `lineage` (source, pipeline, step, version)."""
+    facts: dict[str, str] = Field(default_factory=dict[str, str])
+    """What the steps found out about the source, by `step.name` (`detect.content_type`,
+    `checksum.crc32c`, `extract_text.pages`, `metadata.width`, …)."""
+    reused: bool = False
+    """True: the outputs of an earlier run on this source version were current."""
+
+
 class StorageFailed(_Strict):
     """The `data` of `ferryman.storage.failed`."""
 
     error: ErrorInfo
+    step: str | None = None
+    """For a `process` request: the pipeline step that failed (the source is untouched)."""
 
 
 class ObjectEvent(_Strict):
