@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # System tools the MCP worker and its tests use, beyond the Python dependencies
 # (run by `make setup`; idempotent, and quick when everything is in place):
-#   - bubblewrap (`bwrap`), the sandbox for stdio MCP servers: from Debian with apt-get,
-#     only when missing and we are root with apt-get; otherwise a note.
+#   - bubblewrap (`bwrap`), the sandbox for stdio MCP servers, and kcat, the command-line
+#     Kafka client the end-to-end tests produce with: from Debian with apt-get, only when
+#     missing and we are root with apt-get; otherwise a note.
 #   - the reference MCP servers from npm (server-everything, server-filesystem), at the
 #     versions pinned in tools/node/package.json + package-lock.json, into
 #     tools/node/node_modules: installed once with `npm ci`, spawned by their bin path.
@@ -14,18 +15,25 @@ NODE_DIR=tools/node
 
 note() { echo "setup_system: $*" >&2; }
 
-install_bubblewrap() {
-    if command -v bwrap >/dev/null 2>&1; then
+APT_UPDATED=0
+
+# install_debian COMMAND PACKAGE WHY: install PACKAGE when COMMAND is missing.
+install_debian() {
+    local command=$1 package=$2 why=$3
+    if command -v "$command" >/dev/null 2>&1; then
         return
     fi
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
-        note "bubblewrap (bwrap) is missing and cannot be installed here (needs root and apt-get);" \
-            "the MCP worker cannot sandbox stdio servers. Install it with: apt-get install bubblewrap"
+        note "$command is missing and cannot be installed here (needs root and apt-get);" \
+            "$why. Install it with: apt-get install $package"
         return
     fi
-    note "installing bubblewrap with apt-get"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null
+    note "installing $package with apt-get"
+    if [[ $APT_UPDATED -eq 0 ]]; then
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
 }
 
 # Exit status 0 when every dependency of package.json is installed at its exact version.
@@ -59,5 +67,6 @@ install_node_servers() {
     npm ci --prefix "$NODE_DIR" --no-audit --no-fund --loglevel=error >/dev/null
 }
 
-install_bubblewrap
+install_debian bwrap bubblewrap "the MCP worker cannot sandbox stdio servers"
+install_debian kcat kcat "the kcat end-to-end tests are skipped"
 install_node_servers
