@@ -10,6 +10,7 @@ from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
 from ferryman_runtime.config_watch import ConfigWatcher
+from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.worker import Worker
 from storage_worker.contract import STORAGE_REQUESTS, StorageRequests
 from storage_worker.events import ObjectEvents
@@ -43,7 +44,21 @@ class StorageWorker:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = settings
-        self.stores = Stores(environ)
+        self.breakers = Breakers(
+            registry,
+            _NAME,
+            fail_max=settings.breaker_fail_max,
+            reset_timeout=settings.breaker_reset_timeout,
+        )
+        self.stores = Stores(
+            environ,
+            breakers=self.breakers,
+            retry=RetryPolicy(
+                max_attempts=settings.retry_max_attempts,
+                base_delay=settings.retry_base_delay,
+                max_delay=settings.retry_max_delay,
+            ),
+        )
         self.quotas = TenantQuotas(lambda: self.worker.share())
         self.policy: Policy = default_policy(settings.local_root)
         self.stores.configure(self.policy)
@@ -95,6 +110,7 @@ class StorageWorker:
             "backends": sorted(self.policy.backends),
             "events": {"published": self.events.published, "failed": self.events.failed},
             "quota_refusals": self.quotas.refused,
+            "circuits": self.breakers.states(),
         }
 
 

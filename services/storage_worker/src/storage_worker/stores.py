@@ -8,9 +8,13 @@ import logging
 import os
 from collections.abc import Mapping
 
+from prometheus_client import CollectorRegistry
+
 from ferryman.contracts import ErrorCode, FerrymanError
+from ferryman_runtime.resilience import Breakers, RetryPolicy
 from storage_worker.backends.port import ObjectStore
 from storage_worker.policy import Backend, LocalBackend, Policy
+from storage_worker.resilient_store import ResilientStore
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +23,26 @@ RETIRE_AFTER = 300.0
 
 
 class Stores:
-    """Backends by name.
+    """Backends by name, each behind its breaker and with retries (`ResilientStore`).
 
     Args:
         environ: where credential references resolve.
+        breakers: one circuit per backend name (default: no metrics, 5 failures, 30 s).
+        retry: attempts of the calls a backend may see twice.
     """
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, str] | None = None,
+        *,
+        breakers: Breakers | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         self._environ = os.environ if environ is None else environ
+        self._breakers = breakers or Breakers(
+            CollectorRegistry(), "storage_worker", fail_max=5, reset_timeout=30.0
+        )
+        self._retry = retry or RetryPolicy()
         self._configs: dict[str, Backend] = {}
         self._open: dict[str, tuple[Backend, ObjectStore]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -58,7 +74,11 @@ class Stores:
                 raise FerrymanError(
                     ErrorCode.UNAVAILABLE, f"backend {name!r} is not configured", retryable=False
                 )
-            store = await self._open_store(name, config)
+            store = ResilientStore(
+                await self._open_store(name, config),
+                breaker=self._breakers.get(name),
+                retry=self._retry,
+            )
             self._open[name] = (config, store)
             return store
 
