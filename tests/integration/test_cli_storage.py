@@ -149,7 +149,7 @@ async def test_failures_exit_2_with_the_error_code(
     hostile_err = capsys.readouterr().err
     hostile_prefix = await run(harness, "ls", "../")
     prefix_err = capsys.readouterr().err
-    unsigned = await run(harness, "presign", "x.txt", "--method", "PUT")
+    unsigned = await run(harness, "presign", "x.txt", "--method", "PUT", "--expires", "7200")
     unsigned = (unsigned, capsys.readouterr())
 
     assert missing == 2
@@ -159,7 +159,7 @@ async def test_failures_exit_2_with_the_error_code(
     assert hostile_err.startswith("failed: invalid_request: ")
     assert hostile_prefix == 2
     assert prefix_err.startswith("failed: invalid_request: ")
-    # The local backend signs no URLs: the refusal is the worker's, with its code.
+    # Past the tenant's maximum expiry (3600 s): the refusal is the worker's, with its code.
     assert unsigned[0] == 2
     assert unsigned[1].out == ""
     assert unsigned[1].err.startswith("failed: invalid_request: ")

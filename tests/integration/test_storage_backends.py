@@ -280,11 +280,6 @@ async def test_a_cancelled_put_stores_nothing(store: ObjectStore) -> None:
 
 
 async def test_presigned_urls_reach_the_object(store: ObjectStore) -> None:
-    if store.name == "local":
-        pytest.skip(
-            "the local backend cannot sign URLs yet: the worker will serve signed local URLs"
-            " itself (a later session); its refusal is tested in test_local_store.py"
-        )
     data = b"signed bytes\n" * 100
     await put(store, "signed/get.txt", data)
 

@@ -26,6 +26,18 @@ def factories() -> dict[str, StoreFactory]:
         pass
     else:
         found["s3"] = s3_store
+    try:
+        from tests.storage.gcs_store import gcs_store
+    except ImportError:  # the GCS SDKs are not installed
+        pass
+    else:
+        found["gcs"] = gcs_store
+    try:
+        from tests.storage.azure_store import azure_store
+    except ImportError:  # the Azure SDK is not installed
+        pass
+    else:
+        found["azure"] = azure_store
     return found
 
 

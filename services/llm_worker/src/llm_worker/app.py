@@ -24,6 +24,7 @@ from ferryman_runtime.worker import Worker
 from llm_worker.chat.service import ChatService, Resilience
 from llm_worker.chat.stream_guard import StreamTimeouts
 from llm_worker.contract import CHAT_REQUESTS, ChatRequests
+from llm_worker.datarefs.wiring import storage_resolver
 from llm_worker.metrics import LlmMetrics
 from llm_worker.providers.factory import build_providers, dedicated_client
 from llm_worker.providers.port import ChatModel
@@ -114,6 +115,7 @@ class LlmWorker:
             control_topic=settings.control_topic,
         )
         metrics = LlmMetrics(registry)
+        self.datarefs = storage_resolver(settings)
         runner = ToolRunner(
             dispatcher,
             self.journal,
@@ -140,6 +142,7 @@ class LlmWorker:
             ),
             cancels=self.cancels,
             cancels_ready=self.control.ready,
+            datarefs=self.datarefs.resolver if self.datarefs else None,
         )
         self._owned_clients: list[ChatModel] = []
         self.watcher: ConfigWatcher[RoutingTable] | None = None
@@ -182,13 +185,14 @@ class LlmWorker:
             service=ChatRequests(self.service),
             registry=registry,
             background=background,
-            on_stop=[self._close_clients],
+            on_stop=[self._close_clients, *([self.datarefs.aclose] if self.datarefs else [])],
             details=self._details,
             # Kept long enough for any rerun to find its steps (the window), and a day at least.
             extra_topics={
                 settings.tool_loop_topic: {
                     "retention.ms": str(int(max(settings.tool_loop_window * 2, 86_400) * 1000))
-                }
+                },
+                **({settings.storage.reply_topic: {}} if self.datarefs else {}),
             },
         )
 

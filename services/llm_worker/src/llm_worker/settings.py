@@ -21,6 +21,7 @@ from ferryman.contracts.mcp import (
     DEFAULT_MCP_REQUEST_TOPIC,
 )
 from ferryman_runtime.settings import WorkerSettings
+from llm_worker.datarefs.settings import DataRefSettings
 from llm_worker.providers.config import (
     AnthropicConfig,
     AzureOpenAIConfig,
@@ -112,6 +113,9 @@ class LlmWorkerSettings(WorkerSettings):
     azure: AzureOpenAIConfig = Field(default_factory=AzureOpenAIConfig)
     anthropic: AnthropicConfig = Field(default_factory=AnthropicConfig)
     gemini: GeminiConfig = Field(default_factory=GeminiConfig)
+    storage: DataRefSettings = Field(default_factory=DataRefSettings)
+    """How dataref parts are resolved through the storage_worker (`LLM_WORKER_STORAGE__…`;
+    off until `REQUEST_TOPIC` is set)."""
 
     openai_api_key: SecretStr | None = Field(default=None, validation_alias=_env("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL"))

@@ -3,6 +3,7 @@ I/O beyond reading the policy file."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,10 +15,13 @@ from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.worker import Worker
 from storage_worker.contract import STORAGE_REQUESTS, StorageRequests
 from storage_worker.events import ObjectEvents
+from storage_worker.local_urls import LocalObjectUrls
+from storage_worker.pipelines.triggers import UploadTriggers
 from storage_worker.policy import Policy, default_policy, parse_policy
 from storage_worker.quotas import TenantQuotas
 from storage_worker.service import StorageService
 from storage_worker.settings import StorageWorkerSettings
+from storage_worker.signed_urls import OBJECTS_PATH, UrlSigner, default_base_url, signing_key
 from storage_worker.stores import Stores
 
 _NAME = "storage_worker"
@@ -34,6 +38,7 @@ class StorageWorker:
 
     Raises:
         PolicyError: the policy file is invalid (the worker refuses to start).
+        ValueError: the URL signing key's reference cannot be resolved, or the key is short.
     """
 
     def __init__(
@@ -44,6 +49,14 @@ class StorageWorker:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = settings
+        reference = settings.url_signing_key
+        self.signer = UrlSigner(
+            signing_key(
+                reference.get_secret_value() if reference else None,
+                os.environ if environ is None else environ,
+            ),
+            settings.public_url or default_base_url(settings.http_host, settings.http_port),
+        )
         self.breakers = Breakers(
             registry,
             _NAME,
@@ -58,6 +71,7 @@ class StorageWorker:
                 base_delay=settings.retry_base_delay,
                 max_delay=settings.retry_max_delay,
             ),
+            signer=self.signer,
         )
         self.quotas = TenantQuotas(lambda: self.worker.share())
         self.policy: Policy = default_policy(settings.local_root)
@@ -80,13 +94,27 @@ class StorageWorker:
             settings.events_topic,
             source=f"/ferryman/storage-worker/{settings.instance_id}",
         )
+        uploads = UploadTriggers(
+            lambda: self.worker.publisher,
+            request_topic=settings.request_topic,
+            reply_topic=settings.pipeline_reply_topic or settings.default_reply_topic,
+        )
         self.service = StorageService(
             stores=self.stores,
             policy=lambda: self.policy,
             events=self.events,
             inline_limit=settings.inline_limit,
             quotas=self.quotas,
+            uploads=uploads,
         )
+        self.object_urls = LocalObjectUrls(
+            self.signer,
+            self.stores.get,
+            policy=lambda: self.policy,
+            events=self.events,
+            triggers=uploads,
+        )
+        """The `/objects` route serving the local backends' signed URLs."""
         self.worker = Worker(
             settings,
             name=_NAME,
@@ -98,6 +126,13 @@ class StorageWorker:
             details=self._details,
             extra_topics={settings.events_topic: {}},
         )
+
+    def app(self) -> AsgiFastStream:
+        """The FastStream app that runs the worker and serves `/health`, `/metrics` and, on
+        the same HTTP server, the local backends' signed URLs (`/objects`)."""
+        app = self.worker.app()
+        app.mount(OBJECTS_PATH, self.object_urls)
+        return app
 
     def _apply_policy(self, policy: Policy, version: str) -> None:
         self.policy = policy
@@ -124,6 +159,7 @@ def create_app(
 
     Raises:
         PolicyError: the policy file is invalid.
+        ValueError: the URL signing key's reference cannot be resolved, or the key is short.
     """
     worker = StorageWorker(settings, registry=registry or CollectorRegistry(), environ=environ)
-    return worker.worker.app()
+    return worker.app()

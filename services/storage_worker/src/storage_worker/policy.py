@@ -17,8 +17,12 @@ tenants:
     max_object_bytes: 104857600
     content_types: ["application/pdf", "image/*", "text/*"]
     max_presign_seconds: 3600
+    sources: {schemes: [https], hosts: ["*.example.com"], allow_private: false}
+    on_upload: [{prefix: "inbox/", pipeline: documents}]   # see storage_worker.pipelines
   "*":                                      # every other tenant
     spaces: {local: "{tenant}/"}
+pipelines:
+  documents: {version: "1", steps: [{step: checksum}, {step: detect}, {step: extract_text}]}
 ```
 
 Tenants match by `fnmatch` pattern, the first match in file order; `{tenant}` in a prefix is
@@ -37,6 +41,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.references import REFERENCE_PATTERN
+from storage_worker.pipelines.config import (
+    BUILTIN_PIPELINES,
+    PipelineConfig,
+    PipelineName,
+    UploadTrigger,
+)
 
 DEFAULT_TENANT = "default"
 _TENANT = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}")
@@ -72,7 +82,49 @@ class S3Backend(_Strict):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
 
 
-Backend = Annotated[LocalBackend | S3Backend, Field(discriminator="type")]
+class GcsBackend(_Strict):
+    """A Google Cloud Storage bucket."""
+
+    type: Literal["gcs"]
+    bucket: str = Field(min_length=3, max_length=222)
+    service_account_file: Reference | None = None
+    """A reference to a service-account key's JSON (`file:/…` or `env:…`); without one,
+    the default credentials (and no signed URLs)."""
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    """An emulator (gcp-storage-emulator, fake-gcs-server): requests go without credentials."""
+
+
+class AzureBackend(_Strict):
+    """A container on Azure Blob Storage (or Azurite): a connection string, or an account
+    URL with the account's key; both references (`env:`/`file:`), never values."""
+
+    type: Literal["azure"]
+    container: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
+    account_url: str | None = Field(default=None, pattern=r"^https?://")
+    connection_string: Reference | None = None
+    account_name: str | None = Field(default=None, pattern=r"^[a-z0-9]{3,24}$")
+    """None: taken from the account URL."""
+    account_key: Reference | None = None
+    api_version: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    """The `x-ms-version` to send (None: the SDK's newest); e.g. `2025-11-05` for Azurite
+    3.35."""
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Self:
+        if (self.connection_string is None) == (self.account_url is None):
+            raise ValueError("give either connection_string or account_url")
+        if self.account_url is not None and self.account_key is None:
+            raise ValueError("account_url needs account_key")
+        if self.connection_string is not None and (self.account_key or self.account_name):
+            raise ValueError("a connection string names the account and its key itself")
+        if "--" in self.container:
+            raise ValueError("container names have no two dashes in a row")
+        return self
+
+
+Backend = Annotated[
+    LocalBackend | S3Backend | GcsBackend | AzureBackend, Field(discriminator="type")
+]
 
 
 class RequestLimit(_Strict):
@@ -81,6 +133,17 @@ class RequestLimit(_Strict):
     requests: int | None = Field(default=None, gt=0)
     window: float = Field(default=60.0, gt=0, le=86_400)
     max_concurrent: int | None = Field(default=None, gt=0)
+
+
+class SourceAccess(_Strict):
+    """The URLs a tenant's puts may fetch content from (`PutRequest.source`)."""
+
+    schemes: list[Literal["http", "https"]] = Field(default=["https"], min_length=1)
+    hosts: list[str] = Field(min_length=1)
+    """Host names (`fnmatch`, lowercase: `*.example.com`, `files.partner.io`)."""
+    allow_private: bool = False
+    """Let the hosts resolve to loopback and private addresses (never link-local, as the
+    cloud metadata service, multicast, reserved or unspecified ones)."""
 
 
 class TenantRule(_Strict):
@@ -97,6 +160,10 @@ class TenantRule(_Strict):
     rate_limit: RequestLimit | None = None
     """Requests of each tenant matching the pattern, shared by the replicas (each enforces
     its share); past it, requests fail `rate_limited` with the wait as `retry_after`."""
+    sources: SourceAccess | None = None
+    """Where puts from a source URL may fetch from (None: nowhere)."""
+    on_upload: list[UploadTrigger] = Field(default_factory=list[UploadTrigger])
+    """Pipelines run on every object written under a prefix (`storage_worker.pipelines`)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -115,6 +182,8 @@ class Policy(_Strict):
 
     backends: dict[str, Backend] = Field(min_length=1)
     tenants: dict[str, TenantRule] = Field(min_length=1)
+    pipelines: dict[PipelineName, PipelineConfig] = Field(default_factory=dict[str, PipelineConfig])
+    """Named pipelines (besides the built-in `text` and `thumbnail`, which these replace)."""
 
     @model_validator(mode="after")
     def _known_backends(self) -> Self:
@@ -122,6 +191,12 @@ class Policy(_Strict):
             unknown = sorted(set(rule.spaces) - set(self.backends))
             if unknown:
                 raise ValueError(f"tenants.{pattern}: unknown backends {unknown}")
+            for index, trigger in enumerate(rule.on_upload):
+                if trigger.pipeline not in self.pipelines | BUILTIN_PIPELINES:
+                    raise ValueError(
+                        f"tenants.{pattern}.on_upload.{index}.pipeline: no pipeline"
+                        f" {trigger.pipeline!r}"
+                    )
         return self
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.storage import (
     STORAGE_COPY_COMPLETED,
     STORAGE_DELETE_COMPLETED,
+    STORAGE_FAILED,
     STORAGE_GET_COMPLETED,
     STORAGE_HEAD_COMPLETED,
     STORAGE_LIST_COMPLETED,
@@ -36,18 +38,25 @@ from ferryman.contracts.storage import (
     MetadataUpdateRequest,
     PresignCompleted,
     PresignRequest,
+    ProcessRequest,
     PutCompleted,
     PutRequest,
+    StorageFailed,
 )
 from ferryman_runtime.job import Job
 from storage_worker.backends.port import ObjectStore, StoredObject
+from storage_worker.checksums import CRC32C_META, digests_of
 from storage_worker.content_types import allowed, compatible, detect
 from storage_worker.events import ObjectEvents
 from storage_worker.keys import KeyRefused, normalise_key
-from storage_worker.object_info import REQUEST_META, object_info
+from storage_worker.object_info import REQUEST_META, object_info, refuse_reserved
+from storage_worker.pipelines.runner import PipelineRunner, StepFailed
+from storage_worker.pipelines.triggers import UploadTriggers
 from storage_worker.policy import Policy, TenantSpace, space_of, tenant_name
 from storage_worker.progress import reported
 from storage_worker.quotas import TenantQuotas
+from storage_worker.signed_urls import signing_for
+from storage_worker.sources import Announced, SourceFetcher, inline
 from storage_worker.stores import Stores
 
 logger = logging.getLogger(__name__)
@@ -61,6 +70,7 @@ StorageRequest = (
     | CopyRequest
     | PresignRequest
     | MetadataUpdateRequest
+    | ProcessRequest
 )
 
 _COPY_CHUNK = 1024 * 1024
@@ -75,6 +85,8 @@ class StorageService:
         events: publishes object events.
         inline_limit: bytes carried inline in requests and replies.
         quotas: each tenant's request budget.
+        sources: fetches the content of puts from a source URL.
+        uploads: asks for the `on_upload` pipelines of written objects.
     """
 
     def __init__(
@@ -85,8 +97,13 @@ class StorageService:
         events: ObjectEvents,
         inline_limit: int,
         quotas: TenantQuotas | None = None,
+        sources: SourceFetcher | None = None,
+        uploads: UploadTriggers | None = None,
     ) -> None:
+        self._uploads = uploads
+        self._pipelines = PipelineRunner(stores=stores, policy=policy, events=events)
         self._stores = stores
+        self._sources = sources or SourceFetcher()
         self._quotas = quotas or TenantQuotas()
         self._policy = policy
         self._events = events
@@ -100,6 +117,7 @@ class StorageService:
             CopyRequest: self._copy,
             PresignRequest: self._presign,
             MetadataUpdateRequest: self._update_metadata,
+            ProcessRequest: self._pipelines.process,
         }
 
     async def execute(self, job: Job[StorageRequest]) -> None:
@@ -110,8 +128,15 @@ class StorageService:
         """
         try:
             space = space_of(self._policy(), tenant_name(job.tenant), None)
+            refuse_reserved(getattr(job.request, "metadata", None))
             async with self._quotas.admitted(space):
                 event_type, payload = await self._handlers[type(job.request)](job.request, job)
+                if self._uploads is not None:
+                    await self._uploads.written(space.tenant, space.rule, payload)
+        except StepFailed as exc:
+            failed = StorageFailed(error=exc.to_info(), step=exc.step)
+            await job.replies.finish(STORAGE_FAILED, failed)
+            return
         except FerrymanError as exc:
             await job.replies.fail(exc.to_info())
             return
@@ -124,41 +149,6 @@ class StorageService:
     async def _put(self, request: PutRequest, job: Job[Any]) -> tuple[str, BaseModel]:
         space, store = await self._space(job, request.backend)
         key = _key(request.key)
-        if request.content_base64 is None:
-            raise FerrymanError(
-                ErrorCode.INVALID_REQUEST,
-                "puts from a source URL are not enabled on this worker",
-                retryable=False,
-            )
-        data = self._inline_bytes(request.content_base64)
-        limit = space.rule.max_object_bytes
-        if limit is not None and len(data) > limit:
-            raise FerrymanError(
-                ErrorCode.TOO_LARGE,
-                f"{len(data)} bytes is over the tenant's object size limit ({limit})",
-                retryable=False,
-            )
-        detected = detect(data[:8192])
-        content_type = request.content_type or detected
-        if not compatible(content_type, detected):
-            raise FerrymanError(
-                ErrorCode.INVALID_REQUEST,
-                f"the content is {detected}, not {content_type}",
-                retryable=False,
-            )
-        if not allowed(detected, space.rule.content_types):
-            raise FerrymanError(
-                ErrorCode.PERMISSION_DENIED,
-                f"content type {detected} is not allowed for this tenant",
-                retryable=False,
-            )
-        digest = hashlib.sha256(data).hexdigest()
-        if request.sha256 is not None and request.sha256 != digest:
-            raise FerrymanError(
-                ErrorCode.PRECONDITION_FAILED,
-                f"the content's SHA-256 is {digest}, not {request.sha256}: nothing stored",
-                retryable=False,
-            )
         marker = _request_marker(job)
         earlier = await _head_or_none(store, space.full_key(key))
         if earlier is not None and earlier.metadata.get(REQUEST_META) == marker:
@@ -167,15 +157,32 @@ class StorageService:
             info = object_info(space, earlier)
             await self._events.created(space.tenant, info, "put", job.event.id)
             return STORAGE_PUT_COMPLETED, PutCompleted(object=info, created=False)
-        stored = await store.put(
-            space.full_key(key),
-            _one_chunk(data),
-            content_type=content_type,
-            metadata={**request.metadata, REQUEST_META: marker},
-            tags=dict(request.tags),
-            sha256=digest,
-            if_absent=request.if_absent,
-        )
+        announced = Announced(sha256=request.sha256, crc32c=request.crc32c)
+        limit = space.rule.max_object_bytes
+        typed = functools.partial(_content_type, request.content_type, space=space)
+        if request.source is not None:
+            content = self._sources.open(
+                request.source,
+                space.rule.sources,
+                announced=announced,
+                limit=limit,
+                content_type_of=typed,
+                replies=job.replies,
+                deadline=job.deadline,
+            )
+        else:
+            data = self._inline_bytes(request.content_base64 or "")
+            content = inline(data, announced=announced, limit=limit, content_type_of=typed)
+        async with content as checked:
+            stored = await store.put(
+                space.full_key(key),
+                checked.body,
+                content_type=checked.content_type,
+                metadata={**request.metadata, REQUEST_META: marker, CRC32C_META: checked.crc32c},
+                tags=dict(request.tags),
+                sha256=checked.sha256,
+                if_absent=request.if_absent,
+            )
         info = object_info(space, stored)
         await self._events.created(space.tenant, info, "put", job.event.id)
         return STORAGE_PUT_COMPLETED, PutCompleted(object=info)
@@ -197,12 +204,14 @@ class StorageService:
                 )
             stored, body = await store.get(key)
             data = await _read_at_most(body, self._inline_limit)
+            _check_read(stored, data)
             return STORAGE_GET_COMPLETED, GetCompleted(
                 object=object_info(space, stored),
                 content_base64=base64.b64encode(data).decode(),
             )
         expires = min(request.url_expires_in, space.rule.max_presign_seconds)
-        signed = await store.presign(key, "GET", expires)
+        with signing_for(space.tenant, space.rule.max_object_bytes, job.event.id):
+            signed = await store.presign(key, "GET", expires)
         return STORAGE_GET_COMPLETED, GetCompleted(
             object=object_info(space, head), url=signed.url, url_expires_at=signed.expires_at
         )
@@ -284,12 +293,13 @@ class StorageService:
                 f"expires_in {request.expires_in} s is over the tenant's maximum ({maximum} s)",
                 retryable=False,
             )
-        signed = await store.presign(
-            space.full_key(_key(request.key)),
-            request.method,
-            request.expires_in,
-            content_type=request.content_type,
-        )
+        with signing_for(space.tenant, space.rule.max_object_bytes, job.event.id):
+            signed = await store.presign(
+                space.full_key(_key(request.key)),
+                request.method,
+                request.expires_in,
+                content_type=request.content_type,
+            )
         return STORAGE_PRESIGN_COMPLETED, PresignCompleted(
             url=signed.url,
             method=signed.method,
@@ -337,6 +347,47 @@ class StorageService:
         return data
 
 
+def _content_type(declared: str | None, head: bytes, *, space: TenantSpace) -> str:
+    """The content type to store: the declared one if the bytes can be it, else detected.
+
+    Raises:
+        FerrymanError: `invalid_request` (the bytes are not what is declared),
+            `permission_denied` (a type the tenant may not store).
+    """
+    detected = detect(head)
+    content_type = declared or detected
+    if not compatible(content_type, detected):
+        raise FerrymanError(
+            ErrorCode.INVALID_REQUEST,
+            f"the content is {detected}, not {content_type}",
+            retryable=False,
+        )
+    if not allowed(detected, space.rule.content_types):
+        raise FerrymanError(
+            ErrorCode.PERMISSION_DENIED,
+            f"content type {detected} is not allowed for this tenant",
+            retryable=False,
+        )
+    return content_type
+
+
+def _check_read(stored: StoredObject, data: bytes) -> None:
+    """Check bytes read against the checksums stored with them.
+
+    Raises:
+        FerrymanError: `precondition_failed` (retryable: the next read may be intact).
+    """
+    differs = digests_of(data).mismatch(
+        sha256=stored.sha256, crc32c=stored.metadata.get(CRC32C_META)
+    )
+    if differs is not None:
+        raise FerrymanError(
+            ErrorCode.PRECONDITION_FAILED,
+            f"the object's bytes as read have {differs} as stored",
+            retryable=True,
+        )
+
+
 def _key(key: str) -> str:
     try:
         return normalise_key(key)
@@ -357,10 +408,6 @@ async def _head_or_none(store: ObjectStore, key: str) -> StoredObject | None:
         if exc.code == ErrorCode.NOT_FOUND:
             return None
         raise
-
-
-async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 async def _read_at_most(body: AsyncIterator[bytes], limit: int) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from ferryman.contracts.storage import (
@@ -32,6 +32,9 @@ class StorageWorkerSettings(WorkerSettings):
     default_reply_topic: str = DEFAULT_STORAGE_REPLY_TOPIC
     events_topic: str = DEFAULT_STORAGE_EVENTS_TOPIC
     """Object events (created, deleted, metadata changed)."""
+    pipeline_reply_topic: str | None = None
+    """Where the replies of pipelines run on upload go (None: `default_reply_topic`; another
+    topic must exist and be allowed by `reply_topics`)."""
     max_in_flight: int = Field(default=256, ge=1)
     policy_file: Path | None = None
     """Backends and each tenant's space on them (YAML or JSON). None: the local backend
@@ -39,6 +42,14 @@ class StorageWorkerSettings(WorkerSettings):
     policy_poll_interval: float = Field(default=1.0, gt=0)
     local_root: Path = Path(".ferryman/storage")
     """The local backend's root without a policy file."""
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s?#]+$")
+    """The worker's HTTP address as clients reach it: the base of the local backends'
+    signed URLs (`https://storage.example.com`). None: its own (`http_host`, or its host
+    name when it listens on every address, and `http_port`)."""
+    url_signing_key: SecretStr | None = None
+    """A credential reference (`env:VAR` or `file:/path`, never the key itself) to the key
+    (32 bytes at least) that signs the local backends' URLs, the same on every replica.
+    None: a random key of each process, whose URLs work on that replica only."""
     inline_limit: int = Field(default=DEFAULT_INLINE_LIMIT, ge=1, le=700 * 1024)
     """Bytes of content carried inline in requests and replies (before base64; below Kafka's
     1 MB message limit with room for the envelope)."""

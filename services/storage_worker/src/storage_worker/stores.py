@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breakers, RetryPolicy
 from storage_worker.backends.port import ObjectStore
-from storage_worker.policy import Backend, LocalBackend, Policy
+from storage_worker.policy import AzureBackend, Backend, GcsBackend, LocalBackend, Policy
 from storage_worker.resilient_store import ResilientStore
+from storage_worker.signed_urls import UrlSigner
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class Stores:
         environ: where credential references resolve.
         breakers: one circuit per backend name (default: no metrics, 5 failures, 30 s).
         retry: attempts of the calls a backend may see twice.
+        signer: signs the local backends' URLs (None: they sign none).
     """
 
     def __init__(
@@ -37,8 +39,10 @@ class Stores:
         *,
         breakers: Breakers | None = None,
         retry: RetryPolicy | None = None,
+        signer: UrlSigner | None = None,
     ) -> None:
         self._environ = os.environ if environ is None else environ
+        self._signer = signer
         self._breakers = breakers or Breakers(
             CollectorRegistry(), "storage_worker", fail_max=5, reset_timeout=30.0
         )
@@ -86,7 +90,15 @@ class Stores:
         if isinstance(config, LocalBackend):
             from storage_worker.backends.local import LocalStore
 
-            return LocalStore(name, config.root)
+            return LocalStore(name, config.root, signer=self._signer)
+        if isinstance(config, GcsBackend):
+            from storage_worker.backends.gcs_open import open_gcs
+
+            return await open_gcs(name, config, self._environ)
+        if isinstance(config, AzureBackend):
+            from storage_worker.backends.azure_open import open_azure
+
+            return await open_azure(name, config, self._environ)
         from storage_worker.backends.s3_open import open_s3
 
         return await open_s3(name, config, self._environ)

@@ -39,6 +39,9 @@ class ChatJob:
     """In a tool loop: the model turn this job serves."""
     traceparent: str | None = None
     """The request's trace context, passed on to the tool calls it makes."""
+    unresolved: ChatRequest | None = None
+    """The request as sent, when `request` has its dataref parts resolved (presigned URLs
+    differ from run to run: what identifies the request is this)."""
 
 
 @dataclass

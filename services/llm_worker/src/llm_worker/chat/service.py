@@ -35,6 +35,8 @@ from llm_worker.chat.job import (
 )
 from llm_worker.chat.retry_rules import Allowance, FailedCall, next_step
 from llm_worker.chat.stream_guard import StreamTimeouts
+from llm_worker.datarefs.delivery import resolve_job
+from llm_worker.datarefs.port import DataRefResolver
 from llm_worker.metrics import LlmMetrics
 from llm_worker.providers.resolver import ModelResolver
 from llm_worker.routing.capabilities import CapabilityTable
@@ -78,6 +80,8 @@ class ChatService:
         cancels_ready: set once the control topic was read back (the first requests wait for
             it, up to `CANCELS_READY_TIMEOUT`, so a cancel published before a restart still
             applies).
+        datarefs: resolves the dataref parts of requests before any deployment is called
+            (None: such requests are refused).
     """
 
     def __init__(
@@ -92,8 +96,10 @@ class ChatService:
         tool_loop: ToolLoop | None = None,
         cancels: CancelBoard | None = None,
         cancels_ready: asyncio.Event | None = None,
+        datarefs: DataRefResolver | None = None,
     ) -> None:
         self._metrics = metrics
+        self._datarefs = datarefs
         self._tool_loop = tool_loop
         self._cancels = cancels
         self._cancels_ready = cancels_ready
@@ -178,6 +184,9 @@ class ChatService:
         if tenant is not None:
             await self._admit_tenant(state, tenant)
         try:
+            job = state.job = await resolve_job(
+                self._datarefs, job, state.table, self._remaining(state.deadline)
+            )
             if not job.request.mcp_toolsets():
                 return await self._serve(state)
             if self._tool_loop is None:

@@ -18,6 +18,7 @@ from anthropic.types import RawMessageStreamEvent
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError, FinishReason
 from ferryman.contracts.llm import (
     AssistantMessage,
+    DataRefPart,
     FunctionDefinition,
     ImagePart,
     JsonObjectFormat,
@@ -152,13 +153,20 @@ def _messages(request: ChatRequest) -> tuple[str, list[dict[str, Any]]]:
     return "\n\n".join(text for text in system if text), out
 
 
-def _user_content(content: str | list[TextPart | ImagePart]) -> str | list[dict[str, Any]]:
+def _user_content(
+    content: str | list[TextPart | ImagePart | DataRefPart],
+) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
-    return [
-        {"type": "text", "text": part.text} if isinstance(part, TextPart) else _image(part)
-        for part in content
-    ]
+    return [_user_part(part) for part in content]
+
+
+def _user_part(part: TextPart | ImagePart | DataRefPart) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, DataRefPart):  # the chat service resolves them before any call
+        raise _invalid("a dataref part reached the provider unresolved")
+    return _image(part)
 
 
 def _image(part: ImagePart) -> dict[str, Any]:

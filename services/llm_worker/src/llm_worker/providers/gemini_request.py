@@ -40,6 +40,7 @@ from google.genai import types
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman.contracts.llm import (
     AssistantMessage,
+    DataRefPart,
     ImagePart,
     NamedToolChoice,
     SystemMessage,
@@ -233,6 +234,8 @@ def _user_parts(message: UserMessage) -> list[types.Part]:
     for part in message.content:
         if isinstance(part, ImagePart):
             parts.append(_image_part(part.image_url.url))
+        elif isinstance(part, DataRefPart):  # the chat service resolves them before any call
+            raise _invalid("a dataref part reached the provider unresolved")
         else:
             parts.append(types.Part(text=part.text))
     return parts

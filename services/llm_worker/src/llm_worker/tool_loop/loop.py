@@ -110,7 +110,7 @@ class ToolLoop:
         # The whole loop is bounded, not only each provider call and each tool call.
         ends = [t for t in (job.deadline, self._now() + self._timeout) if t is not None]
         job = dataclasses.replace(job, deadline=min(ends))
-        digest = request_digest(request)
+        digest = request_digest(job.unresolved or request)
         recorded = await self._recorded(job, digest)
         started = time.monotonic()
         messages: list[Message] = list(request.messages)

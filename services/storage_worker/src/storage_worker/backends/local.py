@@ -20,7 +20,7 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from ferryman.contracts.errors import ErrorCode, FerrymanError
 from storage_worker.backends.local_fs import CHUNK_SIZE, RootFs, Sidecar, TempFile, describe
@@ -28,6 +28,9 @@ from storage_worker.backends.local_listing import list_page
 from storage_worker.backends.local_rules import decode_token, key_segments, os_failure
 from storage_worker.backends.port import Body, Listing, Presigned, StoredObject
 from storage_worker.keys import KeyRefused, normalise_key
+
+if TYPE_CHECKING:
+    from storage_worker.signed_urls import UrlSigner
 
 T = TypeVar("T")
 _LOCK_STRIPES = 64
@@ -109,13 +112,15 @@ class LocalStore:
     Args:
         name: the backend's name in the policy file.
         root: the folder (created if missing); the objects live below it.
+        signer: signs URLs the worker serves (`local_urls`); None: `presign` is refused.
 
     Raises:
         OSError: the root cannot be created or opened.
     """
 
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: Path, signer: UrlSigner | None = None) -> None:
         self.name = name
+        self._signer = signer
         self._fs = RootFs(root.resolve(), name)
         self._locks = tuple(asyncio.Lock() for _ in range(_LOCK_STRIPES))
 
@@ -127,10 +132,11 @@ class LocalStore:
         content_type: str | None,
         metadata: dict[str, str],
         tags: dict[str, str],
-        sha256: str,
+        sha256: str | None,
         if_absent: bool = False,
     ) -> StoredObject:
-        """Store `body` under `key`, whole or not at all; the bytes' SHA-256 must be `sha256`.
+        """Store `body` under `key`, whole or not at all; the bytes' SHA-256 must be `sha256`
+        (None: computed as they are written, for uploads to a signed URL).
 
         Raises:
             FerrymanError: `precondition_failed` (the bytes do not match `sha256`),
@@ -252,18 +258,23 @@ class LocalStore:
         *,
         content_type: str | None = None,
     ) -> Presigned:
-        """Not available: the local backend has no URL of its own.
+        """A URL of the worker's `/objects` route to GET or PUT `key` (signed by the signer
+        the store was given; a PUT with `content_type` must send it).
 
         Raises:
-            FerrymanError: `invalid_request`, always.
+            FerrymanError: `invalid_request` without a signer, for a refused key, or for an
+                expiry outside 1 s to 7 days.
         """
-        raise FerrymanError(
-            ErrorCode.INVALID_REQUEST,
-            "the local backend cannot sign URLs: fetch or store the object through the worker"
-            " (inline, or from a source URL)",
-            retryable=False,
-            upstream=self.name,
-        )
+        if self._signer is None:
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST,
+                "the local backend cannot sign URLs here: fetch or store the object through"
+                " the worker (inline, or from a source URL)",
+                retryable=False,
+                upstream=self.name,
+            )
+        key = "/".join(key_segments(key, self.name))
+        return self._signer.presign(self.name, key, method, expires_in, content_type=content_type)
 
     async def close(self) -> None:
         """Close the root's descriptors."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Final, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from ferryman.contracts.errors import ErrorCode, ErrorInfo
 from ferryman.contracts.llm_tools import McpToolset, ToolExecution
+from ferryman.contracts.storage import ObjectRef
 
 LLM_CHAT_REQUESTED: Final = "ferryman.llm.chat.requested"
 LLM_CHAT_CHUNK: Final = "ferryman.llm.chat.chunk"
@@ -52,7 +53,27 @@ class ImagePart(_Strict):
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class DataRefPart(_Strict):
+    """A content part naming an object of the tenant's storage (a `dataref`, the
+    claim-check pattern): the LLM worker asks the storage_worker for it, in the request's
+    tenant, and replaces the part before any provider sees the request.
+
+    `as` says what the model gets: `text` (the object's text: text objects as they are, other
+    documents such as PDF or HTML through the storage pipeline that extracts text; cut at the
+    worker's limit, and said so), `image` (the image, as a presigned URL or inline data,
+    whichever the providers that may serve the request take), or `auto` (an image for
+    `image/*` objects, text otherwise). Serialized as `{"type": "dataref", "dataref":
+    {"key": ..., "backend": ...}, "as": "auto"}`.
+    """
+
+    type: Literal["dataref"]
+    dataref: ObjectRef
+    as_: Literal["auto", "text", "image"] = Field(
+        default="auto", validation_alias=AliasChoices("as", "as_"), serialization_alias="as"
+    )
+
+
+ContentPart = Annotated[TextPart | ImagePart | DataRefPart, Field(discriminator="type")]
 
 
 class FunctionCall(_Strict):
@@ -79,7 +100,7 @@ class SystemMessage(_Strict):
 
 
 class UserMessage(_Strict):
-    """A user turn: text, or text and image parts."""
+    """A user turn: text, or text, image and dataref parts."""
 
     role: Literal["user"]
     content: str | list[ContentPart]
@@ -212,6 +233,16 @@ class ChatRequest(_Strict):
     def mcp_toolsets(self) -> list[McpToolset]:
         """The MCP toolsets among `tools`."""
         return [tool for tool in self.tools or () if isinstance(tool, McpToolset)]
+
+    def datarefs(self) -> list[DataRefPart]:
+        """The dataref parts of the user messages, in order."""
+        return [
+            part
+            for message in self.messages
+            if isinstance(message, UserMessage) and not isinstance(message.content, str)
+            for part in message.content
+            if isinstance(part, DataRefPart)
+        ]
 
     def runs_tools(self) -> bool:
         """Whether the worker runs MCP tool calls (`tool_execution.mode` is `auto`)."""

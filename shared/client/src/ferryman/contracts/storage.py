@@ -98,6 +98,10 @@ class ObjectInfo(_Strict):
     size: int = Field(ge=0)
     content_type: str | None = None
     checksum: Checksum | None = None
+    """The SHA-256 (what clients verify reads against)."""
+    checksums: list[Checksum] = Field(default_factory=list[Checksum])
+    """Every checksum known of the object: the SHA-256 and, for objects the worker stored,
+    the CRC32C."""
     etag: str | None = None
     version: str | None = None
     """The backend's version or generation of this content, where it has one."""
