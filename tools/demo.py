@@ -1,7 +1,7 @@
 """`make demo`: stream a chat through Kafka and the LLM worker, call an MCP tool through
 the mcp_worker (the time server, sandboxed where bubblewrap is installed), then store a
-document with the storage_worker (its local backend) and read it back, starting only what
-is missing.
+document with the storage_worker (its local backend), read it back and print the text its
+`text` pipeline extracts, starting only what is missing.
 
 Uses the real OpenAI API when OPENAI_API_KEY is set, otherwise the built-in
 `mock/echo` model; the tool call needs no key and no network. Stops what it started (the
@@ -139,11 +139,14 @@ def _tool_call(bootstrap: str, env: dict[str, str]) -> int:
 
 
 def _storage(bootstrap: str, env: dict[str, str]) -> int:
-    """Start the storage_worker (local backend in a temporary folder), store a document and
-    read it back."""
+    """Start the storage_worker (local backend in a temporary folder), store a document, read
+    it back and print the text its `text` pipeline extracts."""
     folder = Path(tempfile.mkdtemp(prefix="ferryman-demo-storage-"))
     document = folder / "welcome.md"
-    document.write_text("# Welcome\n\nStored through Kafka by the storage_worker.\n")
+    document.write_text(
+        "# Welcome\n\nStored through **Kafka** by the *storage_worker*.\n\n"
+        "- extracted by its `text` pipeline\n- readable by the LLM worker as a `dataref`\n"
+    )
     storage_env = {
         **env,
         "STORAGE_WORKER_HTTP_PORT": str(STORAGE_HEALTH_PORT),
@@ -159,6 +162,7 @@ def _storage(bootstrap: str, env: dict[str, str]) -> int:
             ["storage", "put", "docs/welcome.md", str(document), "--content-type", "text/markdown"],
             ["storage", "ls", "docs/"],
             ["storage", "get", "docs/welcome.md", "-o", "-"],
+            ["storage", "process", "docs/welcome.md", "text", "--text"],
         ):
             print(f"\n▶ ferryman {' '.join(step)} --tenant demo\n", file=sys.stderr)
             code = subprocess.call(

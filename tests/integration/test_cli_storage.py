@@ -19,6 +19,7 @@ from ferryman.cli import main as ferryman
 from ferryman.contracts.storage import CopyCompleted, StorageProgress
 from ferryman.storage_client import StorageClient, StorageFailedError
 from tests.integration.storage_harness import StorageHarness, running_storage_worker
+from tests.storage.documents import image_bytes
 from tests.storage.s3_store import MOTO_ACCESS_KEY, MOTO_SECRET_KEY, moto_endpoint, s3_bucket
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -271,3 +272,33 @@ async def test_large_objects_move_by_presigned_url_on_s3(
     assert downloaded == big
     assert asked == 0
     assert asked_out.startswith("http")
+
+
+async def test_process_prints_the_extracted_text_or_names_the_failing_step(
+    harness: StorageHarness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = tmp_path / "notes.md"
+    page.write_text("# Minutes\n\nThe *ferry* leaves at **noon**.\n")
+    image = tmp_path / "cat.png"
+    image.write_bytes(image_bytes(32, 32))
+    await run(harness, "put", "notes.md", str(page), "--content-type", "text/markdown")
+    await run(harness, "put", "cat.png", str(image))
+    capsys.readouterr()
+
+    text = await run(harness, "process", "notes.md", "text", "--text")
+    text_out = capsys.readouterr()
+    listed = await run(harness, "process", "notes.md", "text")
+    listed_out = capsys.readouterr().out
+    failed = await run(harness, "process", "cat.png", "text")
+    failed_err = capsys.readouterr().err
+
+    assert text == 0
+    assert "Minutes" in text_out.out
+    assert "The ferry leaves at noon." in text_out.out
+    assert "extract_text" in text_out.err  # progress by step
+    assert listed == 0
+    assert "(outputs reused)" in listed_out
+    assert "extract_text: notes.md.derived/text/extract_text.txt" in listed_out
+    assert failed == 2
+    assert "step extract_text failed" in failed_err
+    assert "invalid_request" in failed_err

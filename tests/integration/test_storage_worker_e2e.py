@@ -260,6 +260,48 @@ async def test_a_policy_with_s3_and_local_spaces(
             assert [o["Key"] for o in listed["Contents"]] == ["tenants/acme/docs/a.txt"]
 
 
+async def test_an_object_stored_without_a_checksum_copies_to_s3_with_one(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    # A file another program wrote into the local root has no stored checksum; S3 needs one
+    # before the first byte, so the worker computes it on the way (spooling the bytes).
+    data = b"written by another program\n" * 1000
+    (tmp_path / "disk" / "acme").mkdir(parents=True)
+    (tmp_path / "disk" / "acme" / "dropped.txt").write_bytes(data)
+    async with s3_bucket() as bucket:
+        policy = {
+            "backends": {
+                "local": {"type": "local", "root": str(tmp_path / "disk")},
+                "s3": {
+                    "type": "s3",
+                    "bucket": bucket,
+                    "endpoint_url": moto_endpoint(),
+                    "access_key_id": "env:TEST_S3_KEY",
+                    "secret_access_key": "env:TEST_S3_SECRET",
+                },
+            },
+            "tenants": {"acme": {"spaces": {"local": "acme/", "s3": "tenants/acme/"}}},
+        }
+        environ = {"TEST_S3_KEY": MOTO_ACCESS_KEY, "TEST_S3_SECRET": MOTO_SECRET_KEY}
+        async with running_storage_worker(
+            kafka_bootstrap, unique, tmp_path, policy=policy, environ=environ
+        ) as harness:
+            before = await harness.call("head", {"key": "dropped.txt", "backend": "local"})
+            copied = await harness.call(
+                "copy",
+                {"source": {"key": "dropped.txt", "backend": "local"}, "key": "d.txt",
+                 "backend": "s3"},
+            )  # fmt: skip
+            got = await harness.call("get", {"key": "d.txt", "backend": "s3"})
+
+    assert "checksum" not in before.data["object"]  # (None is left out of replies)
+    assert copied.type == "ferryman.storage.copy.completed", copied.data
+    stored = copied.data["object"]
+    assert stored["checksum"] == {"algorithm": "sha256", "value": hashlib.sha256(data).hexdigest()}
+    assert {c["algorithm"] for c in stored["checksums"]} == {"sha256", "crc32c"}
+    assert base64.b64decode(got.data["content_base64"]) == data
+
+
 async def test_a_tenants_request_quota(kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:
     policy = {
         "backends": {"local": {"type": "local", "root": str(tmp_path / "disk")}},

@@ -56,7 +56,7 @@ from storage_worker.policy import Policy, TenantSpace, space_of, tenant_name
 from storage_worker.progress import reported
 from storage_worker.quotas import TenantQuotas
 from storage_worker.signed_urls import signing_for
-from storage_worker.sources import Announced, SourceFetcher, inline
+from storage_worker.sources import Announced, SourceFetcher, inline, with_checksums
 from storage_worker.stores import Stores
 
 logger = logging.getLogger(__name__)
@@ -261,15 +261,32 @@ class StorageService:
             stored = await target_store.copy(source_key, target_key, if_absent=request.if_absent)
         else:
             origin, body = await source_store.get(source_key)
-            stored = await target_store.put(
-                target_key,
-                reported(body, job.replies, stage="copy", total=origin.size),
-                content_type=origin.content_type,
-                metadata=dict(origin.metadata),
-                tags=dict(origin.tags),
-                sha256=origin.sha256 or "",
-                if_absent=request.if_absent,
-            )
+            streamed = reported(body, job.replies, stage="copy", total=origin.size)
+            metadata = dict(origin.metadata)
+            if origin.sha256 is not None:
+                stored = await target_store.put(
+                    target_key,
+                    streamed,
+                    content_type=origin.content_type,
+                    metadata=metadata,
+                    tags=dict(origin.tags),
+                    sha256=origin.sha256,
+                    if_absent=request.if_absent,
+                )
+            else:
+                # An object stored without its checksum (e.g. written by another program):
+                # the target needs one before the first byte, so the bytes are spooled.
+                async with with_checksums(streamed) as (spooled, digests):
+                    metadata.setdefault(CRC32C_META, digests.crc32c)
+                    stored = await target_store.put(
+                        target_key,
+                        spooled,
+                        content_type=origin.content_type,
+                        metadata=metadata,
+                        tags=dict(origin.tags),
+                        sha256=digests.sha256,
+                        if_absent=request.if_absent,
+                    )
         info = object_info(target_space, stored)
         cause = "move" if request.move else "copy"
         await self._events.created(target_space.tenant, info, cause, job.event.id)

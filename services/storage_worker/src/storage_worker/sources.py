@@ -326,6 +326,17 @@ async def _spooled(
         await asyncio.to_thread(spool.close)
 
 
+@contextlib.asynccontextmanager
+async def with_checksums(
+    body: AsyncIterator[bytes],
+) -> AsyncIterator[tuple[AsyncIterator[bytes], Digests]]:
+    """`body` spooled to an unnamed temporary file while its SHA-256 and CRC32C are computed,
+    for a store that needs them before the first byte (memory stays bounded; disk use is
+    the body's size): the spooled bytes, and their digests."""
+    async with _spooled(b"", body, Announced(sha256=None, crc32c=None)) as spooled:
+        yield spooled
+
+
 async def _read_spool(spool: IO[bytes]) -> AsyncIterator[bytes]:
     read = functools.partial(spool.read, _SPOOL_READ)
     while chunk := await asyncio.to_thread(read):

@@ -1,4 +1,5 @@
-"""`ferryman storage put|get|ls|rm|presign|head|cp`: objects through the storage_worker.
+"""`ferryman storage put|get|ls|rm|presign|head|cp|process`: objects through the
+storage_worker.
 
 Exit codes: 0 done; 2 the request failed (`ferryman.storage.failed`: `failed: CODE: message`
 is printed, e.g. `not_found` for a `get` of a missing key), no reply came in time, or the
@@ -31,6 +32,11 @@ from ferryman.cli_storage_format import (
     read_content,
     render_listing,
     when,
+)
+from ferryman.cli_storage_process import (
+    add_process_arguments,
+    process_command,
+    validate_process,
 )
 from ferryman.cli_tools import add_reply_arguments, positive_float, positive_int
 from ferryman.client import RunRestarted, TopicSpec
@@ -160,6 +166,10 @@ def add_storage_arguments(
         "--source-backend", help="the source's backend (default: the tenant's default)"
     )
 
+    add_process_arguments(
+        subcommand("process", "run a pipeline on an object (derived objects)", TRANSFER_TIMEOUT)
+    )
+
 
 def _client_arguments(parser: argparse.ArgumentParser, timeout: float) -> None:
     parser.add_argument("--tenant", help="the tenant whose space it is")
@@ -260,6 +270,8 @@ def _validate(args: argparse.Namespace) -> None:
             )
         case "head":
             HeadRequest(key=args.key, backend=backend)
+        case "process":
+            validate_process(args)
         case _:
             copy_request(args.source, args.key, source_backend=args.source_backend, backend=backend)
 
@@ -404,4 +416,5 @@ _COMMANDS = {
     "presign": _presign,
     "head": _head,
     "cp": _cp,
+    "process": process_command,
 }

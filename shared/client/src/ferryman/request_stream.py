@@ -29,11 +29,13 @@ logger = logging.getLogger(__name__)
 
 
 class RequestFailedError(Exception):
-    """The worker answered with a `failed` event; `error` carries code and retryability."""
+    """The worker answered with a `failed` event; `error` carries code and retryability,
+    `failed` the whole event's data (e.g. `StorageFailed.step`, the pipeline step)."""
 
-    def __init__(self, error: ErrorInfo) -> None:
+    def __init__(self, error: ErrorInfo, failed: BaseModel | None = None) -> None:
         super().__init__(f"{error.code}: {error.message}")
         self.error = error
+        self.failed = failed
 
 
 class _Failed(Protocol):
@@ -83,7 +85,7 @@ async def sequenced_replies(
         )
         for shown in accepted:
             if shown is payload and reply_type.role is ReplyRole.FAILED:
-                raise RequestFailedError(cast(_Failed, payload).error)
+                raise RequestFailedError(cast(_Failed, payload).error, payload)
             yield shown
 
 

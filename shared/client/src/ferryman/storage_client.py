@@ -41,6 +41,7 @@ from ferryman.contracts.storage import (
     STORAGE_LIST_REQUESTED,
     STORAGE_METADATA_UPDATE_REQUESTED,
     STORAGE_PRESIGN_REQUESTED,
+    STORAGE_PROCESS_REQUESTED,
     STORAGE_PUT_REQUESTED,
     CopyCompleted,
     DeleteCompleted,
@@ -55,12 +56,17 @@ from ferryman.contracts.storage import (
     MetadataUpdateRequest,
     ObjectInfo,
     PresignCompleted,
+    ProcessCompleted,
+    ProcessRequest,
     PutCompleted,
+    PutRequest,
+    SourceRef,
 )
 from ferryman.kafka_config import KafkaConnection
 from ferryman.replies import ReplyRegistry, default_registry
 from ferryman.storage_requests import (
     CopyEvent,
+    ProcessEvent,
     StorageFailedError,
     StorageIntegrityError,
     copy_request,
@@ -74,6 +80,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "TRANSFER_TIMEOUT",
     "CopyEvent",
+    "ProcessEvent",
     "StorageClient",
     "StorageFailedError",
     "StorageIntegrityError",
@@ -181,6 +188,40 @@ class StorageClient(FerrymanClient):
             if_absent=if_absent,
             backend=backend,
             inline_limit=self.inline_limit,
+        )
+        return await self._ask(
+            STORAGE_PUT_REQUESTED, request, PutCompleted, tenant, timeout, options
+        )
+
+    async def put_from(
+        self,
+        key: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        sha256: str | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        backend: str | None = None,
+        tenant: str | None = None,
+        timeout: float = TRANSFER_TIMEOUT,
+        **options: Any,
+    ) -> PutCompleted:
+        """Have the worker fetch `url` (http or https, of any size) and store it under `key`:
+        the tenant's policy must allow the URL's scheme and host (`permission_denied`
+        otherwise); `sha256`, when given, is checked (`precondition_failed`, nothing
+        stored).
+
+        Raises:
+            StorageFailedError: `permission_denied`, `not_found` (the source), `too_large`, …
+        """
+        request = PutRequest(
+            key=key,
+            backend=backend,
+            source=SourceRef(url=url, headers=dict(headers or {})),
+            sha256=sha256,
+            content_type=content_type,
+            metadata=dict(metadata or {}),
         )
         return await self._ask(
             STORAGE_PUT_REQUESTED, request, PutCompleted, tenant, timeout, options
@@ -394,6 +435,44 @@ class StorageClient(FerrymanClient):
         )
         async for event in stream:
             if isinstance(event, CopyCompleted):
+                return event
+        raise RuntimeError("the reply stream ended without a terminal event")
+
+    def process_stream(
+        self,
+        key: str,
+        pipeline: str,
+        *,
+        force: bool = False,
+        backend: str | None = None,
+        tenant: str | None = None,
+        timeout: float = TRANSFER_TIMEOUT,
+        **options: Any,
+    ) -> RequestStream[ProcessEvent]:
+        """Return the stream of a run of the worker's pipeline `pipeline` (e.g. the built-in
+        `text` or `thumbnail`) on `key`: progress by step (`stage`), then the
+        `ProcessCompleted` with the derived objects (`force`: run again even when outputs of
+        this version exist).
+
+        Raises:
+            StorageFailedError: when iterated: `not_found`, the failing step's error (its
+                `step` named in the failure), …
+        """
+        request = ProcessRequest(key=key, backend=backend, pipeline=pipeline, force=force)
+        stream = self.request_stream(
+            STORAGE_PROCESS_REQUESTED, request, timeout=timeout, tenant=tenant, **options
+        )
+        return cast(RequestStream[ProcessEvent], stream)
+
+    async def process(self, key: str, pipeline: str, **options: Any) -> ProcessCompleted:
+        """Run `pipeline` on `key` and return the `ProcessCompleted` (options of
+        `process_stream`).
+
+        Raises:
+            StorageFailedError: `not_found`, the failing step's error, …
+        """
+        async for event in self.process_stream(key, pipeline, **options):
+            if isinstance(event, ProcessCompleted):
                 return event
         raise RuntimeError("the reply stream ended without a terminal event")
 

@@ -63,6 +63,7 @@ from ferryman.request_stream import RequestFailedError
 
 __all__ = [
     "CopyEvent",
+    "ProcessEvent",
     "StorageFailedError",
     "StorageIntegrityError",
     "copy_request",
@@ -75,6 +76,9 @@ __all__ = [
 CopyEvent = StorageProgress | RunRestarted | CopyCompleted
 """What `StorageClient.copy_stream` yields (a `RunRestarted` means the request runs again:
 progress shown so far belongs to a run given up)."""
+
+ProcessEvent = StorageProgress | RunRestarted | ProcessCompleted
+"""What `StorageClient.process_stream` yields (progress by step, then the outcome)."""
 
 StorageFailedError = RequestFailedError
 """Raised when the storage_worker answers `ferryman.storage.failed`; `error` is its
