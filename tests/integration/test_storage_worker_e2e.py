@@ -165,6 +165,37 @@ async def test_a_redelivered_put_does_not_write_again(
     assert [e.data["object"]["version"] for e in events] == [first.data["object"]["version"]] * 2
 
 
+async def test_a_redelivered_create_only_copy_and_move_answer_with_their_first_write(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    copy = {"source": {"key": "in/a.txt"}, "key": "out/a.txt", "if_absent": True}
+    move = {"source": {"key": "in/b.txt"}, "key": "done/b.txt", "move": True}
+    async with running_storage_worker(kafka_bootstrap, unique, tmp_path) as first_run:
+        await first_run.put("in/a.txt", b"alpha")
+        await first_run.put("in/b.txt", b"beta")
+        first_copy = await first_run.result(await first_run.send("copy", copy, request_id="cp-1"))
+        first_move = await first_run.result(await first_run.send("copy", move, request_id="mv-1"))
+        other = await first_run.call("copy", copy)  # another request: the key is taken
+    # A new replica (no memory of the requests) gets both again, as after a crash before
+    # the commit: no second write, no conflict, and the move does not fail on its gone
+    # source.
+    async with running_storage_worker(kafka_bootstrap, unique, tmp_path) as second_run:
+        await second_run.send("copy", copy, request_id="cp-1")
+        await second_run.send("copy", move, request_id="mv-1")
+        copies = await second_run.replies("cp-1", count=2)
+        moves = await second_run.replies("mv-1", count=2)
+
+    assert first_copy.type == "ferryman.storage.copy.completed", first_copy.data
+    assert other.data["error"]["code"] == "conflict"
+    assert copies[-1].type == "ferryman.storage.copy.completed", copies[-1].data
+    assert copies[-1].data["object"] == first_copy.data["object"]
+    assert moves[-1].type == "ferryman.storage.copy.completed", moves[-1].data
+    assert moves[-1].data["object"] == first_move.data["object"]
+    assert moves[-1].data["moved"] is True
+    assert read_bytes(tmp_path / "storage" / "acme" / "done" / "b.txt") == b"beta"
+    assert not (tmp_path / "storage" / "acme" / "in" / "b.txt").exists()
+
+
 async def test_copy_move_and_metadata_update_publish_object_events(
     harness: StorageHarness,
 ) -> None:

@@ -47,17 +47,17 @@ from ferryman_runtime.job import Job
 from storage_worker.backends.port import ObjectStore, StoredObject
 from storage_worker.checksums import CRC32C_META, digests_of
 from storage_worker.content_types import allowed, compatible, detect
+from storage_worker.copies import Endpoint, copy_object
 from storage_worker.events import ObjectEvents
 from storage_worker.keys import KeyRefused, normalise_key
 from storage_worker.object_info import REQUEST_META, object_info, refuse_reserved
 from storage_worker.pipelines.runner import PipelineRunner, StepFailed
 from storage_worker.pipelines.triggers import UploadTriggers
 from storage_worker.policy import Policy, TenantSpace, space_of, tenant_name
-from storage_worker.progress import reported
 from storage_worker.quotas import TenantQuotas
 from storage_worker.signed_urls import signing_for
-from storage_worker.sources import Announced, SourceFetcher, inline, with_checksums
-from storage_worker.stores import Stores
+from storage_worker.sources import Announced, SourceFetcher, inline
+from storage_worker.stores import Stores, head_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class StorageService:
         space, store = await self._space(job, request.backend)
         key = _key(request.key)
         marker = _request_marker(job)
-        earlier = await _head_or_none(store, space.full_key(key))
+        earlier = await head_or_none(store, space.full_key(key))
         if earlier is not None and earlier.metadata.get(REQUEST_META) == marker:
             # A redelivery of a put that was done: its object, not a second write (its event
             # again, in case the first run stopped before publishing it).
@@ -242,7 +242,7 @@ class StorageService:
     async def _delete(self, request: DeleteRequest, job: Job[Any]) -> tuple[str, BaseModel]:
         space, store = await self._space(job, request.backend)
         key = _key(request.key)
-        before = await _head_or_none(store, space.full_key(key))
+        before = await head_or_none(store, space.full_key(key))
         deleted = await store.delete(space.full_key(key))
         if deleted and before is not None:
             await self._events.deleted(
@@ -255,49 +255,28 @@ class StorageService:
     async def _copy(self, request: CopyRequest, job: Job[Any]) -> tuple[str, BaseModel]:
         source_space, source_store = await self._space(job, request.source.backend)
         target_space, target_store = await self._space(job, request.backend)
-        source_key = source_space.full_key(_key(request.source.key))
-        target_key = target_space.full_key(_key(request.key))
-        if source_space.backend == target_space.backend:
-            stored = await target_store.copy(source_key, target_key, if_absent=request.if_absent)
-        else:
-            origin, body = await source_store.get(source_key)
-            streamed = reported(body, job.replies, stage="copy", total=origin.size)
-            metadata = dict(origin.metadata)
-            if origin.sha256 is not None:
-                stored = await target_store.put(
-                    target_key,
-                    streamed,
-                    content_type=origin.content_type,
-                    metadata=metadata,
-                    tags=dict(origin.tags),
-                    sha256=origin.sha256,
-                    if_absent=request.if_absent,
-                )
-            else:
-                # An object stored without its checksum (e.g. written by another program):
-                # the target needs one before the first byte, so the bytes are spooled.
-                async with with_checksums(streamed) as (spooled, digests):
-                    metadata.setdefault(CRC32C_META, digests.crc32c)
-                    stored = await target_store.put(
-                        target_key,
-                        spooled,
-                        content_type=origin.content_type,
-                        metadata=metadata,
-                        tags=dict(origin.tags),
-                        sha256=digests.sha256,
-                        if_absent=request.if_absent,
-                    )
+        source = Endpoint(
+            source_space.backend, source_store, source_space.full_key(_key(request.source.key))
+        )
+        target = Endpoint(
+            target_space.backend, target_store, target_space.full_key(_key(request.key))
+        )
+        stored, _ = await copy_object(
+            source,
+            target,
+            if_absent=request.if_absent,
+            marker=_request_marker(job),
+            replies=job.replies,
+        )
         info = object_info(target_space, stored)
         cause = "move" if request.move else "copy"
+        # Published again by a redelivery (events are at least once).
         await self._events.created(target_space.tenant, info, cause, job.event.id)
-        if request.move and (source_space.backend, source_key) != (
-            target_space.backend,
-            target_key,
-        ):
-            source = await _head_or_none(source_store, source_key)
-            if await source_store.delete(source_key) and source is not None:
+        if request.move and (source.backend, source.key) != (target.backend, target.key):
+            before = await head_or_none(source_store, source.key)
+            if await source_store.delete(source.key) and before is not None:
                 await self._events.deleted(
-                    source_space.tenant, object_info(source_space, source), "move", job.event.id
+                    source_space.tenant, object_info(source_space, before), "move", job.event.id
                 )
         return STORAGE_COPY_COMPLETED, CopyCompleted(object=info, moved=request.move)
 
@@ -416,15 +395,6 @@ def _request_marker(job: Job[Any]) -> str:
     """Names the request that wrote an object (a redelivery finds its own write)."""
     identity = f"{job.event.source}\0{job.event.id}"
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
-
-
-async def _head_or_none(store: ObjectStore, key: str) -> StoredObject | None:
-    try:
-        return await store.head(key)
-    except FerrymanError as exc:
-        if exc.code == ErrorCode.NOT_FOUND:
-            return None
-        raise
 
 
 async def _read_at_most(body: AsyncIterator[bytes], limit: int) -> bytes:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breakers, RetryPolicy
-from storage_worker.backends.port import ObjectStore
+from storage_worker.backends.port import ObjectStore, StoredObject
 from storage_worker.policy import AzureBackend, Backend, GcsBackend, LocalBackend, Policy
 from storage_worker.resilient_store import ResilientStore
 from storage_worker.signed_urls import UrlSigner
@@ -122,3 +122,17 @@ class Stores:
         stores = [store for _, store in self._open.values()]
         self._open.clear()
         await asyncio.gather(*(s.close() for s in stores), return_exceptions=True)
+
+
+async def head_or_none(store: ObjectStore, key: str) -> StoredObject | None:
+    """The object's description, or None when there is none.
+
+    Raises:
+        FerrymanError: the backend failed otherwise.
+    """
+    try:
+        return await store.head(key)
+    except FerrymanError as exc:
+        if exc.code == ErrorCode.NOT_FOUND:
+            return None
+        raise
