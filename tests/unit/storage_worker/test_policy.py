@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,10 @@ def test_content_types_are_detected_from_the_bytes() -> None:
     assert detect(b"\x89PNG\r\n\x1a\n" + bytes(16)) == "image/png"
     assert detect("plain text, caf\u00e9".encode()) == "text/plain"
     assert detect(b"\x00\x01\x02binary") == "application/octet-stream"
+    latin_1 = "Le caf\u00e9 du p\u00eacheur ouvre \u00e0 l'aube, pr\u00e8s du quai.\n" * 20
+    assert detect(latin_1.encode("latin-1")) == "text/plain"
+    assert detect(bytes(range(256)) * 8) == "application/octet-stream"
+    assert detect(random.Random(3).randbytes(4096)) == "application/octet-stream"
     assert compatible("text/markdown", "text/plain")
     assert not compatible("image/png", "text/plain")
     assert allowed("text/plain; charset=utf-8", ["text/*"])

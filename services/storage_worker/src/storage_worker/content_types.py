@@ -1,10 +1,12 @@
 """Content types detected from the bytes (never trusted from the request): magic numbers by
-puremagic, then text (UTF-8 without control characters) or `application/octet-stream`."""
+puremagic, then text (UTF-8, or another encoding charset-normalizer recognises, without
+control characters) or `application/octet-stream`."""
 
 from __future__ import annotations
 
 import fnmatch
 
+import charset_normalizer
 import puremagic
 
 OCTET_STREAM = "application/octet-stream"
@@ -21,17 +23,22 @@ def detect(head: bytes) -> str:
         found = ""
     if found:
         return str(found)
-    sample = head[:_SNIFF_BYTES]
-    try:
-        text = sample.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        # A multi-byte character cut at the sample's end is still text.
-        if exc.start < len(sample) - 3:
-            return OCTET_STREAM
-        text = sample[: exc.start].decode("utf-8")
-    if any(ord(c) < 32 and c not in "\t\n\r\f" for c in text):
+    text = _as_text(head[:_SNIFF_BYTES])
+    if text is None or any(ord(c) < 32 and c not in "\t\n\r\f" for c in text):
         return OCTET_STREAM
     return "text/plain"
+
+
+def _as_text(sample: bytes) -> str | None:
+    try:
+        return sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut at the sample's end is still text.
+        if exc.start >= len(sample) - 3:
+            return sample[: exc.start].decode("utf-8")
+    # Text in a legacy encoding (Latin-1, Windows-1252, Shift JIS…), when it reads as text.
+    best = charset_normalizer.from_bytes(sample).best()
+    return None if best is None else str(best)
 
 
 def allowed(content_type: str, patterns: list[str] | None) -> bool:
