@@ -2,8 +2,8 @@
 contract needs and it lacks, so the GCS backend is tested on what real GCS does:
 
 - preconditions: `ifGenerationMatch` on uploads (media, multipart, resumable: checked when
-  the session starts and with each chunk), rewrites and copies; the stock emulator ignores
-  it, so every `if_absent` write would overwrite;
+  the session starts and with each chunk), rewrites, copies and metadata patches; the
+  stock emulator ignores it, so every `if_absent` write would overwrite;
 - paging: `maxResults` and `pageToken` on objects.list (entries and prefixes counted
   together, as GCS does); the stock emulator returns everything in one page;
 - cancelling a resumable upload (`DELETE` on its session URI, answered 499); the stock
@@ -87,6 +87,11 @@ def _destination(request: Any, storage: Any) -> tuple[str, str]:
     return request.params["dest_bucket_name"], request.params["dest_object_id"]
 
 
+def _patched(request: Any, storage: Any) -> tuple[str, str]:
+    del storage
+    return request.params["bucket_name"], request.params["object_id"]
+
+
 def _paged(handler: Handler) -> Handler:
     def handle(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> Any:
         handler(request, response, storage, *args, **kwargs)
@@ -142,6 +147,7 @@ def patch_emulator() -> None:
         objects.upload_partial: _guarded(objects.upload_partial, _resumed),
         objects.rewrite: _guarded(objects.rewrite, _destination),
         objects.copy: _guarded(objects.copy, _destination),
+        objects.patch: _guarded(objects.patch, _patched),
         objects.ls: _paged(objects.ls),
     }
     for _, handlers in server.HANDLERS:

@@ -193,6 +193,19 @@ async def test_an_image_becomes_a_presigned_url_for_providers_that_fetch_urls() 
     assert "read" not in storage.operations()
 
 
+async def test_an_image_url_outlives_the_requests_deadline() -> None:
+    # A tool loop sends the same image on every turn until the request's deadline.
+    storage = FakeObjectStorage(signing={"s3"})
+    storage.add("cat.png", PNG, "image/png", backend="s3")
+    request = chat(dataref("cat.png", backend="s3"))
+
+    [_, soon] = await resolve(storage, request, image_url_expires_in=300, within=100.0)
+    [_, late] = await resolve(storage, request, image_url_expires_in=300, within=1800.0)
+
+    assert soon.image_url.url.endswith("?expires=300")
+    assert late.image_url.url.endswith("?expires=1860")
+
+
 async def test_an_image_is_sent_inline_when_its_backend_signs_no_urls() -> None:
     storage = FakeObjectStorage()  # the local backend signs nothing
     storage.add("cat.png", PNG, "image/png")

@@ -87,3 +87,35 @@ def test_short_known_values_are_not_searched_for() -> None:
 )
 def test_ordinary_error_text_is_left_alone(text: str) -> None:
     assert redact(text) == text
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        (
+            "https://b.s3.amazonaws.com/k.png?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=AKIAEXAMPLE%2F20261130%2Fus-east-1&X-Amz-Date=20261130T000000Z"
+            "&X-Amz-Expires=900&X-Amz-Security-Token=FwoGZXIvYXdzEXAMPLE"
+            "&X-Amz-Signature=0123456789abcdef0123456789abcdef0123456789abcdef",
+            ["AKIAEXAMPLE", "FwoGZXIvYXdzEXAMPLE", "0123456789abcdef0123456789abcdef0123"],
+        ),
+        (
+            "https://storage.googleapis.com/b/k.png?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+            "&X-Goog-Credential=sa%40p.iam.gserviceaccount.com%2F20261130"
+            "&X-Goog-Signature=9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+            ["sa%40p.iam", "9f8e7d6c5b4a39281706f5e4d3c2b1a0"],
+        ),
+        (
+            "http://127.0.0.1:8083/objects?method=GET&backend=local&key=acme%2Fk.png"
+            "&expires=1764460800&signature=c2lnbmF0dXJlLW9mLXRoZS13b3JrZXI",
+            ["c2lnbmF0dXJlLW9mLXRoZS13b3JrZXI"],
+        ),
+    ],
+    ids=["s3", "gcs", "local"],
+)
+def test_presigned_urls_lose_their_signatures_and_credentials(url: str, secrets: list[str]) -> None:
+    redacted = redact(f"Error while downloading {url}.")
+
+    for secret in secrets:
+        assert secret not in redacted
+    assert "Error while downloading https://" in redacted or "http://127.0.0.1" in redacted

@@ -241,6 +241,39 @@ async def test_tags_and_the_checksum_are_hidden_metadata(tmp_path: Path) -> None
     assert reserved.value.code is ErrorCode.INVALID_REQUEST
 
 
+async def test_a_metadata_update_racing_a_put_never_stamps_the_old_checksum(
+    tmp_path: Path,
+) -> None:
+    async with gcs_store(tmp_path) as store:
+        assert isinstance(store, GcsStore)
+        await store.put(
+            "doc.txt", once(b"v1"), content_type=None, metadata={}, tags={}, sha256=sha(b"v1")
+        )
+        read_resource = store._resource  # pyright: ignore[reportPrivateUsage]
+
+        async def then_overwritten(key: str, operation: str) -> dict[str, Any]:
+            # The update read v1; a put of v2 lands before its patch goes out.
+            resource = await read_resource(key, operation)
+            await store.put(
+                key, once(b"v2"), content_type=None, metadata={}, tags={}, sha256=sha(b"v2")
+            )
+            return resource
+
+        store._resource = then_overwritten  # type: ignore[method-assign]
+        with pytest.raises(FerrymanError) as raced:
+            await store.update_metadata(
+                "doc.txt", metadata={"stage": "final"}, tags=None, content_type=None
+            )
+        store._resource = read_resource  # type: ignore[method-assign]
+        after = await store.head("doc.txt")
+        raw = await raw_resource(store, "doc.txt")
+
+    assert (raced.value.code, raced.value.retryable) == (ErrorCode.CONFLICT, True)
+    assert after.sha256 == sha(b"v2")  # v2 keeps its own checksum
+    assert raw["metadata"]["ferryman-sha256"] == sha(b"v2")
+    assert after.metadata == {}
+
+
 async def test_a_v4_signed_get_url_is_fetched_over_http(tmp_path: Path) -> None:
     data = b"signed bytes\n" * 50
     async with gcs_store(tmp_path) as store:

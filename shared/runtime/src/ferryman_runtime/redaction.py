@@ -31,8 +31,11 @@ _SHAPES = re.compile(
             # A credential header, as `name: value` or JSON `"name": "value"`; the value runs
             # to the end of the quoted string or line.
             rf"""(?P<header>(?:{_HEADER_NAMES})\\?["']?\s*[:=]\s*\\?["']?)[^"'\\\r\n,}}]+""",
-            # A credential in a URL's query (`?key=…`, `&api_key=…`, `&sig=…`).
-            r"(?P<param>[?&](?:key|api[-_]?key|access_token|token|sig|code)=)[^&\s\"'#]+",
+            # A credential in a URL's query (`?key=…`, `&api_key=…`, `&sig=…`), including the
+            # signatures of presigned URLs (S3, GCS, Azure SAS, the local backend's).
+            r"(?P<param>[?&](?:key|api[-_]?key|access_token|token|sig|code|signature"
+            r"|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
+            r"|x-goog-credential)=)[^&\s\"'#]+",
             r"(?P<scheme>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]+",
             r"\bsk-(?:ant-)?[A-Za-z0-9_*-]{8,}",  # OpenAI, Anthropic (also masked `sk-…***`)
             r"\bAIza[A-Za-z0-9_-]{20,}",  # Google API keys

@@ -26,6 +26,9 @@ from llm_worker.datarefs.text import (
 
 logger = logging.getLogger(__name__)
 
+URL_MARGIN = 60
+"""Seconds an image URL outlives the request's deadline (a provider fetching it late)."""
+
 Resolved = TextPart | ImagePart
 PartKey = tuple[str, str | None, str]
 """A dataref part as (key, backend, as): one resolution per distinct part."""
@@ -81,9 +84,14 @@ class StorageResolver:
             )
         if self._settings.image_delivery == "inline":
             images = "inline"
+        # Every turn of a tool loop sends the images again: their URLs must outlive the
+        # request, not just this first call (past the tenant's maximum, inline instead).
+        lifetime = self._settings.image_url_expires_in
+        if not math.isinf(within):
+            lifetime = max(lifetime, math.ceil(within) + URL_MARGIN)
         try:
             async with asyncio.timeout(None if math.isinf(within) else max(within, 0.0)):
-                resolved = await self._resolve_all(parts, tenant, images)
+                resolved = await self._resolve_all(parts, tenant, images, lifetime)
         except TimeoutError:
             raise FerrymanError(
                 ErrorCode.TIMEOUT,
@@ -93,14 +101,17 @@ class StorageResolver:
         return _replaced(request, resolved)
 
     async def _resolve_all(
-        self, parts: list[DataRefPart], tenant: str | None, images: ImageDelivery
+        self, parts: list[DataRefPart], tenant: str | None, images: ImageDelivery, lifetime: int
     ) -> dict[PartKey, Resolved]:
         if len(parts) == 1:
-            return {_part_key(parts[0]): await self._resolve_one(parts[0], tenant, images)}
+            only = parts[0]
+            return {_part_key(only): await self._resolve_one(only, tenant, images, lifetime)}
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = {
-                    _part_key(part): group.create_task(self._resolve_one(part, tenant, images))
+                    _part_key(part): group.create_task(
+                        self._resolve_one(part, tenant, images, lifetime)
+                    )
                     for part in parts
                 }
         except BaseExceptionGroup as failed:
@@ -108,7 +119,7 @@ class StorageResolver:
         return {part: task.result() for part, task in tasks.items()}
 
     async def _resolve_one(
-        self, part: DataRefPart, tenant: str | None, images: ImageDelivery
+        self, part: DataRefPart, tenant: str | None, images: ImageDelivery, lifetime: int
     ) -> Resolved:
         info = await self._storage.head(part.dataref, tenant=tenant, timeout=self._settings.timeout)
         pinned = ObjectRef(key=info.key, backend=info.backend)
@@ -117,7 +128,7 @@ class StorageResolver:
             wanted = "image" if is_image(info.content_type) else "text"
         logger.debug("resolving dataref %s/%s as %s", info.backend, info.key, wanted)
         if wanted == "image":
-            return await self._image(pinned, info, tenant, images)
+            return await self._image(pinned, info, tenant, images, lifetime)
         return TextPart(type="text", text=await self._text(pinned, info, tenant))
 
     async def _text(self, ref: ObjectRef, info: ObjectInfo, tenant: str | None) -> str:
@@ -163,7 +174,12 @@ class StorageResolver:
         )
 
     async def _image(
-        self, ref: ObjectRef, info: ObjectInfo, tenant: str | None, images: ImageDelivery
+        self,
+        ref: ObjectRef,
+        info: ObjectInfo,
+        tenant: str | None,
+        images: ImageDelivery,
+        lifetime: int,
     ) -> ImagePart:
         settings = self._settings
         kind = media_type(info.content_type)
@@ -180,7 +196,7 @@ class StorageResolver:
                 ref,
                 tenant=tenant,
                 timeout=settings.timeout,
-                expires_in=settings.image_url_expires_in,
+                expires_in=lifetime,
             )
             if url is not None:
                 return ImagePart(type="image_url", image_url=ImageURL(url=url))

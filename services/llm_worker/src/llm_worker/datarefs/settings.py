@@ -44,8 +44,9 @@ class DataRefSettings(BaseModel):
     when the object's backend signs them, the bytes otherwise; `inline`: always the bytes
     (when the storage's URLs are not reachable from the providers, e.g. a local backend
     signing URLs on an internal address)."""
-    image_url_expires_in: int = Field(default=900, ge=60, le=7 * 24 * 3600)
-    """Seconds a presigned image URL given to a provider stays valid."""
+    image_url_expires_in: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    """Seconds a presigned image URL given to a provider stays valid at least (until the
+    request's deadline when that is later)."""
     max_refs: int = Field(default=16, ge=1)
     """Datarefs one chat request may hold."""
 

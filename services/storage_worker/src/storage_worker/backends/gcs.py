@@ -182,9 +182,17 @@ class GcsStore:
         with self._errors.mapped("get", key):
             answer = await self._http.get(url, params=params, headers=headers)
         if answer.status >= 400:
-            text = await answer.text()
+            with self._errors.mapped("get", key):
+                text = await answer.text()
             answer.release()
             where = f"GCS get of {key[:200]!r}"
+            if answer.status == 404 and found.version:
+                # The generation just described is gone: overwritten or deleted meanwhile.
+                raise FerrymanError(
+                    ErrorCode.UNAVAILABLE,
+                    f"{where}: the object was replaced while being read",
+                    retryable=True,
+                )
             raise self._errors.from_status(answer.status, text, answer.headers, where)
         return found, self._chunks(key, answer)
 
@@ -314,10 +322,34 @@ class GcsStore:
         patch: dict[str, Any] = {"metadata": replacing(resource.get("metadata"), wanted)}
         if content_type:
             patch["contentType"] = content_type
-        with self._errors.mapped("update metadata", key):
-            answer = await self._storage.patch_metadata(
-                self.bucket, key, patch, timeout=int(self._settings.request_timeout)
+        # Only over what was read: a put or another update landing in between would otherwise
+        # get this object's checksum, tags or metadata stamped on it.
+        unchanged = {
+            name: str(resource[field])
+            for name, field in (
+                ("ifGenerationMatch", "generation"),
+                ("ifMetagenerationMatch", "metageneration"),
             )
+            if resource.get(field) is not None
+        }
+        try:
+            with self._errors.mapped("update metadata", key):
+                answer = await self._storage.patch_metadata(
+                    self.bucket,
+                    key,
+                    patch,
+                    params=unchanged,
+                    timeout=int(self._settings.request_timeout),
+                )
+        except FerrymanError as exc:
+            if exc.code is not ErrorCode.PRECONDITION_FAILED:
+                raise
+            raise FerrymanError(
+                ErrorCode.CONFLICT,
+                f"GCS update metadata of {key[:200]!r}: the object changed meanwhile",
+                retryable=True,
+                upstream=exc.upstream,
+            ) from None
         return self._described(answer, "update metadata", key)
 
     async def presign(
