@@ -176,9 +176,10 @@ async def test_a_redelivered_create_only_copy_and_move_answer_with_their_first_w
         first_copy = await first_run.result(await first_run.send("copy", copy, request_id="cp-1"))
         first_move = await first_run.result(await first_run.send("copy", move, request_id="mv-1"))
         other = await first_run.call("copy", copy)  # another request: the key is taken
+        await first_run.put("in/b.txt", b"beta, again")  # after the move, a new object
     # A new replica (no memory of the requests) gets both again, as after a crash before
-    # the commit: no second write, no conflict, and the move does not fail on its gone
-    # source.
+    # the commit: no second write, no conflict, and the move neither fails on its gone
+    # source nor deletes the new object there.
     async with running_storage_worker(kafka_bootstrap, unique, tmp_path) as second_run:
         await second_run.send("copy", copy, request_id="cp-1")
         await second_run.send("copy", move, request_id="mv-1")
@@ -193,7 +194,8 @@ async def test_a_redelivered_create_only_copy_and_move_answer_with_their_first_w
     assert moves[-1].data["object"] == first_move.data["object"]
     assert moves[-1].data["moved"] is True
     assert read_bytes(tmp_path / "storage" / "acme" / "done" / "b.txt") == b"beta"
-    assert not (tmp_path / "storage" / "acme" / "in" / "b.txt").exists()
+    # The redelivered move did not delete what was put at its source key since.
+    assert read_bytes(tmp_path / "storage" / "acme" / "in" / "b.txt") == b"beta, again"
 
 
 async def test_copy_move_and_metadata_update_publish_object_events(

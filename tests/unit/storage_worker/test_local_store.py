@@ -372,3 +372,23 @@ async def test_stale_uploads_of_a_crashed_worker_are_removed_on_open(tmp_path: P
     await second.close()
 
     assert sorted(path.name for path in temp.iterdir()) == ["recent.part"]
+
+
+async def test_a_closed_store_fails_instead_of_writing_through_reused_descriptors(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore("local", tmp_path / "root")
+    await store.close()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # The numbers the store freed, taken again by folders elsewhere.
+    reused = [os.open(elsewhere, os.O_RDONLY | os.O_DIRECTORY) for _ in range(3)]
+    try:
+        with pytest.raises(FerrymanError):
+            await put(store, "a.txt", b"late")
+    finally:
+        for fd in reused:
+            os.close(fd)
+
+    assert list(elsewhere.iterdir()) == []
+    assert not (tmp_path / "root" / "a.txt").exists()

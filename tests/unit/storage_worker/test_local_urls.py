@@ -134,6 +134,9 @@ async def test_a_download_streams_the_object_with_its_headers(site: Site) -> Non
     assert got.headers["content-length"] == str(len(data))
     assert got.headers["etag"] == f'"{stored.etag}"'
     assert got.headers["accept-ranges"] == "bytes"
+    # Served as data: never sniffed into a page, never run as one.
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert got.headers["content-security-policy"].startswith("sandbox")
 
 
 @pytest.mark.parametrize(

@@ -214,3 +214,30 @@ async def test_the_breaker_opens_then_fails_fast_then_lets_a_probe_through(
     clock.now = 31.0
     assert (await store.head("a.txt")).size == 5  # the probe succeeds: closed again
     assert (await store.head("a.txt")).size == 5
+
+
+async def test_a_failing_body_does_not_count_against_the_backends_circuit(
+    flaky: FlakyStore,
+) -> None:
+    waits: list[float] = []
+    store = resilient(flaky, waits, fail_max=2)
+
+    async def source_times_out() -> AsyncIterator[bytes]:
+        yield b"first bytes"
+        raise FerrymanError(ErrorCode.TIMEOUT, "the source went quiet", retryable=True)
+
+    for _ in range(3):
+        with pytest.raises(FerrymanError) as caught:
+            await store.put(
+                "a.txt",
+                source_times_out(),
+                content_type=None,
+                metadata={},
+                tags={},
+                sha256=sha256(b"x"),
+            )
+        assert caught.value.code is ErrorCode.TIMEOUT
+    await put(store, "b.txt", b"fine")
+
+    assert (await store.head("b.txt")).size == 4  # the circuit stayed closed
+    assert flaky.calls["put"] == 4

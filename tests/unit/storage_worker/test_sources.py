@@ -318,3 +318,22 @@ async def test_headers_that_pick_another_host_or_framing_are_refused(
     assert error.code is ErrorCode.INVALID_REQUEST
     assert "admin.internal" not in error.message
     assert origin.requests == []
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [("\\@files.partner.io/a.pdf", {}), ("/a.pdf", {"X-Note": "one\r\nHost: admin.internal"})],
+    ids=["backslash", "header-with-crlf"],
+)
+async def test_what_the_client_cannot_send_is_an_invalid_request_not_a_crash(
+    origin: Origin, path: str, headers: dict[str, str]
+) -> None:
+    error = await refused(
+        SourceRef(url=url(origin, path), headers=headers),
+        PRIVATE_OK,
+        Resolver({"files.partner.io": "127.0.0.1"}),
+    )
+
+    assert (error.code, error.retryable) == (ErrorCode.INVALID_REQUEST, False)
+    assert "admin.internal" not in error.message
+    assert origin.requests == []

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ferryman_runtime.replies import ReplyStream
-from storage_worker.backends.port import ObjectStore, StoredObject
+from storage_worker.backends.port import Body, ObjectStore, StoredObject, close_body
 from storage_worker.checksums import CRC32C_META
 from storage_worker.object_info import REQUEST_META
 from storage_worker.progress import reported
@@ -58,6 +58,20 @@ async def copy_object(
         )
         return marked, True
     origin, body = await source.store.get(source.key)
+    try:
+        return await _streamed_copy(origin, body, target, if_absent, marker, replies)
+    finally:
+        await close_body(body)  # the target may have failed before reading it all
+
+
+async def _streamed_copy(
+    origin: StoredObject,
+    body: Body,
+    target: Endpoint,
+    if_absent: bool,
+    marker: str,
+    replies: ReplyStream,
+) -> tuple[StoredObject, bool]:
     streamed = reported(body, replies, stage="copy", total=origin.size)
     metadata = {**origin.metadata, REQUEST_META: marker}
     if origin.sha256 is not None:

@@ -219,10 +219,3 @@ async def disconnected(receive: Receive) -> None:
     """Return when the client has left."""
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def close_body(body: Body) -> None:
-    """Close a body that may not have been read to its end."""
-    close = getattr(body, "aclose", None)
-    if close is not None:
-        await close()

@@ -24,7 +24,7 @@ from faststream.asgi.types import Receive, Scope, Send
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.storage import PutCompleted
 from storage_worker.backends.local import LocalStore
-from storage_worker.backends.port import ObjectStore, StoredObject
+from storage_worker.backends.port import ObjectStore, StoredObject, close_body
 from storage_worker.content_types import allowed, compatible, detect
 from storage_worker.events import ObjectEvents
 from storage_worker.keys import KeyRefused, normalise_key
@@ -34,7 +34,6 @@ from storage_worker.local_http import (
     Unsatisfiable,
     Upload,
     byte_range,
-    close_body,
     content_length,
     headers_of,
     query_of,
@@ -158,6 +157,9 @@ class LocalObjectUrls:
                 "content-type": stored.content_type or "application/octet-stream",
                 "accept-ranges": "bytes",
                 "cache-control": "private",
+                # A tenant's HTML or SVG is data here, never a page of the worker's origin.
+                "x-content-type-options": "nosniff",
+                "content-security-policy": "sandbox; default-src 'none'",
             }
             if stored.etag:
                 fields["etag"] = f'"{stored.etag}"'

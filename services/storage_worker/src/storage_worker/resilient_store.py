@@ -76,22 +76,41 @@ class ResilientStore:
         sha256: str,
         if_absent: bool = False,
     ) -> StoredObject:
-        """See `ObjectStore.put` (not retried: the body is read once).
+        """See `ObjectStore.put` (not retried: the body is read once). A failure of the body
+        itself (a source URL timing out, another backend failing mid-copy) is not the
+        backend's and does not count against its circuit.
 
         Raises:
-            FerrymanError: as the backend, or `unavailable` while its circuit is open.
+            FerrymanError: as the backend, or `unavailable` while its circuit is open;
+                whatever the body raised.
         """
-        return await self._once(
-            lambda: self.inner.put(
-                key,
-                body,
-                content_type=content_type,
-                metadata=metadata,
-                tags=tags,
-                sha256=sha256,
-                if_absent=if_absent,
-            )
-        )
+        body_failures: list[BaseException] = []
+
+        async def watched() -> Body:
+            try:
+                async for chunk in body:
+                    yield chunk
+            except BaseException as exc:
+                body_failures.append(exc)
+                raise
+
+        body_failure: BaseException | None = None
+        async with self._breaker.guard():
+            try:
+                return await self.inner.put(
+                    key,
+                    watched(),
+                    content_type=content_type,
+                    metadata=metadata,
+                    tags=tags,
+                    sha256=sha256,
+                    if_absent=if_absent,
+                )
+            except BaseException as exc:
+                if not any(_caused_by(exc, failure) for failure in body_failures):
+                    raise
+                body_failure = exc
+        raise body_failure
 
     async def get(self, key: str) -> tuple[StoredObject, Body]:
         """See `ObjectStore.get` (opening the stream is retried, not a stream cut midway).
@@ -178,3 +197,15 @@ class ResilientStore:
     async def close(self) -> None:
         """Close the backend."""
         await self.inner.close()
+
+
+def _caused_by(exc: BaseException, failure: BaseException) -> bool:
+    """Whether `exc` is `failure`, or was raised while handling it."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a short chain: a backend wraps a body's error once or twice
+        if seen is None:
+            return False
+        if seen is failure:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

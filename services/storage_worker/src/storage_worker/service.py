@@ -261,7 +261,7 @@ class StorageService:
         target = Endpoint(
             target_space.backend, target_store, target_space.full_key(_key(request.key))
         )
-        stored, _ = await copy_object(
+        stored, wrote = await copy_object(
             source,
             target,
             if_absent=request.if_absent,
@@ -274,7 +274,10 @@ class StorageService:
         await self._events.created(target_space.tenant, info, cause, job.event.id)
         if request.move and (source.backend, source.key) != (target.backend, target.key):
             before = await head_or_none(source_store, source.key)
-            if await source_store.delete(source.key) and before is not None:
+            # A redelivered move leaves a source key that holds other bytes since (a put
+            # after the first run moved it away).
+            kept = before is not None and not wrote and before.sha256 != stored.sha256
+            if before is not None and not kept and await source_store.delete(source.key):
                 await self._events.deleted(
                     source_space.tenant, object_info(source_space, before), "move", job.event.id
                 )

@@ -187,6 +187,12 @@ async def _follow(
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise _transfer_failure(exc, shown) from None
+        except ValueError:  # what the HTTP client cannot send: a backslash, a CR in a header
+            raise FerrymanError(
+                ErrorCode.INVALID_REQUEST,
+                f"the source {shown} or its headers cannot be sent as they are",
+                retryable=False,
+            ) from None
         if response.status not in _REDIRECTS:
             _check_status(response, shown)
             return response

@@ -142,8 +142,15 @@ class RootFs:
         self._remove_stale_temps()
 
     def close(self) -> None:
-        for fd in (self.meta_fd, self.tmp_fd, self.root_fd):
-            os.close(fd)
+        """Close the folders. Calls still running fail (EBADF) instead of reaching a
+        descriptor number the process reuses for something else."""
+        fds, (self.meta_fd, self.tmp_fd, self.root_fd) = (
+            (self.meta_fd, self.tmp_fd, self.root_fd),
+            (-1, -1, -1),
+        )
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
     def open_dir(self, segments: list[str], *, create: bool) -> int:
         """A descriptor of the folder `segments` below the root (the caller closes it)."""

@@ -16,6 +16,13 @@ from typing import Literal, Protocol
 Body = AsyncIterator[bytes]
 
 
+async def close_body(body: Body) -> None:
+    """Close a body that may not have been read to its end."""
+    close = getattr(body, "aclose", None)
+    if close is not None:
+        await close()
+
+
 @dataclass(frozen=True)
 class StoredObject:
     """An object as the backend describes it (full key)."""

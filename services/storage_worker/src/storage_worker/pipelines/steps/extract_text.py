@@ -64,21 +64,21 @@ def _pdf_text(source: Source, target: Path, limit: int, name: str) -> dict[str, 
         raise too_large(name, source.size, limit)
     characters = 0
     try:
-        reader = PdfReader(source.path)
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise FerrymanError(
-                ErrorCode.INVALID_REQUEST,
-                f"{name}: the PDF is encrypted with a password",
-                retryable=False,
-            )
-        with target.open("w", encoding="utf-8") as out:
-            for number, page in enumerate(reader.pages):
-                text = page.extract_text().strip()
-                if number:
-                    out.write("\n\n")
-                out.write(text)
-                characters += len(text) + (2 if number else 0)
-        pages = len(reader.pages)
+        with PdfReader(source.path) as reader:
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise FerrymanError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"{name}: the PDF is encrypted with a password",
+                    retryable=False,
+                )
+            with target.open("w", encoding="utf-8") as out:
+                for number, page in enumerate(reader.pages):
+                    text = page.extract_text().strip()
+                    if number:
+                        out.write("\n\n")
+                    out.write(text)
+                    characters += len(text) + (2 if number else 0)
+            pages = len(reader.pages)
     except (PyPdfError, ValueError, KeyError, TypeError) as exc:
         raise FerrymanError(
             ErrorCode.INVALID_REQUEST,

@@ -52,11 +52,11 @@ def _pdf_facts(source: Source, limit: int, name: str) -> dict[str, str]:
     if source.size > limit:
         raise too_large(name, source.size, limit)
     try:
-        reader = PdfReader(source.path)
-        if reader.is_encrypted and not reader.decrypt(""):
-            return {"encrypted": "true"}
-        facts = {"pages": str(len(reader.pages))}
-        title = reader.metadata.title if reader.metadata is not None else None
+        with PdfReader(source.path) as reader:
+            if reader.is_encrypted and not reader.decrypt(""):
+                return {"encrypted": "true"}
+            facts = {"pages": str(len(reader.pages))}
+            title = reader.metadata.title if reader.metadata is not None else None
     except (PyPdfError, ValueError, KeyError, TypeError) as exc:
         raise FerrymanError(
             ErrorCode.INVALID_REQUEST,

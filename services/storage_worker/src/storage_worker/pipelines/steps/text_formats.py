@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import re
+from html.parser import HTMLParser
 
 import charset_normalizer
-from bs4 import BeautifulSoup
+from bs4 import UnicodeDammit
 from markdown_it import MarkdownIt
 
-_HIDDEN = ("script", "style", "noscript", "template", "svg", "head > meta", "head > link")
-_BLOCKS = (
-    "address, article, aside, blockquote, dd, div, dl, dt, fieldset, figcaption, figure,"
-    " footer, form, h1, h2, h3, h4, h5, h6, header, hr, li, main, nav, ol, p, pre, section,"
-    " table, tr, title, ul"
+_HIDDEN = frozenset({"script", "style", "noscript", "template", "svg", "meta", "link"})
+_BLOCKS = frozenset(
+    {
+        *("address", "article", "aside", "blockquote", "dd", "div", "dl", "dt", "fieldset"),
+        *("figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6"),
+        *("header", "hr", "li", "main", "nav", "ol", "p", "pre", "section", "table", "tr"),
+        *("title", "ul"),
+    }
 )
+_VOID = frozenset({"meta", "link"})
 _SPACES = re.compile(r"[ \t\f\v\u00a0]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _CHARSET = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9_.:\-]+)", re.IGNORECASE)
@@ -22,15 +27,39 @@ _CHARSET = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9_.:\-]+)", re.IGNORECASE)
 def html_text(html: bytes | str) -> str:
     """The visible text of an HTML document, a line per block (the encoding of bytes is
     found from the document's declaration or its bytes)."""
-    soup = BeautifulSoup(html, "html.parser")
-    for hidden in soup.select(", ".join(_HIDDEN)):
-        hidden.decompose()
-    for line_break in soup.find_all("br"):
-        line_break.replace_with("\n")
-    for block in soup.select(_BLOCKS):
-        block.insert_before("\n")
-        block.insert_after("\n")
-    return tidy(soup.get_text())
+    if isinstance(html, bytes):
+        html = UnicodeDammit(html, is_html=True).unicode_markup or ""
+    # The standard library's event parser, in one pass: building a BeautifulSoup tree of a
+    # flat page (many siblings) takes time quadratic in its size.
+    collector = _VisibleText()
+    collector.feed(html)
+    collector.close()
+    return tidy("".join(collector.pieces))
+
+
+class _VisibleText(HTMLParser):
+    """Collects the text outside hidden elements, with a line break around each block."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.pieces: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HIDDEN and tag not in _VOID:
+            self._hidden += 1
+        elif tag == "br" or tag in _BLOCKS:
+            self.pieces.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN and tag not in _VOID:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in _BLOCKS:
+            self.pieces.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.pieces.append(data)
 
 
 def markdown_text(markdown: str) -> str:
