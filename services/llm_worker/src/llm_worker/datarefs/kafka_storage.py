@@ -145,7 +145,7 @@ class KafkaObjectStorage:
             if not self._opened:
                 try:
                     await self._client.__aenter__()
-                except (KafkaError, LookupError, OSError) as exc:
+                except (KafkaError, LookupError, ValueError, OSError) as exc:
                     raise FerrymanError(
                         ErrorCode.UNAVAILABLE,
                         f"the storage_worker cannot be reached: {type(exc).__name__}: {exc}",
@@ -180,6 +180,14 @@ class KafkaObjectStorage:
                 retryable=True,
                 upstream=UPSTREAM,
             ) from None
+        except (httpx2.InvalidURL, ValueError) as exc:  # (its message would show the URL)
+            raise FerrymanError(
+                ErrorCode.INTERNAL,
+                f"the storage_worker delivered {key!r} by a URL that cannot be fetched:"
+                f" {type(exc).__name__}",
+                retryable=False,
+                upstream=UPSTREAM,
+            ) from None
         return bytes(received)
 
 
@@ -201,6 +209,14 @@ def _mapped(operation: str, key: str, timeout: float) -> Iterator[None]:
         raise FerrymanError(
             ErrorCode.UNAVAILABLE,
             f"the {operation} of {key!r} could not be sent to the storage_worker:"
+            f" {type(exc).__name__}",
+            retryable=True,
+            upstream=UPSTREAM,
+        ) from None
+    except (RuntimeError, TypeError) as exc:  # a reply stream that ended, or was not one
+        raise FerrymanError(
+            ErrorCode.UNAVAILABLE,
+            f"the {operation} of {key!r} got no usable answer from the storage_worker:"
             f" {type(exc).__name__}",
             retryable=True,
             upstream=UPSTREAM,

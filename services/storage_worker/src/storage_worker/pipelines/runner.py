@@ -45,6 +45,10 @@ FACTS_META = "ferryman-lineage-facts"
 _FACTS = TypeAdapter(dict[str, str])
 
 
+PARALLEL_STEPS = 2
+"""Pipeline steps running at once in one worker, by default."""
+
+
 class StepFailed(FerrymanError):
     """A pipeline step failed: `error`'s code and message, and the step's name.
 
@@ -73,6 +77,8 @@ class PipelineRunner:
         policy: the active policy.
         events: publishes the derived objects' `created` events.
         scratch: where sources and outputs are spooled (default: the system's temp folder).
+        parallel_steps: steps running at once in this worker (each holds a thread: the
+            rest of the worker's file and DNS work shares those threads).
     """
 
     def __init__(
@@ -82,11 +88,13 @@ class PipelineRunner:
         policy: Callable[[], Policy],
         events: ObjectEvents,
         scratch: Path | None = None,
+        parallel_steps: int = PARALLEL_STEPS,
     ) -> None:
         self._stores = stores
         self._policy = policy
         self._events = events
         self._scratch = scratch
+        self._step_slots = asyncio.Semaphore(parallel_steps)
 
     async def process(self, request: ProcessRequest, job: Job[Any]) -> tuple[str, BaseModel]:
         """Run `request.pipeline` on `request.key`.
@@ -110,7 +118,10 @@ class PipelineRunner:
         store = await self._stores.get(space.backend)
         folder = Path(await asyncio.to_thread(tempfile.mkdtemp, "", "ferryman-", self._scratch))
         try:
-            run = _Run(self._events, space, store, job, request, pipeline, RunProgress(job.replies))
+            progress = RunProgress(job.replies)
+            run = _Run(
+                self._events, space, store, job, request, pipeline, progress, self._step_slots
+            )
             return STORAGE_PROCESS_COMPLETED, await run.steps(key, folder)
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -128,6 +139,7 @@ class _Run:
         request: ProcessRequest,
         pipeline: PipelineConfig,
         progress: RunProgress,
+        step_slots: asyncio.Semaphore,
     ) -> None:
         self._events = events
         self._space = space
@@ -136,6 +148,7 @@ class _Run:
         self._request = request
         self._pipeline = pipeline
         self._progress = progress
+        self._step_slots = step_slots
         identity = f"{job.event.source}\0{job.event.id}"
         self._marker = hashlib.sha256(identity.encode()).hexdigest()[:32]
         """Names this request on its outputs (a redelivery recognises its own)."""
@@ -210,7 +223,8 @@ class _Run:
                     return facts, info, True
         scratch = folder / name
         await asyncio.to_thread(scratch.mkdir)
-        result: StepResult = await asyncio.to_thread(STEPS[step.step], step, source, scratch)
+        async with self._step_slots:
+            result: StepResult = await asyncio.to_thread(STEPS[step.step], step, source, scratch)
         if result.output is None or target is None:
             return result.facts, None, False
         digest = await asyncio.to_thread(file_sha256, result.output.path)
