@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from ferryman.contracts.storage import ObjectRef, parse_dataref
 from tests.integration.storage_harness import StorageHarness, running_storage_worker
 from tests.storage.s3_store import (
     MOTO_ACCESS_KEY,
@@ -226,6 +227,15 @@ async def test_copy_move_and_metadata_update_publish_object_events(
         ("metadata_changed", "done/a.txt", "metadata"),
     ]
     assert all(e.data["tenant"] == "acme" for e in events)
+    # The claim check: each event names its object (CloudEvents' dataref extension), in a
+    # form a chat's dataref part takes as it is.
+    assert [e.attributes["dataref"] for e in events[:2]] == [
+        "ferryman-storage://local/in/a.txt",
+        "ferryman-storage://local/out/a.txt",
+    ]
+    assert parse_dataref(events[1].attributes["dataref"]) == ObjectRef(
+        key="out/a.txt", backend="local"
+    )
 
 
 async def test_inline_limits(kafka_bootstrap: str, unique: str, tmp_path: Path) -> None:

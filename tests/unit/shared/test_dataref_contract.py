@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from ferryman.contracts import ChatRequest
 from ferryman.contracts.llm import DataRefPart
-from ferryman.contracts.storage import ObjectRef
+from ferryman.contracts.storage import ObjectRef, object_dataref, parse_dataref
 from ferryman.replies import default_registry
 from ferryman.request_encoding import RequestOptions, encode_request
 
@@ -76,3 +76,27 @@ def test_malformed_datarefs_are_refused(part: object) -> None:
 def test_only_user_messages_take_datarefs(role: str) -> None:
     with pytest.raises(ValidationError):
         request_with({"type": "dataref", "dataref": {"key": "a.txt"}}, role=role)
+
+
+@pytest.mark.parametrize(
+    ("backend", "key"),
+    [("s3", "reports/q3 final.pdf"), ("local", "a/b/c.txt"), ("gcs", "caf\u00e9 #1?.md")],
+)
+def test_an_object_events_dataref_names_the_object_and_a_chat_takes_it(
+    backend: str, key: str
+) -> None:
+    reference = object_dataref(backend, key)
+    part = DataRefPart.model_validate({"type": "dataref", "dataref": reference})
+
+    assert reference.startswith(f"ferryman-storage://{backend}/")
+    assert parse_dataref(reference) == ObjectRef(key=key, backend=backend)
+    assert part.dataref == ObjectRef(key=key, backend=backend)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["https://b/k", "ferryman-storage:///k", "ferryman-storage://b/k?x=1", "ferryman-storage://b/"],
+)
+def test_a_malformed_dataref_reference_is_refused(reference: str) -> None:
+    with pytest.raises(ValidationError):
+        DataRefPart.model_validate({"type": "dataref", "dataref": reference})

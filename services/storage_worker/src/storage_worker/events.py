@@ -9,12 +9,14 @@ from typing import Literal
 
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 
+from ferryman.contracts.events import EXT_DATAREF
 from ferryman.contracts.storage import (
     STORAGE_OBJECT_CREATED,
     STORAGE_OBJECT_DELETED,
     STORAGE_OBJECT_METADATA_CHANGED,
     ObjectEvent,
     ObjectInfo,
+    object_dataref,
 )
 from ferryman.publisher import KafkaPublisher
 from ferryman_runtime.side_events import publish_event
@@ -72,6 +74,7 @@ class ObjectEvents:
                 key=f"{tenant}/{info.backend}/{info.key}",
                 source=self._source,
                 subject=info.key,
+                extensions={EXT_DATAREF: object_dataref(info.backend, info.key)},
             )
             self.published += 1
         except KafkaError as exc:

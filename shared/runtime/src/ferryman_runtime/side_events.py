@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ async def enqueue_event(
     source: str,
     subject: str | None = None,
     time: datetime | None = None,
+    extensions: Mapping[str, str] | None = None,
 ) -> asyncio.Future[RecordMetadata]:
     """Enqueue `payload` as the data of an `event_type` CloudEvent; the returned future
     resolves on the ack. `payload` None publishes a tombstone (no value: a compacted topic
@@ -42,6 +44,7 @@ async def enqueue_event(
     }
     if subject is not None:
         attributes["subject"] = subject
+    attributes.update(extensions or {})
     data = b"null" if payload is None else payload.model_dump_json().encode()
     headers, value = encode_binary(attributes, data)
     return await publisher.send(
@@ -59,6 +62,7 @@ async def publish_event(
     source: str,
     subject: str | None = None,
     time: datetime | None = None,
+    extensions: Mapping[str, str] | None = None,
 ) -> None:
     """`enqueue_event`, then wait for the ack.
 
@@ -66,6 +70,14 @@ async def publish_event(
         aiokafka.errors.KafkaError: the event was not acknowledged.
     """
     acked = await enqueue_event(
-        publisher, topic, event_type, payload, key=key, source=source, subject=subject, time=time
+        publisher,
+        topic,
+        event_type,
+        payload,
+        key=key,
+        source=source,
+        subject=subject,
+        time=time,
+        extensions=extensions,
     )
     await acked

@@ -21,6 +21,10 @@ EXT_RUN_ID: Final = "runid"
 """On every reply event: the execution that produced it. A redelivered request runs again
 under a new run id; run ids of one request sort in the order the runs started, so a consumer
 follows the greatest run id it has seen and discards what earlier runs published."""
+EXT_DATAREF: Final = "dataref"
+"""On object events (CloudEvents' dataref extension): the object the event is about, as a
+`ferryman-storage://<backend>/<key>` reference in the tenant's space (the claim check: the
+bytes stay in storage; a chat can name the object by it)."""
 EXT_REPLY_TOKEN: Final = "replytoken"
 """Optional on a request: a secret the worker echoes on every reply event, so a client can
 accept only replies to requests it sent."""

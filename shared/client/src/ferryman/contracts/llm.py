@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Final, Literal, cast
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ferryman.contracts.errors import ErrorCode, ErrorInfo
 from ferryman.contracts.llm_tools import McpToolset, ToolExecution
-from ferryman.contracts.storage import ObjectRef
+from ferryman.contracts.storage import ObjectRef, parse_dataref
 
 LLM_CHAT_REQUESTED: Final = "ferryman.llm.chat.requested"
 LLM_CHAT_CHUNK: Final = "ferryman.llm.chat.chunk"
@@ -63,7 +63,9 @@ class DataRefPart(_Strict):
     worker's limit, and said so), `image` (the image, as a presigned URL or inline data,
     whichever the providers that may serve the request take), or `auto` (an image for
     `image/*` objects, text otherwise). Serialized as `{"type": "dataref", "dataref":
-    {"key": ..., "backend": ...}, "as": "auto"}`.
+    {"key": ..., "backend": ...}, "as": "auto"}`; `dataref` may also be given as the
+    `ferryman-storage://<backend>/<key>` reference object events carry (their `dataref`
+    extension).
     """
 
     type: Literal["dataref"]
@@ -71,6 +73,11 @@ class DataRefPart(_Strict):
     as_: Literal["auto", "text", "image"] = Field(
         default="auto", validation_alias=AliasChoices("as", "as_"), serialization_alias="as"
     )
+
+    @field_validator("dataref", mode="before")
+    @classmethod
+    def _from_reference(cls, value: object) -> object:
+        return parse_dataref(value) if isinstance(value, str) else value
 
 
 ContentPart = Annotated[TextPart | ImagePart | DataRefPart, Field(discriminator="type")]

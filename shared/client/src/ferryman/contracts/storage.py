@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Final, Literal, Self
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -116,6 +117,27 @@ class ObjectRef(_Strict):
 
     key: ObjectKey
     backend: BackendName | None = None
+
+
+DATAREF_SCHEME: Final = "ferryman-storage"
+
+
+def object_dataref(backend: str, key: str) -> str:
+    """The `dataref` naming an object of the tenant's space:
+    `ferryman-storage://<backend>/<key, percent-encoded but for />`."""
+    return f"{DATAREF_SCHEME}://{backend}/{quote(key, safe='/')}"
+
+
+def parse_dataref(dataref: str) -> ObjectRef:
+    """The object a `dataref` names.
+
+    Raises:
+        ValueError: it is not a `ferryman-storage://<backend>/<key>` reference.
+    """
+    parts = urlsplit(dataref)
+    if parts.scheme != DATAREF_SCHEME or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"a dataref is {DATAREF_SCHEME}://<backend>/<key>")
+    return ObjectRef(key=unquote(parts.path.removeprefix("/")), backend=parts.netloc)
 
 
 class SourceRef(_Strict):
