@@ -396,7 +396,10 @@ async def test_an_interrupt_gives_up_waiting_after_the_grace_period() -> None:
 
 _SIGINT_SCRIPT = textwrap.dedent(
     """
-    import asyncio, sys
+    import asyncio, signal, sys
+    # A parent that ignores SIGINT (a shell's background job, as CI may be) passes that on,
+    # and asyncio.run then leaves Ctrl-C alone: restore what a terminal gives.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from ferryman.cli_chat import ChatPrinter, chat_request, run_chat
     from ferryman.cli import build_parser
     from ferryman.client import FerrymanClient
