@@ -3,6 +3,7 @@ bookkeeping, `ferryman-*`, kept out of sight), the checksum as a `Checksum`."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 from ferryman.contracts import ErrorCode, FerrymanError
@@ -15,6 +16,12 @@ from storage_worker.policy import TenantSpace
 REQUEST_META = "ferryman-request"
 """Metadata naming the request that wrote an object (redelivery detection)."""
 _INTERNAL = "ferryman-"
+
+
+def request_marker(source: str, event_id: str) -> str:
+    """Names the request (`ce_source`, `ce_id`) that wrote an object, kept as
+    `REQUEST_META`: a redelivery of the request finds its own write."""
+    return hashlib.sha256(f"{source}\0{event_id}".encode()).hexdigest()[:32]
 
 
 def refuse_reserved(metadata: Mapping[str, str] | None) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -50,7 +49,12 @@ from storage_worker.content_types import allowed, compatible, detect
 from storage_worker.copies import Endpoint, copy_object
 from storage_worker.events import ObjectEvents
 from storage_worker.keys import KeyRefused, normalise_key
-from storage_worker.object_info import REQUEST_META, object_info, refuse_reserved
+from storage_worker.object_info import (
+    REQUEST_META,
+    object_info,
+    refuse_reserved,
+    request_marker,
+)
 from storage_worker.pipelines.runner import PipelineRunner, StepFailed
 from storage_worker.pipelines.triggers import UploadTriggers
 from storage_worker.policy import Policy, TenantSpace, space_of, tenant_name
@@ -149,7 +153,7 @@ class StorageService:
     async def _put(self, request: PutRequest, job: Job[Any]) -> tuple[str, BaseModel]:
         space, store = await self._space(job, request.backend)
         key = _key(request.key)
-        marker = _request_marker(job)
+        marker = request_marker(job.event.source, job.event.id)
         earlier = await head_or_none(store, space.full_key(key))
         if earlier is not None and earlier.metadata.get(REQUEST_META) == marker:
             # A redelivery of a put that was done: its object, not a second write (its event
@@ -265,7 +269,7 @@ class StorageService:
             source,
             target,
             if_absent=request.if_absent,
-            marker=_request_marker(job),
+            marker=request_marker(job.event.source, job.event.id),
             replies=job.replies,
         )
         info = object_info(target_space, stored)
@@ -392,12 +396,6 @@ def _key(key: str) -> str:
         return normalise_key(key)
     except KeyRefused as exc:
         raise FerrymanError(ErrorCode.INVALID_REQUEST, str(exc), retryable=False) from None
-
-
-def _request_marker(job: Job[Any]) -> str:
-    """Names the request that wrote an object (a redelivery finds its own write)."""
-    identity = f"{job.event.source}\0{job.event.id}"
-    return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
 async def _read_at_most(body: AsyncIterator[bytes], limit: int) -> bytes:

@@ -7,7 +7,6 @@ or not at all."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import shutil
@@ -30,7 +29,7 @@ from ferryman_runtime.job import Job
 from storage_worker.backends.port import ObjectStore, StoredObject
 from storage_worker.events import ObjectEvents
 from storage_worker.keys import KeyRefused, normalise_key
-from storage_worker.object_info import REQUEST_META, object_info
+from storage_worker.object_info import REQUEST_META, object_info, request_marker
 from storage_worker.pipelines.config import BUILTIN_PIPELINES, PipelineConfig, pipeline_named
 from storage_worker.pipelines.derived import Origin, derived_key
 from storage_worker.pipelines.source import RunProgress, file_body, file_sha256, spooled
@@ -149,8 +148,7 @@ class _Run:
         self._pipeline = pipeline
         self._progress = progress
         self._step_slots = step_slots
-        identity = f"{job.event.source}\0{job.event.id}"
-        self._marker = hashlib.sha256(identity.encode()).hexdigest()[:32]
+        self._marker = request_marker(job.event.source, job.event.id)
         """Names this request on its outputs (a redelivery recognises its own)."""
 
     async def steps(self, key: str, folder: Path) -> ProcessCompleted:
