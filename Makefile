@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 KAFKA := $(PYTHON) tools/kafka/local_kafka.py
 
-.PHONY: help setup demo test bench bench-mcp bench-tool-loop bench-openapi bench-storage kafka-up kafka-down up down lint fmt asyncapi
+.PHONY: help setup demo test bench bench-mcp bench-tool-loop bench-openapi bench-storage kafka-up kafka-down up down lint fmt asyncapi dashboards
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -67,3 +67,6 @@ fmt: setup  ## format and auto-fix
 
 asyncapi: setup  ## regenerate the AsyncAPI document from the contract models
 	@$(UV) run --frozen ferryman asyncapi --output shared/asyncapi.json
+
+dashboards: setup  ## regenerate the Grafana fleet dashboard (deploy/grafana/dashboards/ferryman-fleet.json) from tools/dashboards/fleet.py
+	@$(UV) run --frozen python tools/dashboards/fleet.py

@@ -106,6 +106,11 @@ class WorkerProcess:
             self.process.wait(10)
 
 
+def usage_topic(topics: Topics) -> str:
+    """The usage topic of this test's workers."""
+    return topics.requests.removesuffix(".llm.requests") + ".usage"
+
+
 @pytest.fixture
 def topics(unique: str) -> Topics:
     """Fresh topics and group for one test."""
@@ -137,6 +142,7 @@ def worker_factory(kafka_bootstrap: str, topics: Topics, tmp_path: Path) -> Iter
             "LLM_WORKER_REQUEST_TOPIC": topics.requests,
             "LLM_WORKER_DEFAULT_REPLY_TOPIC": topics.replies,
             "LLM_WORKER_GROUP_ID": topics.group,
+            "LLM_WORKER_USAGE_TOPIC": usage_topic(topics),
             "LLM_WORKER_TOPIC_PARTITIONS": "3",
             "LLM_WORKER_GRACE_PERIOD": "20",
             "LLM_WORKER_LOG_LEVEL": "INFO",

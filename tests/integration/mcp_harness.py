@@ -164,6 +164,7 @@ async def running_mcp_worker(
         control_topic=f"{prefix}.mcp.control",
         catalog_topic=f"{prefix}.mcp.catalog",
         audit_topic=f"{prefix}.mcp.audit",
+        usage_topic=f"{prefix}.usage",
         health_topic=f"{prefix}.health",
         group_id=f"g-{unique}",
         topic_partitions=2,

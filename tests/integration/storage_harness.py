@@ -123,6 +123,7 @@ async def running_storage_worker(
         request_topic=f"{prefix}.storage.requests",
         default_reply_topic=f"{prefix}.storage.results",
         events_topic=f"{prefix}.storage.events",
+        usage_topic=f"{prefix}.usage",
         health_topic=f"{prefix}.health",
         group_id=f"g-{unique}",
         topic_partitions=2,

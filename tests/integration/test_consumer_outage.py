@@ -93,7 +93,7 @@ async def test_an_outage_is_reported_not_ready_logged_sparingly_and_loses_nothin
         group_id=f"g-{unique}",
         handler=handler,
         max_in_flight=10,
-        metrics=ConsumerMetrics(CollectorRegistry(), "outage"),
+        metrics=ConsumerMetrics(CollectorRegistry()),
         session_timeout_ms=6000,
     )
     await consumer.start()

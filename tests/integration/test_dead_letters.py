@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from ferryman.client import FerrymanClient
 from ferryman.codec import encode_binary, encode_structured, header_value
@@ -119,4 +120,19 @@ async def test_poison_records_are_dead_lettered_once_and_later_records_are_proce
     assert set(failed) == set(ids.values())
     assert {e["code"] for e in failed.values()} == {"invalid_request"}
     assert "temprature" in failed[ids["unknown"]]["message"]
-    assert 'dead_letters_total{reason="validation"} 3.0' in worker.metrics()
+    scraped = _samples(worker.metrics())
+    dead_lettered = "ferryman_messages_dead_lettered_total"
+    for reason in ("decode", "validation"):
+        assert scraped[dead_lettered, (("reason", reason), ("service", "llm_worker"))] == 3.0
+    sent = "messaging_client_sent_messages_total"
+    to_dlq = (("messaging_destination_name", topics.dlq), ("outcome", "ok"))
+    assert scraped[sent, (*to_dlq, ("service", "llm_worker"))] == len(poison)
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A scrape's samples by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

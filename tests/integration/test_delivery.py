@@ -176,12 +176,20 @@ async def test_duplicate_request_id_is_executed_once(
         # Two partitions: the copy is in flight while the first runs; the third copy comes after.
         await producer.send_and_wait(topics.requests, value, headers=headers, partition=0)
         await producer.send_and_wait(topics.requests, value, headers=headers, partition=1)
-        await _wait_for(lambda: "duplicates_skipped_total 1.0" in worker.metrics(), 30, "a skip")
+        await _wait_for(
+            lambda: 'duplicate_skipped_total{service="llm_worker"} 1.0' in worker.metrics(),
+            30,
+            "a skip",
+        )
         await read_topic(kafka_bootstrap, topics.replies, until=is_terminal_present, timeout=30)
         await producer.send_and_wait(topics.requests, value, headers=headers, partition=2)
     finally:
         await producer.stop()
-    await _wait_for(lambda: "duplicates_skipped_total 2.0" in worker.metrics(), 30, "two skips")
+    await _wait_for(
+        lambda: 'duplicate_skipped_total{service="llm_worker"} 2.0' in worker.metrics(),
+        30,
+        "two skips",
+    )
     records = await read_topic(kafka_bootstrap, topics.replies, until=is_terminal_present)
     assert len(terminals(records)) == 1
     assert len(fake_openai.chat_requests()) == 1
@@ -266,8 +274,8 @@ async def test_dead_letter_outage_keeps_the_offset_until_the_dlq_accepts_it(
         assert after.content == "You said: behind the poison"
         await _wait_for(
             lambda: (
-                "handler_retries_total" in worker.metrics()
-                and "handler_retries_total{topic=" in worker.metrics()
+                "ferryman_messages_retried_total{" in worker.metrics()
+                and "messaging_destination_name=" in worker.metrics()
             ),
             30,
             "a retry",

@@ -228,7 +228,7 @@ async def test_an_invalid_registry_is_rejected_and_the_old_servers_keep_serving(
 
         def rejected() -> float:
             value = harness.metrics.get_sample_value(
-                "mcp_worker_registry_reloads_total", {"outcome": "rejected"}
+                "ferryman_config_reloads_total", {"config": "registry", "outcome": "rejected"}
             )
             return value or 0.0
 
@@ -421,3 +421,39 @@ async def test_server_everything_over_stdio_and_the_toolbox_over_streamable_http
             assert harness.worker.fleet.supervisors["remote"].config.transport == (
                 "streamable-http"
             )
+
+
+async def test_a_finished_call_is_counted_and_records_one_usage_event(
+    kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    registry = tmp_path / "servers.json"
+    write_registry(registry, {"toolbox": toolbox_entry()})
+    async with running_mcp_worker(kafka_bootstrap, unique, registry) as harness:
+        request_id = await harness.call(
+            "toolbox", "add", {"a": 1, "b": 2}, tenant="acme", principal="alice"
+        )
+        reply = await harness.result(request_id)
+        assert reply.type == COMPLETED, reply.data
+
+        def mine(records: list[Any]) -> list[Any]:
+            return [r for r in records if json.loads(r.value)["request_id"] == request_id]
+
+        records = await harness.topic(harness.settings.usage_topic, lambda rs: bool(mine(rs)))
+        labels = {"operation": "tool", "target": "toolbox", "outcome": "completed"}
+        assert harness.metrics.get_sample_value("ferryman_requests_total", labels) == 1
+        assert harness.metrics.get_sample_value("ferryman_upstream_calls_total", {
+            "upstream": "toolbox", "outcome": "ok",
+        }) == 1  # fmt: skip
+
+    (record,) = mine(records)
+    assert header_value(record.headers, "ce_type") == "ferryman.usage.recorded"
+    event = json.loads(record.value)
+    assert {k: event[k] for k in ("service", "tenant", "user", "operation", "target")} == {
+        "service": "mcp_worker",
+        "tenant": "acme",
+        "user": "alice",
+        "operation": "tool",
+        "target": "toolbox",
+    }
+    assert (event["tool"], event["outcome"], event["bytes"]) == ("toolbox/add", "completed", 0)
+    assert event["latency_seconds"] >= 0

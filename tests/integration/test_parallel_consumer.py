@@ -120,7 +120,7 @@ async def make(kafka_bootstrap: str) -> AsyncIterator[Make]:
         options.setdefault("max_in_flight", 10)
         options.setdefault("session_timeout_ms", 6000)
         options.setdefault("retry_backoff", (0.01, 0.05))
-        options.setdefault("metrics", ConsumerMetrics(CollectorRegistry(), "test"))
+        options.setdefault("metrics", ConsumerMetrics(CollectorRegistry()))
         consumer = ParallelConsumer(
             bootstrap_servers=kafka_bootstrap,
             topics=[topic],
@@ -309,7 +309,7 @@ async def test_a_record_that_keeps_failing_is_handed_to_on_exhausted_once_then_c
         handler,
         max_attempts=3,
         on_exhausted=on_exhausted,
-        metrics=ConsumerMetrics(registry, "test"),
+        metrics=ConsumerMetrics(registry),
     )
     await consumer.start()
     await asyncio.wait_for(handled.wait(), WAIT)
@@ -318,7 +318,12 @@ async def test_a_record_that_keeps_failing_is_handed_to_on_exhausted_once_then_c
 
     assert exhausted == [(0, 3, "boom 3")]
     assert [a for o, a in attempts if o == 0] == [1, 2, 3]
-    assert registry.get_sample_value("test_records_exhausted_total", {"topic": topic}) == 1
+    assert (
+        registry.get_sample_value(
+            "ferryman_messages_exhausted_total", {"messaging_destination_name": topic}
+        )
+        == 1
+    )
 
 
 async def test_a_non_retryable_error_is_handed_over_without_more_attempts(

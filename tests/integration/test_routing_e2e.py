@@ -156,17 +156,19 @@ async def test_a_hot_reload_under_load_loses_no_request_and_rejects_a_bad_versio
     late = [asyncio.create_task(stream(i)) for i in range(40, 60)]
     results = await asyncio.wait_for(asyncio.gather(*early, *late), 90)
     served = Counter(r.deployment for r in results)
-    applied = sample(worker, "llm_worker_routing_reloads_total", outcome="applied")
-    active = sample(worker, "llm_worker_routing_version_info", version=second)
+    applied = sample(worker, "ferryman_config_reloads_total", config="routing", outcome="applied")
+    active = sample(worker, "ferryman_config_info", config="routing", version=second)
 
-    rejected_before = sample(worker, "llm_worker_routing_reloads_total", outcome="rejected")
+    rejected_before = sample(
+        worker, "ferryman_config_reloads_total", config="routing", outcome="rejected"
+    )
     replace_file(
         routing,
         one_route("b", "beta", routed_to="c"),
     )
     await eventually(
         lambda: (
-            sample(worker, "llm_worker_routing_reloads_total", outcome="rejected")
+            sample(worker, "ferryman_config_reloads_total", config="routing", outcome="rejected")
             == (rejected_before or 0) + 1
         )
     )
@@ -243,7 +245,7 @@ async def test_a_deployment_limit_holds_across_two_replicas(
     await eventually(lambda: all(health(w)["routing"]["version"] == version for w in workers))
     note(f"two replicas converged on {version} in {time.monotonic() - converged:.2f}s")
     for worker in workers:
-        assert sample(worker, "llm_worker_routing_version_info", version=version) == 1.0
+        assert sample(worker, "ferryman_config_info", config="routing", version=version) == 1.0
         assert health(worker)["quotas"]["deployments"]["limited"]["requests_limit"] == 600
 
 

@@ -40,6 +40,7 @@ async def served(
         request_topic=f"{prefix}.storage.requests",
         default_reply_topic=f"{prefix}.storage.results",
         events_topic=f"{prefix}.storage.events",
+        usage_topic=f"{prefix}.usage",
         health_topic=f"{prefix}.health",
         group_id=f"g-{unique}",
         topic_partitions=2,

@@ -135,7 +135,7 @@ def test_the_bound_must_be_positive() -> None:
 
 async def test_open_ad_hoc_circuits_outlive_idle_ones_and_share_their_groups_gauge() -> None:
     registry = CollectorRegistry()
-    breakers = Breakers(registry, "t", fail_max=1, reset_timeout=600, max_ad_hoc=2)
+    breakers = Breakers(registry, fail_max=1, reset_timeout=600, max_ad_hoc=2)
     breakers.get("main")
     await _fail(breakers.get("p/broken", "p/*"))
 
@@ -148,17 +148,17 @@ async def test_open_ad_hoc_circuits_outlive_idle_ones_and_share_their_groups_gau
     assert breakers.allows("p/never-seen")
     assert len(breakers) == 3  # asking creates nothing
     assert breakers.states() == {"main": "closed", "p/broken": "open"}
-    assert [s for s in _samples(registry) if s[0] == "t_circuit_state"] == [
-        ("t_circuit_state", {"upstream": "p/*"}),
-        ("t_circuit_state", {"upstream": "main"}),
+    assert [s for s in _samples(registry) if s[0] == "ferryman_upstream_circuit_state"] == [
+        ("ferryman_upstream_circuit_state", {"upstream": "p/*"}),
+        ("ferryman_upstream_circuit_state", {"upstream": "main"}),
     ]
-    assert registry.get_sample_value("t_circuit_state", {"upstream": "p/*"}) == 2
-    assert registry.get_sample_value("t_circuit_state", {"upstream": "main"}) == 0
+    assert registry.get_sample_value("ferryman_upstream_circuit_state", {"upstream": "p/*"}) == 2
+    assert registry.get_sample_value("ferryman_upstream_circuit_state", {"upstream": "main"}) == 0
 
 
 async def test_when_every_ad_hoc_circuit_is_open_memory_still_wins() -> None:
     registry = CollectorRegistry()
-    breakers = Breakers(registry, "t", fail_max=1, reset_timeout=600, max_ad_hoc=4)
+    breakers = Breakers(registry, fail_max=1, reset_timeout=600, max_ad_hoc=4)
 
     for n in range(40):
         await _fail(breakers.get(f"p/{n}", "p/*"))
@@ -181,7 +181,7 @@ async def test_a_breaker_with_a_call_in_flight_or_a_counted_failure_is_not_idle(
 
 
 def test_health_lists_at_most_a_few_ad_hoc_circuits_that_are_not_closed() -> None:
-    breakers = Breakers(CollectorRegistry(), "t", fail_max=1, reset_timeout=600, max_ad_hoc=100)
+    breakers = Breakers(CollectorRegistry(), fail_max=1, reset_timeout=600, max_ad_hoc=100)
     for n in range(100):
         breakers.get(f"p/{n}", "p/*")._breaker.open()  # pyright: ignore[reportPrivateUsage]
 
@@ -314,19 +314,35 @@ async def test_thousands_of_unknown_models_leave_breakers_stats_metrics_and_heal
     }
     assert labelled <= {"main", "flaky", "mock/*", "fuzz/*", "none"}
     assert {"main", "flaky", "fuzz/*"} <= labelled
-    assert registry.get_sample_value("llm_worker_circuit_state", {"upstream": "flaky"}) == 2
-    assert registry.get_sample_value("llm_worker_circuit_state", {"upstream": "fuzz/*"}) == 2
+    assert registry.get_sample_value("ferryman_upstream_circuit_state", {"upstream": "flaky"}) == 2
+    assert registry.get_sample_value("ferryman_upstream_circuit_state", {"upstream": "fuzz/*"}) == 2
+    main_calls = {
+        "gen_ai_operation_name": "chat", "gen_ai_provider_name": "fuzz",
+        "gen_ai_request_model": "ok-main", "upstream": "main", "error_type": "",
+    }  # fmt: skip
     assert (
-        registry.get_sample_value(
-            "llm_worker_attempts_total", {"deployment": "main", "outcome": "completed"}
-        )
+        registry.get_sample_value("gen_ai_client_operation_duration_seconds_count", main_calls)
         == 500
     )
+    call_models = _label_values(registry, "gen_ai_", "gen_ai_request_model")
+    assert call_models == {"ok-main", "down-main", "fuzz/*", "mock/*"}
+    usage_models = _label_values(registry, "ferryman_usage_", "gen_ai_request_model")
+    assert len(usage_models) <= 2 + 20 + 1  # configured, the budget, `other`
+    tenants = {labels["tenant"] for _, labels in _samples(registry) if "tenant" in labels}
+    assert len(tenants) <= 50 + 2  # the budget, `other` and `none`
     assert len(health["circuits"]) <= 2 + REPORTED_AD_HOC
     assert health["circuits"]["flaky"] == "open"
     assert set(health["deployments"]) == {"main", "flaky"}
     assert len(health["quotas"]["tenants"]) <= REPORTED_UNNAMED
     assert len(json.dumps(health)) < 12_000
+
+
+def _label_values(registry: CollectorRegistry, prefix: str, label: str) -> set[str]:
+    return {
+        labels[label]
+        for name, labels in _samples(registry)
+        if name.startswith(prefix) and label in labels
+    }
 
 
 async def test_without_a_routing_file_direct_calls_show_in_their_providers_health_entry() -> None:

@@ -154,7 +154,7 @@ def _service(
     registry = registry or CollectorRegistry()
     resolver = ModelResolver(providers, {})
     clock = asyncio.get_running_loop().time  # every component on the same (virtual) clock
-    breakers = Breakers(registry, "t", fail_max=fail_max, reset_timeout=reset_timeout, clock=clock)
+    breakers = Breakers(registry, fail_max=fail_max, reset_timeout=reset_timeout, clock=clock)
     resilience = Resilience(
         breakers=breakers,
         retry=RETRY,
@@ -904,17 +904,23 @@ async def test_failover_reports_only_the_serving_deployment_its_provider_model_a
         assert len(outcome.chunks(1)) == 3
         assert outcome.attempts() == [("primary", "unavailable"), ("fallback", None)]
         tokens = {
-            (deployment, direction): registry.get_sample_value(
-                "llm_worker_tokens_total", {"deployment": deployment, "direction": direction}
+            (model, kind): registry.get_sample_value(
+                "gen_ai_client_token_usage_sum",
+                {
+                    "gen_ai_operation_name": "chat",
+                    "gen_ai_provider_name": provider,
+                    "gen_ai_request_model": model,
+                    "gen_ai_token_type": kind,
+                },
             )
-            for deployment in ("primary", "fallback")
-            for direction in ("input", "output")
+            for provider, model in (("openai", "primary"), ("compat", "fallback-model"))
+            for kind in ("input", "output")
         }
         assert tokens == {
             ("primary", "input"): None,
             ("primary", "output"): None,
-            ("fallback", "input"): float(PROMPT_TOKENS),
-            ("fallback", "output"): 2.0,
+            ("fallback-model", "input"): float(PROMPT_TOKENS),
+            ("fallback-model", "output"): 2.0,
         }
         calls = first.calls() + second.calls()
         assert calls == {"primary": 1, "fallback-model": 1}

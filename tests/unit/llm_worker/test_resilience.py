@@ -134,7 +134,7 @@ async def _execute(
         ModelResolver({"flaky": model}, {}),
         LlmMetrics(registry),
         resilience=Resilience(
-            breakers=Breakers(registry, "t", fail_max=10, reset_timeout=30),
+            breakers=Breakers(registry, fail_max=10, reset_timeout=30),
             retry=RetryPolicy(max_attempts=attempts, base_delay=0.001, max_delay=0.002),
             restart_streams=restart,
         ),

@@ -154,7 +154,7 @@ async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
         resolver,
         LlmMetrics(registry),
         resilience=Resilience(
-            breakers=Breakers(registry, "t", fail_max=10, reset_timeout=30),
+            breakers=Breakers(registry, fail_max=10, reset_timeout=30),
             retry=RetryPolicy(max_attempts=2, base_delay=0.001, max_delay=0.002),
         ),
     )
@@ -181,14 +181,14 @@ async def test_a_retryable_failure_fails_over_and_the_fallback_serves() -> None:
     assert attempts[4]["deployment"] == "c"
     assert (
         registry.get_sample_value(
-            "llm_worker_failovers_total", {"deployment": "a", "reason": "unavailable"}
+            "llm_worker_failovers_total", {"upstream": "a", "reason": "unavailable"}
         )
         == 1.0
     )
     assert (
         registry.get_sample_value(
-            "llm_worker_requests_total",
-            {"alias": "chat", "deployment": "c", "outcome": "completed"},
+            "ferryman_requests_total",
+            {"operation": "chat", "target": "chat", "outcome": "completed"},
         )
         == 1.0
     )

@@ -168,11 +168,10 @@ async def test_a_streamed_request_publishes_indexed_chunks_then_one_completed(
     assert completed.data["finish_reason"] == "stop"
     assert completed.data["usage"] == {"input_tokens": 3, "output_tokens": 5}
     assert completed.data["latency_ms"]["first_token"] <= completed.data["latency_ms"]["total"]
-    labels = {"alias": "direct", "deployment": "mock/*", "outcome": "completed"}
-    assert registry.get_sample_value("llm_worker_requests_total", labels) == 1.0
-    assert (
-        registry.get_sample_value("llm_worker_stream_chunks_total", {"deployment": "mock/*"}) == 5.0
-    )
+    labels = {"operation": "chat", "target": "direct", "outcome": "completed"}
+    assert registry.get_sample_value("ferryman_requests_total", labels) == 1.0
+    chunks = registry.get_sample_value("llm_worker_stream_chunks_total", {"upstream": "mock/*"})
+    assert chunks == 5.0
 
 
 async def test_a_non_streamed_request_publishes_only_the_completed_event(
@@ -202,8 +201,8 @@ async def test_an_unresolvable_model_publishes_exactly_one_invalid_request_failu
     assert failed.data["error"]["code"] == "invalid_request"
     assert failed.data["error"]["retryable"] is False
     assert failed.key == REQUEST_ID.encode()
-    labels = {"alias": "unknown", "deployment": "none", "outcome": "invalid_request"}
-    assert registry.get_sample_value("llm_worker_requests_total", labels) == 1.0
+    labels = {"operation": "chat", "target": "unknown", "outcome": "invalid_request"}
+    assert registry.get_sample_value("ferryman_requests_total", labels) == 1.0
 
 
 async def test_a_provider_failing_midstream_publishes_its_chunks_then_one_failed_event(

@@ -36,7 +36,7 @@ async def _changed(_: ToolChanged) -> None:
 
 def discovery() -> CountingDiscovery:
     fleet = Fleet(
-        breakers=Breakers(CollectorRegistry(), "t", fail_max=3, reset_timeout=1),
+        breakers=Breakers(CollectorRegistry(), fail_max=3, reset_timeout=1),
         stats=StatsBoard(),
         provisioner=Provisioner(Path("/nonexistent")),
         sandbox=SandboxPolicy(bwrap="bwrap", prlimit="prlimit"),

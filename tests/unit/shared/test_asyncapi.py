@@ -28,6 +28,7 @@ def test_asyncapi_document_describes_every_channel_and_event() -> None:
         "llm.results",
         "llm.requests.dlq",
         "ferryman.health",
+        "ferryman.usage",
         "mcp.requests",
         "mcp.results",
         "mcp.requests.dlq",
@@ -46,6 +47,7 @@ def test_asyncapi_document_describes_every_channel_and_event() -> None:
         "ferryman.llm.chat.completed",
         "ferryman.llm.chat.failed",
         "ferryman.health.reported",
+        "ferryman.usage.recorded",
         "ferryman.mcp.tool.call.requested",
         "ferryman.mcp.tool.call.completed",
         "ferryman.mcp.progress",
@@ -107,6 +109,7 @@ def test_a_domain_added_to_the_registry_gets_its_channels_and_operations() -> No
         "probe.results",
         "probe.requests.dlq",
         "ferryman.health",
+        "ferryman.usage",
     }
     assert document["operations"]["consumeProbeRequests"]["action"] == "receive"
     assert document["components"]["messages"]["probeFailed"]["title"] == "ferryman.probe.failed"

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from ferryman_runtime.config_watch import ConfigWatcher
 
-PREFIX = "test"
+CONFIG = "config"
 VALID_A = b"model: alpha\n"
 VALID_B = b"model: bravo-longer\n"
 INVALID = b"nothing: here\n"
@@ -85,13 +85,13 @@ def config_path(tmp_path: Path) -> Path:
 def _watcher(
     path: Path, target: Target, registry: CollectorRegistry, interval: float = 1.0
 ) -> ConfigWatcher[dict[str, Any]]:
-    return ConfigWatcher(
-        path, _load, target.apply, registry=registry, prefix=PREFIX, interval=interval
-    )
+    return ConfigWatcher(path, _load, target.apply, registry=registry, interval=interval)
 
 
 def _reloads(registry: CollectorRegistry, outcome: str) -> float | None:
-    return registry.get_sample_value(f"{PREFIX}_config_reloads_total", {"outcome": outcome})
+    return registry.get_sample_value(
+        "ferryman_config_reloads_total", {"config": CONFIG, "outcome": outcome}
+    )
 
 
 def _version_labels(registry: CollectorRegistry) -> list[str]:
@@ -99,7 +99,7 @@ def _version_labels(registry: CollectorRegistry) -> list[str]:
         sample.labels["version"]
         for family in registry.collect()
         for sample in family.samples
-        if sample.name == f"{PREFIX}_config_version_info"
+        if sample.name == "ferryman_config_info" and sample.labels["config"] == CONFIG
     ]
 
 
@@ -124,9 +124,10 @@ def test_initial_load_applies_the_file_under_its_content_hash(
     assert status["loaded_at"].endswith("+00:00")
     assert status["last_error"] is None
     assert registry.get_sample_value(
-        f"{PREFIX}_config_version_info", {"version": _version(VALID_A)}
+        "ferryman_config_info", {"config": CONFIG, "version": _version(VALID_A)}
     ) == (1.0)
-    assert (registry.get_sample_value(f"{PREFIX}_config_last_reload_timestamp_seconds") or 0) > 0
+    last_reload = "ferryman_config_last_reload_timestamp_seconds"
+    assert (registry.get_sample_value(last_reload, {"config": CONFIG}) or 0) > 0
 
 
 def test_initial_load_of_an_invalid_file_raises_naming_the_path(
@@ -247,7 +248,7 @@ async def test_an_apply_that_raises_is_rejected_and_the_version_is_unchanged(
         if config["model"] != "alpha":
             raise RuntimeError("route table refused")
 
-    watcher = ConfigWatcher(config_path, _load, apply, registry=registry, prefix=PREFIX)
+    watcher = ConfigWatcher(config_path, _load, apply, registry=registry)
     watcher.load_initial()
     _write(config_path, VALID_B)
 
@@ -364,3 +365,22 @@ async def test_run_picks_up_a_change_and_stops_on_cancel(
             await task
 
     assert task.cancelled()
+
+
+def test_watchers_of_two_files_share_the_families_under_their_config_label(
+    tmp_path: Path, target: Target, registry: CollectorRegistry
+) -> None:
+    routing, policy = tmp_path / "routing.yaml", tmp_path / "policy.yaml"
+    _write(routing, VALID_A)
+    _write(policy, VALID_B)
+    ConfigWatcher(routing, _load, target.apply, registry=registry, name="routing").load_initial()
+    ConfigWatcher(policy, _load, target.apply, registry=registry, name="policy").load_initial()
+
+    info = {
+        (sample.labels["config"], sample.labels["version"])
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "ferryman_config_info"
+    }
+
+    assert info == {("routing", _version(VALID_A)), ("policy", _version(VALID_B))}

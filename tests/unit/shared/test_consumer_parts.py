@@ -16,9 +16,11 @@ from aiokafka.record.util import calc_crc32c
 from prometheus_client import CollectorRegistry
 
 from ferryman.contracts.errors import ErrorCode, FerrymanError
+from ferryman_runtime.in_flight import InFlight
 from ferryman_runtime.key_order import KeyOrder
 from ferryman_runtime.log_throttle import LogThrottle, RepeatFilter
 from ferryman_runtime.metrics import ConsumerMetrics
+from ferryman_runtime.offsets import PartitionOffsets
 from ferryman_runtime.record_attempts import Backoff, RecordAttempts
 from ferryman_runtime.undecodable import UndecodableRecord, parse_record_set
 
@@ -170,6 +172,7 @@ def _attempts(
     max_attempts: int,
     exhausted: bool = True,
     connected: Callable[[], bool] = lambda: True,
+    registry: CollectorRegistry | None = None,
 ) -> RecordAttempts:
     return RecordAttempts(
         handler=calls.handler,
@@ -177,7 +180,7 @@ def _attempts(
         on_exhausted=calls.on_exhausted if exhausted else None,
         on_undecodable=None,
         backoff=Backoff(0.5, 2.0),
-        metrics=ConsumerMetrics(CollectorRegistry(), "unit"),
+        metrics=ConsumerMetrics(registry or CollectorRegistry()),
         sleep=calls.sleep,
         connected=connected,
     )
@@ -259,3 +262,52 @@ async def test_kafka_errors_during_a_broker_outage_do_not_use_up_the_attempts() 
 
     assert calls.attempts == list(range(1, 8))  # 4 failures uncounted, 2 counted, then success
     assert calls.exhausted == []
+
+
+async def test_settle_names_how_a_record_ended_and_counts_it_under_its_topic() -> None:
+    registry = CollectorRegistry()
+    calls = _Calls(failures=10, error=FerrymanError(ErrorCode.INVALID_REQUEST, "bad"))
+    attempts = _attempts(calls, max_attempts=5, registry=registry)
+
+    assert await attempts.settle(_record()) == "invalid_request"
+    assert await _attempts(_Calls(failures=0), max_attempts=1).settle(_record()) is None
+    labels = {"messaging_destination_name": "t"}
+    assert registry.get_sample_value("ferryman_messages_exhausted_total", labels) == 1.0
+
+
+async def test_in_flight_times_each_record_by_topic_and_error_type() -> None:
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics(registry)
+    bugs: list[BaseException] = []
+    in_flight = InFlight(
+        max_in_flight=4,
+        key_ordered=False,
+        group_id="g",
+        metrics=metrics,
+        on_advance=lambda: None,
+        on_bug=bugs.append,
+    )
+    offsets = PartitionOffsets()
+    tp = TopicPartition("t", 0)
+    outcomes: list[str | None] = [None, "handler_exhausted"]
+
+    async def settled() -> str | None:
+        return outcomes.pop(0)
+
+    async def buggy() -> str | None:
+        raise KeyError("bug")
+
+    for offset, work in enumerate([settled, settled, buggy]):
+        in_flight.dispatch(tp, offsets, offset, None, work)
+    await asyncio.wait_for(asyncio.gather(*in_flight.tasks()), 5)
+
+    def count(error_type: str) -> float | None:
+        labels = {"messaging_destination_name": "t", "error_type": error_type}
+        return registry.get_sample_value("messaging_process_duration_seconds_count", labels)
+
+    assert (count(""), count("handler_exhausted"), count("KeyError")) == (1.0, 1.0, 1.0)
+    consumed = {"messaging_destination_name": "t", "messaging_consumer_group_name": "g"}
+    assert registry.get_sample_value("messaging_client_consumed_messages_total", consumed) == 3.0
+    assert registry.get_sample_value("ferryman_messages_in_flight_limit") == 4.0
+    assert registry.get_sample_value("ferryman_messages_in_flight") == 0.0
+    assert [type(bug) for bug in bugs] == [KeyError]

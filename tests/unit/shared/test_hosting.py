@@ -41,7 +41,9 @@ class _DyingService:
 
 async def test_a_failed_service_is_stopped_and_serve_returns_exit_code_1() -> None:
     service = _DyingService()
-    app = create_host_app(service, bootstrap_servers="127.0.0.1:1", registry=CollectorRegistry())
+    app = create_host_app(
+        service, bootstrap_servers="127.0.0.1:1", registry=CollectorRegistry(), service_name="t"
+    )
     serving = asyncio.create_task(serve(app, host="127.0.0.1", port=_free_port()))
     await asyncio.wait_for(service.started.wait(), 10)
 

@@ -70,7 +70,7 @@ def _pipeline(
         service=service or ChatRequests(ChatService(resolver, LlmMetrics(registry))),
         publisher=publisher,  # type: ignore[arg-type]
         recent=RecentRequests(window=60, max_entries=100),
-        metrics=ConsumerMetrics(registry, "t"),
+        metrics=ConsumerMetrics(registry),
         source="/test/worker",
         reply_topics=ReplyTopicPolicy(
             default="replies",

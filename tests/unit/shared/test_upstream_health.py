@@ -16,8 +16,9 @@ from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman.contracts.events import HEALTH_REPORTED
 from ferryman.contracts.health import HealthReport
 from ferryman_runtime.health_events import publish_health
+from ferryman_runtime.resilience import Breakers
 from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef, upstream_health
-from ferryman_runtime.upstreams.stats import StatsBoard, UpstreamStats
+from ferryman_runtime.upstreams.stats import StatsBoard, UpstreamStats, UpstreamStatsCollector
 from llm_worker.chat.streaming import Completion, StreamEvent
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -111,9 +112,6 @@ def _monitor(
         config_version=lambda: "v-abc",
         clock=lambda: NOW,
         registry=registry,
-        metric_prefix="llm_worker",
-        metric_noun="deployment",
-        probe_label="provider",
         **intervals,
     )
     return monitor, board
@@ -257,18 +255,36 @@ async def test_the_report_lists_deployments_by_name_and_exports_low_cardinality_
         NOW,
     )
     assert [u.name for u in report.upstreams] == ["alpha", "mid", "zeta"]
-    gauge = "llm_worker_deployment_healthy"
+    gauge = "ferryman_upstream_healthy"
     values = {
-        n: registry.get_sample_value(gauge, {"deployment": n}) for n in ("alpha", "mid", "zeta")
+        n: registry.get_sample_value(gauge, {"upstream": n}) for n in ("alpha", "mid", "zeta")
     }
     assert values == {"alpha": 1.0, "mid": 0.5, "zeta": 0.0}
-    probes = {"provider": "openai", "outcome": "ok"}
-    assert registry.get_sample_value("llm_worker_health_probes_total", probes) == 1.0
+    probes = {"probe_group": "openai", "outcome": "ok"}
+    assert registry.get_sample_value("ferryman_upstream_probes_total", probes) == 1.0
 
     del refs[0]  # a hot reload removed "zeta"
-    monitor.report()
 
-    assert registry.get_sample_value(gauge, {"deployment": "zeta"}) is None
+    assert registry.get_sample_value(gauge, {"upstream": "zeta"}) is None
+    assert registry.get_sample_value("ferryman_upstream_probes_total", probes) == 1.0
+
+
+async def test_a_probe_group_removed_by_a_reload_loses_its_probe_series() -> None:
+    registry = CollectorRegistry()
+    refs = _refs(ListingModel("openai", error=OSError("down")), "a") + _refs(
+        ListingModel("anthropic"), "b"
+    )
+    monitor, _ = _monitor(refs, registry=registry)
+    await monitor.probe_once()
+    await monitor.probe_once()
+    failed = {"probe_group": "openai", "outcome": "failed"}
+    assert registry.get_sample_value("ferryman_upstream_probes_total", failed) == 2.0
+
+    del refs[0]  # a hot reload removed the only openai deployment
+
+    assert registry.get_sample_value("ferryman_upstream_probes_total", failed) is None
+    kept = {"probe_group": "anthropic", "outcome": "ok"}
+    assert registry.get_sample_value("ferryman_upstream_probes_total", kept) == 2.0
 
 
 async def test_the_snapshot_is_json_ready_and_keyed_by_deployment() -> None:
@@ -362,3 +378,32 @@ async def test_upstreams_without_a_probe_are_reported_under_the_default_metric_n
 
     assert (entry.kind, entry.labels, entry.probe) == ("storage", {"backend": "s3"}, "not_run")
     assert registry.get_sample_value("ferryman_upstream_healthy", {"upstream": "bucket-a"}) == 1.0
+
+
+def test_upstream_calls_and_in_flight_are_read_from_the_stats_board_at_scrape_time() -> None:
+    registry = CollectorRegistry()
+    board = StatsBoard(clock=FakeClock())
+    registry.register(UpstreamStatsCollector(board))
+    stats = board.get("gpt")
+    for failed, rejected in [(False, False), (True, False), (False, True), (False, False)]:
+        stats.started()
+        stats.finished(failed=failed, rejected=rejected)
+    stats.started()
+
+    def calls(outcome: str) -> float | None:
+        labels = {"upstream": "gpt", "outcome": outcome}
+        return registry.get_sample_value("ferryman_upstream_calls_total", labels)
+
+    assert (calls("ok"), calls("failed"), calls("rejected")) == (2.0, 1.0, 1.0)
+    assert registry.get_sample_value("ferryman_upstream_in_flight", {"upstream": "gpt"}) == 1.0
+    assert stats.recent() == (4, 0.25)  # a rejected call does not count against the upstream
+
+
+async def test_the_circuit_gauge_is_unprefixed_and_shows_an_open_circuit() -> None:
+    registry = CollectorRegistry()
+    breakers = Breakers(registry, fail_max=1, reset_timeout=600)
+    with pytest.raises(FerrymanError):
+        async with breakers.get("gpt").guard():
+            raise FerrymanError(ErrorCode.UNAVAILABLE, "503", retryable=True)
+
+    assert registry.get_sample_value("ferryman_upstream_circuit_state", {"upstream": "gpt"}) == 2.0

@@ -17,15 +17,18 @@ from ferryman_runtime.catalog_view import CatalogView
 from ferryman_runtime.config_watch import ConfigWatcher, content_version
 from ferryman_runtime.control import ControlReader
 from ferryman_runtime.health_events import publish_health
+from ferryman_runtime.metric_labels import LabelBudget
+from ferryman_runtime.pricing import PriceTable
 from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
 from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
+from ferryman_runtime.usage import UsageRecorder
 from ferryman_runtime.worker import Worker
 from llm_worker.chat.service import ChatService, Resilience
 from llm_worker.chat.stream_guard import StreamTimeouts
 from llm_worker.contract import CHAT_REQUESTS, ChatRequests
 from llm_worker.datarefs.wiring import storage_resolver
-from llm_worker.metrics import LlmMetrics
+from llm_worker.metrics import MAX_MODELS, LlmMetrics
 from llm_worker.providers.factory import build_providers, dedicated_client
 from llm_worker.providers.port import ChatModel
 from llm_worker.providers.resolver import ModelResolver
@@ -53,7 +56,8 @@ class LlmWorker:
             credentials (None: the worker's client of its provider).
 
     Raises:
-        ValueError: the routing file is invalid (the worker refuses to start).
+        ValueError: the routing file or the price table is invalid (the worker refuses to
+            start).
     """
 
     def __init__(
@@ -69,7 +73,6 @@ class LlmWorker:
         self._make_client = make_client or (lambda d: dedicated_client(settings, d))
         self.breakers = Breakers(
             registry,
-            "llm_worker",
             fail_max=settings.breaker_fail_max,
             reset_timeout=settings.breaker_reset_timeout,
             max_ad_hoc=settings.max_direct_models,
@@ -114,7 +117,18 @@ class LlmWorker:
             reply_topic=settings.tool_loop_topic,
             control_topic=settings.control_topic,
         )
-        metrics = LlmMetrics(registry)
+        tenants = LabelBudget(self._configured_tenants, max_dynamic=settings.metrics_max_tenants)
+        metrics = LlmMetrics(registry, configured_models=self._configured_models, tenants=tenants)
+        self.usage = UsageRecorder(
+            lambda: self.worker.publisher,
+            topic=settings.usage_topic,
+            source=f"/ferryman/llm-worker/{settings.instance_id}",
+            service="llm_worker",
+            registry=registry,
+            prices=PriceTable.load(settings.price_table),
+            tenants=tenants,
+            models=LabelBudget(self._configured_targets, max_dynamic=MAX_MODELS),
+        )
         self.datarefs = storage_resolver(settings)
         runner = ToolRunner(
             dispatcher,
@@ -143,6 +157,7 @@ class LlmWorker:
             cancels=self.cancels,
             cancels_ready=self.control.ready,
             datarefs=self.datarefs.resolver if self.datarefs else None,
+            usage=self.usage,
         )
         self._owned_clients: list[ChatModel] = []
         self.watcher: ConfigWatcher[RoutingTable] | None = None
@@ -152,7 +167,6 @@ class LlmWorker:
                 self._load_routing,
                 self._apply_routing,
                 registry=registry,
-                prefix="llm_worker",
                 name="routing",
                 interval=settings.routing_poll_interval,
             )
@@ -171,11 +185,10 @@ class LlmWorker:
             probe_timeout=settings.health_probe_timeout,
             report_interval=settings.health_report_interval,
             registry=registry,
-            metric_prefix="llm_worker",
-            metric_noun="deployment",
-            probe_label="provider",
         )
-        background = [self.monitor.run, self.control.run, self.catalog.run, self.journal.run]
+        background = [
+            self.monitor.run, self.control.run, self.catalog.run, self.journal.run, self.usage.start
+        ]  # fmt: skip
         if self.watcher is not None:
             background.append(self.watcher.run)
         self.worker = Worker(
@@ -186,12 +199,14 @@ class LlmWorker:
             registry=registry,
             background=background,
             on_stop=[self._close_clients, *([self.datarefs.aclose] if self.datarefs else [])],
+            on_drained=[self.usage.stop],
             details=self._details,
             # Kept long enough for any rerun to find its steps (the window), and a day at least.
             extra_topics={
                 settings.tool_loop_topic: {
                     "retention.ms": str(int(max(settings.tool_loop_window * 2, 86_400) * 1000))
                 },
+                settings.usage_topic: {},
                 **({settings.storage.reply_topic: {}} if self.datarefs else {}),
             },
         )
@@ -216,6 +231,27 @@ class LlmWorker:
             len(table.config.deployments),
             len(table.config.routes),
         )
+
+    def _configured_tenants(self) -> set[str]:
+        """Tenants named in the routing file's quotas (labelled by name in metrics)."""
+        table = self.service.routing
+        return set() if table is None else set(table.config.tenants) - {"*"}
+
+    def _configured_models(self) -> set[str]:
+        """Models of the routing file's deployments and of the model aliases."""
+        models = {target.partition("/")[2] for target in self._settings.model_aliases.values()}
+        table = self.service.routing
+        if table is not None:
+            models.update(d.model for d in table.config.deployments.values())
+        return models
+
+    def _configured_targets(self) -> set[str]:
+        """`provider/model` of the routing file's deployments and of the model aliases."""
+        targets = set(self._settings.model_aliases.values())
+        table = self.service.routing
+        if table is not None:
+            targets.update(f"{d.provider}/{d.model}" for d in table.config.deployments.values())
+        return targets
 
     def _deployment_refs(self) -> list[UpstreamRef]:
         table = self.service.routing

@@ -1,96 +1,146 @@
-"""The LLM worker's Prometheus metrics.
+"""The LLM worker's Prometheus metrics (docs/operations.md has the whole scheme).
 
-Labels stay low-cardinality: `alias` is a configured route name (or `direct` for
-`provider/model` requests), `deployment` a configured deployment name (or `provider/*`
-for direct requests), `outcome` `completed` or an error code. Never a request id.
+Provider calls are measured with the OpenTelemetry GenAI families under their Prometheus
+names (`gen_ai_client_*`), so GenAI dashboards work unchanged; requests and their
+durations go to the kit's `ferryman_requests_total` family.
+
+Labels stay low-cardinality: `upstream` is a configured deployment name (or `provider/*`
+for direct requests), `gen_ai_request_model` a configured model (or `provider/*`) through
+the models `LabelBudget`, tenants go through the tenants `LabelBudget`, `server` is an MCP
+server offered by the catalog. Never a request id, a user or a tool name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+from ferryman_runtime.metric_labels import LabelBudget
+from ferryman_runtime.metrics import QuotaMetrics, RequestMetrics
+
+OPERATION_DURATION_BUCKETS = (
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+)  # fmt: skip
+"""OTel GenAI semconv's advice for `gen_ai.client.operation.duration` (and first chunk)."""
+
+TOKEN_USAGE_BUCKETS = (
+    1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
+)  # fmt: skip
+"""OTel GenAI semconv's advice for `gen_ai.client.token.usage`."""
+
+MAX_MODELS = 20
+"""Unconfigured `gen_ai_request_model` values a process labels by name (then `other`)."""
+
+MAX_TENANTS = 50
+"""Unconfigured tenants a process labels by name by default (then `other`)."""
+
+CHAT = "chat"
+"""`gen_ai_operation_name` of provider calls."""
+
+_GENAI = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
+
+QUOTA_WAIT_PRECEDENCE = ("tenant", "circuit_open", "cooldown", "quota")
+"""When several reasons hold a request for the same time, the one counted: the first here."""
 
 
 class LlmMetrics:
-    """Requests, attempts, retries, failovers, restarts, latencies, tokens and quota waits."""
+    """Provider calls, tokens per call, tool calls, retries, failovers, stream restarts,
+    quota waits and loop steps; plus the kit's request and quota-rejection families.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "llm_worker_requests_total",
-            "Chat requests by alias, serving deployment (`none` if none served) and outcome.",
-            ["alias", "deployment", "outcome"],
+    Args:
+        registry: where the families are registered.
+        configured_models: the models of the configured deployments and aliases (labelled
+            by name; other direct models are labelled `provider/*`).
+        tenants: bounds `tenant` of quota rejections (default: nothing configured,
+            `MAX_TENANTS`).
+        requests: the kit's request families, when registered elsewhere already.
+
+    Raises:
+        ValueError: a family is already registered on `registry`.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        configured_models: Callable[[], Collection[str]] = frozenset,
+        tenants: LabelBudget | None = None,
+        requests: RequestMetrics | None = None,
+    ) -> None:
+        self._configured_models = configured_models
+        self._models = LabelBudget(configured_models, max_dynamic=MAX_MODELS)
+        self.tenants = tenants or LabelBudget(max_dynamic=MAX_TENANTS)
+        self.requests = requests or RequestMetrics(registry)
+        self.quota_rejections = QuotaMetrics(registry)
+        self.operation_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration: one provider call, from its start to its last byte or"
+            " its failure (`error_type` empty on success).",
+            [*_GENAI, "upstream", "error_type"],
+            buckets=OPERATION_DURATION_BUCKETS,
             registry=registry,
         )
-        self.attempts = Counter(
-            "llm_worker_attempts_total",
-            "Provider calls by deployment and outcome (`completed` or the error code).",
-            ["deployment", "outcome"],
+        self.first_chunk = Histogram(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Time from the start of a streamed provider call to its first chunk.",
+            [*_GENAI, "upstream"],
+            buckets=OPERATION_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens used per provider call, by `gen_ai_token_type` (input, output).",
+            [*_GENAI, "gen_ai_token_type"],
+            buckets=TOKEN_USAGE_BUCKETS,
+            registry=registry,
+        )
+        self.tool_duration = Histogram(
+            "gen_ai_execute_tool_duration_seconds",
+            "Tool calls of tool loops, from sending the call to its result, by MCP server"
+            " (`error_type` empty when the call completed).",
+            ["server", "error_type"],
+            buckets=OPERATION_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.tool_calls = Counter(
+            "llm_worker_tool_calls_total",
+            "Tool calls of tool loops, by MCP server (`none` if unknown) and outcome"
+            " (`completed`, `tool_error`, an error code, or `replayed` when a rerun found the"
+            " result).",
+            ["server", "outcome"],
             registry=registry,
         )
         self.retries = Counter(
             "llm_worker_retries_total",
-            "Calls repeated on the same deployment after a retryable failure.",
-            ["deployment"],
+            "Calls repeated on the same upstream after a retryable failure.",
+            ["upstream"],
             registry=registry,
         )
         self.failovers = Counter(
             "llm_worker_failovers_total",
-            "Requests that left a deployment for another one, by the error that caused it.",
-            ["deployment", "reason"],
+            "Requests that left an upstream for another one, by the error that caused it.",
+            ["upstream", "reason"],
             registry=registry,
         )
         self.restarts = Counter(
             "llm_worker_stream_restarts_total",
             "Streams restarted after chunks were published (a `restarted` event was sent).",
-            ["deployment"],
+            ["upstream"],
             registry=registry,
         )
         self.chunks = Counter(
             "llm_worker_stream_chunks_total",
-            "Chunk events published.",
-            ["deployment"],
-            registry=registry,
-        )
-        self.first_token = Histogram(
-            "llm_worker_time_to_first_token_seconds",
-            "From the start of a call to its first streamed token.",
-            ["deployment"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "llm_worker_request_duration_seconds",
-            "From the start of work to the terminal event.",
-            ["alias", "outcome"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "llm_worker_tokens_total",
-            "Tokens reported by providers for serving calls.",
-            ["deployment", "direction"],
+            "Chunk events published, by the upstream that streamed them.",
+            ["upstream"],
             registry=registry,
         )
         self.quota_waits = Counter(
             "llm_worker_quota_waits_total",
-            "Times a request waited (backpressure) because every usable deployment or its "
-            "tenant was at a limit, by what it waited for.",
+            "Times a request waited (backpressure) because its tenant or every usable"
+            " deployment was at a limit, by the reason that held it: `tenant`,"
+            " `circuit_open`, `cooldown` or `quota`.",
             ["reason"],
-            registry=registry,
-        )
-        self.tool_calls = Counter(
-            "llm_worker_tool_calls_total",
-            "Tool calls of tool loops, by MCP server and outcome (`completed`, `tool_error`, "
-            "an error code, or `replayed` when a rerun found the result).",
-            ["server", "outcome"],
-            registry=registry,
-        )
-        self.tool_call_duration = Histogram(
-            "llm_worker_tool_call_duration_seconds",
-            "From sending a tool call to its result, as the LLM worker sees it.",
-            ["server"],
-            buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
         self.loop_steps = Counter(
@@ -99,3 +149,18 @@ class LlmMetrics:
             ["kind"],
             registry=registry,
         )
+
+    def quota_wait(self, reasons: set[str]) -> str:
+        """Count one wait held by `reasons` under the single reason that comes first in
+        `QUOTA_WAIT_PRECEDENCE`; return it."""
+        reason = next((r for r in QUOTA_WAIT_PRECEDENCE if r in reasons), None)
+        reason = reason or min(reasons)
+        self.quota_waits.labels(reason=reason).inc()
+        return reason
+
+    def model_label(self, provider: str, model: str, *, direct: bool) -> str:
+        """`gen_ai_request_model` of a call of `model` at `provider`: the model when it is
+        configured (every routed deployment's is), else `provider/*`; then bounded."""
+        if direct and model not in self._configured_models():
+            return self._models(f"{provider}/*")
+        return self._models(model)

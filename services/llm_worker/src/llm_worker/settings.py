@@ -20,6 +20,7 @@ from ferryman.contracts.mcp import (
     DEFAULT_MCP_CONTROL_TOPIC,
     DEFAULT_MCP_REQUEST_TOPIC,
 )
+from ferryman.contracts.usage import USAGE_TOPIC
 from ferryman_runtime.settings import WorkerSettings
 from llm_worker.datarefs.settings import DataRefSettings
 from llm_worker.providers.config import (
@@ -106,6 +107,8 @@ class LlmWorkerSettings(WorkerSettings):
     `expirytime` comes first."""
     tool_result_max_chars: int = Field(default=100_000, ge=100)
     """Characters of one tool result given to the model at most (the rest is cut, and said)."""
+    usage_topic: str = USAGE_TOPIC
+    """Where one usage event per finished request goes (docs/usage.md)."""
     mock_token_delay_ms: float = Field(default=0.0, ge=0)
     """Delay between the mock provider's tokens (for demos)."""
 

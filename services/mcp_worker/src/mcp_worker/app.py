@@ -19,9 +19,11 @@ from ferryman_runtime.cancellation import CancelBoard
 from ferryman_runtime.config_watch import ConfigWatcher
 from ferryman_runtime.control import ControlReader
 from ferryman_runtime.health_events import publish_health
+from ferryman_runtime.metric_labels import LabelBudget
 from ferryman_runtime.resilience import Breakers
 from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
-from ferryman_runtime.upstreams.stats import StatsBoard
+from ferryman_runtime.upstreams.stats import StatsBoard, UpstreamStatsCollector
+from ferryman_runtime.usage import UsageRecorder
 from ferryman_runtime.worker import Worker
 from mcp_worker.catalog.api_changes import ApiChanges
 from mcp_worker.catalog.catalog import Catalog
@@ -72,19 +74,23 @@ class McpWorker:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = settings
-        self.metrics = McpMetrics(registry)
+        self.metrics = McpMetrics(
+            registry,
+            LabelBudget(self._configured_tenants, max_dynamic=settings.metrics_max_tenants),
+        )
         self.breakers = Breakers(
             registry,
-            _NAME,
             fail_max=settings.breaker_fail_max,
             reset_timeout=settings.breaker_reset_timeout,
         )
         self.stats = StatsBoard()
+        registry.register(UpstreamStatsCollector(self.stats))
         self.catalog = Catalog()
         base_dir = settings.registry_file.parent if settings.registry_file else Path()
         self.rate_limits = RateLimits(
             lambda: self.worker.share(),
             on_wait=lambda server: self.metrics.rate_limit_waits.labels(server).inc(),
+            on_refused=self.metrics.quota_refused,
         )
         self.cache = ResultCache(settings.cache_max_entries)
         self.board = CancelBoard(settings.cancel_window)
@@ -135,12 +141,19 @@ class McpWorker:
                 lambda data: parse_registry(data, f"registry file {settings.registry_file}"),
                 self._apply_registry,
                 registry=registry,
-                prefix=_NAME,
                 name="registry",
                 interval=settings.registry_poll_interval,
             )
             self.watcher.load_initial()
-        self.service = McpService(self._runtime(), self.metrics)
+        self.usage = UsageRecorder(
+            lambda: self.worker.publisher,
+            topic=settings.usage_topic,
+            source=f"/ferryman/mcp-worker/{settings.instance_id}",
+            service=_NAME,
+            registry=registry,
+            tenants=self.metrics.tenants,
+        )
+        self.service = McpService(self._runtime(), self.metrics, self.usage.record)
         self.monitor = HealthMonitor(
             upstreams=self._server_refs,
             stats=self.stats,
@@ -155,9 +168,6 @@ class McpWorker:
             probe_timeout=settings.health_probe_timeout,
             report_interval=settings.health_report_interval,
             registry=registry,
-            metric_prefix=_NAME,
-            metric_noun="server",
-            probe_label="server",
         )
         self.worker = Worker(
             settings,
@@ -165,14 +175,16 @@ class McpWorker:
             spec=MCP_REQUESTS,
             service=McpRequests(self.service),
             registry=registry,
-            background=[self.monitor.run, self._control, self._lifecycle]
+            background=[self.monitor.run, self._control, self._lifecycle, self.usage.start]
             + ([self.watcher.run, self._watch_api_documents] if self.watcher is not None else []),
             on_stop=[self._stop],
+            on_drained=[self.usage.stop],
             details=lambda: worker_details(self),
             extra_topics={
                 settings.control_topic: {},
                 settings.catalog_topic: CATALOG_TOPIC_CONFIG,
                 settings.audit_topic: {},
+                settings.usage_topic: {},
             },
         )
         registry.register(FleetCollector(self.fleet, self.cache, self.auditor))
@@ -195,6 +207,15 @@ class McpWorker:
             auditor=self.auditor,
             rate_limits=self.rate_limits,
         )
+
+    def _configured_tenants(self) -> set[str]:
+        """Tenants the registry names (not patterns): their metric labels always pass."""
+        return {
+            tenant
+            for supervisor in self.fleet.supervisors.values()
+            for tenant in supervisor.config.tenants
+            if not any(c in tenant for c in "*?[")
+        }
 
     def _apply_registry(self, registry: Registry, version: str) -> None:
         changed, removed = self.fleet.apply(registry)

@@ -1,38 +1,37 @@
-"""The mcp_worker's Prometheus metrics. Labels are configured server names, request kinds
-and outcomes: never a tool argument, a tenant-supplied string or a request id."""
+"""The mcp_worker's Prometheus metrics. Labels are configured server names, request kinds,
+outcomes and budgeted tenants: never a tool name or argument, a user or a request id."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ferryman_runtime.metric_labels import LabelBudget
+from ferryman_runtime.metrics import QuotaMetrics, RequestMetrics
 from mcp_worker.execution.audit import Auditor
 from mcp_worker.execution.cache import ResultCache
 from mcp_worker.servers.fleet import Fleet
 
-_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
-
 
 class McpMetrics:
-    """Requests by server, kind and outcome; their durations; tool definition changes."""
+    """The mcp_worker's families: requests and their durations (the kit's
+    `ferryman_requests_total`, by operation, server and outcome), refusals by its own rate
+    limits (`ferryman_quota_rejections_total`), tool definition and API document changes,
+    and rate-limit waits.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "mcp_worker_requests_total",
-            "MCP requests by server, kind (tool, resource, prompt) and outcome.",
-            ["server", "kind", "outcome"],
-            registry=registry,
-        )
-        self.duration = Histogram(
-            "mcp_worker_request_duration_seconds",
-            "Time from start to terminal reply of MCP requests, by server and kind.",
-            ["server", "kind"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
-        )
+    Args:
+        registry: where the families are registered.
+        tenants: maps a tenant to its label value (configured tenants, then the first few
+            others, then `other`).
+    """
+
+    def __init__(self, registry: CollectorRegistry, tenants: LabelBudget | None = None) -> None:
+        self.requests = RequestMetrics(registry)
+        self.quotas = QuotaMetrics(registry)
+        self.tenants = tenants or LabelBudget(max_dynamic=50)
         self.tool_changes = Counter(
             "mcp_worker_tool_definition_changes_total",
             "Tool definitions that changed hash, by server and resulting state.",
@@ -52,6 +51,11 @@ class McpMetrics:
             ["server"],
             registry=registry,
         )
+
+    def quota_refused(self, scope: str, tenant: str | None) -> None:
+        """Count a request failed `rate_limited` by a rate limit of the registry (`scope`:
+        `server` for a server's limit, `tenant` for a tenant's limit on it)."""
+        self.quotas.rejected(scope, self.tenants(tenant))
 
 
 class FleetCollector(Collector):

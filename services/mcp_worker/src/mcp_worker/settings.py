@@ -16,6 +16,7 @@ from ferryman.contracts.mcp import (
     DEFAULT_MCP_REPLY_TOPIC,
     DEFAULT_MCP_REQUEST_TOPIC,
 )
+from ferryman.contracts.usage import USAGE_TOPIC
 from ferryman_runtime.settings import WorkerSettings
 
 
@@ -37,6 +38,8 @@ class McpWorkerSettings(WorkerSettings):
     """Compacted: the latest catalog record per server."""
     audit_topic: str = DEFAULT_MCP_AUDIT_TOPIC
     """One record per call, and tool definition changes."""
+    usage_topic: str = USAGE_TOPIC
+    """One usage event per finished request (tenant, user, server and tool, outcome)."""
     registry_file: Path | None = None
     """The server registry (YAML or JSON; `mcpServers` format). None: no servers."""
     registry_poll_interval: float = Field(default=1.0, gt=0)

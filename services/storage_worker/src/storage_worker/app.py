@@ -11,11 +11,15 @@ from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
 from ferryman_runtime.config_watch import ConfigWatcher
+from ferryman_runtime.metric_labels import LabelBudget
 from ferryman_runtime.resilience import Breakers, RetryPolicy
+from ferryman_runtime.upstreams.stats import StatsBoard, UpstreamStatsCollector
+from ferryman_runtime.usage import UsageRecorder
 from ferryman_runtime.worker import Worker
 from storage_worker.contract import STORAGE_REQUESTS, StorageRequests
 from storage_worker.events import ObjectEvents
 from storage_worker.local_urls import LocalObjectUrls
+from storage_worker.metrics import EventsCollector, StorageMetrics
 from storage_worker.pipelines.triggers import UploadTriggers
 from storage_worker.policy import Policy, default_policy, parse_policy
 from storage_worker.quotas import TenantQuotas
@@ -49,6 +53,12 @@ class StorageWorker:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._settings = settings
+        self.metrics = StorageMetrics(
+            registry,
+            LabelBudget(self._configured_tenants, max_dynamic=settings.metrics_max_tenants),
+        )
+        self.upstreams = StatsBoard()
+        registry.register(UpstreamStatsCollector(self.upstreams))
         reference = settings.url_signing_key
         self.signer = UrlSigner(
             signing_key(
@@ -59,7 +69,6 @@ class StorageWorker:
         )
         self.breakers = Breakers(
             registry,
-            _NAME,
             fail_max=settings.breaker_fail_max,
             reset_timeout=settings.breaker_reset_timeout,
         )
@@ -72,8 +81,12 @@ class StorageWorker:
                 max_delay=settings.retry_max_delay,
             ),
             signer=self.signer,
+            stats=self.upstreams,
+            metrics=self.metrics,
         )
-        self.quotas = TenantQuotas(lambda: self.worker.share())
+        self.quotas = TenantQuotas(
+            lambda: self.worker.share(), on_refused=self.metrics.quota_refused
+        )
         self.policy: Policy = default_policy(settings.local_root)
         self.stores.configure(self.policy)
         self.quotas.configure(self.policy)
@@ -84,7 +97,6 @@ class StorageWorker:
                 lambda data: parse_policy(data, f"policy file {settings.policy_file}"),
                 self._apply_policy,
                 registry=registry,
-                prefix=_NAME,
                 name="policy",
                 interval=settings.policy_poll_interval,
             )
@@ -93,6 +105,15 @@ class StorageWorker:
             lambda: self.worker.publisher,
             settings.events_topic,
             source=f"/ferryman/storage-worker/{settings.instance_id}",
+        )
+        registry.register(EventsCollector(self.events))
+        self.usage = UsageRecorder(
+            lambda: self.worker.publisher,
+            topic=settings.usage_topic,
+            source=f"/ferryman/storage-worker/{settings.instance_id}",
+            service=_NAME,
+            registry=registry,
+            tenants=self.metrics.tenants,
         )
         uploads = UploadTriggers(
             lambda: self.worker.publisher,
@@ -106,6 +127,8 @@ class StorageWorker:
             inline_limit=settings.inline_limit,
             quotas=self.quotas,
             uploads=uploads,
+            metrics=self.metrics,
+            record_usage=self.usage.record,
         )
         self.object_urls = LocalObjectUrls(
             self.signer,
@@ -121,10 +144,12 @@ class StorageWorker:
             spec=STORAGE_REQUESTS,
             service=StorageRequests(self.service),
             registry=registry,
-            background=[self.watcher.run] if self.watcher is not None else [],
+            background=[self.usage.start]
+            + ([self.watcher.run] if self.watcher is not None else []),
             on_stop=[self.stores.close],
+            on_drained=[self.usage.stop],
             details=self._details,
-            extra_topics={settings.events_topic: {}},
+            extra_topics={settings.events_topic: {}, settings.usage_topic: {}},
         )
 
     def app(self) -> AsgiFastStream:
@@ -133,6 +158,10 @@ class StorageWorker:
         app = self.worker.app()
         app.mount(OBJECTS_PATH, self.object_urls)
         return app
+
+    def _configured_tenants(self) -> set[str]:
+        """Tenants the policy names (not patterns): their metric labels always pass."""
+        return {t for t in self.policy.tenants if not any(c in t for c in "*?[")}
 
     def _apply_policy(self, policy: Policy, version: str) -> None:
         self.policy = policy

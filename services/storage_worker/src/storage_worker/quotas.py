@@ -20,13 +20,19 @@ class TenantQuotas:
     Args:
         share: this replica's share of every limit, in [0, 1].
         clock: monotonic seconds (injectable for tests).
+        on_refused: called with the tenant of every request refused `rate_limited`.
     """
 
     def __init__(
-        self, share: Callable[[], float] = lambda: 1.0, clock: Callable[[], float] = time.monotonic
+        self,
+        share: Callable[[], float] = lambda: 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        on_refused: Callable[[str], None] = lambda _tenant: None,
     ) -> None:
         self._share = share
         self._clock = clock
+        self._on_refused = on_refused
         self._books: dict[str, QuotaBook] = {}
         self.refused = 0
 
@@ -62,6 +68,7 @@ class TenantQuotas:
         wait = book.try_acquire(space.tenant, self._share())
         if wait > 0:
             self.refused += 1
+            self._on_refused(space.tenant)
             raise FerrymanError(
                 ErrorCode.RATE_LIMITED,
                 f"tenant {space.tenant!r} is over its request quota"

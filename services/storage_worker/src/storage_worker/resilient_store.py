@@ -5,22 +5,38 @@ harmless are retried (head, get, list, delete, metadata updates, presigning, cop
 not create-only); a put is not, because its body is a stream read once: the request itself
 fails retryable and is retried whole. Every call goes through the backend's breaker, so a
 backend that keeps failing is given a rest instead of every request's attempts.
+
+Every call is also observed: one `storage {operation}` span per operation (its retries
+inside), each attempt in the backend's `UpstreamStats` (`ferryman_upstream_calls_total`),
+and the object bytes streamed through it (`storage_worker_transferred_bytes_total`, and the
+current request's tally for its usage event). Spans carry the backend, the operation and the
+object's size, never a key (keys may be user data).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Literal, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from ferryman.contracts import FerrymanError
 from ferryman_runtime.resilience import Breaker, RetryPolicy
+from ferryman_runtime.upstreams.stats import UpstreamStats
 from storage_worker.backends.port import Body, Listing, ObjectStore, Presigned, StoredObject
+from storage_worker.metrics import StorageMetrics
+from storage_worker.traffic import CountedBody, add_read, add_written
 
 T = TypeVar("T")
 
 Sleep = Callable[[float], Awaitable[None]]
+
+_tracer = trace.get_tracer(__name__)
 
 
 class ResilientStore:
@@ -32,6 +48,11 @@ class ResilientStore:
         retry: attempts and backoff of the calls that are retried.
         sleep: waits between attempts (injectable for tests).
         rng: the jitter's source (injectable for tests).
+        stats: where every attempt's outcome goes (None: nowhere).
+        metrics: where bytes moved and object sizes go (None: nowhere).
+        remote: whether the backend is reached over the network (CLIENT spans) or is this
+            machine's file system (INTERNAL spans).
+        tracer: where the spans go (default: the global tracer provider's).
     """
 
     def __init__(
@@ -42,6 +63,10 @@ class ResilientStore:
         retry: RetryPolicy,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        stats: UpstreamStats | None = None,
+        metrics: StorageMetrics | None = None,
+        remote: bool = True,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.name = store.name
         self.inner = store
@@ -49,10 +74,78 @@ class ResilientStore:
         self._retry = retry
         self._sleep = sleep
         self._rng = rng
+        self._stats = stats or UpstreamStats()
+        self._metrics = metrics
+        self._kind = SpanKind.CLIENT if remote else SpanKind.INTERNAL
+        self._tracer = tracer or _tracer
+
+    @contextmanager
+    def _span(self, operation: str) -> Iterator[Span]:
+        """The span of one operation; a failure sets `error.type` to its error code (the
+        exception's text is left out: it may quote a key)."""
+        attributes = {"storage.backend": self.name, "storage.operation": operation}
+        with self._tracer.start_as_current_span(
+            f"storage {operation}",
+            kind=self._kind,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except FerrymanError as exc:
+                span.set_attribute("error.type", str(exc.code))
+                span.set_status(StatusCode.ERROR, str(exc.code))
+                raise
+            except BaseException as exc:
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_status(StatusCode.ERROR, type(exc).__qualname__)
+                raise
+
+    def _sized(self, span: Span, operation: str, stored: StoredObject) -> None:
+        span.set_attribute("storage.object.size", stored.size)
+        if self._metrics is not None:
+            self._metrics.sized(self.name, operation, stored.size)
+
+    def _read(self, size: int) -> None:
+        add_read(size)
+        if self._metrics is not None:
+            self._metrics.moved(self.name, "read", size)
+
+    def _written(self, size: int) -> None:
+        add_written(size)
+        if self._metrics is not None:
+            self._metrics.moved(self.name, "write", size)
+
+    async def _measured(
+        self, call: Callable[[], Awaitable[T]], not_ours: Callable[[BaseException], bool]
+    ) -> T:
+        """One attempt, in the backend's stats: `failed` when the backend failed (a
+        retryable error), `rejected` when it refused the request (a client error) or the
+        failure was not its own (`not_ours`)."""
+        stats = self._stats
+        stats.started()
+        started = time.monotonic()
+        failed = rejected = False
+        try:
+            return await call()
+        except FerrymanError as exc:
+            failed = exc.retryable and not not_ours(exc)
+            rejected = not failed
+            raise
+        except Exception as exc:
+            failed = not not_ours(exc)
+            rejected = not failed
+            raise
+        except BaseException:  # cancelled: says nothing about the backend
+            rejected = True
+            raise
+        finally:
+            stats.finished(failed=failed, rejected=rejected, latency=time.monotonic() - started)
 
     async def _once(self, call: Callable[[], Awaitable[T]]) -> T:
         async with self._breaker.guard():
-            return await call()
+            return await self._measured(call, _never)
 
     async def _retried(self, call: Callable[[], Awaitable[T]]) -> T:
         attempt = 1
@@ -89,28 +182,39 @@ class ResilientStore:
         async def watched() -> Body:
             try:
                 async for chunk in body:
+                    self._written(len(chunk))
                     yield chunk
             except BaseException as exc:
                 body_failures.append(exc)
                 raise
 
+        def the_bodys(exc: BaseException) -> bool:
+            return any(_caused_by(exc, failure) for failure in body_failures)
+
         body_failure: BaseException | None = None
-        async with self._breaker.guard():
-            try:
-                return await self.inner.put(
-                    key,
-                    watched(),
-                    content_type=content_type,
-                    metadata=metadata,
-                    tags=tags,
-                    sha256=sha256,
-                    if_absent=if_absent,
-                )
-            except BaseException as exc:
-                if not any(_caused_by(exc, failure) for failure in body_failures):
-                    raise
-                body_failure = exc
-        raise body_failure
+        with self._span("put") as span:
+            async with self._breaker.guard():
+                try:
+                    stored = await self._measured(
+                        lambda: self.inner.put(
+                            key,
+                            watched(),
+                            content_type=content_type,
+                            metadata=metadata,
+                            tags=tags,
+                            sha256=sha256,
+                            if_absent=if_absent,
+                        ),
+                        the_bodys,
+                    )
+                except BaseException as exc:
+                    if not the_bodys(exc):
+                        raise
+                    body_failure = exc
+                else:
+                    self._sized(span, "put", stored)
+                    return stored
+            raise body_failure
 
     async def get(self, key: str) -> tuple[StoredObject, Body]:
         """See `ObjectStore.get` (opening the stream is retried, not a stream cut midway).
@@ -118,7 +222,10 @@ class ResilientStore:
         Raises:
             FerrymanError: as the backend, or `unavailable` while its circuit is open.
         """
-        return await self._retried(lambda: self.inner.get(key))
+        with self._span("get") as span:
+            stored, body = await self._retried(lambda: self.inner.get(key))
+            self._sized(span, "get", stored)
+        return stored, CountedBody(body, self._read)
 
     async def head(self, key: str) -> StoredObject:
         """See `ObjectStore.head`.
@@ -126,7 +233,8 @@ class ResilientStore:
         Raises:
             FerrymanError: as the backend, or `unavailable` while its circuit is open.
         """
-        return await self._retried(lambda: self.inner.head(key))
+        with self._span("head"):
+            return await self._retried(lambda: self.inner.head(key))
 
     async def list(
         self, prefix: str, *, delimiter: str | None, limit: int, token: str | None
@@ -136,9 +244,10 @@ class ResilientStore:
         Raises:
             FerrymanError: as the backend, or `unavailable` while its circuit is open.
         """
-        return await self._retried(
-            lambda: self.inner.list(prefix, delimiter=delimiter, limit=limit, token=token)
-        )
+        with self._span("list"):
+            return await self._retried(
+                lambda: self.inner.list(prefix, delimiter=delimiter, limit=limit, token=token)
+            )
 
     async def delete(self, key: str) -> bool:
         """See `ObjectStore.delete`.
@@ -146,7 +255,8 @@ class ResilientStore:
         Raises:
             FerrymanError: as the backend, or `unavailable` while its circuit is open.
         """
-        return await self._retried(lambda: self.inner.delete(key))
+        with self._span("delete"):
+            return await self._retried(lambda: self.inner.delete(key))
 
     async def copy(self, source: str, key: str, *, if_absent: bool = False) -> StoredObject:
         """See `ObjectStore.copy` (a create-only copy is not retried: a first attempt that
@@ -156,7 +266,10 @@ class ResilientStore:
             FerrymanError: as the backend, or `unavailable` while its circuit is open.
         """
         call = lambda: self.inner.copy(source, key, if_absent=if_absent)  # noqa: E731
-        return await (self._once(call) if if_absent else self._retried(call))
+        with self._span("copy") as span:
+            stored = await (self._once(call) if if_absent else self._retried(call))
+            self._sized(span, "copy", stored)
+        return stored
 
     async def update_metadata(
         self,
@@ -171,11 +284,12 @@ class ResilientStore:
         Raises:
             FerrymanError: as the backend, or `unavailable` while its circuit is open.
         """
-        return await self._retried(
-            lambda: self.inner.update_metadata(
-                key, metadata=metadata, tags=tags, content_type=content_type
+        with self._span("metadata"):
+            return await self._retried(
+                lambda: self.inner.update_metadata(
+                    key, metadata=metadata, tags=tags, content_type=content_type
+                )
             )
-        )
 
     async def presign(
         self,
@@ -190,13 +304,18 @@ class ResilientStore:
         Raises:
             FerrymanError: as the backend, or `unavailable` while its circuit is open.
         """
-        return await self._retried(
-            lambda: self.inner.presign(key, method, expires_in, content_type=content_type)
-        )
+        with self._span("presign"):
+            return await self._retried(
+                lambda: self.inner.presign(key, method, expires_in, content_type=content_type)
+            )
 
     async def close(self) -> None:
         """Close the backend."""
         await self.inner.close()
+
+
+def _never(_exc: BaseException) -> bool:
+    return False
 
 
 def _caused_by(exc: BaseException, failure: BaseException) -> bool:

@@ -7,9 +7,11 @@ import base64
 import binascii
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 
 from ferryman.contracts import ErrorCode, FerrymanError
@@ -42,13 +44,16 @@ from ferryman.contracts.storage import (
     PutRequest,
     StorageFailed,
 )
+from ferryman.contracts.usage import UsageEvent
 from ferryman_runtime.job import Job
+from storage_worker.accounting import RequestAccounting
 from storage_worker.backends.port import ObjectStore, StoredObject
 from storage_worker.checksums import CRC32C_META, digests_of
 from storage_worker.content_types import allowed, compatible, detect
 from storage_worker.copies import Endpoint, copy_object
 from storage_worker.events import ObjectEvents
 from storage_worker.keys import KeyRefused, normalise_key
+from storage_worker.metrics import StorageMetrics
 from storage_worker.object_info import (
     REQUEST_META,
     object_info,
@@ -62,6 +67,7 @@ from storage_worker.quotas import TenantQuotas
 from storage_worker.signed_urls import signing_for
 from storage_worker.sources import Announced, SourceFetcher, inline
 from storage_worker.stores import Stores, head_or_none
+from storage_worker.traffic import tallied
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +97,9 @@ class StorageService:
         quotas: each tenant's request budget.
         sources: fetches the content of puts from a source URL.
         uploads: asks for the `on_upload` pipelines of written objects.
+        metrics: where requests, pipeline steps and quota refusals are counted.
+        record_usage: takes one usage event per finished request (never raises, never
+            blocks: `UsageRecorder.record`).
     """
 
     def __init__(
@@ -103,9 +112,15 @@ class StorageService:
         quotas: TenantQuotas | None = None,
         sources: SourceFetcher | None = None,
         uploads: UploadTriggers | None = None,
+        metrics: StorageMetrics | None = None,
+        record_usage: Callable[[UsageEvent], None] = lambda _event: None,
     ) -> None:
         self._uploads = uploads
-        self._pipelines = PipelineRunner(stores=stores, policy=policy, events=events)
+        metrics = metrics or StorageMetrics(CollectorRegistry())
+        self._accounting = RequestAccounting(metrics, record_usage, policy)
+        self._pipelines = PipelineRunner(
+            stores=stores, policy=policy, events=events, on_step=metrics.step
+        )
         self._stores = stores
         self._sources = sources or SourceFetcher()
         self._quotas = quotas or TenantQuotas()
@@ -125,11 +140,20 @@ class StorageService:
         }
 
     async def execute(self, job: Job[StorageRequest]) -> None:
-        """Run one request to its terminal reply.
+        """Run one request to its terminal reply; count it and record its usage.
 
         Raises:
             aiokafka.errors.KafkaError: a reply was not acknowledged.
         """
+        started = time.monotonic()
+        with tallied() as moved:
+            outcome = await self._reply(job)
+        seconds = time.monotonic() - started
+        self._accounting.finished(job, outcome, seconds, moved.total)
+
+    async def _reply(self, job: Job[StorageRequest]) -> str:
+        """Publish the request's terminal reply; return its outcome (`completed` or the
+        error code)."""
         try:
             space = space_of(self._policy(), tenant_name(job.tenant), None)
             refuse_reserved(getattr(job.request, "metadata", None))
@@ -140,11 +164,12 @@ class StorageService:
         except StepFailed as exc:
             failed = StorageFailed(error=exc.to_info(), step=exc.step)
             await job.replies.finish(STORAGE_FAILED, failed)
-            return
+            return str(exc.code)
         except FerrymanError as exc:
             await job.replies.fail(exc.to_info())
-            return
+            return str(exc.code)
         await job.replies.finish(event_type, payload)
+        return "completed"
 
     async def _space(self, job: Job[Any], backend: str | None) -> tuple[TenantSpace, ObjectStore]:
         space = space_of(self._policy(), tenant_name(job.tenant), backend)

@@ -14,6 +14,7 @@ from ferryman.contracts.storage import (
     DEFAULT_STORAGE_REPLY_TOPIC,
     DEFAULT_STORAGE_REQUEST_TOPIC,
 )
+from ferryman.contracts.usage import USAGE_TOPIC
 from ferryman_runtime.settings import WorkerSettings
 
 
@@ -32,6 +33,8 @@ class StorageWorkerSettings(WorkerSettings):
     default_reply_topic: str = DEFAULT_STORAGE_REPLY_TOPIC
     events_topic: str = DEFAULT_STORAGE_EVENTS_TOPIC
     """Object events (created, deleted, metadata changed)."""
+    usage_topic: str = USAGE_TOPIC
+    """One usage event per finished request (tenant, operation, backend, bytes, outcome)."""
     pipeline_reply_topic: str | None = None
     """Where the replies of pipelines run on upload go (None: `default_reply_topic`; another
     topic must exist and be allowed by `reply_topics`)."""

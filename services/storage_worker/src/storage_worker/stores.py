@@ -8,11 +8,14 @@ import logging
 import os
 from collections.abc import Mapping
 
+from opentelemetry.trace import Tracer
 from prometheus_client import CollectorRegistry
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.resilience import Breakers, RetryPolicy
+from ferryman_runtime.upstreams.stats import StatsBoard
 from storage_worker.backends.port import ObjectStore, StoredObject
+from storage_worker.metrics import StorageMetrics
 from storage_worker.policy import AzureBackend, Backend, GcsBackend, LocalBackend, Policy
 from storage_worker.resilient_store import ResilientStore
 from storage_worker.signed_urls import UrlSigner
@@ -31,6 +34,9 @@ class Stores:
         breakers: one circuit per backend name (default: no metrics, 5 failures, 30 s).
         retry: attempts of the calls a backend may see twice.
         signer: signs the local backends' URLs (None: they sign none).
+        stats: every backend call's outcome, by backend name (`ferryman_upstream_*`).
+        metrics: where bytes moved and object sizes go (None: nowhere).
+        tracer: where the backend operations' spans go (default: the global provider's).
     """
 
     def __init__(
@@ -40,12 +46,16 @@ class Stores:
         breakers: Breakers | None = None,
         retry: RetryPolicy | None = None,
         signer: UrlSigner | None = None,
+        stats: StatsBoard | None = None,
+        metrics: StorageMetrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._environ = os.environ if environ is None else environ
         self._signer = signer
-        self._breakers = breakers or Breakers(
-            CollectorRegistry(), "storage_worker", fail_max=5, reset_timeout=30.0
-        )
+        self.stats = stats or StatsBoard()
+        self._metrics = metrics
+        self._tracer = tracer
+        self._breakers = breakers or Breakers(CollectorRegistry(), fail_max=5, reset_timeout=30.0)
         self._retry = retry or RetryPolicy()
         self._configs: dict[str, Backend] = {}
         self._open: dict[str, tuple[Backend, ObjectStore]] = {}
@@ -82,6 +92,10 @@ class Stores:
                 await self._open_store(name, config),
                 breaker=self._breakers.get(name),
                 retry=self._retry,
+                stats=self.stats.get(name),
+                metrics=self._metrics,
+                remote=not isinstance(config, LocalBackend),
+                tracer=self._tracer,
             )
             self._open[name] = (config, store)
             return store

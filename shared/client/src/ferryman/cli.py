@@ -27,6 +27,7 @@ from ferryman.cli_mcp_tools import add_tools_arguments, tools_command
 from ferryman.cli_plugins import CommandPlugin, installed_plugins
 from ferryman.cli_storage import add_storage_arguments, storage_command
 from ferryman.cli_tools import dlq_command, health_command, tail_command
+from ferryman.cli_usage import add_usage_arguments, usage_command
 from ferryman.contracts import DEFAULT_HEALTH_TOPIC
 from ferryman.contracts.asyncapi import build_asyncapi
 from ferryman.kafka_config import KafkaConnection
@@ -123,6 +124,8 @@ def build_parser(plugins: Mapping[str, CommandPlugin] | None = None) -> argparse
     again.add_argument("--all", action="store_true", help="replay every (matching) dead letter")
     again.add_argument("--dry-run", action="store_true", help="list what would be replayed")
 
+    add_usage_arguments(command("usage", "usage report: cost, tokens, errors, latency"), common)
+
     spec = command("asyncapi", "print the AsyncAPI document of the events")
     spec.add_argument("--output", help="write to this file instead of stdout")
     for name, plugin in sorted((plugins or {}).items()):
@@ -172,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tail": tail_command,
         "health": health_command,
         "dlq": dlq_command,
+        "usage": usage_command,
     }
     try:
         return asyncio.run(runners[args.command](connection, args))

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel
 
 from ferryman.codec import Headers, encode_binary
@@ -19,6 +21,7 @@ from ferryman.contracts.mcp import MCP_CANCEL_REQUESTED, CancelRequest
 from ferryman.replies import ReplyRegistry
 
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_W3C = TraceContextTextMapPropagator()
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,8 @@ class RequestOptions:
     tenant: str | None = None
     """The `tenant` extension (quotas and fairness per tenant)."""
     traceparent: str | None = None
-    """W3C trace context of the caller, so the worker's spans join its trace."""
+    """W3C trace context of the caller, so the worker's spans join its trace (default: the
+    active OpenTelemetry span's, when the caller has one)."""
     tracestate: str | None = None
     expires_in: float | None = None
     """Seconds from now after which the worker must not start the work."""
@@ -69,6 +73,8 @@ def encode_request(
     """Return the Kafka headers and value of a binary-mode request event.
 
     A mapping `data` is validated with the request model registered for `event_type`.
+    Without a `traceparent` option, the active OpenTelemetry span (if any) is the parent of
+    the worker's span.
 
     Raises:
         pydantic.ValidationError: `data` is not valid for its registered request model.
@@ -90,11 +96,25 @@ def encode_request(
         if not _TRACEPARENT.fullmatch(options.traceparent):
             raise ValueError(f"traceparent {options.traceparent[:80]!r} is not a W3C traceparent")
         attributes[ev.EXT_TRACEPARENT] = options.traceparent
-    if options.tracestate is not None:
-        attributes[ev.EXT_TRACESTATE] = options.tracestate
+        if options.tracestate is not None:
+            attributes[ev.EXT_TRACESTATE] = options.tracestate
+    else:
+        attributes.update(_active_trace_context())
     if reply_token is not None:
         attributes[ev.EXT_REPLY_TOKEN] = reply_token
     return encode_binary(attributes, _payload(event_type, data, registry))
+
+
+def _active_trace_context() -> dict[str, str]:
+    """`traceparent`/`tracestate` of the active span; empty without one (or without an
+    OpenTelemetry SDK, whose absence leaves the API's no-op spans)."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return {
+        name: carrier[name] for name in (ev.EXT_TRACEPARENT, ev.EXT_TRACESTATE) if name in carrier
+    }
 
 
 def _payload(

@@ -32,13 +32,15 @@ async def read_topic_records(
     topic: str,
     *,
     last: int | None = None,
+    since_ms: int | None = None,
     follow: bool = False,
     metadata_timeout: float = 5.0,
 ) -> AsyncIterator[TopicRecord]:
     """Yield the records of `topic`, partition by partition in offset order.
 
-    Starts at the beginning, or `last` records before the end of each partition; stops at
-    the end as it was when reading began, or never with `follow`.
+    Starts at the beginning, or `last` records before the end of each partition, or at the
+    first record whose timestamp is `since_ms` (epoch milliseconds) or later; stops at the
+    end as it was when reading began, or never with `follow`.
 
     Raises:
         LookupError: the topic does not exist.
@@ -53,6 +55,9 @@ async def read_topic_records(
         consumer.assign(assigned)
         starts: dict[TopicPartition, int] = await consumer.beginning_offsets(assigned)
         ends: dict[TopicPartition, int] = await consumer.end_offsets(assigned)
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in assigned})
+            starts = {tp: ends[tp] if found[tp] is None else found[tp].offset for tp in assigned}
         remaining: set[TopicPartition] = set()
         for tp in assigned:
             first = starts[tp] if last is None else max(starts[tp], ends[tp] - last)

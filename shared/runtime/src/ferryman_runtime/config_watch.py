@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,40 @@ def _read(path: Path, skip_if: _Signature | None) -> tuple[_Signature, bytes] | 
     return before, data
 
 
+class _ConfigMetrics:
+    """The config families of one registry, shared by its watchers (one per file)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.info = Gauge(
+            "ferryman_config_info",
+            "1 for the active version (content hash) of each hot-reloaded configuration file.",
+            ["config", "version"],
+            registry=registry,
+        )
+        self.reloads = Counter(
+            "ferryman_config_reloads",
+            "New versions of a configuration file, by outcome (applied or rejected).",
+            ["config", "outcome"],
+            registry=registry,
+        )
+        self.last_reload = Gauge(
+            "ferryman_config_last_reload_timestamp_seconds",
+            "Unix time the active version of a configuration file was applied.",
+            ["config"],
+            registry=registry,
+        )
+
+
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _ConfigMetrics] = weakref.WeakKeyDictionary()
+
+
+def _metrics_of(registry: CollectorRegistry) -> _ConfigMetrics:
+    metrics = _METRICS.get(registry)
+    if metrics is None:
+        metrics = _METRICS[registry] = _ConfigMetrics(registry)
+    return metrics
+
+
 def _one_line(error: BaseException | str) -> str:
     return "; ".join(part.strip() for part in str(error).splitlines() if part.strip())
 
@@ -63,11 +98,12 @@ class ConfigWatcher(Generic[T]):
         load: parses and validates bytes; raises ValueError on invalid content.
         apply: `apply(config, version)` installs a validated config; it should only swap
             a reference, so in-flight work keeps the config it started with.
-        registry: where the metrics go: `<prefix>_<name>_version_info{version}` (1 for
-            the active version only), `<prefix>_<name>_reloads_total{outcome}` (applied or
-            rejected) and `<prefix>_<name>_last_reload_timestamp_seconds` (last apply).
-        prefix: metric name prefix.
-        name: names the file in metrics and logs.
+        registry: where the metrics go: `ferryman_config_info{config,version}` (1 for the
+            active version only), `ferryman_config_reloads_total{config,outcome}` (applied
+            or rejected) and `ferryman_config_last_reload_timestamp_seconds{config}` (last
+            apply); watchers of different files share these families.
+        name: names the file in metrics (the `config` label: `routing`, `registry`,
+            `policy`) and logs.
         interval: seconds between polls in `run()`.
     """
 
@@ -78,7 +114,6 @@ class ConfigWatcher(Generic[T]):
         apply: Callable[[T, str], None],
         *,
         registry: CollectorRegistry,
-        prefix: str,
         name: str = "config",
         interval: float = 1.0,
     ) -> None:
@@ -95,26 +130,12 @@ class ConfigWatcher(Generic[T]):
         self._rejected_key: str | None = None
         self._rejected_version: str | None = None
         self._last_error: str | None = None
-        metric = f"{prefix}_{name}"
-        self._version_info = Gauge(
-            f"{metric}_version_info",
-            f"1 for the active version (content hash) of the {name} file.",
-            ["version"],
-            registry=registry,
-        )
-        self._reloads = Counter(
-            f"{metric}_reloads_total",
-            f"New versions of the {name} file, by outcome (applied or rejected).",
-            ["outcome"],
-            registry=registry,
-        )
+        metrics = _metrics_of(registry)
+        self._version_info = metrics.info
+        self._reloads = metrics.reloads
         for outcome in ("applied", "rejected"):
-            self._reloads.labels(outcome=outcome)
-        self._last_reload = Gauge(
-            f"{metric}_last_reload_timestamp_seconds",
-            f"Unix time the active version of the {name} file was applied.",
-            registry=registry,
-        )
+            self._reloads.labels(config=name, outcome=outcome)
+        self._last_reload = metrics.last_reload.labels(config=name)
 
     @property
     def version(self) -> str | None:
@@ -215,13 +236,13 @@ class ConfigWatcher(Generic[T]):
             "%s %s: applied version %s (was %s)", self._name, self._path, version, self._version
         )
         self._activate(version)
-        self._reloads.labels(outcome="applied").inc()
+        self._reloads.labels(config=self._name, outcome="applied").inc()
         return True
 
     def _activate(self, version: str) -> None:
         if self._version is not None:
-            self._version_info.remove(self._version)
-        self._version_info.labels(version=version).set(1)
+            self._version_info.remove(self._name, self._version)
+        self._version_info.labels(config=self._name, version=version).set(1)
         self._version = version
         self._loaded_at = datetime.now(UTC)
         self._last_reload.set(self._loaded_at.timestamp())
@@ -231,7 +252,7 @@ class ConfigWatcher(Generic[T]):
         if key == self._rejected_key:
             return
         self._rejected_key, self._rejected_version, self._last_error = key, version, error
-        self._reloads.labels(outcome="rejected").inc()
+        self._reloads.labels(config=self._name, outcome="rejected").inc()
         logger.error(
             "%s %s: rejected version %s, still serving version %s: %s",
             self._name,

@@ -37,6 +37,7 @@ class GroupAssignment(ConsumerRebalanceListener):  # pyright: ignore[reportUntyp
         in_flight: the records in flight and the offsets of the assigned partitions.
         committer: commits what is finished of revoked partitions.
         paused: whether the consumer is paused (newly assigned partitions must be too).
+        on_assigned: called at every assignment, before the partitions are tracked.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class GroupAssignment(ConsumerRebalanceListener):  # pyright: ignore[reportUntyp
         in_flight: InFlight,
         committer: OffsetCommitter,
         paused: Callable[[], bool],
+        on_assigned: Callable[[], None] = lambda: None,
     ) -> None:
         self._consumer = consumer
         self._topics = topics
@@ -53,6 +55,7 @@ class GroupAssignment(ConsumerRebalanceListener):  # pyright: ignore[reportUntyp
         self._offsets = in_flight.partitions
         self._committer = committer
         self._paused = paused
+        self._on_assigned = on_assigned
         self._joined = False
         self._share = 0.0
         self._assigned_once = asyncio.Event()
@@ -84,6 +87,7 @@ class GroupAssignment(ConsumerRebalanceListener):  # pyright: ignore[reportUntyp
     ) -> None:
         """Drop the work of lost partitions, track new ones, update the share."""
         consumer = self._consumer()
+        self._on_assigned()
         lost = set(self._offsets) - assigned
         for tp in lost:
             cancelled = self._in_flight.drop(tp)

@@ -20,7 +20,13 @@ from typing import Any, Protocol
 import uvicorn
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
-from prometheus_client import CollectorRegistry, make_asgi_app  # pyright: ignore[reportUnknownVariableType]
+from prometheus_client import (  # pyright: ignore[reportUnknownVariableType]
+    CollectorRegistry,
+    disable_created_metrics,
+    make_asgi_app,  # pyright: ignore[reportUnknownVariableType]
+)
+
+from ferryman_runtime.service_label import service_registry
 
 logger = logging.getLogger(__name__)
 
@@ -105,17 +111,27 @@ def create_host_app(
     *,
     bootstrap_servers: str,
     registry: CollectorRegistry,
+    service_name: str,
     extra_routes: dict[str, JsonEndpoint] | None = None,
 ) -> AsgiFastStream:
     """Build the FastStream app that runs `service` and serves `/metrics`, `/health` and
-    `extra_routes` (path → JSON endpoint)."""
+    `extra_routes` (path → JSON endpoint).
+
+    `/metrics` serves `registry` with `service=<service_name>` on every sample, and no
+    `_created` series (they would double every counter's series).
+
+    Raises:
+        ValueError: `service_name` is empty.
+    """
+    disable_created_metrics()
+    served = service_registry(registry, service_name)
     broker = KafkaBroker(bootstrap_servers, consumer_only=True, logger=None)
 
     async def health() -> tuple[int, dict[str, Any]]:
         status = service.health()
         return (200 if status.get("ready") else 503), status
 
-    routes: list[tuple[str, Any]] = [("/metrics", make_asgi_app(registry))]  # pyright: ignore[reportUnknownArgumentType]
+    routes: list[tuple[str, Any]] = [("/metrics", make_asgi_app(served))]  # pyright: ignore[reportUnknownArgumentType]
     routes.append(("/health", json_route(health)))
     routes.extend((path, json_route(endpoint)) for path, endpoint in (extra_routes or {}).items())
 

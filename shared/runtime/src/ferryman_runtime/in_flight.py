@@ -9,6 +9,7 @@ then marks its offset finished so the committable offset can advance.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka import TopicPartition  # pyright: ignore[reportMissingTypeStubs]
@@ -17,8 +18,9 @@ from ferryman_runtime.key_order import KeyOrder, Turn
 from ferryman_runtime.metrics import ConsumerMetrics
 from ferryman_runtime.offsets import PartitionOffsets
 
-Work = Callable[[], Awaitable[None]]
-"""What is done for one record; returning means the record is finished."""
+Work = Callable[[], Awaitable[str | None]]
+"""What is done for one record; returning means the record is finished. It returns the
+error type the record settled with (dead-lettered, handed over), None when it succeeded."""
 
 
 class InFlight:
@@ -27,7 +29,8 @@ class InFlight:
     Args:
         max_in_flight: how many records may be in flight at once.
         key_ordered: run records of one key (per partition) one at a time, in offset order.
-        metrics: where to count records and the in-flight gauge.
+        group_id: the consumer group (a label of the consumed-records counter).
+        metrics: where to count records, their processing time and the in-flight gauge.
         on_advance: called when a partition's committable offset advanced.
         on_bug: called when a record's work raised (a bug: the record stays unfinished).
     """
@@ -37,6 +40,7 @@ class InFlight:
         *,
         max_in_flight: int,
         key_ordered: bool,
+        group_id: str,
         metrics: ConsumerMetrics,
         on_advance: Callable[[], None],
         on_bug: Callable[[BaseException], None],
@@ -50,7 +54,9 @@ class InFlight:
         """Set whenever a record finishes or is cancelled."""
         self._tasks: dict[tuple[TopicPartition, int], asyncio.Task[None]] = {}
         self._key_order = KeyOrder() if key_ordered else None
+        self._group_id = group_id
         self._metrics = metrics
+        metrics.in_flight_limit.set(max_in_flight)
         self._on_advance = on_advance
         self._on_bug = on_bug
         self.peak = 0
@@ -84,7 +90,7 @@ class InFlight:
             ValueError: `offset` is not above the offsets dispatched before on `tp`.
         """
         offsets.add(offset)
-        self._metrics.records.labels(topic=tp.topic).inc()
+        self._metrics.consumed.labels(tp.topic, self._group_id).inc()
         turn = self._key_order.turn(tp, key) if self._key_order is not None else None
         self._tasks[(tp, offset)] = asyncio.create_task(self._run(tp, offset, offsets, work, turn))
         self.peak = max(self.peak, len(self._tasks))
@@ -108,15 +114,22 @@ class InFlight:
         work: Work,
         turn: Turn | None,
     ) -> None:
+        started = time.monotonic()
+        settled: str | None = None  # the error type; stays None when cancelled (redelivered)
         try:
             if turn is not None:
                 await turn.wait()
-            await work()
+            settled = await work() or ""
             if offsets.finish(offset):
                 self._on_advance()
         except Exception as exc:
+            settled = type(exc).__name__
             self._on_bug(exc)
         finally:
+            if settled is not None:
+                self._metrics.process_duration.labels(tp.topic, settled).observe(
+                    time.monotonic() - started
+                )
             if turn is not None:
                 turn.release()
             # A partition lost and regained may already run a new task for this offset.

@@ -90,7 +90,7 @@ class OffsetCommitter:
     Args:
         consumer: returns the running aiokafka consumer.
         partitions: the live offset bookkeeping, by partition.
-        metrics: where to count successful commits.
+        metrics: where to count commits (ok, failed).
         interval: minimum seconds between two commits of the commit loop.
         log_interval: seconds between two log lines about failing commits.
     """
@@ -137,6 +137,7 @@ class OffsetCommitter:
                 await self._consumer().commit(offsets)  # pyright: ignore[reportArgumentType]
             except (KafkaError, AssertionError) as exc:
                 # A rebalance is in progress or we lost the group; the next commit retries.
+                self._metrics.commits.labels(outcome="failed").inc()
                 suppressed = self._failures.allow("commit")
                 if suppressed is not None:
                     logger.warning(
@@ -148,4 +149,4 @@ class OffsetCommitter:
                 state = self._partitions.get(tp)
                 if state is not None:
                     state.committed = meta.offset
-            self._metrics.commits.inc()
+            self._metrics.commits.labels(outcome="ok").inc()

@@ -22,6 +22,8 @@ aiokafka inside the FastStream app (see `ferryman_runtime.hosting`):
 * on rebalance, revoked partitions get a last commit of what is finished, and
   work on partitions that did not come back is cancelled, uncommitted
   (`ferryman_runtime.group_assignment`);
+* the lag of the assigned partitions is refreshed in the background, never fatally
+  (`ferryman_runtime.consumer_lag`);
 * the fetch and commit loops are supervised: if one dies, `failure` is set,
   `failed` fires and `ready` turns false, so the host can exit non-zero;
 * `stop()` stops fetching, lets in-flight work finish within a grace period,
@@ -46,6 +48,7 @@ from aiokafka import (  # pyright: ignore[reportMissingTypeStubs]
 )
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 
+from ferryman_runtime.consumer_lag import LagTracker
 from ferryman_runtime.group_assignment import GroupAssignment, is_group_member
 from ferryman_runtime.in_flight import InFlight
 from ferryman_runtime.log_throttle import quiet_kafka_client_logs
@@ -93,6 +96,11 @@ class ParallelConsumer:
         client_options: extra `AIOKafkaConsumer` options (security, fetch sizes, ...).
         log_interval: seconds between two log lines of one repeated Kafka failure.
         final_commit_timeout: seconds `stop()` waits for its last commit.
+        lag_interval: seconds between two refreshes of the consumer lag (`lag`).
+
+    Raises:
+        ValueError: `max_in_flight` is below 1, `max_attempts` below 1 or `lag_interval`
+            not above 0.
     """
 
     def __init__(
@@ -115,6 +123,7 @@ class ParallelConsumer:
         client_options: Mapping[str, Any] | None = None,
         log_interval: float = 30.0,
         final_commit_timeout: float = 10.0,
+        lag_interval: float = 10.0,
     ) -> None:
         self._topics = list(topics)
         self._group_id = group_id
@@ -147,6 +156,7 @@ class ParallelConsumer:
         self._in_flight = InFlight(
             max_in_flight=max_in_flight,
             key_ordered=key_ordered,
+            group_id=group_id,
             metrics=metrics,
             on_advance=lambda: self._committer.wanted.set(),
             on_bug=self._fail,
@@ -165,15 +175,24 @@ class ParallelConsumer:
             self._attempts,
             max_bytes=int(self._consumer_options.get("max_partition_fetch_bytes", 1 << 20)),
         )
+        self.lag = LagTracker(
+            lambda: self._consumer,
+            self._offsets,
+            interval=lag_interval,
+            log_interval=log_interval,
+        )
+        """The lag of the assigned partitions, refreshed while the consumer runs."""
         self._group_assignment = GroupAssignment(
             lambda: self._consumer,
             self._topics,
             self._in_flight,
             self._committer,
             paused=lambda: self._paused,
+            on_assigned=self.lag.reassigned,
         )
         self._fetch_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self._paused = False
         self._started = False
         self._stopping = False
@@ -259,6 +278,7 @@ class ParallelConsumer:
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot for `/health`."""
         failure = self._failure
+        totals = self.lag.totals()
         return {
             "group_id": self._group_id,
             "topics": self._topics,
@@ -269,6 +289,8 @@ class ParallelConsumer:
             "peak_in_flight": self._in_flight.peak,
             "max_in_flight": self._in_flight.max_in_flight,
             "paused": self._paused,
+            "lag": None if totals is None else totals[0],
+            "backlog": None if totals is None else totals[1],
             "stopping": self._stopping,
             "failure": None if failure is None else f"{type(failure).__name__}: {failure}"[:500],
         }
@@ -286,6 +308,8 @@ class ParallelConsumer:
         self._consumer.subscribe(topics=self._topics, listener=self._group_assignment)
         self._fetch_task = self._supervised(self._fetch_loop(), "ferryman-fetch")
         self._commit_task = self._supervised(self._committer.run(), "ferryman-commit")
+        # Not supervised: the lag is advisory, its loop logs failures and carries on.
+        self._lag_task = asyncio.create_task(self.lag.run(), name="ferryman-consumer-lag")
         self._started = True
 
     async def stop(self, grace_period: float) -> None:
@@ -298,6 +322,9 @@ class ParallelConsumer:
         if self._consumer_or_none is None:
             return
         self._stopping = True
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            await asyncio.gather(self._lag_task, return_exceptions=True)
         if self._fetch_task is not None:
             self._fetch_task.cancel()
             await asyncio.gather(self._fetch_task, return_exceptions=True)

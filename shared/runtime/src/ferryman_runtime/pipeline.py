@@ -19,6 +19,7 @@ from typing import Generic
 
 from aiokafka import ConsumerRecord  # pyright: ignore[reportMissingTypeStubs]
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from ferryman.codec import (
@@ -47,6 +48,8 @@ from ferryman_runtime.redaction import redact
 from ferryman_runtime.rejections import Rejections
 from ferryman_runtime.replies import ReplyStream, new_run_id
 from ferryman_runtime.reply_topics import ReplyTopicPolicy, TopicDirectory
+from ferryman_runtime.telemetry.consumer import consumer_span
+from ferryman_runtime.telemetry.spans import mark_failed
 from ferryman_runtime.undecodable import UndecodableRecord
 
 logger = logging.getLogger(__name__)
@@ -77,6 +80,8 @@ class RequestPipeline(Generic[RequestT]):
         share: this replica's share of the request topic's partitions.
         generation: the consumer group's generation (the first part of every run id).
         clock: the current time (UTC), for `expirytime`.
+        group_id: the consumer group (an attribute of the `process` spans).
+        tracer: starts the `process <topic>` spans (default: the global provider's).
     """
 
     def __init__(
@@ -95,6 +100,8 @@ class RequestPipeline(Generic[RequestT]):
         share: Callable[[], float] = lambda: 1.0,
         generation: Callable[[], int] = lambda: 0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        group_id: str | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._spec = spec
         self._service = service
@@ -110,14 +117,21 @@ class RequestPipeline(Generic[RequestT]):
         self._generation = generation
         self._clock = clock
         self._rejections = Rejections(publisher=publisher, dlq_topic=dlq_topic, metrics=metrics)
+        self._group_id = group_id
+        self._tracer = tracer or trace.get_tracer("ferryman_runtime.pipeline")
 
     async def __call__(self, record: Record, attempt: int) -> None:
-        """Handle one record.
+        """Handle one record, in a `process <topic>` CONSUMER span continuing the request's
+        trace, with the request's id and tenant in the log context.
 
         Raises:
             aiokafka.errors.KafkaError: a reply or dead letter was not acknowledged;
                 the record must be retried, not committed.
         """
+        with consumer_span(self._tracer, record, attempt=attempt, group_id=self._group_id):
+            await self._handle(record, attempt)
+
+    async def _handle(self, record: Record, attempt: int) -> None:
         try:
             event = decode_event(record.headers, record.value)
         except DecodeError as exc:
@@ -169,6 +183,12 @@ class RequestPipeline(Generic[RequestT]):
         Raises:
             aiokafka.errors.KafkaError: the dead letter was not acknowledged.
         """
+        with consumer_span(self._tracer, record, attempt=attempts, group_id=self._group_id):
+            await self._dead_letter_exhausted(record, attempts, error)
+
+    async def _dead_letter_exhausted(
+        self, record: Record, attempts: int, error: BaseException
+    ) -> None:
         event: IncomingEvent | Record = record
         try:
             event = decode_event(record.headers, record.value)
@@ -220,6 +240,7 @@ class RequestPipeline(Generic[RequestT]):
                 retryable=False,
             )
             await replies.fail(info)
+            mark_failed(trace.get_current_span(), info.code)
             return True
         deadline = None
         if expiry is not None:
@@ -276,6 +297,8 @@ class RequestPipeline(Generic[RequestT]):
             logger.error("service returned without a terminal reply for %s", event.id)
             info = ErrorInfo(code=ErrorCode.INTERNAL, message="internal error", retryable=False)
             await replies.fail(info)
+        if replies.failure is not None:
+            mark_failed(trace.get_current_span(), replies.failure.code)
         return True
 
     def _replies(
@@ -302,6 +325,7 @@ class RequestPipeline(Generic[RequestT]):
             failed_type=self._spec.failed_type,
             failed_model=self._spec.failed_model,
             run_id=new_run_id(self._generation()),
+            tracer=self._tracer,
         )
 
     async def _refusal(self, topic: str, tenant: str | None) -> str | None:
@@ -353,6 +377,7 @@ class RequestPipeline(Generic[RequestT]):
         message: str | None = None,
         event: IncomingEvent | Record | None = None,
     ) -> None:
+        mark_failed(trace.get_current_span(), f"dead_letter.{reason.value}")
         reply = None
         if reply_to and request_id:
             reply = self._replies(reply_to, request_id, event)

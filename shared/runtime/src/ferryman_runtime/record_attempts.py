@@ -50,6 +50,18 @@ def _where(topic: str, partition: int, offset: int) -> str:
     return f"{topic}:{partition}@{offset}"
 
 
+def error_type(error: BaseException) -> str:
+    """A few-valued name for how a record failed: the error code of a `FerrymanError`,
+    otherwise the exception's class name (never its message)."""
+    if isinstance(error, FerrymanError):
+        return error.code.value
+    return type(error).__name__
+
+
+UNDECODABLE = "undecodable"
+"""The error type of a record the Kafka client could not decode."""
+
+
 def _gives_up_at_once(error: BaseException) -> bool:
     # The shared taxonomy's verdict: the same input fails the same way again.
     return isinstance(error, FerrymanError) and not error.retryable
@@ -95,8 +107,9 @@ class RecordAttempts:
         self._sleep = sleep
         self._connected = connected
 
-    async def settle(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        """Run `record` until the handler succeeds or `on_exhausted` has taken it over.
+    async def settle(self, record: ConsumerRecord[bytes, bytes]) -> str | None:
+        """Run `record` until the handler succeeds or `on_exhausted` has taken it over;
+        return None when the handler succeeded, else the last error's `error_type`.
 
         A handler error is retried after a backoff. With `on_exhausted` set, the record
         is handed over after `max_attempts` calls, or at once when the error is a
@@ -109,7 +122,7 @@ class RecordAttempts:
         while True:
             try:
                 await self._handler(record, attempt)
-                return
+                return None
             except Exception as exc:
                 if not (isinstance(exc, KafkaError) and not self._connected()):
                     counted += 1
@@ -123,10 +136,10 @@ class RecordAttempts:
                         type(exc).__name__,
                         exc,
                     )
-                    self._metrics.exhausted.labels(topic=record.topic).inc()
+                    self._metrics.exhausted.labels(record.topic).inc()
                     hand_over = functools.partial(self._on_exhausted, record, attempt, exc)
                     await self._until_done(hand_over, f"on_exhausted for {where}")
-                    return
+                    return error_type(exc)
                 delay = self._backoff.delay(attempt)
                 if attempt == 1:  # the trace once; repeats name the error only
                     logger.warning(
@@ -144,23 +157,24 @@ class RecordAttempts:
                         exc,
                         delay,
                     )
-                self._metrics.handler_retries.labels(topic=record.topic).inc()
+                self._metrics.handler_retries.labels(record.topic).inc()
                 attempt += 1
                 await self._sleep(delay)
 
-    async def settle_undecodable(self, record: UndecodableRecord) -> None:
-        """Hand `record` to `on_undecodable`, retrying until it succeeds.
+    async def settle_undecodable(self, record: UndecodableRecord) -> str:
+        """Hand `record` to `on_undecodable`, retrying until it succeeds; return `UNDECODABLE`.
 
         Raises:
             RuntimeError: no `on_undecodable` is set (the caller checks first).
         """
         if self.on_undecodable is None:
             raise RuntimeError("on_undecodable is not set")
-        self._metrics.undecodable.labels(topic=record.topic).inc()
+        self._metrics.undecodable.labels(record.topic).inc()
         hand_over = functools.partial(self.on_undecodable, record)
         await self._until_done(
             hand_over, f"on_undecodable for {_where(record.topic, record.partition, record.offset)}"
         )
+        return UNDECODABLE
 
     async def _until_done(self, call: Callable[[], Awaitable[None]], what: str) -> None:
         attempt = 1

@@ -9,12 +9,14 @@ import secrets
 import time
 
 from aiokafka.structs import RecordMetadata  # pyright: ignore[reportMissingTypeStubs]
+from opentelemetry import trace
 from pydantic import BaseModel
 
 from ferryman.codec import BinaryHeaders
 from ferryman.contracts.errors import ErrorInfo
 from ferryman.contracts.events import EXT_RUN_ID
 from ferryman.publisher import KafkaPublisher
+from ferryman_runtime.telemetry.spans import producer_span, with_current_trace
 
 _last_millis = 0
 
@@ -42,6 +44,11 @@ class ReplyStream:
     (`ce_runid`); event ids are `<run id>.<sequence>`, so a consumer can recognise a duplicate
     and a rerun without any other state.
 
+    Events carry the trace context of the span current when they are sent: the terminal
+    event is published in a `send <topic>` PRODUCER span and carries that span's context.
+    With no span current (tracing off and no trace context on the request) they echo the
+    request's.
+
     Args:
         publisher: the worker's producer.
         topic: the reply topic.
@@ -51,6 +58,7 @@ class ReplyStream:
         failed_type: the event type of this domain's `failed` event.
         failed_model: builds the `failed` payload from an `ErrorInfo`.
         run_id: this execution's id (a new one by default).
+        tracer: starts the `send` span (default: the global provider's).
     """
 
     def __init__(
@@ -64,6 +72,7 @@ class ReplyStream:
         failed_type: str,
         failed_model: type[BaseModel],
         run_id: str | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._publisher = publisher
         self.topic = topic
@@ -75,10 +84,14 @@ class ReplyStream:
         self._failed_type = failed_type
         self._failed_model = failed_model
         self._pending: list[asyncio.Future[RecordMetadata]] = []
-        self._headers: dict[str, BinaryHeaders] = {}
+        # Per event type and current span id (0: none): a stream's chunks share one.
+        self._headers: dict[tuple[str, int], BinaryHeaders] = {}
         self._sequence = 0
+        self._tracer = tracer or trace.get_tracer("ferryman_runtime.replies")
         self.finished = False
         """True once a terminal event was acknowledged."""
+        self.failure: ErrorInfo | None = None
+        """The error of the terminal event when it is this domain's `failed` event."""
 
     async def emit(self, event_type: str, payload: BaseModel) -> None:
         """Enqueue a non-terminal event.
@@ -94,8 +107,14 @@ class ReplyStream:
         Raises:
             aiokafka.errors.KafkaError: some event was not acknowledged.
         """
-        await self._send(event_type, payload)
-        await self._wait()
+        event_id = f"{self.run_id}.{self._sequence}"
+        attributes = {"messaging.message.id": event_id, "cloudevents.event_type": event_type}
+        with producer_span(self._tracer, self.topic, attributes):
+            await self._send(event_type, payload)
+            await self._wait()
+        if event_type == self._failed_type:
+            error = getattr(payload, "error", None)
+            self.failure = error if isinstance(error, ErrorInfo) else None
         self.finished = True
 
     async def fail(self, error: ErrorInfo) -> None:
@@ -109,13 +128,14 @@ class ReplyStream:
     async def _send(self, event_type: str, payload: BaseModel) -> None:
         # What model_dump_json(exclude_none=True) returns, without its str round trip.
         value = payload.__pydantic_serializer__.to_json(payload, exclude_none=True)
-        make_headers = self._headers.get(event_type)
+        key = (event_type, trace.get_current_span().get_span_context().span_id)
+        make_headers = self._headers.get(key)
         if make_headers is None:
-            make_headers = self._headers[event_type] = BinaryHeaders(
+            make_headers = self._headers[key] = BinaryHeaders(
                 event_type=event_type,
                 source=self._source,
                 correlation_id=self.request_id,
-                extensions=self._extensions,
+                extensions=with_current_trace(self._extensions),
             )
         headers = make_headers(f"{self.run_id}.{self._sequence}")
         self._sequence += 1

@@ -156,8 +156,8 @@ class Breakers:
     than the bound, bounded memory comes before remembering every open circuit.
 
     Args:
-        registry: where `<prefix>_circuit_state{upstream}` (0 closed, 1 half-open, 2 open) goes.
-        prefix: metric name prefix.
+        registry: where `ferryman_upstream_circuit_state{upstream}` (0 closed, 1 half-open,
+            2 open) goes.
         fail_max: see `Breaker`.
         reset_timeout: see `Breaker`.
         max_ad_hoc: most ad hoc breakers kept at once.
@@ -170,7 +170,6 @@ class Breakers:
     def __init__(
         self,
         registry: CollectorRegistry,
-        prefix: str,
         *,
         fail_max: int,
         reset_timeout: float,
@@ -182,7 +181,7 @@ class Breakers:
         self._clock = clock
         self._breakers = BoundedKeys(self._new, max_ad_hoc=max_ad_hoc, idle=lambda b: b.idle)
         self._groups: set[str] = set()
-        registry.register(_CircuitGauge(f"{prefix}_circuit_state", self))
+        registry.register(_CircuitGauge(self))
 
     def _new(self, key: str) -> Breaker:
         return Breaker(
@@ -241,13 +240,13 @@ class Breakers:
 class _CircuitGauge(Collector):
     """Reads `Breakers.series()` at every scrape, so an ad hoc breaker leaves no series."""
 
-    def __init__(self, name: str, breakers: Breakers) -> None:
-        self._name = name
+    def __init__(self, breakers: Breakers) -> None:
         self._breakers = breakers
 
-    def _family(self) -> GaugeMetricFamily:
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
         return GaugeMetricFamily(
-            self._name,
+            "ferryman_upstream_circuit_state",
             "Circuit breaker state per upstream (configured upstreams by name, upstreams"
             " named by producers by group, at their worst): 0 closed, 1 half-open, 2 open.",
             labels=["upstream"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -125,6 +126,20 @@ class WorkerSettings(BaseSettings):
     """Port of the `/metrics` and `/health` server."""
     log_level: str = "INFO"
     """Python logging level."""
+    metrics_max_tenants: int = Field(default=50, ge=0)
+    """Tenants not named in the configuration that get their own `tenant` label value
+    (the first seen by this process); later ones are counted as `other`."""
+    lag_interval: float = Field(default=10.0, gt=0, le=300)
+    """Seconds between two refreshes of the consumer lag (keep it below the scrape
+    interval)."""
+    log_format: Literal["text", "json"] = "text"
+    """`text` (human-readable) or `json`: one object per line with the service, request id,
+    tenant, trace and span ids (`<PREFIX>_LOG_FORMAT`)."""
+    price_table: Path | None = Field(
+        default=None, validation_alias=AliasChoices("FERRYMAN_PRICE_TABLE", "price_table")
+    )
+    """Token price table for usage costs (`FERRYMAN_PRICE_TABLE`, no prefix; docs/usage.md);
+    None uses the one packaged with the runtime."""
 
     @model_validator(mode="after")
     def _derive_topics(self) -> Self:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.metadata
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Generic
@@ -29,13 +30,15 @@ from prometheus_client import CollectorRegistry
 
 from ferryman.publisher import KafkaPublisher
 from ferryman.topics import ensure_topics
+from ferryman_runtime.consumer_lag import ConsumerLagCollector
 from ferryman_runtime.dedupe import RecentRequests
 from ferryman_runtime.hosting import JsonEndpoint, create_host_app
 from ferryman_runtime.job import RequestService, RequestSpec, RequestT
-from ferryman_runtime.metrics import ConsumerMetrics
+from ferryman_runtime.metrics import ConsumerMetrics, WorkerStatusMetrics
 from ferryman_runtime.parallel_consumer import ParallelConsumer
 from ferryman_runtime.pipeline import RequestPipeline
 from ferryman_runtime.reply_topics import ReplyTopicPolicy, TopicDirectory
+from ferryman_runtime.sent_messages import CountingPublisher, SentMessages, configured_topics
 from ferryman_runtime.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -44,17 +47,27 @@ BackgroundTask = Callable[[], Coroutine[Any, Any, None]]
 """Started with the worker, cancelled when it stops (health monitors, config watchers)."""
 
 
+def _build_version() -> str:
+    try:
+        return importlib.metadata.version("ferryman-runtime")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Worker(Generic[RequestT]):
     """One worker process's Kafka plumbing around a service.
 
     Args:
         settings: the shared settings (topics, delivery, concurrency).
-        name: the service name (`llm_worker`): metric prefix, `ce_source`, client ids.
+        name: the service name (`llm_worker`): the `service` label of `/metrics`,
+            `ce_source`, client ids.
         spec: the requests the worker accepts and its `failed` reply.
         service: executes valid requests.
         registry: where metrics go.
         background: coroutines run while the worker runs.
         on_stop: awaited after draining (close upstream clients).
+        on_drained: awaited after draining, before the publisher stops (flush side events,
+            such as usage records, that the drained requests queued).
         details: extra fields of the `/health` document.
         extra_topics: more topics to create at start (name → topic configs), e.g. a
             compacted catalog topic.
@@ -70,6 +83,7 @@ class Worker(Generic[RequestT]):
         registry: CollectorRegistry,
         background: Sequence[BackgroundTask] = (),
         on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
+        on_drained: Sequence[Callable[[], Awaitable[None]]] = (),
         details: Callable[[], Mapping[str, Any]] | None = None,
         extra_topics: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
@@ -78,10 +92,11 @@ class Worker(Generic[RequestT]):
         self.registry = registry
         self.source = f"/ferryman/{name.replace('_', '-')}/{settings.instance_id}"
         client_id = f"ferryman-{name.replace('_', '-')}-{settings.instance_id}"
-        self.metrics = ConsumerMetrics(registry, name)
+        self.metrics = ConsumerMetrics(registry)
         self.connection = settings.kafka_connection()
-        self.publisher = KafkaPublisher(
+        self.publisher: KafkaPublisher = CountingPublisher(
             settings.kafka_bootstrap_servers,
+            sent=SentMessages(registry, configured_topics(settings, extra_topics or {})),
             client_id=client_id,
             linger_ms=settings.producer_linger_ms,
             connection=self.connection.security_options(),
@@ -108,6 +123,7 @@ class Worker(Generic[RequestT]):
             dlq_topic=settings.dlq_topic,
             share=self.share,
             generation=lambda: self.consumer.generation,
+            group_id=settings.group_id,
         )
         self.consumer = ParallelConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -123,9 +139,13 @@ class Worker(Generic[RequestT]):
             on_undecodable=self.pipeline.dead_letter_undecodable,
             client_options=self.connection.security_options(),
             key_ordered=settings.key_ordered,
+            lag_interval=settings.lag_interval,
         )
+        registry.register(ConsumerLagCollector(self.consumer.lag, settings.group_id))
+        WorkerStatusMetrics(registry, ready=self.ready, version=_build_version())
         self._background = list(background)
         self._on_stop = list(on_stop)
+        self._on_drained = list(on_drained)
         self._details = details
         self._extra_topics = dict(extra_topics or {})
         self._tasks: list[asyncio.Task[None]] = []
@@ -189,6 +209,8 @@ class Worker(Generic[RequestT]):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._started:
             await self.consumer.stop(self.settings.grace_period)
+            for hook in self._on_drained:
+                await hook()
             await self.publisher.stop()
         if self._admin is not None:
             await self._admin.close()
@@ -223,5 +245,6 @@ class Worker(Generic[RequestT]):
             self,
             bootstrap_servers=self.settings.kafka_bootstrap_servers,
             registry=self.registry,
+            service_name=self.name,
             extra_routes=dict(extra_routes or {}),
         )

@@ -18,6 +18,7 @@ from ferryman.contracts import (
     Latency,
     ToolCallDelta,
 )
+from llm_worker.chat.call_telemetry import CallLabels
 from llm_worker.chat.replies import ChatReplies
 from llm_worker.chat.stream_guard import StreamTimeouts, guard_stream
 from llm_worker.chat.streaming import (
@@ -47,8 +48,8 @@ class Call:
 
     client: ChatModel
     model: str
-    deployment: str
-    """The metrics label of the deployment."""
+    labels: CallLabels
+    """The call's metric labels."""
     timeouts: StreamTimeouts
     deadline: float | None
     """The time on `clock` the call must end by."""
@@ -80,7 +81,7 @@ async def run_call(
         request: the chat request.
         replies: where chunks go.
         progress: updated with every published chunk.
-        metrics: chunk and time-to-first-token metrics.
+        metrics: chunk and time-to-first-chunk metrics.
         started: `time.monotonic()` when the request's work began (for latencies).
         step: the tool loop's turn the chunks belong to, if any.
 
@@ -144,14 +145,15 @@ async def _stream(
             if first_token is None:
                 now = time.monotonic()
                 first_token = now - call_started
-                metrics.first_token.labels(deployment=call.deployment).observe(first_token)
+                labels = call.labels
+                metrics.first_chunk.labels(*labels.genai(), labels.upstream).observe(first_token)
                 if progress.first_token_at is None:
                     progress.first_token_at = now
             chunk = ChatChunk(index=progress.published, delta=delta, attempt=attempt, step=step)
             await replies.chunk(chunk)
             progress.published += 1
     result = builder.result()
-    metrics.chunks.labels(deployment=call.deployment).inc(progress.published)
+    metrics.chunks.labels(upstream=call.labels.upstream).inc(progress.published)
     first_ms = None
     if progress.first_token_at is not None:
         first_ms = round((progress.first_token_at - started) * 1000.0, 3)

@@ -2,8 +2,9 @@
 
 `ChatService` decides which deployment to call and what happens after a failure;
 `DeploymentCaller` makes the call: it applies the deployment's stream bounds and own
-deadline, runs it under the deployment's circuit breaker, feeds the balancing stats,
-charges the deployment's token quota, and logs the attempt (request log and metrics).
+deadline, runs it under the deployment's circuit breaker inside a `chat {model}` span,
+feeds the balancing stats, charges the deployment's token quota, and logs the attempt
+(request log, GenAI metrics, the request's usage tally).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import contextlib
 import time
 from collections.abc import Callable
 
+from opentelemetry.trace import Tracer
+
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.llm import AttemptInfo
+from llm_worker.chat.call_telemetry import CallLabels, ObservedCall, genai_provider, server_address
 from llm_worker.chat.calls import Call, CallResult, run_call
 from llm_worker.chat.job import RequestState, Resilience
 from llm_worker.chat.stream_guard import StreamTimeouts
@@ -41,9 +45,10 @@ class DeploymentCaller:
 
     Args:
         resilience: breakers, quotas and stats shared with the service.
-        metrics: where attempts are counted.
+        metrics: where calls are measured.
         timeouts: worker-wide stream bounds (routes and deployments may override them).
         clock: the clock deadlines are measured on (default: the event loop's).
+        tracer: where each call's CLIENT span goes.
     """
 
     def __init__(
@@ -52,7 +57,9 @@ class DeploymentCaller:
         metrics: LlmMetrics,
         timeouts: StreamTimeouts,
         clock: Callable[[], float] | None,
+        tracer: Tracer,
     ) -> None:
+        self._tracer = tracer
         self._res = resilience
         self._metrics = metrics
         self._timeouts = timeouts
@@ -82,35 +89,49 @@ class DeploymentCaller:
         if deployment.timeouts.total is not None:
             own = self._now() + deployment.timeouts.total
             deadline = own if deadline is None else min(deadline, own)
-        call = Call(client, deployment.model, label, call_timeouts, deadline, self._clock)
+        labels = CallLabels(
+            provider=genai_provider(deployment.provider),
+            model=self._metrics.model_label(
+                deployment.provider, deployment.model, direct=state.alias == DIRECT_ALIAS
+            ),
+            upstream=label,
+        )
+        call = Call(client, deployment.model, labels, call_timeouts, deadline, self._clock)
         stats = res.stats.get(label)  # direct requests: one board entry per provider
         group = deployment_group(state, name)
         breaker = res.breakers.get(name, group) if res.breakers is not None else None
         began = time.monotonic()
         stats.started()
+        address = server_address(client, deployment.model)
         try:
-            async with breaker.guard() if breaker is not None else contextlib.nullcontext():
-                result = await run_call(
-                    call, state.job.request, state.job.replies, state.progress,
-                    self._metrics, state.started, state.job.step,
-                )  # fmt: skip
+            with ObservedCall(
+                self._tracer, self._metrics, labels, deployment.model, address
+            ) as seen:
+                async with breaker.guard() if breaker is not None else contextlib.nullcontext():
+                    result = await run_call(
+                        call, state.job.request, state.job.replies, state.progress,
+                        self._metrics, state.started, state.job.step,
+                    )  # fmt: skip
+                seen.completed(result.completed)
         except FerrymanError as exc:
             if exc.upstream is None:
                 exc.upstream = client.provider
             stats.finished(failed=exc.retryable)
-            self._record(state, name, label, began, exc.code)
+            self._record(state, name, began, exc.code)
             raise
         except BaseException:
             stats.finished(failed=False)
             raise
         stats.finished(failed=False, latency=result.first_token)
-        usage = result.completed.usage
+        completed = result.completed
+        usage = completed.usage
         res.deployment_quotas.charge(name, usage.input_tokens + usage.output_tokens)
-        self._record(state, name, label, began, None)
+        state.job.tally.answered(f"{completed.provider}/{completed.model}", usage)
+        self._record(state, name, began, None)
         return result
 
     def _record(
-        self, state: RequestState, name: str, label: str, began: float, error: ErrorCode | None
+        self, state: RequestState, name: str, began: float, error: ErrorCode | None
     ) -> None:
         state.log.append(
             AttemptInfo(
@@ -120,7 +141,6 @@ class DeploymentCaller:
                 duration_ms=round((time.monotonic() - began) * 1000.0, 3),
             )
         )
-        self._metrics.attempts.labels(deployment=label, outcome=error or "completed").inc()
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()

@@ -15,6 +15,7 @@ from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
 from ferryman_runtime.upstreams.quotas import QuotaBook
 from ferryman_runtime.upstreams.stats import StatsBoard
+from llm_worker.chat.accounting import UsageTally
 from llm_worker.chat.calls import StreamProgress
 from llm_worker.chat.replies import ChatReplies
 from llm_worker.routing.plan import AttemptPlan
@@ -42,6 +43,8 @@ class ChatJob:
     unresolved: ChatRequest | None = None
     """The request as sent, when `request` has its dataref parts resolved (presigned URLs
     differ from run to run: what identifies the request is this)."""
+    tally: UsageTally = field(default_factory=UsageTally, compare=False)
+    """What the request used so far (shared by the jobs of its tool-loop turns)."""
 
 
 @dataclass

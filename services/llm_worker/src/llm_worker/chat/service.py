@@ -21,8 +21,12 @@ import random
 import time
 from collections.abc import Callable
 
+from opentelemetry import trace
+from opentelemetry.trace import Tracer
+
 from ferryman.contracts import ChatCompleted, ChatRequest, ChatRestarted, ErrorCode, FerrymanError
 from ferryman_runtime.cancellation import CancelBoard, CancelledByRequest
+from llm_worker.chat.accounting import UsageSink, operation_of, usage_event
 from llm_worker.chat.calls import CallResult
 from llm_worker.chat.deployment_call import DeploymentCaller, deployment_group, deployment_label
 from llm_worker.chat.job import (
@@ -82,6 +86,8 @@ class ChatService:
             applies).
         datarefs: resolves the dataref parts of requests before any deployment is called
             (None: such requests are refused).
+        usage: where one usage event per finished request goes (None: nowhere).
+        tracer: where provider-call spans go (default: the global tracer provider's).
     """
 
     def __init__(
@@ -97,8 +103,11 @@ class ChatService:
         cancels: CancelBoard | None = None,
         cancels_ready: asyncio.Event | None = None,
         datarefs: DataRefResolver | None = None,
+        usage: UsageSink | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._metrics = metrics
+        self._usage = usage
         self._datarefs = datarefs
         self._tool_loop = tool_loop
         self._cancels = cancels
@@ -110,7 +119,9 @@ class ChatService:
         self.routing = routing
         self._rng = random.Random()
         self._clock = clock
-        self._caller = DeploymentCaller(self._res, metrics, self._timeouts, clock)
+        self._caller = DeploymentCaller(
+            self._res, metrics, self._timeouts, clock, tracer or trace.get_tracer("llm_worker")
+        )
 
     @property
     def resilience(self) -> Resilience:
@@ -131,6 +142,7 @@ class ChatService:
             aiokafka.errors.KafkaError: a result event could not be published.
         """
         alias = "unknown"
+        operation = operation_of(job.request)
         started = time.monotonic()
         try:
             state = self._begin(job)
@@ -142,36 +154,38 @@ class ChatService:
                 self._cancels_ready = None  # waited once: a reader that is down delays no more
             work = self._work(state)
             if self._cancels is not None:
-                completed, serving = await self._cancels.run(job.key, work)
+                completed, _ = await self._cancels.run(job.key, work)
             else:
-                completed, serving = await work
+                completed, _ = await work
         except CancelledByRequest as exc:
             error = FerrymanError(
                 ErrorCode.CANCELLED, f"cancelled: {exc.reason or 'by request'}", retryable=False
             )
             await job.replies.failed(error.to_info())
-            self._metrics.requests.labels(alias=alias, deployment="none", outcome="cancelled").inc()
-            self._metrics.duration.labels(alias=alias, outcome="cancelled").observe(
-                time.monotonic() - started
-            )
+            self._finished(job, operation, alias, "cancelled", started)
             return
         except FerrymanError as exc:
             await job.replies.failed(exc.to_info())
-            self._metrics.requests.labels(alias=alias, deployment="none", outcome=exc.code).inc()
-            self._metrics.duration.labels(alias=alias, outcome=exc.code).observe(
-                time.monotonic() - started
-            )
+            self._finished(job, operation, alias, str(exc.code), started)
             return
         usage = completed.usage
         if job.tenant is not None:
             self._res.tenant_quotas.charge(job.tenant, usage.input_tokens + usage.output_tokens)
         await job.replies.completed(completed)
-        self._metrics.requests.labels(alias=alias, deployment=serving, outcome="completed").inc()
-        self._metrics.duration.labels(alias=alias, outcome="completed").observe(
-            time.monotonic() - started
-        )
-        self._metrics.tokens.labels(deployment=serving, direction="input").inc(usage.input_tokens)
-        self._metrics.tokens.labels(deployment=serving, direction="output").inc(usage.output_tokens)
+        self._finished(job, operation, alias, "completed", started)
+
+    def _finished(
+        self, job: ChatJob, operation: str, target: str, outcome: str, started: float
+    ) -> None:
+        """Count a request whose terminal event was published, and record its usage."""
+        seconds = time.monotonic() - started
+        self._metrics.requests.observe(operation, target, outcome, seconds)
+        if self._usage is not None:
+            self._usage.record(
+                usage_event(
+                    job, operation=operation, target=target, outcome=outcome, seconds=seconds
+                )
+            )
 
     async def _work(self, state: RequestState) -> tuple[ChatCompleted, str]:
         """Admit the request's tenant, then serve it: one turn, or a tool loop of turns.
@@ -246,9 +260,10 @@ class ChatService:
         counted = False
         while (wait := book.try_acquire(tenant, state.job.tenant_share)) > 0:
             if not counted:
-                self._metrics.quota_waits.labels(reason="tenant").inc()
+                self._metrics.quota_wait({"tenant"})
             remaining = self._remaining(state.deadline)
             if wait == math.inf or remaining <= wait:
+                self._quota_rejected("tenant", state)
                 raise over_quota_error(f"tenant {tenant!r} is over its quota", wait)
             if not counted:
                 counted = state.waiting_announced = True
@@ -269,7 +284,7 @@ class ChatService:
             if state.left is not None and state.left != candidate.name:
                 reason = state.last_error.code if state.last_error else "unknown"
                 self._metrics.failovers.labels(
-                    deployment=deployment_label(state, state.left), reason=reason
+                    upstream=deployment_label(state, state.left), reason=reason
                 ).inc()
                 state.left = None
             result = await self._on_deployment(state, candidate)
@@ -295,9 +310,9 @@ class ChatService:
         remaining = self._remaining(state.deadline)
         if wait < remaining and state.calls.total() < state.budget:
             reasons = {s.reason for s in skipped.values() if s.retry_in == wait}
-            if reasons - {"restart"}:  # a restart's backoff is no quota wait
+            if waits := reasons - {"restart"}:  # a restart's backoff is no quota wait
                 why = "/".join(sorted(reasons))
-                self._metrics.quota_waits.labels(reason=why).inc()
+                self._metrics.quota_wait(waits)
                 if not state.waiting_announced:
                     state.waiting_announced = True
                     await state.job.replies.progress(
@@ -313,6 +328,7 @@ class ChatService:
         if state.last_error is not None:
             raise state.last_error
         if skipped and all(skip.reason == "quota" for skip in skipped.values()):
+            self._quota_rejected("deployment", state)
             raise over_quota_error(f"every deployment of {plan.alias!r} is at its quota", wait)
         why = "; ".join(
             f"{name}: {_SKIP_REASONS.get(skip.reason, skip.reason)}"
@@ -361,7 +377,7 @@ class ChatService:
             try:
                 await self._announce_restart(state, candidate)
                 if state.calls[name]:
-                    self._metrics.retries.labels(deployment=label).inc()
+                    self._metrics.retries.labels(upstream=label).inc()
                 state.calls[name] += 1
                 return await self._caller.call(state, candidate)
             except FerrymanError as failure:
@@ -439,9 +455,14 @@ class ChatService:
                 step=state.job.step,
             )
         )
-        self._metrics.restarts.labels(deployment=deployment_label(state, candidate.name)).inc()
+        self._metrics.restarts.labels(upstream=deployment_label(state, candidate.name)).inc()
         progress.attempt += 1
         progress.published = 0
+
+    def _quota_rejected(self, scope: str, state: RequestState) -> None:
+        """Count a request failed by one of the worker's own quotas (not a provider's)."""
+        metrics = self._metrics
+        metrics.quota_rejections.rejected(scope, metrics.tenants(state.job.tenant))
 
     def _now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()

@@ -160,6 +160,10 @@ class AnthropicChatModel:
         """
         return await fold(self.stream(request, model))
 
+    def server_address(self, model: str) -> str | None:
+        """The host calls go to (`server.address` of their spans)."""
+        return self._client.base_url.host or None
+
     async def list_models(self) -> list[str]:
         """Return model ids from `GET /v1/models` (unbilled; follows pagination).
 

@@ -127,6 +127,14 @@ class AzureChatModel:
         deployment = self._deployment(model)
         return await self._model_for(deployment).generate(request, deployment.deployment)
 
+    def server_address(self, model: str) -> str | None:
+        """The host of the endpoint serving alias `model` (`server.address` of its spans)."""
+        deployment = self._config.deployments.get(model)
+        endpoint = (deployment.endpoint if deployment else None) or self._config.endpoint
+        if not endpoint:
+            return None
+        return httpx2.URL(str(endpoint)).host or None
+
     async def list_models(self) -> list[str]:
         """Return the models of the default endpoint's resource (`GET /openai/models`, unbilled).
 

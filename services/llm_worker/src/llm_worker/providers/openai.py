@@ -121,6 +121,10 @@ class OpenAIChatModel:
             completion = await self._client.chat.completions.create(**params)
         return fold_events(completion_events(completion))
 
+    def server_address(self, model: str) -> str | None:
+        """The host calls go to (`server.address` of their spans)."""
+        return self._client.base_url.host or None
+
     async def list_models(self) -> list[str]:
         """Return model ids from `GET /models` (unbilled).
 

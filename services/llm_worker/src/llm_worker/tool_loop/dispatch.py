@@ -14,6 +14,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from opentelemetry import trace
+
 from ferryman.codec import encode_binary
 from ferryman.contracts import ChatRequest
 from ferryman.contracts import events as ev
@@ -27,6 +29,7 @@ from ferryman.contracts.mcp import (
     ToolCallRequest,
 )
 from ferryman.publisher import KafkaPublisher
+from ferryman_runtime.telemetry.spans import producer_span, with_current_trace
 
 TOOL_LOOP_SOURCE: Final = "/ferryman/llm-worker/tool-loop"
 """`ce_source` of every tool call a tool loop sends (the same on every replica)."""
@@ -66,6 +69,7 @@ class ToolDispatcher:
         request_topic: the mcp_worker's request topic.
         reply_topic: the tool-loop topic the mcp_worker answers on.
         control_topic: the control topic cancels go to.
+        tracer: starts the `send` span of each tool call (default: the global provider's).
     """
 
     def __init__(
@@ -75,7 +79,9 @@ class ToolDispatcher:
         request_topic: str,
         reply_topic: str,
         control_topic: str,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or trace.get_tracer("llm_worker.tool_loop")
         self._publisher = publisher
         self._request_topic = request_topic
         self._reply_topic = reply_topic
@@ -91,6 +97,10 @@ class ToolDispatcher:
         traceparent: str | None = None,
     ) -> None:
         """Publish one tool call (or a catalog listing) and wait for its acknowledgement.
+
+        The request is sent in a `send <topic>` PRODUCER span and carries its trace context,
+        so the mcp_worker's span continues this loop's trace; `traceparent` (the chat
+        request's) is sent only when no span is current.
 
         Raises:
             aiokafka.errors.KafkaError: the request was not acknowledged.
@@ -113,11 +123,15 @@ class ToolDispatcher:
             attributes[ev.EXT_TENANT] = tenant
         if traceparent is not None:
             attributes[ev.EXT_TRACEPARENT] = traceparent
-        headers, value = encode_binary(attributes, call.model_dump_json(exclude_none=True).encode())
-        acked = await self._publisher().send(
-            self._request_topic, value, key=request_id.encode(), headers=headers
-        )
-        await acked
+        span_attributes = {"messaging.message.id": request_id, "cloudevents.event_type": event_type}
+        with producer_span(self._tracer, self._request_topic, span_attributes):
+            attributes = with_current_trace(attributes)
+            data = call.model_dump_json(exclude_none=True).encode()
+            headers, value = encode_binary(attributes, data)
+            acked = await self._publisher().send(
+                self._request_topic, value, key=request_id.encode(), headers=headers
+            )
+            await acked
 
     async def cancel(self, request_ids: list[str], reason: str) -> None:
         """Publish a cancel for each tool call and wait for their acknowledgements.

@@ -125,6 +125,9 @@ class ToolLoop:
             if info.replayed and info.content and request.stream:
                 chunks += 1  # the replayed step's content, published as one chunk
             self._metrics.loop_steps.labels(kind="replayed" if info.replayed else "model").inc()
+            job.tally.steps += 1
+            if info.replayed:
+                job.tally.add(info.usage)  # spent by the earlier run, which never reported it
             if completed is not None:
                 chunks += completed.chunk_count
                 attempts.extend(completed.attempts or [])
@@ -154,6 +157,8 @@ class ToolLoop:
                     dispatched=self._dispatched(job, digest, number, calls, offer),
                 )
                 await self._journal.record(record)
+            for dispatched in record.dispatched:
+                job.tally.called(dispatched.server, dispatched.tool)
             results = await self._run_tools(job, record, execution, resumed=info.replayed)
             for call in unknown:
                 results.append(unknown_function(number, call))

@@ -1,5 +1,9 @@
 """Runs the tool calls of one step on the mcp_worker and turns their outcomes into what the
-model reads: one `ToolCallFinished` per call, in the model's order."""
+model reads: one `ToolCallFinished` per call, in the model's order.
+
+Each call runs inside an `execute_tool {server}/{tool}` span, so the MCP request it
+publishes carries the span's trace context (tool arguments and results stay off the span).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.errors import ErrorInfo
@@ -48,6 +55,7 @@ class ToolRunner:
         result_max_chars: characters of one result the model gets at most.
         metrics: where tool calls are counted.
         clock: the clock of request deadlines (the event loop's by default).
+        tracer: where each call's span goes (default: the global tracer provider's).
     """
 
     def __init__(
@@ -58,7 +66,9 @@ class ToolRunner:
         result_max_chars: int,
         metrics: LlmMetrics,
         clock: Callable[[], float] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or trace.get_tracer("llm_worker")
         self._metrics = metrics
         self._dispatcher = dispatcher
         self._journal = journal
@@ -96,8 +106,7 @@ class ToolRunner:
                     tool_request_id=call.tool_request_id,
                 )
             )
-            finished = await self._one(call, context, resumed)
-            self._count(finished)
+            finished = await self._traced(call, context, resumed)
             await on_finished(finished)
             return finished
 
@@ -134,6 +143,38 @@ class ToolRunner:
                 if result.is_error:
                     raise _failure(result)
         return results
+
+    async def _traced(
+        self, call: DispatchedCall, context: StepCalls, resumed: bool
+    ) -> ToolCallFinished:
+        """Run one call inside its span; count it."""
+        with self._tracer.start_as_current_span(
+            f"execute_tool {call.server}/{call.tool}",
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": call.tool,
+                "gen_ai.tool.call.id": call.call_id,
+                "ferryman.mcp.server": call.server,
+            },
+            # An exception's message may quote the tool's output: only its type goes.
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                finished = await self._one(call, context, resumed)
+            except BaseException as exc:
+                kind = "cancelled" if isinstance(exc, asyncio.CancelledError) else "_OTHER"
+                span.set_attribute("error.type", kind)
+                span.set_status(Status(StatusCode.ERROR, kind))
+                raise
+            error_type = self._count(finished)
+            if finished.replayed:
+                span.set_attribute("ferryman.replayed", True)
+            if error_type:
+                span.set_attribute("error.type", error_type)
+                span.set_status(Status(StatusCode.ERROR, error_type))
+        return finished
 
     async def _one(
         self, call: DispatchedCall, context: StepCalls, resumed: bool
@@ -220,18 +261,20 @@ class ToolRunner:
         )
         return await self._journal.wait_result(request_id, timeout + HOP_GRACE) is not None
 
-    def _count(self, finished: ToolCallFinished) -> None:
-        if finished.replayed:
-            outcome = "replayed"
-        elif finished.error is not None:
-            outcome = str(finished.error.code)
+    def _count(self, finished: ToolCallFinished) -> str:
+        """Count a finished call; return its error type (empty: it completed)."""
+        if finished.error is not None:
+            error_type = str(finished.error.code)
         else:
-            outcome = "tool_error" if finished.is_error else "completed"
-        self._metrics.tool_calls.labels(server=finished.server, outcome=outcome).inc()
+            error_type = "tool_error" if finished.is_error else ""
+        server = finished.server or "none"
+        outcome = "replayed" if finished.replayed else error_type or "completed"
+        self._metrics.tool_calls.labels(server=server, outcome=outcome).inc()
         if not finished.replayed:
-            self._metrics.tool_call_duration.labels(server=finished.server).observe(
+            self._metrics.tool_duration.labels(server=server, error_type=error_type).observe(
                 finished.duration_ms / 1000.0
             )
+        return error_type
 
     def _cut(self, text: str) -> str:
         if len(text) <= self._max_chars:

@@ -24,6 +24,8 @@ class RateLimits:
     Args:
         share: this replica's share of every limit, in [0, 1].
         on_wait: called with the server of each call that has to wait.
+        on_refused: called with the scope (`server` or `tenant`) and the tenant of each call
+            failed `rate_limited`.
         clock: monotonic seconds (injectable for tests).
     """
 
@@ -32,10 +34,12 @@ class RateLimits:
         share: Callable[[], float] = lambda: 1.0,
         *,
         on_wait: Callable[[str], None] = lambda _server: None,
+        on_refused: Callable[[str, str | None], None] = lambda _scope, _tenant: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._share = share
         self._on_wait = on_wait
+        self._on_refused = on_refused
         self._clock = clock
         self._servers = QuotaBook(clock)
         self._tenants: dict[str, QuotaBook] = {}
@@ -63,15 +67,20 @@ class RateLimits:
         Raises:
             FerrymanError: `rate_limited` when no slot frees within `timeout` seconds.
         """
-        books = [(self._servers, server, f"server {server!r}")]
+        books = [(self._servers, server, f"server {server!r}", "server")]
         tenant_book = self._tenants.get(server)
         if tenant_book is not None:
-            books.append((tenant_book, tenant or "", f"tenant {tenant or ''!r} on {server!r}"))
+            what = f"tenant {tenant or ''!r} on {server!r}"
+            books.append((tenant_book, tenant or "", what, "tenant"))
         deadline = self._clock() + timeout
         held: list[tuple[QuotaBook, str]] = []
         try:
-            for book, key, what in books:
-                await self._acquire(book, key, what, deadline, server)
+            for book, key, what, scope in books:
+                try:
+                    await self._acquire(book, key, what, deadline, server)
+                except FerrymanError:
+                    self._on_refused(scope, tenant)
+                    raise
                 held.append((book, key))
             yield
         finally:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -26,6 +27,7 @@ from ferryman.contracts.mcp import (
     ServerEntry,
     ToolCallRequest,
 )
+from ferryman.contracts.usage import UsageEvent
 from ferryman.publisher import RecordTooLarge
 from ferryman_runtime.cancellation import CancelledByRequest
 from ferryman_runtime.job import Job
@@ -42,6 +44,11 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 McpRequest = ToolCallRequest | ResourceReadRequest | PromptGetRequest | CatalogListRequest
+
+CallStatus = Literal["completed", "tool_error", "failed", "denied", "cancelled"]
+
+CATALOG_TARGET = "catalog"
+"""The `target` of catalog listings (they span servers)."""
 
 
 def server_status(supervisor: ServerSupervisor | None) -> Status:
@@ -63,11 +70,19 @@ class McpService:
     Args:
         runtime: the worker's servers, catalog, cache, cancels and auditor.
         metrics: where request counts and durations go.
+        record_usage: takes one usage event per finished request (never raises, never
+            blocks: `UsageRecorder.record`).
     """
 
-    def __init__(self, runtime: Runtime, metrics: McpMetrics) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        metrics: McpMetrics,
+        record_usage: Callable[[UsageEvent], None] = lambda _event: None,
+    ) -> None:
         self.runtime = runtime
         self.metrics = metrics
+        self._record_usage = record_usage
 
     async def execute(self, job: Job[McpRequest]) -> None:
         """Run one request to its terminal reply.
@@ -77,13 +92,16 @@ class McpService:
         """
         ctx = CallContext(self.runtime, job)
         request = job.request
-        if isinstance(request, CatalogListRequest):
-            await self._catalog(ctx, request)
-            return
         started = time.monotonic()
+        if isinstance(request, CatalogListRequest):
+            outcome = await self._catalog(ctx, request)
+            seconds = time.monotonic() - started
+            self.metrics.requests.observe("list", CATALOG_TARGET, outcome, seconds)
+            self._usage(ctx, "list", None, None, None, outcome, seconds)
+            return
         answer: Answer | None = None
         error: ErrorInfo | None = None
-        status: Literal["completed", "tool_error", "failed", "denied", "cancelled"]
+        status: CallStatus
         key = (job.event.source, job.event.id)
         try:
             answer = await self.runtime.board.run(key, self._run(ctx, request))
@@ -154,7 +172,8 @@ class McpService:
         )
         return Answer(MCP_PROMPT_GET_COMPLETED, completed, Outcome())
 
-    async def _catalog(self, ctx: CallContext, request: CatalogListRequest) -> None:
+    async def _catalog(self, ctx: CallContext, request: CatalogListRequest) -> str:
+        """Reply with the catalog; return the request's outcome (`completed`, `too_large`)."""
         names = [
             name
             for name in self.runtime.catalog.servers()
@@ -195,12 +214,14 @@ class McpService:
             # Large APIs (hundreds of operations, megabytes of schemas) outgrow a reply
             # topic's limit; say what would fit rather than the kit's generic `too_large`.
             await ctx.job.replies.fail(_catalog_too_large(exc, request, len(entries)))
+            return str(ErrorCode.TOO_LARGE)
+        return "completed"
 
     async def _audit(
         self,
         ctx: CallContext,
         request: ToolCallRequest | ResourceReadRequest | PromptGetRequest,
-        status: Literal["completed", "tool_error", "failed", "denied", "cancelled"],
+        status: CallStatus,
         error: ErrorInfo | None,
         outcome: Outcome,
         started: float,
@@ -231,10 +252,40 @@ class McpService:
             definition_hash=outcome.definition_hash,
             duration_ms=(time.monotonic() - started) * 1000,
         )
+        seconds = record.duration_ms / 1000
+        # A tool's own error (`isError`) is a completed request: the tool answered.
+        result = str(error.code) if error is not None else "completed"
         label = request.server if supervisor is not None else "unknown"
-        self.metrics.requests.labels(label, kind, status).inc()
-        self.metrics.duration.labels(label, kind).observe(record.duration_ms / 1000)
+        self.metrics.requests.observe(kind, label, result, seconds)
+        tool = f"{request.server}/{request.tool}" if isinstance(request, ToolCallRequest) else None
+        self._usage(ctx, kind, request.server, tool, request.principal, result, seconds)
         return await self.runtime.auditor.call(record)
+
+    def _usage(
+        self,
+        ctx: CallContext,
+        operation: str,
+        server: str | None,
+        tool: str | None,
+        user: str | None,
+        outcome: str,
+        seconds: float,
+    ) -> None:
+        """Record the request's usage event (who, which server and tool, how it ended)."""
+        self._record_usage(
+            UsageEvent(
+                request_id=ctx.job.event.id[:256],
+                service="mcp_worker",
+                tenant=ctx.job.tenant[:256] if ctx.job.tenant else None,
+                user=user,
+                operation=operation,
+                target=server[:256] if server else None,
+                tool=tool[:256] if tool else None,
+                latency_seconds=max(0.0, seconds),
+                outcome=outcome,
+                finished_at=datetime.now(UTC),
+            )
+        )
 
 
 async def _on_server(

@@ -26,6 +26,7 @@ from mcp_worker.catalog.definitions import may_cache, may_retry
 from mcp_worker.execution.cache import cache_key
 from mcp_worker.execution.context import Answer, CallContext, Outcome
 from mcp_worker.execution.limits import bound_output, check_arguments, check_structured
+from mcp_worker.execution.tool_span import tool_answered, tool_span
 from mcp_worker.openapi.session import CACHED_META
 from mcp_worker.servers.supervisor import ServerSupervisor
 
@@ -195,6 +196,19 @@ async def _attempt(
     timeout: float,
     progress: _Progress | None,
 ) -> types.CallToolResult:
+    with tool_span(request.server, request.tool, supervisor.config) as span:
+        result = await _attempt_call(ctx, supervisor, request, timeout, progress)
+        tool_answered(span, is_error=bool(result.is_error))
+        return result
+
+
+async def _attempt_call(
+    ctx: CallContext,
+    supervisor: ServerSupervisor,
+    request: ToolCallRequest,
+    timeout: float,
+    progress: _Progress | None,
+) -> types.CallToolResult:
     started = time.monotonic()
     async with supervisor.slot(timeout):
         remaining = max(timeout - (time.monotonic() - started), 0.01)
@@ -202,7 +216,7 @@ async def _attempt(
         remaining = max(timeout - (time.monotonic() - started), 0.01)
         stats = supervisor.stats
         stats.started()
-        failed = False
+        failed = rejected = False
         try:
             async with supervisor.breaker.guard():
                 try:
@@ -231,8 +245,9 @@ async def _attempt(
             ) from None
         except FerrymanError as exc:
             failed = exc.retryable
+            rejected = not exc.retryable  # the server refused the call: the caller's fault
             raise
         finally:
-            stats.finished(failed=failed, latency=time.monotonic() - started)
+            stats.finished(failed=failed, rejected=rejected, latency=time.monotonic() - started)
     supervisor.succeeded()
     return return_value

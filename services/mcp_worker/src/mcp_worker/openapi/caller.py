@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import httpx2
 from jsonschema import Draft202012Validator
+from opentelemetry.propagate import inject
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from mcp_worker.openapi.auth import ApiAuth
@@ -268,6 +269,7 @@ class ApiCaller:
                 ttl=self._cache_ttl,
                 varies=[b.name for b in tool.bindings.values() if b.location in _VARYING],
             )
+        inject(request.headers)  # W3C trace context: the API can continue the trace
         remaining = deadline - self._clock()
         try:
             async with asyncio.timeout(max(remaining, 0.0)):

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import anyio
 import mcp_types as types
@@ -32,6 +32,7 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry.propagate import inject
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman_runtime.redaction import redact
@@ -317,9 +318,16 @@ class McpSession:
                 (`timeout`; the server is told to cancel) or the server refused it.
         """
         session = self._live()
+        # The caller's trace context (its `execute_tool` span), where the MCP spec puts it.
+        meta: dict[str, Any] = {}
+        inject(meta)
         result = await self._request(
             lambda: session.call_tool(
-                name, arguments, read_timeout_seconds=timeout, progress_callback=progress
+                name,
+                arguments,
+                read_timeout_seconds=timeout,
+                progress_callback=progress,
+                meta=cast(types.RequestParamsMeta, meta) if meta else None,
             )
         )
         if not isinstance(result, types.CallToolResult):

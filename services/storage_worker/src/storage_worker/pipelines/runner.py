@@ -78,6 +78,8 @@ class PipelineRunner:
         scratch: where sources and outputs are spooled (default: the system's temp folder).
         parallel_steps: steps running at once in this worker (each holds a thread: the
             rest of the worker's file and DNS work shares those threads).
+        on_step: called with each step's kind and outcome (`completed`, `reused`, or the
+            error code of a failed step).
     """
 
     def __init__(
@@ -88,7 +90,9 @@ class PipelineRunner:
         events: ObjectEvents,
         scratch: Path | None = None,
         parallel_steps: int = PARALLEL_STEPS,
+        on_step: Callable[[str, str], None] = lambda _kind, _outcome: None,
     ) -> None:
+        self._on_step = on_step
         self._stores = stores
         self._policy = policy
         self._events = events
@@ -121,6 +125,7 @@ class PipelineRunner:
             run = _Run(
                 self._events, space, store, job, request, pipeline, progress, self._step_slots
             )
+            run.on_step = self._on_step
             return STORAGE_PROCESS_COMPLETED, await run.steps(key, folder)
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -148,6 +153,8 @@ class _Run:
         self._pipeline = pipeline
         self._progress = progress
         self._step_slots = step_slots
+        self.on_step: Callable[[str, str], None] = lambda _kind, _outcome: None
+        """Told each step's kind and outcome."""
         self._marker = request_marker(job.event.source, job.event.id)
         """Names this request on its outputs (a redelivery recognises its own)."""
 
@@ -164,11 +171,13 @@ class _Run:
             try:
                 step_facts, output, was_reused = await self._step(step, stored, source, folder)
             except FerrymanError as exc:
+                self.on_step(step.step, str(exc.code))
                 raise StepFailed(name, exc) from None
             except KafkaError:
                 raise  # an event not published: the request runs again
             except Exception as exc:  # a library's bug on odd input: named, not a crash
                 logger.exception("pipeline step %s failed unexpectedly", name)
+                self.on_step(step.step, str(ErrorCode.INTERNAL))
                 raise StepFailed(
                     name,
                     FerrymanError(
@@ -177,6 +186,7 @@ class _Run:
                         retryable=False,
                     ),
                 ) from exc
+            self.on_step(step.step, "reused" if was_reused else "completed")
             facts.update({f"{name}.{fact}": value for fact, value in step_facts.items()})
             if output is not None:
                 outputs.append(output)

@@ -11,6 +11,7 @@ from ferryman.contracts import events as ev
 from ferryman.contracts.channels import RequestDomain
 from ferryman.contracts.health import HealthReport
 from ferryman.contracts.registry import DOMAINS
+from ferryman.contracts.usage import USAGE_RECORDED, USAGE_TOPIC, UsageEvent
 
 _REF = "#/components/schemas/{model}"
 
@@ -84,6 +85,21 @@ _HEALTH_HEADERS: dict[str, Any] = {
         "ce_specversion": _header("CloudEvents version.", const="1.0"),
         "ce_type": _header("Event type.", const=ev.HEALTH_REPORTED),
         "ce_time": _header("When the report was made.", format="date-time"),
+        "content-type": _header("Data content type.", const="application/json"),
+    },
+}
+
+_USAGE_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "description": "CloudEvents 1.0 binary mode; the Kafka key is the tenant, or the request "
+    "id when there is no tenant.",
+    "required": ["ce_id", "ce_source", "ce_specversion", "ce_type"],
+    "properties": {
+        "ce_id": _header("Id of this usage record."),
+        "ce_source": _header("The worker that finished the request."),
+        "ce_specversion": _header("CloudEvents version.", const="1.0"),
+        "ce_type": _header("Event type.", const=USAGE_RECORDED),
+        "ce_time": _header("When the request finished.", format="date-time"),
         "content-type": _header("Data content type.", const="application/json"),
     },
 }
@@ -209,14 +225,24 @@ def build_asyncapi(
                 "description": "Each worker replica's periodic view of its upstreams.",
                 "messages": _refs("healthReported"),
             },
+            "usage": {
+                "address": USAGE_TOPIC,
+                "description": "One record per finished request: who, what, tokens, cost, "
+                "latency and outcome (docs/usage.md).",
+                "messages": _refs("usageRecorded"),
+            },
         },
         "operations": {
             "publishHealthReports": _operation("send", "health", ["healthReported"]),
+            "publishUsageRecords": _operation("send", "usage", ["usageRecorded"]),
         },
         "components": {
             "messages": {
                 "healthReported": _message(
                     "healthReported", ev.HEALTH_REPORTED, _HEALTH_HEADERS, "HealthReport"
+                ),
+                "usageRecorded": _message(
+                    "usageRecorded", USAGE_RECORDED, _USAGE_HEADERS, "UsageEvent"
                 ),
                 "deadLetter": {
                     "name": "deadLetter",
@@ -225,7 +251,7 @@ def build_asyncapi(
                     "payload": {"description": "The original bytes."},
                 },
             },
-            "schemas": _schemas([*models, HealthReport]),
+            "schemas": _schemas([*models, HealthReport, UsageEvent]),
         },
     }
     for domain in domains:

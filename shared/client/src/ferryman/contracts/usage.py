@@ -8,10 +8,9 @@ it ended.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 USAGE_TOPIC: Final = "ferryman.usage"
 """The topic usage events go to (override per worker with `<PREFIX>_USAGE_TOPIC`)."""
@@ -61,4 +60,5 @@ class UsageEvent(BaseModel):
     """`server/tool` names the tool loop called, once each, in first-call order."""
     bytes: int = Field(default=0, ge=0)
     """Object bytes read or written (storage requests)."""
-    finished_at: datetime
+    finished_at: AwareDatetime
+    """When the request ended (with its UTC offset)."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ferryman.contracts.errors import FerrymanError
 from ferryman.contracts.health import HealthReport, HealthStatus, UpstreamHealth
@@ -104,23 +106,37 @@ def upstream_health(ref: UpstreamRef, stats: UpstreamStats, circuit: str) -> Ups
     )
 
 
-class _HealthMetrics:
-    def __init__(self, registry: CollectorRegistry, prefix: str, noun: str, group: str) -> None:
-        self.healthy = Gauge(
-            f"{prefix}_{noun}_healthy",
-            f"{noun.capitalize()} health on this replica: 1 healthy, 0.5 degraded, 0 unhealthy.",
-            [noun],
-            registry=registry,
+class _HealthCollector(Collector):
+    """`ferryman_upstream_healthy{upstream}` and `ferryman_upstream_probes_total{probe_group,
+    outcome}`, read at every scrape: an upstream removed by a hot reload loses its series."""
+
+    def __init__(self, monitor: HealthMonitor) -> None:
+        self._monitor = monitor
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        healthy = GaugeMetricFamily(
+            "ferryman_upstream_healthy",
+            "Upstream health on this replica: 1 healthy, 0.5 degraded, 0 unhealthy.",
+            labels=["upstream"],
         )
-        self.probes = Counter(
-            f"{prefix}_health_probes_total",
-            f"Active health probes by {group} and outcome (ok, failed).",
-            [group, "outcome"],
-            registry=registry,
+        probes = CounterMetricFamily(
+            "ferryman_upstream_probes",
+            "Active health probes, by probe group and outcome (ok, failed).",
+            labels=["probe_group", "outcome"],
         )
-        self.noun = noun
-        self.group = group
-        self.exported: set[str] = set()
+        return healthy, probes
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        healthy, probes = self._families()
+        for entry in self._monitor.entries():
+            healthy.add_metric([entry.name], _STATUS_VALUES[entry.status])
+        for (group, outcome), count in sorted(self._monitor.probe_counts().items()):
+            probes.add_metric([group, outcome], count)
+        return healthy, probes
 
 
 def _utc_now() -> datetime:
@@ -143,11 +159,9 @@ class HealthMonitor:
         probe_timeout: seconds a probe may take before it counts as failed.
         report_interval: seconds between published reports.
         clock: the current time (UTC) for `reported_at` and `probe_at`.
-        registry: where the health gauge and probe counter go, if anywhere.
-        metric_prefix: the service's metric prefix (`llm_worker`).
-        metric_noun: what the gauge calls an upstream (`deployment` →
-            `<prefix>_deployment_healthy{deployment=…}`).
-        probe_label: the probe counter's label for the probe group (`provider`).
+        registry: where `ferryman_upstream_healthy{upstream}` and
+            `ferryman_upstream_probes_total{probe_group,outcome}` go, if anywhere (both
+            read at scrape time, for the current upstreams only).
     """
 
     def __init__(
@@ -165,9 +179,6 @@ class HealthMonitor:
         report_interval: float = 15.0,
         clock: Callable[[], datetime] = _utc_now,
         registry: CollectorRegistry | None = None,
-        metric_prefix: str = "ferryman",
-        metric_noun: str = "upstream",
-        probe_label: str = "group",
     ) -> None:
         self._upstreams = upstreams
         self._stats = stats
@@ -180,11 +191,9 @@ class HealthMonitor:
         self._probe_timeout = probe_timeout
         self._report_interval = report_interval
         self._clock = clock
-        self._metrics = (
-            None
-            if registry is None
-            else _HealthMetrics(registry, metric_prefix, metric_noun, probe_label)
-        )
+        self._probes: dict[tuple[str, str], int] = {}
+        if registry is not None:
+            registry.register(_HealthCollector(self))
 
     async def probe_once(self) -> None:
         """Run each probe group's probe once, concurrently, and record each outcome.
@@ -204,10 +213,8 @@ class HealthMonitor:
         for (ref, names), error in zip(groups.values(), errors, strict=True):
             for name in names:
                 self._stats.get(name).probed(error=error, at=at)
-            if self._metrics is not None:
-                outcome = "ok" if error is None else "failed"
-                labels = {self._metrics.group: ref.probe_group, "outcome": outcome}
-                self._metrics.probes.labels(**labels).inc()
+            key = (ref.probe_group, "ok" if error is None else "failed")
+            self._probes[key] = self._probes.get(key, 0) + 1
 
     async def _probe(self, ref: UpstreamRef) -> str | None:
         """Return why the probe failed, or None when it answered in time."""
@@ -224,34 +231,35 @@ class HealthMonitor:
             return f"probe raised {type(exc).__name__}"
         return None
 
-    def report(self) -> HealthReport:
-        """Every current upstream's health, sorted by name (also updates the gauge).
+    def entries(self) -> list[UpstreamHealth]:
+        """Every current upstream's health, sorted by name.
 
         Raises:
             ValueError: a circuit reported an unknown state.
         """
-        entries = [
+        return [
             upstream_health(ref, self._stats.get(ref.name), self._circuits(ref.name))
             for ref in sorted(self._upstreams(), key=lambda ref: ref.name)
         ]
-        if self._metrics is not None:
-            self._export(self._metrics, entries)
+
+    def probe_counts(self) -> dict[tuple[str, str], int]:
+        """Probes run so far by `(probe_group, outcome)`, for the current probe groups only."""
+        current = {ref.probe_group for ref in self._upstreams() if ref.probe is not None}
+        return {key: count for key, count in self._probes.items() if key[0] in current}
+
+    def report(self) -> HealthReport:
+        """Every current upstream's health, sorted by name.
+
+        Raises:
+            ValueError: a circuit reported an unknown state.
+        """
         return HealthReport(
             service=self._service,
             instance=self._instance,
             reported_at=self._clock(),
             config_version=self._config_version(),
-            upstreams=entries,
+            upstreams=self.entries(),
         )
-
-    @staticmethod
-    def _export(metrics: _HealthMetrics, entries: list[UpstreamHealth]) -> None:
-        current = {entry.name for entry in entries}
-        for gone in metrics.exported - current:  # removed by a hot reload
-            metrics.healthy.remove(gone)
-        for entry in entries:
-            metrics.healthy.labels(entry.name).set(_STATUS_VALUES[entry.status])
-        metrics.exported = current
 
     def snapshot(self) -> dict[str, Any]:
         """The current report's upstreams keyed by name, JSON-ready (for `/health`)."""
