@@ -5,7 +5,7 @@
 #     Kafka client the end-to-end tests produce with: from Debian with apt-get, only when
 #     missing and we are root with apt-get; otherwise a note. Also Prometheus and promtool
 #     (Debian's prometheus package; its service is not started), for the alert-rule,
-#     dashboard and scrape tests.
+#     dashboard and scrape tests, and redis-server (the LLM worker's shared response cache).
 #   - the reference MCP servers from npm (server-everything, server-filesystem), at the
 #     versions pinned in tools/node/package.json + package-lock.json, into
 #     tools/node/node_modules: installed once with `npm ci`, spawned by their bin path.
@@ -72,4 +72,5 @@ install_node_servers() {
 install_debian bwrap bubblewrap "the MCP worker cannot sandbox stdio servers"
 install_debian kcat kcat "the kcat end-to-end tests are skipped"
 install_debian promtool prometheus "the alert-rule, dashboard and Prometheus scrape tests are skipped"
+install_debian redis-server redis-server "the shared response-cache tests cannot run"
 install_node_servers
