@@ -4,8 +4,8 @@ process on a free port scraping given targets every second, and its alerts API.
     rules = shorten_durations(RULES.read_text())
     targets = {"llm_worker": ["127.0.0.1:8081"]}
     with PrometheusServer(tmp_path, targets=targets, rules=rules) as prometheus:
-        prometheus.wait_for_alert("FerrymanUpstreamErrorRate", timeout=60)
-        print(prometheus.timeline)
+        prometheus.wait_for_alert("FerrymanUpstreamErrorRate", {"upstream": "openai/*"})
+        print(prometheus.timeline_text())
 """
 
 from __future__ import annotations
@@ -75,6 +75,28 @@ def shorten_durations(
     return yaml.safe_dump(document, sort_keys=False)
 
 
+@dataclass(frozen=True)
+class AlertTransition:
+    """One alert (a name and its labels) entering a state, as the alerts API showed it."""
+
+    at: float
+    """Seconds since the server was ready."""
+    alert: str
+    state: str
+    """`pending`, `firing`, or `inactive` (no longer listed)."""
+    labels: dict[str, str]
+    """Its labels, without `alertname`."""
+
+    def __str__(self) -> str:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+        return f"{self.at:6.1f}s  {self.alert:<28} {self.state:<8} {{{labels}}}"
+
+
+def _alert_key(alert: dict[str, Any]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    labels = alert["labels"]
+    return labels["alertname"], tuple(sorted((k, v) for k, v in labels.items() if k != "alertname"))
+
+
 @dataclass
 class PrometheusServer:
     """`prometheus` scraping `targets` (service label → host:port list) every second and
@@ -85,9 +107,14 @@ class PrometheusServer:
     rules: str
     start_timeout: float = 30.0
     port: int = field(default_factory=free_port)
-    timeline: list[tuple[float, str, str]] = field(default_factory=list[tuple[float, str, str]])
+    timeline: list[AlertTransition] = field(default_factory=list[AlertTransition])
+    """Every state change of every alert seen by `poll_alerts` (and so `wait_for_alert`)."""
     _process: subprocess.Popen[bytes] | None = None
     _log: Any = None
+    _ready_at: float = 0.0
+    _states: dict[tuple[str, tuple[tuple[str, str], ...]], str] = field(
+        default_factory=dict[tuple[str, tuple[tuple[str, str], ...]], str]
+    )
 
     @property
     def url(self) -> str:
@@ -139,6 +166,7 @@ class PrometheusServer:
             try:
                 with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1.0) as response:
                     if response.status == 200:
+                        self._ready_at = time.monotonic()
                         return
             except (urllib.error.URLError, ConnectionError):
                 pass
@@ -177,24 +205,98 @@ class PrometheusServer:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=5.0) as response:
             return json.load(response)["data"]
 
+    def poll_alerts(self) -> list[dict[str, Any]]:
+        """The active alerts, recording in `timeline` every alert that changed state since
+        the last poll (one that is no longer listed becomes `inactive`)."""
+        alerts = self.alerts()
+        now = time.monotonic() - self._ready_at
+        current = {_alert_key(alert): alert["state"] for alert in alerts}
+        for key in [key for key in self._states if key not in current]:
+            self._record(now, key, "inactive")
+        for key, state in current.items():
+            if self._states.get(key) != state:
+                self._record(now, key, state)
+        return alerts
+
+    def _record(self, at: float, key: tuple[str, tuple[tuple[str, str], ...]], state: str) -> None:
+        if state == "inactive":
+            del self._states[key]
+        else:
+            self._states[key] = state
+        self.timeline.append(AlertTransition(at, key[0], state, dict(key[1])))
+
     def wait_for_alert(
-        self, name: str, *, state: str = "firing", timeout: float = 60.0
+        self,
+        name: str,
+        labels: dict[str, str] | None = None,
+        *,
+        state: str = "firing",
+        timeout: float = 60.0,
     ) -> dict[str, Any]:
-        """Polls the alerts API until `name` is in `state`, recording every state change of
-        every alert in `timeline` (seconds since the call, alert name, state).
+        """Polls the alerts API (recording `timeline`) until an alert `name` whose labels
+        include `labels` is in `state`; returns that alert.
 
         Raises:
-            TimeoutError: not in that state within `timeout` seconds.
+            TimeoutError: none in that state within `timeout` seconds.
         """
-        started = time.monotonic()
-        seen: dict[str, str] = {}
-        while time.monotonic() - started < timeout:
-            for alert in self.alerts():
-                alert_name = alert["labels"]["alertname"]
-                if seen.get(alert_name) != alert["state"]:
-                    seen[alert_name] = alert["state"]
-                    self.timeline.append((time.monotonic() - started, alert_name, alert["state"]))
-                if alert_name == name and alert["state"] == state:
+        wanted = labels or {}
+        deadline = time.monotonic() + timeout
+        while True:
+            for alert in self.poll_alerts():
+                alert_labels = alert["labels"]
+                if (
+                    alert_labels["alertname"] == name
+                    and alert["state"] == state
+                    and all(alert_labels.get(k) == v for k, v in wanted.items())
+                ):
                     return alert
-            time.sleep(0.5)
-        raise TimeoutError(f"{name} not {state} after {timeout} s; seen {seen}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"{name} {wanted} not {state} after {timeout} s;"
+                    f" timeline:\n{self.timeline_text()}"
+                )
+            time.sleep(0.5)  # the API's poll interval; Prometheus evaluates every second
+
+    def wait_until_quiet(
+        self, name: str, labels: dict[str, str] | None = None, *, timeout: float = 30.0
+    ) -> None:
+        """Polls the alerts API (recording `timeline`) until no alert `name` whose labels
+        include `labels` is pending or firing.
+
+        Raises:
+            TimeoutError: one still active after `timeout` seconds.
+        """
+        wanted = labels or {}
+        deadline = time.monotonic() + timeout
+        while True:
+            active = [
+                alert
+                for alert in self.poll_alerts()
+                if alert["labels"]["alertname"] == name
+                and all(alert["labels"].get(k) == v for k, v in wanted.items())
+            ]
+            if not active:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{name} {wanted} still active after {timeout} s: {active}")
+            time.sleep(0.5)  # the API's poll interval; Prometheus evaluates every second
+
+    def wait_until_scraped(self, service: str, *, timeout: float = 30.0) -> None:
+        """Waits until every target of `service` has been scraped successfully (`up == 1`).
+
+        Raises:
+            TimeoutError: some target still not up after `timeout` seconds.
+        """
+        expected = len(self.targets[service])
+        deadline = time.monotonic() + timeout
+        while True:
+            up = self.query(f'up{{service="{service}"}} == 1')
+            if len(up) == expected:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{service}: {len(up)}/{expected} targets up after {timeout} s")
+            time.sleep(0.5)  # polling the query API
+
+    def timeline_text(self) -> str:
+        """`timeline`, one transition a line."""
+        return "\n".join(str(transition) for transition in self.timeline)

@@ -54,6 +54,8 @@ class SinkSpan:
     trace_id: str
     span_id: str
     parent_id: str
+    destination: str = ""
+    """`messaging.destination.name` (empty on spans without one)."""
 
 
 class OtlpSink(ThreadingHTTPServer):
@@ -85,6 +87,14 @@ class _ExportHandler(BaseHTTPRequestHandler):
                             span.trace_id.hex(),
                             span.span_id.hex(),
                             span.parent_span_id.hex(),
+                            next(
+                                (
+                                    a.value.string_value
+                                    for a in span.attributes
+                                    if a.key == "messaging.destination.name"
+                                ),
+                                "",
+                            ),
                         )
                     )
         self.send_response(200)
@@ -298,7 +308,10 @@ async def test_one_trace_covers_the_tool_loop_across_both_workers(
     llm_process = one("llm_worker", f"process {topics['llm_requests']}")
     tool_send = one("llm_worker", f"send {topics['mcp_requests']}")
     mcp_process = one("mcp_worker", f"process {topics['mcp_requests']}")
-    mcp_reply = one("mcp_worker", f"send {topics['tool_loop']}")
+    # The tool-loop topic is the llm_worker's choice, not a topic the mcp_worker configured:
+    # it stays out of the span name. The llm_worker's default reply topic is its own.
+    mcp_reply = one("mcp_worker", "send reply")
+    assert mcp_reply.destination == topics["tool_loop"]
     llm_reply = one("llm_worker", f"send {topics['llm_results']}")
     consumed = one("producer", f"process {topics['llm_results']}")
     chain = [sent, llm_process, tool_send, mcp_process, mcp_reply, llm_reply, consumed]

@@ -191,6 +191,8 @@ async def test_a_provider_call_is_one_client_span_with_genai_attributes_and_no_c
         "user": "u-7", "operation": "chat", "target": "direct", "model": "mock/echo",
         "tool": None, "input_tokens": 6, "output_tokens": 8, "cost_usd": None,
         "price_table_version": None, "outcome": "completed", "steps": 0, "tools": [], "bytes": 0,
+        "cache_read_tokens": 0, "cache_write_tokens": 0, "cache_write_long_tokens": 0,
+        "cache_storage_token_hours": 0, "response_cache": None,
     }  # fmt: skip
     assert event.latency_seconds >= 0
     assert event.finished_at.tzinfo is not None

@@ -1,22 +1,31 @@
 """compose.yaml runs Kafka in KRaft mode, creates the topics, then starts the workers, with
-Prometheus, Grafana and Jaeger beside them; validated by `docker compose config` where the
-plugin exists and structurally everywhere."""
+Prometheus, Grafana and Jaeger beside them; compose.managed-kafka.yaml points the workers at a
+managed Kafka (SASL_SSL) instead. Validated by `docker compose config` where the plugin exists
+and structurally everywhere."""
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from dotenv import dotenv_values
+from pydantic import AliasChoices
 
+from ferryman.cli import connection_from
+from ferryman_runtime.settings import WorkerSettings
 from llm_worker.settings import LlmWorkerSettings
 from mcp_worker.settings import McpWorkerSettings
 from storage_worker.policy import parse_policy, space_of
 from storage_worker.settings import StorageWorkerSettings
+from tests.unit.tooling import compose_merge
 from tests.unit.tooling.promql_names import run_promtool
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -93,9 +102,14 @@ def docker_compose_available() -> bool:
 
 
 @pytest.mark.skipif(not docker_compose_available(), reason="no docker compose plugin here")
-def test_docker_compose_accepts_the_file() -> None:
+@pytest.mark.parametrize(
+    "files", [["compose.yaml"], ["compose.yaml", "compose.managed-kafka.yaml"]], ids=" + ".join
+)
+def test_docker_compose_accepts_the_files(files: list[str]) -> None:
+    options = [option for name in files for option in ("-f", str(ROOT / name))]
+    env_file = ["--env-file", str(ROOT / "deploy/compose/managed-kafka.env.example")]
     result = subprocess.run(
-        ["docker", "compose", "-f", str(ROOT / "compose.yaml"), "config", "--quiet"],
+        ["docker", "compose", *env_file, *options, "config", "--quiet"],
         capture_output=True,
         text=True,
         check=False,
@@ -230,3 +244,99 @@ def test_grafana_provisions_the_dashboard_and_the_prometheus_and_jaeger_datasour
     assert datasources["prometheus"]["isDefault"] is True
     assert datasources["jaeger"]["url"] == "http://jaeger:16686"
     assert {port_of(p)[1] for p in compose["services"]["jaeger"]["ports"]} >= {4317, 4318, 16686}
+
+
+# --- compose.managed-kafka.yaml: the same stack against a managed Kafka (SASL_SSL) ---
+
+MANAGED_KAFKA = ROOT / "compose.managed-kafka.yaml"
+MANAGED_KAFKA_ENV = ROOT / "deploy" / "compose" / "managed-kafka.env.example"
+KIT_PREFIXES = ("KAFKA_", "LLM_WORKER_", "MCP_WORKER_", "STORAGE_WORKER_", "OPENAI_")
+
+
+def example_env() -> dict[str, str]:
+    """The example env file as `docker compose --env-file` reads it."""
+    return {key: value or "" for key, value in dotenv_values(MANAGED_KAFKA_ENV).items()}
+
+
+def managed_compose() -> dict[str, Any]:
+    return compose_merge.merge(
+        compose_merge.load(ROOT / "compose.yaml"), compose_merge.load(MANAGED_KAFKA)
+    )
+
+
+def worker_environment(name: str, interpolation: dict[str, str]) -> dict[str, str]:
+    """The container environment of one worker under both files, interpolated."""
+    environment = managed_compose()["services"][name]["environment"]
+    return {
+        key: compose_merge.interpolate(str(value), interpolation)
+        for key, value in environment.items()
+    }
+
+
+def kit_setting_aliases() -> set[str]:
+    """Every variable name the kit's settings read without a prefix (`KAFKA_*`, …)."""
+    aliases: set[str] = set()
+    for field in WorkerSettings.model_fields.values():
+        if isinstance(field.validation_alias, AliasChoices):
+            aliases |= {c for c in field.validation_alias.choices if isinstance(c, str)}
+    return {alias for alias in aliases if alias.isupper()}
+
+
+def test_the_managed_kafka_override_starts_no_local_broker_and_nothing_waits_for_one() -> None:
+    compose = managed_compose()
+    active = compose_merge.active_services(compose)
+
+    assert {"kafka", "kafka-init"} & active == set()
+    assert set(WORKERS) | {"prometheus", "grafana", "jaeger"} <= active
+    for name in active:
+        assert set(compose["services"][name].get("depends_on", {})) <= active, name
+    # the local stack is still whole with its profile
+    assert {"kafka", "kafka-init"} <= compose_merge.active_services(compose, {"local-kafka"})
+
+
+def test_the_override_sets_only_variables_the_kit_reads_and_takes_secrets_from_outside() -> None:
+    override = compose_merge.load(MANAGED_KAFKA)
+    text = MANAGED_KAFKA.read_text()
+
+    for name in WORKERS:
+        environment = override["services"][name]["environment"]
+        assert set(environment) <= kit_setting_aliases(), name
+        assert environment["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    for required in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"):
+        assert f"${{{required}:?" in text, f"{required} must be required, not defaulted"
+    assert set(example_env()) <= kit_setting_aliases()
+
+
+@pytest.mark.parametrize("missing", ["KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SASL_PASSWORD"])
+def test_compose_refuses_to_start_without_the_managed_kafka_credentials(missing: str) -> None:
+    interpolation = {k: v for k, v in example_env().items() if k != missing}
+
+    with pytest.raises(compose_merge.InterpolationError, match=missing):
+        worker_environment("llm-worker", interpolation)
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_each_worker_and_the_cli_build_the_same_sasl_ssl_connection_from_the_override(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    interpolation = {**example_env(), "KAFKA_SASL_PASSWORD": "s3cr$t 'pw'"}
+    environment = worker_environment(name, interpolation)
+    for key in [k for k in os.environ if k.startswith(KIT_PREFIXES)]:
+        monkeypatch.delenv(key)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    _, settings_class, _ = WORKERS[name]
+
+    settings = settings_class(_env_file=None)
+    connection = settings.kafka_connection()
+    options = connection.aiokafka_options()
+
+    assert connection.bootstrap_servers == interpolation["KAFKA_BOOTSTRAP_SERVERS"] != "kafka:19092"
+    assert (connection.security_protocol, connection.sasl_mechanism) == ("SASL_SSL", "PLAIN")
+    assert connection.sasl_username == interpolation["KAFKA_SASL_USERNAME"]
+    assert options["sasl_plain_password"] == "s3cr$t 'pw'"
+    context = options["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+    assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert "s3cr$t" not in repr(settings) + repr(connection)
+    assert connection_from(argparse.Namespace(), environment) == connection

@@ -88,5 +88,5 @@ def test_the_server_evaluates_rules_and_reports_a_firing_alert(tmp_path: Path) -
         alert = prometheus.wait_for_alert("Always", timeout=30)
 
     assert alert["state"] == "firing"
-    states = [state for _, name, state in prometheus.timeline if name == "Always"]
+    states = [t.state for t in prometheus.timeline if t.alert == "Always"]
     assert states[-1] == "firing"

@@ -22,13 +22,14 @@ from ferryman_runtime.pricing import PriceTable
 from ferryman_runtime.resilience import Breakers, RetryPolicy
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
 from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
+from ferryman_runtime.upstreams.stats import UpstreamStatsCollector
 from ferryman_runtime.usage import UsageRecorder
 from ferryman_runtime.worker import Worker
 from llm_worker.chat.service import ChatService, Resilience
 from llm_worker.chat.stream_guard import StreamTimeouts
 from llm_worker.contract import CHAT_REQUESTS, ChatRequests
 from llm_worker.datarefs.wiring import storage_resolver
-from llm_worker.metrics import MAX_MODELS, LlmMetrics
+from llm_worker.metrics import MAX_MODELS, LlmMetrics, UsageModels, watch_gemini_caches
 from llm_worker.providers.factory import build_providers, dedicated_client
 from llm_worker.providers.port import ChatModel
 from llm_worker.providers.resolver import ModelResolver
@@ -89,6 +90,7 @@ class LlmWorker:
             share=lambda: self.worker.share(),
             cooldowns=Cooldowns(max_ad_hoc=settings.max_direct_models),
         )
+        registry.register(UpstreamStatsCollector(self.resilience.stats))
         connection = settings.kafka_connection()
         client_id = f"ferryman-llm-worker-{settings.instance_id}"
         self.cancels = CancelBoard(settings.cancel_window)
@@ -119,6 +121,7 @@ class LlmWorker:
         )
         tenants = LabelBudget(self._configured_tenants, max_dynamic=settings.metrics_max_tenants)
         metrics = LlmMetrics(registry, configured_models=self._configured_models, tenants=tenants)
+        watch_gemini_caches(registry, providers, self._routing_clients)
         self.usage = UsageRecorder(
             lambda: self.worker.publisher,
             topic=settings.usage_topic,
@@ -127,7 +130,7 @@ class LlmWorker:
             registry=registry,
             prices=PriceTable.load(settings.price_table),
             tenants=tenants,
-            models=LabelBudget(self._configured_targets, max_dynamic=MAX_MODELS),
+            models=UsageModels(self._configured_targets, max_dynamic=MAX_MODELS),
         )
         self.datarefs = storage_resolver(settings)
         runner = ToolRunner(
@@ -231,6 +234,11 @@ class LlmWorker:
             len(table.config.deployments),
             len(table.config.routes),
         )
+
+    def _routing_clients(self) -> Mapping[str, ChatModel] | None:
+        """The routing table's clients by deployment name (None: no table)."""
+        table = self.service.routing
+        return None if table is None else table.clients
 
     def _configured_tenants(self) -> set[str]:
         """Tenants named in the routing file's quotas (labelled by name in metrics)."""

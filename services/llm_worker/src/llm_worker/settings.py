@@ -9,9 +9,17 @@ and fill in what the nested settings leave unset.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import SettingsConfigDict
 
 from ferryman.contracts.llm import DEFAULT_LLM_REPLY_TOPIC, DEFAULT_LLM_REQUEST_TOPIC
@@ -34,6 +42,41 @@ from llm_worker.routing.capabilities import Capabilities
 
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
+
+
+class ResponseCacheSettings(BaseModel):
+    """The response cache's backend and bounds (`LLM_WORKER_RESPONSE_CACHE__…`).
+
+    The cache is still off per route and per request unless they turn it on
+    (docs/caching.md).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["off", "memory", "redis"] = "memory"
+    """`memory`: per replica; `redis`: shared by every replica (needs `redis_url`)."""
+    default_ttl: int = Field(default=3600, ge=1)
+    """Seconds an answer is kept when neither the request nor the route says."""
+    max_ttl: int = Field(default=86_400, ge=1)
+    """Seconds an answer is kept at most, whatever the request or route asks."""
+    max_entries: int = Field(default=10_000, ge=1)
+    """`memory`: answers kept at most (the least recently used go first)."""
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    """`memory`: bytes of stored answers at most."""
+    max_entry_bytes: int = Field(default=512 * 1024, ge=1024)
+    """A larger answer is not stored."""
+    lookup_timeout: float = Field(default=0.05, gt=0)
+    """Seconds a lookup may take; a slower one counts as a miss."""
+    redis_url: SecretStr | None = None
+    """`redis://host:6379/0` or `rediss://…` for TLS; the password may be in the URL."""
+    redis_password_file: Path | None = None
+    """A file holding the Redis password (instead of putting it in the URL)."""
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> ResponseCacheSettings:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("response_cache.backend redis needs response_cache.redis_url")
+        return self
 
 
 class LlmWorkerSettings(WorkerSettings):
@@ -111,6 +154,11 @@ class LlmWorkerSettings(WorkerSettings):
     """Where one usage event per finished request goes (docs/usage.md)."""
     mock_token_delay_ms: float = Field(default=0.0, ge=0)
     """Delay between the mock provider's tokens (for demos)."""
+    prompt_cache_auto: bool = False
+    """Place prompt-cache breakpoints automatically on direct `provider/model` requests
+    (routes say it with `prompt_cache.auto`)."""
+    response_cache: ResponseCacheSettings = Field(default_factory=ResponseCacheSettings)
+    """The response cache's backend and bounds (docs/caching.md)."""
 
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     azure: AzureOpenAIConfig = Field(default_factory=AzureOpenAIConfig)

@@ -23,10 +23,11 @@ from contextlib import contextmanager
 from typing import Literal, TypeVar
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanKind
 
 from ferryman.contracts import FerrymanError
 from ferryman_runtime.resilience import Breaker, RetryPolicy
+from ferryman_runtime.telemetry.spans import traced_span
 from ferryman_runtime.upstreams.stats import UpstreamStats
 from storage_worker.backends.port import Body, Listing, ObjectStore, Presigned, StoredObject
 from storage_worker.metrics import StorageMetrics
@@ -81,26 +82,13 @@ class ResilientStore:
 
     @contextmanager
     def _span(self, operation: str) -> Iterator[Span]:
-        """The span of one operation; a failure sets `error.type` to its error code (the
-        exception's text is left out: it may quote a key)."""
+        """The span of one operation; a failure sets `error.type` to its error code
+        (`traced_span`; the exception's text is left out: it may quote a key)."""
         attributes = {"storage.backend": self.name, "storage.operation": operation}
-        with self._tracer.start_as_current_span(
-            f"storage {operation}",
-            kind=self._kind,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
+        with traced_span(
+            self._tracer, f"storage {operation}", kind=self._kind, attributes=attributes
         ) as span:
-            try:
-                yield span
-            except FerrymanError as exc:
-                span.set_attribute("error.type", str(exc.code))
-                span.set_status(StatusCode.ERROR, str(exc.code))
-                raise
-            except BaseException as exc:
-                span.set_attribute("error.type", type(exc).__qualname__)
-                span.set_status(StatusCode.ERROR, type(exc).__qualname__)
-                raise
+            yield span
 
     def _sized(self, span: Span, operation: str, stored: StoredObject) -> None:
         span.set_attribute("storage.object.size", stored.size)

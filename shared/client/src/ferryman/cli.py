@@ -22,6 +22,7 @@ from aiokafka.errors import (  # pyright: ignore[reportMissingTypeStubs]
 )
 from pydantic import ValidationError
 
+from ferryman.cli_cache import add_cache_arguments, cache_command
 from ferryman.cli_chat import add_chat_arguments, chat_command
 from ferryman.cli_mcp_tools import add_tools_arguments, tools_command
 from ferryman.cli_plugins import CommandPlugin, installed_plugins
@@ -125,6 +126,7 @@ def build_parser(plugins: Mapping[str, CommandPlugin] | None = None) -> argparse
     again.add_argument("--dry-run", action="store_true", help="list what would be replayed")
 
     add_usage_arguments(command("usage", "usage report: cost, tokens, errors, latency"), common)
+    add_cache_arguments(command("llm-cache", "invalidate the LLM response cache"), common)
 
     spec = command("asyncapi", "print the AsyncAPI document of the events")
     spec.add_argument("--output", help="write to this file instead of stdout")
@@ -176,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "health": health_command,
         "dlq": dlq_command,
         "usage": usage_command,
+        "llm-cache": cache_command,
     }
     try:
         return asyncio.run(runners[args.command](connection, args))

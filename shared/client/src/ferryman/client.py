@@ -34,6 +34,7 @@ from typing import Any, cast
 
 from pydantic import BaseModel
 
+from ferryman.cache_control import publish_cache_invalidation
 from ferryman.contracts import (
     DEFAULT_LLM_REPLY_TOPIC,
     DEFAULT_LLM_REQUEST_TOPIC,
@@ -46,6 +47,7 @@ from ferryman.contracts import (
     ToolCallFinished,
     ToolCallStarted,
 )
+from ferryman.contracts.llm_cache import CacheInvalidation
 from ferryman.contracts.mcp import DEFAULT_MCP_CONTROL_TOPIC, CancelRequest
 from ferryman.kafka_config import KafkaConnection
 from ferryman.publisher import KafkaPublisher
@@ -413,3 +415,31 @@ class FerrymanClient:
         await self._publisher.send_and_wait(
             control_topic, value, key=request_id.encode(), headers=headers
         )
+
+    async def invalidate_llm_cache(
+        self,
+        *,
+        tenant: str | None = None,
+        all: bool = False,
+        prefix: str = "",
+        reason: str | None = None,
+        control_topic: str = DEFAULT_MCP_CONTROL_TOPIC,
+    ) -> str:
+        """Drop answers from the LLM workers' response cache: publish a `CacheInvalidation`
+        to `control_topic` (keyed by the tenant, `*` for all) and return the event's id.
+
+        Give `tenant` (optionally with a `prefix` of its key space: `"<namespace>/"` or
+        `"<namespace>/<provider>/<model>/"`) or `all=True`. Entries stored before the event
+        are dropped by every replica (a shared Redis cache: by the first replica to read it);
+        entries stored after it are untouched.
+
+        Raises:
+            pydantic.ValidationError: neither or both of `tenant` and `all`, a `prefix` with
+                `all`, or a field too long (nothing is published).
+            aiokafka.errors.KafkaError: Kafka did not acknowledge the event.
+        """
+        invalidation = CacheInvalidation(tenant=tenant, all=all, prefix=prefix, reason=reason)
+        return await publish_cache_invalidation(
+            self._publisher, invalidation, topic=control_topic, source=self._source,
+            now=self._clock(),
+        )  # fmt: skip

@@ -1,8 +1,10 @@
 """What `ferryman usage report` computes from usage events: pure functions, no Kafka.
 
 Events are grouped by the chosen keys; each group gets its request and error counts, token
-and cost totals, latency percentiles, and its top users and tools. Errors are requests that
-ended with an error code (`cancelled` is not an error: the producer asked for it).
+and cost totals (prompt-cache reads and writes, and response-cache hits, among them), latency
+percentiles, and its top users and tools. Errors are requests that ended with an error code
+(`cancelled` is not an error: the producer asked for it). A provider cache's storage events
+(`prompt_cache_storage`) add their cost, not a request.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ GROUP_KEYS: Final = ("tenant", "user", "service", "model", "tool", "operation", 
 """The fields a report may be grouped by."""
 
 NOT_AN_ERROR: Final = frozenset({"completed", "cancelled"})
+
+CACHE_STORAGE: Final = "prompt_cache_storage"
+"""The `operation` of usage events that bill a provider cache's storage, not a request."""
 
 MISSING: Final = "-"
 """How a group key the event does not have (no tenant, no model…) is shown."""
@@ -85,6 +90,9 @@ class _Tally:
     errors: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_hits: int = 0
     cost_usd: float = 0.0
     unpriced: int = 0
     latencies: list[float] = field(default_factory=list[float])
@@ -92,14 +100,19 @@ class _Tally:
     tools: Counter[str] = field(default_factory=Counter[str])
 
     def add(self, event: UsageEvent) -> None:
+        if event.cost_usd is not None:
+            self.cost_usd += event.cost_usd
+        elif event.input_tokens or event.output_tokens or event.cache_storage_token_hours:
+            self.unpriced += 1
+        if event.operation == CACHE_STORAGE:
+            return
         self.requests += 1
         self.errors += event.outcome not in NOT_AN_ERROR
         self.input_tokens += event.input_tokens
         self.output_tokens += event.output_tokens
-        if event.cost_usd is not None:
-            self.cost_usd += event.cost_usd
-        elif event.input_tokens or event.output_tokens:
-            self.unpriced += 1
+        self.cache_read_tokens += event.cache_read_tokens
+        self.cache_write_tokens += event.cache_write_tokens
+        self.cache_hits += event.response_cache == "hit"
         self.latencies.append(event.latency_seconds)
         if event.user:
             self.users[event.user] += 1
@@ -119,11 +132,18 @@ class GroupSummary:
     output_tokens: int
     cost_usd: float
     unpriced: int
-    """Requests with tokens but no price (their cost is not in `cost_usd`)."""
+    """Events with tokens (or cache storage) but no price (their cost is not in
+    `cost_usd`)."""
     latency_p50: float | None
     latency_p95: float | None
     top_users: list[tuple[str, int]]
     top_tools: list[tuple[str, int]]
+    cache_read_tokens: int = 0
+    """Input tokens read from providers' prompt caches (part of `input_tokens`)."""
+    cache_write_tokens: int = 0
+    """Input tokens written to providers' prompt caches (part of `input_tokens`)."""
+    cache_hits: int = 0
+    """Requests answered from the response cache."""
 
     @property
     def error_rate(self) -> float:
@@ -139,6 +159,9 @@ class GroupSummary:
             "error_rate": round(self.error_rate, 6),
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "cache_hits": self.cache_hits,
             "cost_usd": round(self.cost_usd, 6),
             "unpriced": self.unpriced,
             "latency_p50_seconds": self.latency_p50,
@@ -162,6 +185,9 @@ def _summary(key: tuple[str, ...], tally: _Tally, top: int) -> GroupSummary:
         latency_p95=percentile(latencies, 0.95),
         top_users=tally.users.most_common(top),
         top_tools=tally.tools.most_common(top),
+        cache_read_tokens=tally.cache_read_tokens,
+        cache_write_tokens=tally.cache_write_tokens,
+        cache_hits=tally.cache_hits,
     )
 
 
@@ -273,6 +299,9 @@ def _row(summary: GroupSummary) -> list[str]:
         f"{summary.error_rate:.1%}",
         str(summary.input_tokens),
         str(summary.output_tokens),
+        str(summary.cache_read_tokens),
+        str(summary.cache_write_tokens),
+        str(summary.cache_hits),
         f"{summary.cost_usd:.4f}" + ("*" if summary.unpriced else ""),
         _seconds(summary.latency_p50),
         _seconds(summary.latency_p95),
@@ -281,7 +310,10 @@ def _row(summary: GroupSummary) -> list[str]:
     ]
 
 
-_COLUMNS = ("requests", "errors", "error%", "in_tokens", "out_tokens", "cost_usd")
+_COLUMNS = (
+    "requests", "errors", "error%", "in_tokens", "out_tokens", "cache_read", "cache_write",
+    "cache_hits", "cost_usd",
+)  # fmt: skip
 _TAIL = ("p50_s", "p95_s", "top_users", "top_tools")
 
 
@@ -332,6 +364,9 @@ def format_csv(report: UsageReport) -> str:
                 f"{summary.error_rate:.6f}",
                 summary.input_tokens,
                 summary.output_tokens,
+                summary.cache_read_tokens,
+                summary.cache_write_tokens,
+                summary.cache_hits,
                 f"{summary.cost_usd:.6f}",
                 "" if summary.latency_p50 is None else f"{summary.latency_p50:.6f}",
                 "" if summary.latency_p95 is None else f"{summary.latency_p95:.6f}",

@@ -19,10 +19,21 @@ Format::
     }
 
 Keys are `provider/model`. A price is per million tokens (`*_usd_per_million`) or per
-token (`*_cost_per_token`, as in LiteLLM's map). A model is looked up exactly, then
-without a date suffix (`openai/gpt-4o-2024-08-06` is priced as `openai/gpt-4o`,
-`anthropic/claude-sonnet-4-5-20250929` as `anthropic/claude-sonnet-4-5`), then against the
-keys holding `*` (fnmatch patterns; the longest matching pattern wins).
+token (`*_cost_per_token`, as in LiteLLM's map). Prompt-cache prices are optional:
+
+- reads: `cache_read_usd_per_million` or `cache_read_input_token_cost`;
+- writes: `cache_write_usd_per_million` or `cache_creation_input_token_cost`;
+- long (1h) writes: `cache_write_long_usd_per_million` or
+  `cache_creation_input_token_cost_above_1hr`;
+- storage (Gemini cached contents): `cache_storage_usd_per_million_hour`.
+
+An unset read or write price is the input price (conservative: no discount assumed), an
+unset long-write price the write price, an unset storage price unknown.
+
+A model is looked up exactly, then without a date suffix (`openai/gpt-4o-2024-08-06` is
+priced as `openai/gpt-4o`, `anthropic/claude-sonnet-4-5-20250929` as
+`anthropic/claude-sonnet-4-5`), then against the keys holding `*` (fnmatch patterns; the
+longest matching pattern wins).
 """
 
 from __future__ import annotations
@@ -59,27 +70,56 @@ class _Entry(BaseModel):
     output_usd_per_million: NonNegative | None = None
     input_cost_per_token: NonNegative | None = None
     output_cost_per_token: NonNegative | None = None
+    cache_read_usd_per_million: NonNegative | None = None
+    cache_read_input_token_cost: NonNegative | None = None
+    cache_write_usd_per_million: NonNegative | None = None
+    cache_creation_input_token_cost: NonNegative | None = None
+    cache_write_long_usd_per_million: NonNegative | None = None
+    cache_creation_input_token_cost_above_1hr: NonNegative | None = None
+    cache_storage_usd_per_million_hour: NonNegative | None = None
 
     @model_validator(mode="after")
-    def _one_unit_per_direction(self) -> Self:
-        for direction in ("input", "output"):
-            per_million = getattr(self, f"{direction}_usd_per_million")
-            per_token = getattr(self, f"{direction}_cost_per_token")
-            if (per_million is None) == (per_token is None):
-                raise ValueError(
-                    f"give exactly one of {direction}_usd_per_million and "
-                    f"{direction}_cost_per_token"
-                )
+    def _one_unit_per_price(self) -> Self:
+        for per_million, per_token in _REQUIRED_PAIRS:
+            if (getattr(self, per_million) is None) == (getattr(self, per_token) is None):
+                raise ValueError(f"give exactly one of {per_million} and {per_token}")
+        for per_million, per_token in _OPTIONAL_PAIRS:
+            if getattr(self, per_million) is not None and getattr(self, per_token) is not None:
+                raise ValueError(f"give at most one of {per_million} and {per_token}")
         return self
 
     def price(self) -> ModelPrice:
-        def per_token(per_million: float | None, per_token: float | None) -> float:
-            return per_million / _PER_MILLION if per_million is not None else per_token or 0.0
+        def per_token(per_million: float | None, per_token: float | None) -> float | None:
+            return per_million / _PER_MILLION if per_million is not None else per_token
 
+        storage = self.cache_storage_usd_per_million_hour
         return ModelPrice(
-            input_per_token=per_token(self.input_usd_per_million, self.input_cost_per_token),
-            output_per_token=per_token(self.output_usd_per_million, self.output_cost_per_token),
+            input_per_token=per_token(self.input_usd_per_million, self.input_cost_per_token) or 0.0,
+            output_per_token=per_token(self.output_usd_per_million, self.output_cost_per_token)
+            or 0.0,
+            cache_read_per_token=per_token(
+                self.cache_read_usd_per_million, self.cache_read_input_token_cost
+            ),
+            cache_write_per_token=per_token(
+                self.cache_write_usd_per_million, self.cache_creation_input_token_cost
+            ),
+            cache_write_long_per_token=per_token(
+                self.cache_write_long_usd_per_million,
+                self.cache_creation_input_token_cost_above_1hr,
+            ),
+            storage_per_token_hour=None if storage is None else storage / _PER_MILLION,
         )
+
+
+_REQUIRED_PAIRS = (
+    ("input_usd_per_million", "input_cost_per_token"),
+    ("output_usd_per_million", "output_cost_per_token"),
+)
+_OPTIONAL_PAIRS = (
+    ("cache_read_usd_per_million", "cache_read_input_token_cost"),
+    ("cache_write_usd_per_million", "cache_creation_input_token_cost"),
+    ("cache_write_long_usd_per_million", "cache_creation_input_token_cost_above_1hr"),
+)
 
 
 class _TableFile(BaseModel):
@@ -92,10 +132,30 @@ class _TableFile(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
-    """USD per input token and per output token of one model."""
+    """USD per token of one model: input, output, and the prompt cache's reads, writes and
+    storage (None: not in the table; see `PriceTable.cost_of` for the fallbacks)."""
 
     input_per_token: float
     output_per_token: float
+    cache_read_per_token: float | None = None
+    cache_write_per_token: float | None = None
+    cache_write_long_per_token: float | None = None
+    """Writes with the long (1h) retention."""
+    storage_per_token_hour: float | None = None
+    """Keeping one token in a provider-side cache for an hour (Gemini)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCounts:
+    """What one request used, as priced. Cache reads and writes are parts of `input`; long
+    writes are part of `cache_write`."""
+
+    input: int
+    output: int
+    cache_read: int = 0
+    cache_write: int = 0
+    cache_write_long: int = 0
+    storage_token_hours: float = 0.0
 
 
 class PriceTable:
@@ -167,7 +227,37 @@ class PriceTable:
     def cost(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
         """USD that `input_tokens` and `output_tokens` of `model` cost, or None when the
         table has no price for it."""
+        return self.cost_of(model, TokenCounts(input=input_tokens, output=output_tokens))
+
+    def cost_of(self, model: str, counts: TokenCounts) -> float | None:
+        """USD that `counts` of `model` cost, or None when the table has no price for it
+        (or has none for storage and `counts` holds some).
+
+        `(input - read - write)·input + read·cache_read + (write - long)·cache_write
+        + long·cache_write_long + output·output + storage_token_hours·storage`. Counts a
+        provider reported inconsistently (reads and writes above the input) are clamped,
+        never priced negative.
+        """
         price = self.price(model)
         if price is None:
             return None
-        return input_tokens * price.input_per_token + output_tokens * price.output_per_token
+        if counts.storage_token_hours and price.storage_per_token_hour is None:
+            return None
+        read_rate = _or(price.cache_read_per_token, price.input_per_token)
+        write_rate = _or(price.cache_write_per_token, price.input_per_token)
+        long_rate = _or(price.cache_write_long_per_token, write_rate)
+        read = min(counts.cache_read, counts.input)
+        write = min(counts.cache_write, counts.input - read)
+        long = min(counts.cache_write_long, write)
+        return (
+            (counts.input - read - write) * price.input_per_token
+            + read * read_rate
+            + (write - long) * write_rate
+            + long * long_rate
+            + counts.output * price.output_per_token
+            + counts.storage_token_hours * (price.storage_per_token_hour or 0.0)
+        )
+
+
+def _or(value: float | None, fallback: float) -> float:
+    return fallback if value is None else value

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from contextlib import AbstractContextManager, nullcontext
 
 from aiokafka.structs import RecordMetadata  # pyright: ignore[reportMissingTypeStubs]
 from opentelemetry import trace
@@ -16,6 +17,7 @@ from ferryman.codec import BinaryHeaders
 from ferryman.contracts.errors import ErrorInfo
 from ferryman.contracts.events import EXT_RUN_ID
 from ferryman.publisher import KafkaPublisher
+from ferryman_runtime.sent_messages import KnowsConfiguredTopics
 from ferryman_runtime.telemetry.spans import producer_span, with_current_trace
 
 _last_millis = 0
@@ -45,9 +47,14 @@ class ReplyStream:
     and a rerun without any other state.
 
     Events carry the trace context of the span current when they are sent: the terminal
-    event is published in a `send <topic>` PRODUCER span and carries that span's context.
-    With no span current (tracing off and no trace context on the request) they echo the
-    request's.
+    event is published in a PRODUCER span and carries that span's context. That span is
+    `send <topic>` when the publisher knows `topic` as one of the worker's configured topics
+    (`KnowsConfiguredTopics`), and `send reply` otherwise.
+
+    Whether to trace is decided once, when the stream is created (the pipeline creates it in
+    the request's `process` span): with no valid span current then, tracing is off, the
+    stream starts no span and its events echo the request's trace context, without looking
+    up the current span per event.
 
     Args:
         publisher: the worker's producer.
@@ -84,10 +91,18 @@ class ReplyStream:
         self._failed_type = failed_type
         self._failed_model = failed_model
         self._pending: list[asyncio.Future[RecordMetadata]] = []
-        # Per event type and current span id (0: none): a stream's chunks share one.
-        self._headers: dict[tuple[str, int], BinaryHeaders] = {}
+        # Per event type (and current span id, when traced): a stream's chunks share one.
+        self._headers: dict[str | tuple[str, int], BinaryHeaders] = {}
         self._sequence = 0
         self._tracer = tracer or trace.get_tracer("ferryman_runtime.replies")
+        # With tracing on, even a span the sampler dropped is valid; with it off, every span
+        # the request starts is invalid, so no event needs the lookup.
+        self._traced = trace.get_current_span().get_span_context().is_valid
+        self._configured = (
+            self._traced
+            and isinstance(publisher, KnowsConfiguredTopics)
+            and publisher.is_configured(topic)
+        )
         self.finished = False
         """True once a terminal event was acknowledged."""
         self.failure: ErrorInfo | None = None
@@ -107,9 +122,7 @@ class ReplyStream:
         Raises:
             aiokafka.errors.KafkaError: some event was not acknowledged.
         """
-        event_id = f"{self.run_id}.{self._sequence}"
-        attributes = {"messaging.message.id": event_id, "cloudevents.event_type": event_type}
-        with producer_span(self._tracer, self.topic, attributes):
+        with self._send_span(event_type):
             await self._send(event_type, payload)
             await self._wait()
         if event_type == self._failed_type:
@@ -125,17 +138,28 @@ class ReplyStream:
         """
         await self.finish(self._failed_type, self._failed_model(error=error))
 
+    def _send_span(self, event_type: str) -> AbstractContextManager[object]:
+        """The terminal event's `send` span (none when tracing is off)."""
+        if not self._traced:
+            return nullcontext()
+        event_id = f"{self.run_id}.{self._sequence}"
+        attributes = {"messaging.message.id": event_id, "cloudevents.event_type": event_type}
+        return producer_span(self._tracer, self.topic, attributes, configured=self._configured)
+
     async def _send(self, event_type: str, payload: BaseModel) -> None:
         # What model_dump_json(exclude_none=True) returns, without its str round trip.
         value = payload.__pydantic_serializer__.to_json(payload, exclude_none=True)
-        key = (event_type, trace.get_current_span().get_span_context().span_id)
+        traced = self._traced
+        key: str | tuple[str, int] = event_type
+        if traced:
+            key = (event_type, trace.get_current_span().get_span_context().span_id)
         make_headers = self._headers.get(key)
         if make_headers is None:
             make_headers = self._headers[key] = BinaryHeaders(
                 event_type=event_type,
                 source=self._source,
                 correlation_id=self.request_id,
-                extensions=with_current_trace(self._extensions),
+                extensions=with_current_trace(self._extensions) if traced else self._extensions,
             )
         headers = make_headers(f"{self.run_id}.{self._sequence}")
         self._sequence += 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs]
 from aiokafka.structs import RecordMetadata  # pyright: ignore[reportMissingTypeStubs]
@@ -40,6 +40,15 @@ def configured_topics(settings: Any, extra: Collection[str] = ()) -> frozenset[s
     return frozenset(found)
 
 
+@runtime_checkable
+class KnowsConfiguredTopics(Protocol):
+    """Something that can tell the worker's configured topics from producer-chosen ones."""
+
+    def is_configured(self, topic: str) -> bool:
+        """Whether `topic` is one of the worker's configured topics."""
+        ...
+
+
 class SentMessages:
     """Counts published records by destination (configured topics by name, others as
     `reply`) and outcome (`ok`, `failed`).
@@ -58,6 +67,10 @@ class SentMessages:
             ["messaging_destination_name", "outcome"],
             registry=registry,
         )
+
+    def is_configured(self, topic: str) -> bool:
+        """Whether `topic` is one of the worker's configured topics."""
+        return topic in self._topics
 
     def destination(self, topic: str) -> str:
         """The label value standing for `topic`."""
@@ -83,6 +96,10 @@ class CountingPublisher(KafkaPublisher):
     def __init__(self, bootstrap_servers: str, *, sent: SentMessages, **options: Any) -> None:
         super().__init__(bootstrap_servers, **options)
         self._counter = sent
+
+    def is_configured(self, topic: str) -> bool:
+        """Whether `topic` is one of the worker's configured topics (named in spans too)."""
+        return self._counter.is_configured(topic)
 
     async def send(
         self,

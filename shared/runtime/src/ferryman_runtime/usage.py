@@ -21,7 +21,7 @@ from ferryman.contracts.usage import USAGE_RECORDED, UsageEvent
 from ferryman.publisher import KafkaPublisher
 from ferryman_runtime.log_throttle import LogThrottle
 from ferryman_runtime.metric_labels import LabelBudget
-from ferryman_runtime.pricing import PriceTable
+from ferryman_runtime.pricing import PriceTable, TokenCounts
 from ferryman_runtime.side_events import enqueue_event
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class UsageMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.tokens = Counter(
             "ferryman_usage_tokens_total",
-            "Tokens used by finished requests, by tenant, model and token type.",
+            "Tokens used by finished requests, by tenant, model and token type (`input`,"
+            " `output`; `cache_read` and `cache_write` are parts of `input`).",
             ["tenant", "gen_ai_request_model", "gen_ai_token_type"],
             registry=registry,
         )
@@ -163,7 +164,15 @@ class UsageRecorder:
     def _priced(self, event: UsageEvent) -> UsageEvent:
         if self._prices is None or event.model is None or event.cost_usd is not None:
             return event
-        cost = self._prices.cost(event.model, event.input_tokens, event.output_tokens)
+        counts = TokenCounts(
+            input=event.input_tokens,
+            output=event.output_tokens,
+            cache_read=event.cache_read_tokens,
+            cache_write=event.cache_write_tokens,
+            cache_write_long=event.cache_write_long_tokens,
+            storage_token_hours=event.cache_storage_token_hours,
+        )
+        cost = self._prices.cost_of(event.model, counts)
         return event.model_copy(
             update={"cost_usd": cost, "price_table_version": self._prices.version}
         )
@@ -173,7 +182,12 @@ class UsageRecorder:
             return
         tenant = self._tenants(event.tenant)
         model = self._models(event.model)
-        for token_type, tokens in (("input", event.input_tokens), ("output", event.output_tokens)):
+        for token_type, tokens in (
+            ("input", event.input_tokens),
+            ("output", event.output_tokens),
+            ("cache_read", event.cache_read_tokens),
+            ("cache_write", event.cache_write_tokens),
+        ):
             if tokens:
                 self.metrics.tokens.labels(tenant, model, token_type).inc(tokens)
         if event.cost_usd:

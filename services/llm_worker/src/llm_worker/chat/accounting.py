@@ -39,6 +39,9 @@ class UsageTally:
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_long_tokens: int = 0
     model: str | None = None
     """`provider/model` of the last call that answered."""
     steps: int = 0
@@ -55,6 +58,9 @@ class UsageTally:
         """Count tokens spent for the request (a replayed turn's included)."""
         self.input_tokens += usage.input_tokens
         self.output_tokens += usage.output_tokens
+        self.cache_read_tokens += usage.cached_input_tokens or 0
+        self.cache_write_tokens += usage.cache_write_tokens or 0
+        self.cache_write_long_tokens += usage.cache_write_long_tokens or 0
 
     def called(self, server: str, tool: str) -> None:
         """Note a tool the loop called."""
@@ -87,6 +93,9 @@ def usage_event(
         model=_cut(tally.model),
         input_tokens=tally.input_tokens,
         output_tokens=tally.output_tokens,
+        cache_read_tokens=tally.cache_read_tokens,
+        cache_write_tokens=tally.cache_write_tokens,
+        cache_write_long_tokens=tally.cache_write_long_tokens,
         latency_seconds=max(0.0, seconds),
         outcome=outcome,
         steps=tally.steps,

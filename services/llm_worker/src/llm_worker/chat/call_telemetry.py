@@ -7,22 +7,20 @@ answer, no tool arguments, and no provider error text (only its error code).
 
 from __future__ import annotations
 
-import asyncio
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Tracer
 
-from ferryman.contracts import ChatCompleted, FerrymanError
+from ferryman.contracts import ChatCompleted
+from ferryman_runtime.telemetry.spans import error_type_of, traced_span
 from llm_worker.metrics import CHAT, LlmMetrics
 
 GENAI_PROVIDER_NAMES = {"azure": "azure.ai.openai", "gemini": "gcp.gemini"}
 """Providers whose `gen_ai.provider.name` (semconv's well-known value) differs from ours."""
-
-OTHER_ERROR = "_OTHER"
-"""`error.type` of a failure that is not a `FerrymanError` (semconv's fallback value)."""
 
 
 def genai_provider(provider: str) -> str:
@@ -64,7 +62,7 @@ class CallLabels:
 
 class ObservedCall:
     """A context manager around one provider call: its span is current inside, and on exit
-    the call's duration (and failure type) is recorded.
+    the call's duration (and failure type, `error_type_of`, on the span too) is recorded.
 
     Args:
         tracer: where the span goes.
@@ -92,13 +90,8 @@ class ObservedCall:
         }
         if address:
             attributes["server.address"] = address
-        self._scope = tracer.start_as_current_span(
-            f"{CHAT} {model}",
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-            # Exception messages may quote the provider: only the code goes on the span.
-            record_exception=False,
-            set_status_on_exception=False,
+        self._scope: AbstractContextManager[Span] = traced_span(
+            tracer, f"{CHAT} {model}", kind=SpanKind.CLIENT, attributes=attributes
         )
         self._span: Span | None = None
         self._began = 0.0
@@ -115,14 +108,11 @@ class ObservedCall:
         traceback: TracebackType | None,
     ) -> None:
         seconds = time.monotonic() - self._began
-        error_type = "" if error is None else _error_type(error)
+        error_type = "" if error is None else error_type_of(error)
         self._metrics.operation_duration.labels(
             *self._labels.genai(), self._labels.upstream, error_type
         ).observe(seconds)
-        if error_type and self._span is not None:
-            self._span.set_attribute("error.type", error_type)
-            self._span.set_status(Status(StatusCode.ERROR, error_type))
-        self._scope.__exit__(kind, error, traceback)
+        self._scope.__exit__(kind, error, traceback)  # marks the span failed the same way
 
     def completed(self, completed: ChatCompleted) -> None:
         """Record the answer's model, usage and finish reason (span and token histogram)."""
@@ -139,11 +129,3 @@ class ObservedCall:
         tokens = self._metrics.token_usage
         tokens.labels(*self._labels.genai(), "input").observe(usage.input_tokens)
         tokens.labels(*self._labels.genai(), "output").observe(usage.output_tokens)
-
-
-def _error_type(error: BaseException) -> str:
-    if isinstance(error, FerrymanError):
-        return str(error.code)
-    if isinstance(error, asyncio.CancelledError):
-        return "cancelled"
-    return OTHER_ERROR

@@ -18,6 +18,7 @@ from opentelemetry.trace import Tracer
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.llm import AttemptInfo
+from llm_worker.chat.accounting import UsageSink
 from llm_worker.chat.call_telemetry import CallLabels, ObservedCall, genai_provider, server_address
 from llm_worker.chat.calls import Call, CallResult, run_call
 from llm_worker.chat.job import RequestState, Resilience
@@ -49,6 +50,7 @@ class DeploymentCaller:
         timeouts: worker-wide stream bounds (routes and deployments may override them).
         clock: the clock deadlines are measured on (default: the event loop's).
         tracer: where each call's CLIENT span goes.
+        usage: where usage events made by adapters later go (`CallContext.usage`).
     """
 
     def __init__(
@@ -58,7 +60,9 @@ class DeploymentCaller:
         timeouts: StreamTimeouts,
         clock: Callable[[], float] | None,
         tracer: Tracer,
+        usage: UsageSink | None = None,
     ) -> None:
+        self._usage = usage
         self._tracer = tracer
         self._res = resilience
         self._metrics = metrics

@@ -3,11 +3,11 @@
 The request-level rules live here (see docs/llm-routing.md, "Retries and failover"): one
 attempt budget and one deadline per request, and no call starts once
 the deadline has passed; what happens to a deployment after a failed call is decided by
-`retry_rules` (retry it, come back to it only if nothing else can serve, or leave it);
-`context_length` moves to the route's larger-context route; `content_filter` ends the
-request unless the route says to fall back; a stream that fails after chunks were
-published is restarted (announced by a `restarted` event) or failed; when every
-deployment is at a quota or cooling down, the request waits (backpressure) until one
+`retry_rules` (retry it, come back to it only if nothing else can serve, or leave it) in
+`deployment_attempts`; `context_length` moves to the route's larger-context route;
+`content_filter` ends the request unless the route says to fall back; a stream that fails
+after chunks were published is restarted (announced by a `restarted` event) or failed; when
+every deployment is at a quota or cooling down, the request waits (backpressure) until one
 frees up or its deadline passes.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import random
 import time
@@ -24,31 +23,21 @@ from collections.abc import Callable
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from ferryman.contracts import ChatCompleted, ChatRequest, ChatRestarted, ErrorCode, FerrymanError
+from ferryman.contracts import ChatCompleted, ErrorCode, FerrymanError
 from ferryman_runtime.cancellation import CancelBoard, CancelledByRequest
 from llm_worker.chat.accounting import UsageSink, operation_of, usage_event
-from llm_worker.chat.calls import CallResult
-from llm_worker.chat.deployment_call import DeploymentCaller, deployment_group, deployment_label
-from llm_worker.chat.job import (
-    ChatJob,
-    RequestState,
-    Resilience,
-    budget_error,
-    deadline_error,
-    over_quota_error,
-)
-from llm_worker.chat.retry_rules import Allowance, FailedCall, next_step
+from llm_worker.chat.deployment_attempts import DeploymentAttempts
+from llm_worker.chat.deployment_call import DeploymentCaller, deployment_label
+from llm_worker.chat.job import ChatJob, RequestState, Resilience, over_quota_error
 from llm_worker.chat.stream_guard import StreamTimeouts
 from llm_worker.datarefs.delivery import resolve_job
 from llm_worker.datarefs.port import DataRefResolver
 from llm_worker.metrics import LlmMetrics
 from llm_worker.providers.resolver import ModelResolver
 from llm_worker.routing.capabilities import CapabilityTable
-from llm_worker.routing.plan import AttemptPlan, Candidate, Skip
+from llm_worker.routing.plan import AttemptPlan, Skip
 from llm_worker.routing.table import DIRECT_ALIAS, DirectTables, RoutingTable
 from llm_worker.tool_loop.loop import ToolLoop
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["ChatJob", "ChatService", "LlmMetrics", "Resilience"]
 
@@ -119,8 +108,16 @@ class ChatService:
         self.routing = routing
         self._rng = random.Random()
         self._clock = clock
-        self._caller = DeploymentCaller(
-            self._res, metrics, self._timeouts, clock, tracer or trace.get_tracer("llm_worker")
+        caller = DeploymentCaller(
+            self._res,
+            metrics,
+            self._timeouts,
+            clock,
+            tracer or trace.get_tracer("llm_worker"),
+            usage=usage,
+        )
+        self._attempts = DeploymentAttempts(
+            self._res, metrics, caller, self._capabilities, self._remaining
         )
 
     @property
@@ -287,7 +284,7 @@ class ChatService:
                     upstream=deployment_label(state, state.left), reason=reason
                 ).inc()
                 state.left = None
-            result = await self._on_deployment(state, candidate)
+            result = await self._attempts.attempt(state, candidate)
             if result is not None:
                 completed = result.completed.model_copy(
                     update={
@@ -340,124 +337,6 @@ class ChatService:
             f" ({why or 'none left to try'})",
             retryable=True,
         )
-
-    async def _on_deployment(self, state: RequestState, candidate: Candidate) -> CallResult | None:
-        """Call `candidate` (retrying it when that is right); None means fail over.
-
-        The gate already holds one quota slot of the deployment for the first call.
-
-        Raises:
-            FerrymanError: the request must fail now.
-        """
-        res = self._res
-        name = candidate.name
-        label = deployment_label(state, name)
-        per_deployment = candidate.route_config.retry.per_deployment or res.retry.max_attempts
-        held = True
-        try:
-            self._check_capabilities(state.job.request, candidate)
-        except FerrymanError as exc:
-            res.deployment_quotas.release(name)
-            state.last_error = exc  # route around a deployment that cannot serve this request
-            return None
-        while True:
-            if not held:
-                wait = res.deployment_quotas.try_acquire(name, res.share())
-                if wait > 0:
-                    state.plan.skipped[name] = Skip("quota", wait)
-                    return None
-            held = False
-            if state.calls.total() >= state.budget or self._remaining(state.deadline) <= 0:
-                # Outside the `try`: a spent budget or deadline ends the request, it is no
-                # failure of this deployment to retry (that would spin until the deadline).
-                res.deployment_quotas.release(name)
-                if state.calls.total() >= state.budget:
-                    raise state.last_error or budget_error(state)
-                raise deadline_error(state, name)
-            try:
-                await self._announce_restart(state, candidate)
-                if state.calls[name]:
-                    self._metrics.retries.labels(upstream=label).inc()
-                state.calls[name] += 1
-                return await self._caller.call(state, candidate)
-            except FerrymanError as failure:
-                state.last_error = exc = failure
-                if not self._may_continue(state, candidate, exc):
-                    raise
-            finally:
-                res.deployment_quotas.release(name)
-            if exc.retry_after is not None:
-                # For every request of the replica.
-                res.cooldowns.hold(name, exc.retry_after, deployment_group(state, name))
-            step = next_step(
-                FailedCall(exc, state.calls[name], published=state.progress.published > 0),
-                Allowance(
-                    per_deployment=per_deployment,
-                    circuit_closed=res.breakers is None or res.breakers.allows(name),
-                    remaining=self._remaining(state.deadline),
-                    wait_retry_after=candidate.route_config.retry.wait_retry_after,
-                ),
-                lambda calls: res.retry.delay(calls, None),
-            )
-            if step.retry_in is not None:
-                calls = state.calls[name]
-                logger.info(
-                    "retrying %s in %.2fs after %s (call %d)", name, step.retry_in, exc.code, calls
-                )
-                await asyncio.sleep(step.retry_in)
-                continue
-            if step.come_back is not None:
-                state.plan.skipped[name] = step.come_back  # tried again only by `_exhausted`
-            state.left = name
-            logger.info("leaving %s after %s", name, exc.code)
-            return None
-
-    def _check_capabilities(self, request: ChatRequest, candidate: Candidate) -> None:
-        deployment = candidate.deployment
-        if deployment.capabilities is not None:
-            self._capabilities.check_against(request, deployment.capabilities, deployment.target)
-        else:
-            self._capabilities.check(request, deployment.provider, deployment.model)
-
-    def _may_continue(self, state: RequestState, candidate: Candidate, exc: FerrymanError) -> bool:
-        """Whether the request may go on after `exc` (False: it fails with `exc`)."""
-        route = candidate.route_config
-        if state.progress.published and not self._restarts(state, candidate):
-            return False  # fail cleanly rather than splice two answers together
-        if exc.code is ErrorCode.CONTEXT_LENGTH:
-            state.plan.exclude(candidate.name)
-            target = route.larger_context
-            if target is None or state.plan.alias == target:
-                return False
-            state.plan.divert(target)
-            return True
-        if exc.code is ErrorCode.CONTENT_FILTER:
-            return route.content_filter == "fallback"
-        return exc.retryable
-
-    def _restarts(self, state: RequestState, candidate: Candidate) -> bool:
-        if state.alias == DIRECT_ALIAS:
-            return self._res.restart_streams
-        return candidate.route_config.restart_streams
-
-    async def _announce_restart(self, state: RequestState, candidate: Candidate) -> None:
-        progress = state.progress
-        if not progress.published:
-            return
-        error = state.last_error
-        assert error is not None
-        await state.job.replies.restarted(
-            ChatRestarted(
-                attempt=progress.attempt + 1,
-                discarded_chunks=progress.published,
-                reason=error.to_info(),
-                deployment=candidate.name,
-                step=state.job.step,
-            )
-        )
-        self._metrics.restarts.labels(upstream=deployment_label(state, candidate.name)).inc()
-        progress.attempt += 1
-        progress.published = 0
 
     def _quota_rejected(self, scope: str, state: RequestState) -> None:
         """Count a request failed by one of the worker's own quotas (not a provider's)."""

@@ -44,7 +44,12 @@ class UsageReport(_Event):
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int | None = None
+    """Cache reads (part of `input_tokens`)."""
     reasoning_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    """Cache writes (part of `input_tokens`)."""
+    cache_write_long_tokens: int | None = None
+    """The part of the writes made with the long (1h) retention."""
 
 
 class Finish(_Event):
@@ -109,6 +114,8 @@ class CompletionBuilder:
                 output_tokens=event.output_tokens,
                 cached_input_tokens=event.cached_input_tokens,
                 reasoning_tokens=event.reasoning_tokens,
+                cache_write_tokens=event.cache_write_tokens,
+                cache_write_long_tokens=event.cache_write_long_tokens,
             )
         else:
             self._finish = event

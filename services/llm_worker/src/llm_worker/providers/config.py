@@ -156,6 +156,14 @@ class GeminiConfig(_ProviderConfig):
     safety_settings: dict[str, str] = Field(default_factory=dict)
     """Harm category → threshold, e.g. `{"HARM_CATEGORY_HARASSMENT": "BLOCK_ONLY_HIGH"}`."""
     timeout: float = Field(default=600.0, gt=0)
+    cache_ttl_short: int = Field(default=300, ge=60)
+    """Seconds a cached content lives for `short` retention (or a `5m` breakpoint)."""
+    cache_ttl_long: int = Field(default=3600, ge=60)
+    """Seconds a cached content lives for `long` retention (or a `1h` breakpoint)."""
+    cache_max_entries: int = Field(default=256, ge=1)
+    """Cached contents one client keeps at most (the least recently used is deleted)."""
+    cache_idle: float = Field(default=120.0, gt=0)
+    """Seconds a cached content may go unused before it is deleted (storage is billed)."""
 
     @property
     def enabled(self) -> bool:

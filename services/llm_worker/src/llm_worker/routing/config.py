@@ -85,6 +85,40 @@ class TenantLimits(_Strict):
         return QuotaLimits(requests=self.requests, tokens=self.tokens, window=self.window)
 
 
+class DeploymentPromptCache(_Strict):
+    """Provider prompt caching at one deployment (docs/caching.md)."""
+
+    send: bool = True
+    """False: strip every cache marker, key and retention before calling this deployment
+    (OpenAI-compatible servers or API versions that reject the fields)."""
+    min_tokens: int | None = Field(default=None, ge=1)
+    """The smallest prompt prefix auto mode marks for caching here (default: the provider's
+    minimum for the model)."""
+
+
+class RoutePromptCache(_Strict):
+    """Automatic prompt-cache breakpoints for a route's requests (docs/caching.md)."""
+
+    auto: bool = False
+    """Place breakpoints on requests that carry none (and do not say `auto: false`)."""
+    retention: Literal["short", "long"] | None = None
+    """The retention asked for when the request does not say."""
+
+
+class RouteResponseCache(_Strict):
+    """The worker's exact-match response cache for a route (docs/caching.md)."""
+
+    enabled: bool = False
+    ttl: int | None = Field(default=None, ge=1)
+    """Seconds an answer is kept, unless the request asks for less (default: the worker's)."""
+    max_ttl: int | None = Field(default=None, ge=1)
+    """Seconds a request's own `ttl` may ask for at most."""
+    cache_sampled: bool = False
+    """Also cache requests that sample (no `temperature: 0` and no `seed`)."""
+    namespace: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """Part of the key, unless the request names one (change it to start afresh)."""
+
+
 class Deployment(_Strict):
     """One provider model that can serve requests."""
 
@@ -99,6 +133,7 @@ class Deployment(_Strict):
     capabilities: Capabilities | None = None
     """What the model can do; default: the worker's capability table."""
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    prompt_cache: DeploymentPromptCache = Field(default_factory=DeploymentPromptCache)
 
     @property
     def target(self) -> str:
@@ -125,6 +160,8 @@ class Route(_Strict):
     (announced by `ferryman.llm.chat.restarted`) instead of failing the request."""
     timeouts: Timeouts = Field(default_factory=Timeouts)
     retry: RetryBudget = Field(default_factory=RetryBudget)
+    prompt_cache: RoutePromptCache = Field(default_factory=RoutePromptCache)
+    response_cache: RouteResponseCache = Field(default_factory=RouteResponseCache)
 
 
 class RoutingConfig(_Strict):

@@ -124,7 +124,8 @@ class ToolDispatcher:
         if traceparent is not None:
             attributes[ev.EXT_TRACEPARENT] = traceparent
         span_attributes = {"messaging.message.id": request_id, "cloudevents.event_type": event_type}
-        with producer_span(self._tracer, self._request_topic, span_attributes):
+        # The mcp_worker's request topic is one of this worker's settings: it names the span.
+        with producer_span(self._tracer, self._request_topic, span_attributes, configured=True):
             attributes = with_current_trace(attributes)
             data = call.model_dump_json(exclude_none=True).encode()
             headers, value = encode_binary(attributes, data)

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Tracer
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.errors import ErrorInfo
 from ferryman.contracts.llm_tools import ToolCallFinished, ToolCallStarted, ToolExecution
 from ferryman.contracts.mcp import CatalogListRequest, ToolCallCompleted, ToolCallRequest
+from ferryman_runtime.telemetry.spans import mark_failed, traced_span
 from llm_worker.metrics import LlmMetrics
 from llm_worker.tool_loop.dispatch import ToolDispatcher
 from llm_worker.tool_loop.journal import DispatchedCall, LoopJournal, ToolOutcome
@@ -147,33 +148,24 @@ class ToolRunner:
     async def _traced(
         self, call: DispatchedCall, context: StepCalls, resumed: bool
     ) -> ToolCallFinished:
-        """Run one call inside its span; count it."""
-        with self._tracer.start_as_current_span(
+        """Run one call inside its span (`traced_span`: an exception's message may quote the
+        tool's output, so only its type goes); count it."""
+        with traced_span(
+            self._tracer,
             f"execute_tool {call.server}/{call.tool}",
-            kind=SpanKind.INTERNAL,
             attributes={
                 "gen_ai.operation.name": "execute_tool",
                 "gen_ai.tool.name": call.tool,
                 "gen_ai.tool.call.id": call.call_id,
                 "ferryman.mcp.server": call.server,
             },
-            # An exception's message may quote the tool's output: only its type goes.
-            record_exception=False,
-            set_status_on_exception=False,
         ) as span:
-            try:
-                finished = await self._one(call, context, resumed)
-            except BaseException as exc:
-                kind = "cancelled" if isinstance(exc, asyncio.CancelledError) else "_OTHER"
-                span.set_attribute("error.type", kind)
-                span.set_status(Status(StatusCode.ERROR, kind))
-                raise
+            finished = await self._one(call, context, resumed)
             error_type = self._count(finished)
             if finished.replayed:
                 span.set_attribute("ferryman.replayed", True)
             if error_type:
-                span.set_attribute("error.type", error_type)
-                span.set_status(Status(StatusCode.ERROR, error_type))
+                mark_failed(span, error_type)
         return finished
 
     async def _one(

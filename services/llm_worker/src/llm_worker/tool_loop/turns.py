@@ -114,4 +114,6 @@ def summed_usage(usages: list[Usage]) -> Usage:
         output_tokens=sum(u.output_tokens for u in usages),
         cached_input_tokens=total([u.cached_input_tokens for u in usages]),
         reasoning_tokens=total([u.reasoning_tokens for u in usages]),
+        cache_write_tokens=total([u.cache_write_tokens for u in usages]),
+        cache_write_long_tokens=total([u.cache_write_long_tokens for u in usages]),
     )

@@ -15,9 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, StatusCode
+from opentelemetry.trace import Span, SpanKind
 
-from ferryman.contracts import FerrymanError
+from ferryman_runtime.telemetry.spans import mark_failed, traced_span
 from mcp_worker.registry import ServerConfig
 
 _tracer = trace.get_tracer(__name__)
@@ -31,8 +31,9 @@ def tool_span(
     server: str, tool: str, config: ServerConfig, tracer: trace.Tracer | None = None
 ) -> Iterator[Span]:
     """The current span of one attempt to call `tool` on `server` (a no-op span until
-    tracing is set up). A failure sets `error.type` (the error code) and the error status;
-    the exception's text is left out (it may quote the server).
+    tracing is set up). A failure sets `error.type` (the error code, `cancelled`, or the
+    exception's type; `traced_span`) and the error status; the exception's text is left out
+    (it may quote the server).
 
     Args:
         server: the server's registry name.
@@ -52,30 +53,16 @@ def tool_span(
     address = _http_address(config.url or config.base_url)
     if address is not None:
         attributes["server.address"], attributes["server.port"] = address
-    with (tracer or _tracer).start_as_current_span(
-        f"execute_tool {tool}",
-        kind=SpanKind.CLIENT,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
+    with traced_span(
+        tracer or _tracer, f"execute_tool {tool}", kind=SpanKind.CLIENT, attributes=attributes
     ) as span:
-        try:
-            yield span
-        except FerrymanError as exc:
-            span.set_attribute("error.type", str(exc.code))
-            span.set_status(StatusCode.ERROR, str(exc.code))
-            raise
-        except BaseException as exc:
-            span.set_attribute("error.type", type(exc).__qualname__)
-            span.set_status(StatusCode.ERROR, type(exc).__qualname__)
-            raise
+        yield span
 
 
 def tool_answered(span: Span, *, is_error: bool) -> None:
     """Mark the span of a call the tool answered with its own error (`isError`)."""
     if is_error:
-        span.set_attribute("error.type", TOOL_ERROR)
-        span.set_status(StatusCode.ERROR, TOOL_ERROR)
+        mark_failed(span, TOOL_ERROR)
 
 
 def _http_address(url: str | None) -> tuple[str, int] | None:

@@ -28,6 +28,13 @@ from ferryman.contracts.llm import (
     ToolCallDelta,
     Usage,
 )
+from ferryman.contracts.llm_cache import (
+    LLM_CACHE_INVALIDATE_REQUESTED,
+    CacheControl,
+    CacheInvalidation,
+    PromptCache,
+    ResponseCacheOptions,
+)
 from ferryman.contracts.llm_tools import (
     LLM_CHAT_PROGRESS,
     LLM_CHAT_TOOL_CALLED,
@@ -44,6 +51,7 @@ __all__ = [
     "DEFAULT_LLM_REPLY_TOPIC",
     "DEFAULT_LLM_REQUEST_TOPIC",
     "HEALTH_REPORTED",
+    "LLM_CACHE_INVALIDATE_REQUESTED",
     "LLM_CHAT_CHUNK",
     "LLM_CHAT_COMPLETED",
     "LLM_CHAT_FAILED",
@@ -52,6 +60,8 @@ __all__ = [
     "LLM_CHAT_RESTARTED",
     "LLM_CHAT_TOOL_CALLED",
     "LLM_CHAT_TOOL_RESULT",
+    "CacheControl",
+    "CacheInvalidation",
     "ChatChunk",
     "ChatCompleted",
     "ChatFailed",
@@ -68,6 +78,8 @@ __all__ = [
     "HealthStatus",
     "Latency",
     "McpToolset",
+    "PromptCache",
+    "ResponseCacheOptions",
     "ToolCallDelta",
     "ToolCallFinished",
     "ToolCallStarted",

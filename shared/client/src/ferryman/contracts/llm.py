@@ -10,9 +10,18 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Final, Literal, cast
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from ferryman.contracts.errors import ErrorCode, ErrorInfo
+from ferryman.contracts.llm_cache import CacheControl, PromptCache, ResponseCacheOptions
 from ferryman.contracts.llm_tools import McpToolset, ToolExecution
 from ferryman.contracts.storage import ObjectRef, parse_dataref
 
@@ -27,6 +36,9 @@ DEFAULT_LLM_REPLY_TOPIC: Final = "llm.results"
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
+MAX_CACHE_BREAKPOINTS: Final = 4
+"""Prompt-cache breakpoints one request may carry (Anthropic's limit)."""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -37,6 +49,8 @@ class TextPart(_Strict):
 
     type: Literal["text"]
     text: str
+    cache_control: CacheControl | None = None
+    """A prompt-cache breakpoint after this part (docs/caching.md)."""
 
 
 class ImageURL(_Strict):
@@ -104,6 +118,8 @@ class SystemMessage(_Strict):
     role: Literal["system"]
     content: str | list[TextPart]
     name: str | None = None
+    cache_control: CacheControl | None = None
+    """A prompt-cache breakpoint after this message (docs/caching.md)."""
 
 
 class UserMessage(_Strict):
@@ -112,6 +128,8 @@ class UserMessage(_Strict):
     role: Literal["user"]
     content: str | list[ContentPart]
     name: str | None = None
+    cache_control: CacheControl | None = None
+    """A prompt-cache breakpoint after this message (docs/caching.md)."""
 
 
 class AssistantMessage(_Strict):
@@ -121,6 +139,8 @@ class AssistantMessage(_Strict):
     content: str | list[TextPart] | None = None
     tool_calls: list[ToolCall] | None = None
     name: str | None = None
+    cache_control: CacheControl | None = None
+    """A prompt-cache breakpoint after this message (docs/caching.md)."""
 
     @model_validator(mode="after")
     def _has_content_or_tool_calls(self) -> AssistantMessage:
@@ -135,6 +155,8 @@ class ToolMessage(_Strict):
     role: Literal["tool"]
     content: str | list[TextPart]
     tool_call_id: str = Field(min_length=1)
+    cache_control: CacheControl | None = None
+    """A prompt-cache breakpoint after this message (docs/caching.md)."""
 
 
 Message = Annotated[
@@ -231,6 +253,30 @@ class ChatRequest(_Strict):
     """Free-form tags; `user_id` is passed to providers that take an end-user id."""
     tool_execution: ToolExecution | None = None
     """Whether the worker runs the model's MCP tool calls itself (default: it does not)."""
+    prompt_cache: PromptCache | None = None
+    """Provider prompt caching: key, retention, a breakpoint after the tools, auto mode."""
+    response_cache: ResponseCacheOptions | None = None
+    """The worker's response cache for this request (default: as the route says)."""
+
+    def cache_breakpoints(self) -> list[CacheControl]:
+        """Every prompt-cache breakpoint, in the order providers process the prompt: after
+        the tools, then the system messages', then the other messages' (a message's parts'
+        markers before its own)."""
+        found: list[CacheControl] = []
+        if self.prompt_cache is not None and self.prompt_cache.tools is not None:
+            found.append(self.prompt_cache.tools)
+        system = [m for m in self.messages if isinstance(m, SystemMessage)]
+        others = [m for m in self.messages if not isinstance(m, SystemMessage)]
+        for message in [*system, *others]:
+            if not isinstance(message.content, str | None):
+                found.extend(
+                    part.cache_control
+                    for part in message.content
+                    if isinstance(part, TextPart) and part.cache_control is not None
+                )
+            if message.cache_control is not None:
+                found.append(message.cache_control)
+        return found
 
     def function_tools(self) -> list[Tool]:
         """The plain function definitions among `tools` (MCP toolsets are resolved by the worker
@@ -287,7 +333,23 @@ class ChatRequest(_Strict):
             and choice.function.name not in names
         ):
             raise ValueError(f"tool_choice names unknown tool {choice.function.name!r}")
+        self._check_breakpoints()
         return self
+
+    def _check_breakpoints(self) -> None:
+        breakpoints = self.cache_breakpoints()
+        if len(breakpoints) > MAX_CACHE_BREAKPOINTS:
+            raise ValueError(
+                f"at most {MAX_CACHE_BREAKPOINTS} cache_control breakpoints are allowed"
+                f" (tools, messages and parts together), got {len(breakpoints)}"
+            )
+        retention = self.prompt_cache.retention if self.prompt_cache is not None else None
+        ttls = [marker.effective_ttl(retention) for marker in breakpoints]
+        if "5m" in ttls and "1h" in ttls[ttls.index("5m") :]:
+            raise ValueError(
+                "a 1h cache_control breakpoint may not follow a 5m one (order: tools,"
+                " system messages, then the other messages)"
+            )
 
 
 def _lone_surrogate(value: Any, path: str) -> str | None:
@@ -384,7 +446,14 @@ class Usage(_Strict):
     input_tokens: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
     cached_input_tokens: int | None = Field(default=None, ge=0)
-    """Input tokens served from the provider's prompt cache, when reported."""
+    """Cache reads: input tokens served from the provider's prompt cache, when reported
+    (part of `input_tokens`)."""
+    cache_write_tokens: int | None = Field(default=None, ge=0)
+    """Cache writes: input tokens the provider stored in its prompt cache (Anthropic's
+    `cache_creation_input_tokens`; Gemini: a cached content this call created), when
+    reported (part of `input_tokens`)."""
+    cache_write_long_tokens: int | None = Field(default=None, ge=0)
+    """The part of `cache_write_tokens` written with the long (1h) retention."""
     reasoning_tokens: int | None = Field(default=None, ge=0)
     """Output tokens spent on reasoning/thinking, when reported."""
 
@@ -466,6 +535,12 @@ class ChatCompleted(_Strict):
     steps: list[StepInfo] | None = None
     """In a tool loop: every model turn in order. `content`, `tool_calls` and
     `finish_reason` are the last turn's; `usage` sums the turns'."""
+    cached: bool | None = None
+    """True when the answer came from the worker's response cache (`usage` is then zero)."""
+    original_usage: Usage | None = None
+    """With `cached`: the usage of the call that produced the stored answer."""
+    cached_at: AwareDatetime | None = None
+    """With `cached`: when the answer was stored."""
 
 
 class ChatFailed(_Strict):

@@ -5,7 +5,7 @@ A new worker's domain module declares a `RequestDomain` and is added here.
 
 from __future__ import annotations
 
-from ferryman.contracts import llm, llm_tools, mcp, storage
+from ferryman.contracts import llm, llm_cache, llm_tools, mcp, storage
 from ferryman.contracts.channels import EventMessage, ExtraChannel, RequestDomain
 
 LLM = RequestDomain(
@@ -56,11 +56,16 @@ MCP = RequestDomain(
         ExtraChannel(
             name="mcpControl",
             address=mcp.DEFAULT_MCP_CONTROL_TOPIC,
-            description="Cancellations (keyed by request id) and tool approvals; every replica"
-            " reads the whole topic.",
+            description="Cancellations (keyed by request id), tool approvals and LLM"
+            " response-cache invalidations; every replica reads the whole topic.",
             messages=(
                 EventMessage("cancelRequested", mcp.MCP_CANCEL_REQUESTED, mcp.CancelRequest),
                 EventMessage("toolApproved", mcp.MCP_TOOL_APPROVED, mcp.ToolApproval),
+                EventMessage(
+                    "llmCacheInvalidateRequested",
+                    llm_cache.LLM_CACHE_INVALIDATE_REQUESTED,
+                    llm_cache.CacheInvalidation,
+                ),
             ),
             action="receive",
         ),

@@ -40,7 +40,8 @@ class UsageEvent(BaseModel):
     """Who asked, as the request says (`metadata.user_id` of a chat, `principal` of a tool
     call); None when the request does not say."""
     operation: str = Field(max_length=64)
-    """`chat` or `tool_loop`; `tool`, `resource`, `prompt` or `list`; `put`, `get`, …"""
+    """`chat`, `tool_loop` or `prompt_cache_storage` (a provider cache's storage); `tool`,
+    `resource`, `prompt` or `list`; `put`, `get`, …"""
     target: str | None = Field(default=None, max_length=256)
     """The route alias (or `direct`), the MCP server, or the storage backend."""
     model: str | None = Field(default=None, max_length=256)
@@ -49,6 +50,18 @@ class UsageEvent(BaseModel):
     """`server/tool` called (MCP tool calls)."""
     input_tokens: int = Field(default=0, ge=0)
     output_tokens: int = Field(default=0, ge=0)
+    cache_read_tokens: int = Field(default=0, ge=0)
+    """Input tokens read from the provider's prompt cache (part of `input_tokens`)."""
+    cache_write_tokens: int = Field(default=0, ge=0)
+    """Input tokens written to the provider's prompt cache (part of `input_tokens`)."""
+    cache_write_long_tokens: int = Field(default=0, ge=0)
+    """The part of `cache_write_tokens` written with the long (1h) retention."""
+    cache_storage_token_hours: float = Field(default=0, ge=0)
+    """Tokens × hours a provider-side cache was kept (Gemini cached contents; events with
+    `operation` `prompt_cache_storage`)."""
+    response_cache: Literal["hit", "stored"] | None = None
+    """`hit`: answered from the worker's response cache (no tokens, no cost); `stored`:
+    the answer was stored there."""
     cost_usd: float | None = Field(default=None, ge=0)
     price_table_version: str | None = None
     latency_seconds: float = Field(ge=0)

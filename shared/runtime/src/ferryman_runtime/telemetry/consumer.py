@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind
 from ferryman.codec import MAX_ATTRIBUTE_LENGTH
 from ferryman.contracts.events import EXT_TENANT, EXT_TRACEPARENT, EXT_TRACESTATE
 from ferryman_runtime.telemetry.logs import log_context
-from ferryman_runtime.telemetry.spans import mark_failed, messaging_attributes, parent_context
+from ferryman_runtime.telemetry.spans import messaging_attributes, parent_context, traced_span
 
 _ID, _TENANT, _TRACEPARENT, _TRACESTATE = (
     f"ce_{name}" for name in ("id", EXT_TENANT, EXT_TRACEPARENT, EXT_TRACESTATE)
@@ -57,22 +57,18 @@ def consumer_span(
         attributes["ferryman.tenant"] = tenant
     if attempt > 1:
         attributes["ferryman.delivery_attempt"] = attempt
+    # Request topics are the worker's own (configured), so the topic may name the span.
     with (
-        tracer.start_as_current_span(
+        traced_span(
+            tracer,
             f"process {record.topic}",
-            context=parent_context(found.get(_TRACEPARENT), found.get(_TRACESTATE)),
             kind=SpanKind.CONSUMER,
             attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
+            context=parent_context(found.get(_TRACEPARENT), found.get(_TRACESTATE)),
         ) as span,
         log_context(request_id, tenant),
     ):
-        try:
-            yield span
-        except BaseException as exc:
-            mark_failed(span, type(exc).__qualname__)
-            raise
+        yield span
 
 
 def _bounded(value: str | None) -> str | None:
