@@ -5,7 +5,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 KAFKA := $(PYTHON) tools/kafka/local_kafka.py
 
-.PHONY: help setup demo test bench bench-mcp bench-tool-loop bench-openapi bench-storage kafka-up kafka-down up down lint fmt asyncapi dashboards
+.PHONY: help setup demo test bench bench-mcp bench-tool-loop bench-openapi bench-storage bench-cache kafka-up kafka-down up down lint fmt asyncapi dashboards
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,12 +21,13 @@ demo: setup  ## a chat, an MCP tool call and a stored document through Kafka and
 test: setup  ## run the whole test suite (starts a local Kafka if none is configured)
 	@$(UV) run --frozen pytest
 
-bench: setup  ## benchmark the LLM worker via Kafka vs a fake OpenAI (BENCH_ARGS="--quick", "--baseline-ref bf3a7e6"), then the MCP worker (bench-mcp), the tool loop (bench-tool-loop), OpenAPI tools (bench-openapi) and storage (bench-storage); docs/benchmarks.md
+bench: setup  ## benchmark the LLM worker via Kafka vs a fake OpenAI (BENCH_ARGS="--quick", "--baseline-ref bf3a7e6"), then the MCP worker (bench-mcp), the tool loop (bench-tool-loop), OpenAPI tools (bench-openapi) storage (bench-storage) and the response cache (bench-cache); docs/benchmarks.md
 	@$(UV) run --frozen python -m tests.bench.llm_bench $(BENCH_ARGS)
 	@$(UV) run --frozen python -m tests.bench.mcp_bench $(MCP_BENCH_ARGS)
 	@$(UV) run --frozen python -m tests.bench.tool_loop_bench $(TOOL_LOOP_BENCH_ARGS)
 	@$(UV) run --frozen python -m tests.bench.openapi_bench $(OPENAPI_BENCH_ARGS)
 	@$(UV) run --frozen python -m tests.bench.storage_bench $(STORAGE_BENCH_ARGS)
+	@$(UV) run --frozen python -m tests.bench.cache_bench $(CACHE_BENCH_ARGS)
 
 MCP_BENCH_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench-mcp: setup  ## benchmark the MCP worker via Kafka vs the bare MCP SDK (MCP_BENCH_ARGS="--quick"; docs/benchmarks.md)
@@ -43,6 +44,10 @@ bench-openapi: setup  ## an OpenAPI operation as a tool: direct httpx vs ApiCall
 STORAGE_BENCH_ARGS ?= $(filter --quick,$(BENCH_ARGS))
 bench-storage: setup  ## storage_worker put/get MiB/s via Kafka vs aiobotocore on moto, worker CPU per op, RSS during a 1 GiB copy (STORAGE_BENCH_ARGS="--quick"; docs/benchmarks.md)
 	@$(UV) run --frozen python -m tests.bench.storage_bench $(STORAGE_BENCH_ARGS)
+
+CACHE_BENCH_ARGS ?= $(filter --quick,$(BENCH_ARGS))
+bench-cache: setup  ## a response-cache hit against a provider call: latency and worker CPU, memory and Redis backends (CACHE_BENCH_ARGS="--quick"; docs/benchmarks.md)
+	@$(UV) run --frozen python -m tests.bench.cache_bench $(CACHE_BENCH_ARGS)
 
 kafka-up:  ## start the local Kafka (KRaft, from Maven Central jars) on FERRYMAN_KAFKA_PORT (9092)
 	@$(KAFKA) up

@@ -119,6 +119,20 @@ def kafka_bootstrap() -> Iterator[str]:
             local_kafka.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Redis (see `tests.redis_server`); skipped without one, failed under CI."""
+    from tests.redis_server import RedisUnavailable, redis_for_tests
+
+    try:
+        with redis_for_tests(tmp_path_factory.mktemp("redis"), _docker_answers()) as url:
+            yield url
+    except RedisUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"no Redis for the shared response-cache tests under CI: {exc}")
+        pytest.skip(f"no Redis: {exc}")
+
+
 @pytest.fixture
 def unique() -> str:
     """A short unique suffix for this test's topics and groups."""

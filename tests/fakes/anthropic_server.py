@@ -15,6 +15,11 @@ each request's conversation is checked like Anthropic does (every `tool_use` blo
 by a `tool_result` in the very next user message, else HTTP 400) and picks the turn to play
 from the tool rounds it already holds.
 
+Prompt caching is checked and played like Anthropic does (`tests.fakes.anthropic_cache`):
+invalid `cache_control` markers get a 400, and a request with markers reports the cache
+reads and writes its prefixes make (`cache_read_input_tokens`, `cache_creation_input_tokens`,
+`cache_creation.ephemeral_1h_input_tokens`) unless the scenario sets them.
+
 Streams carry `event:` lines: the SDK skips SSE events without one. The key is
 accepted as `Authorization: Bearer <key>` (what anthropic 2.x sends) or `x-api-key`.
 """
@@ -22,12 +27,14 @@ accepted as `Authorization: Bearer <key>` (what anthropic 2.x sends) or `x-api-k
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.anthropic_cache import CacheRequestError, PromptCacheSim
 from tests.fakes.http_fake import FakeHttpServer, run_standalone
 from tests.fakes.tool_loop import Turn, anthropic_conversation, play
 
@@ -67,6 +74,10 @@ class Scenario:
     """The model named in `message_start` (default: the requested one)."""
     cache_read_input_tokens: int | None = None
     cache_creation_input_tokens: int | None = None
+    cache_creation_1h_input_tokens: int | None = None
+    """The 1-hour part of the writes (`cache_creation.ephemeral_1h_input_tokens`)."""
+    input_tokens: int | None = None
+    """The uncached `input_tokens` to report (default: the words of the prompt)."""
     status: int | None = None
     """Answer with this HTTP error status instead."""
     error_type: str | None = None
@@ -149,6 +160,7 @@ class FakeAnthropic(FakeHttpServer):
         self.api_key = api_key
         self.models = list(DEFAULT_MODELS if models is None else models)
         self.page_size = page_size
+        self.prompt_cache = PromptCacheSim()
 
     @property
     def base_url(self) -> str:
@@ -193,6 +205,18 @@ class FakeAnthropic(FakeHttpServer):
         if conversation.error is not None:
             return _error(400, "invalid_request_error", conversation.error, {})
         scenario, turn = play(self.scenario_for(body.get("model", "")), conversation)
+        try:
+            cached = self.prompt_cache.usage(body, write=scenario.status is None)
+        except CacheRequestError as exc:
+            return _error(400, "invalid_request_error", str(exc), {})
+        if cached is not None and scenario.cache_read_input_tokens is None:
+            scenario = dataclasses.replace(
+                scenario,
+                input_tokens=cached.input_tokens,
+                cache_read_input_tokens=cached.read,
+                cache_creation_input_tokens=cached.write,
+                cache_creation_1h_input_tokens=cached.write_1h,
+            )
         if scenario.delay_before_headers:
             await asyncio.sleep(scenario.delay_before_headers)
         if scenario.status is not None:
@@ -318,11 +342,18 @@ def _input_tokens(body: dict[str, Any]) -> int:
 
 
 def _usage(body: dict[str, Any], scenario: Scenario, output_tokens: int) -> dict[str, Any]:
-    usage: dict[str, Any] = {"input_tokens": _input_tokens(body), "output_tokens": output_tokens}
+    input_tokens = _input_tokens(body) if scenario.input_tokens is None else scenario.input_tokens
+    usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
     if scenario.cache_read_input_tokens is not None:
         usage["cache_read_input_tokens"] = scenario.cache_read_input_tokens
     if scenario.cache_creation_input_tokens is not None:
         usage["cache_creation_input_tokens"] = scenario.cache_creation_input_tokens
+    if scenario.cache_creation_1h_input_tokens is not None:
+        long = scenario.cache_creation_1h_input_tokens
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": (scenario.cache_creation_input_tokens or 0) - long,
+            "ephemeral_1h_input_tokens": long,
+        }
     return usage
 
 

@@ -8,7 +8,11 @@ Routes, under any API version prefix (`/v1`, `/v1beta`, …):
 - `POST /{version}/models/{model}:streamGenerateContent?alt=sse` — SSE, one
   `data: <json>\\r\\n\\r\\n` per chunk;
 - `POST /{version}/models/{model}:generateContent` — one JSON document;
-- `GET /{version}/models` — two pages of models (`nextPageToken`).
+- `GET /{version}/models` — two pages of models (`nextPageToken`);
+- `POST/GET/PATCH/DELETE /{v1beta|v1alpha}/cachedContents[/{id}]` — cached contents (see
+  `tests.fakes.gemini_caches`); a generate call naming `cachedContent` is checked against
+  them (only on those versions), and its usage counts the cached tokens as
+  `cachedContentTokenCount` (part of `promptTokenCount`).
 
 Each request picks the scenario registered for its model (or the default): an
 echo answer streamed in tokens, function calls (parallel, with or without ids,
@@ -37,6 +41,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes import gemini_caches
+from tests.fakes.gemini_caches import CachedContents
 from tests.fakes.http_fake import FakeHttpServer, run_standalone
 from tests.fakes.tool_loop import Turn, gemini_conversation, gemini_signature, play
 
@@ -145,6 +151,8 @@ class FakeGemini(FakeHttpServer):
     def __init__(self, default: Scenario | None = None) -> None:
         super().__init__(default or Scenario())
         self.requests: list[RecordedRequest] = []
+        self.caches = CachedContents()
+        """The cached contents (set `caches.clock` to share a test's clock)."""
 
     @property
     def base_url(self) -> str:
@@ -154,6 +162,14 @@ class FakeGemini(FakeHttpServer):
     def generate_requests(self) -> list[RecordedRequest]:
         """Recorded `generateContent` and `streamGenerateContent` requests."""
         return [r for r in self.requests if r.method == "POST" and _PATH.match(r.path)]
+
+    def cache_requests(self, method: str | None = None) -> list[RecordedRequest]:
+        """Recorded `cachedContents` requests (of one HTTP method when given)."""
+        return [
+            r
+            for r in self.requests
+            if gemini_caches.PATH.match(r.path) and method in (None, r.method)
+        ]
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         body: dict[str, Any] = {}
@@ -171,12 +187,24 @@ class FakeGemini(FakeHttpServer):
         )
         if request.method == "GET" and _LIST.match(request.path):
             return _list_models(request)
+        if gemini_caches.PATH.match(request.path):
+            return self.caches.handle(request, body)
         match = _PATH.match(request.path)
         if request.method != "POST" or match is None:
             return _error(404, "NOT_FOUND", f"no route for {request.path}")
         if match["method"] not in ("streamGenerateContent", "generateContent"):
             return _error(404, "NOT_FOUND", f"unknown method {match['method']}")
         model = match["model"]
+        cached = 0
+        if "cachedContent" in body:
+            if match["version"] not in gemini_caches.CACHE_VERSIONS:
+                return _error(
+                    400, "INVALID_ARGUMENT", 'Invalid JSON payload: unknown name "cachedContent"'
+                )
+            key = request.headers.get("x-goog-api-key")
+            cached, refused = self.caches.check_generate(body, model, key)
+            if refused is not None:
+                return refused
         scenario = self.scenario_for(model)
         conversation = gemini_conversation(
             body.get("contents") or [], signatures=bool(scenario.tool_steps)
@@ -198,7 +226,7 @@ class FakeGemini(FakeHttpServer):
                 scenario.error_details,
                 scenario.headers,
             )
-        chunks = _chunks(body, model, scenario, turn)
+        chunks = _chunks(body, model, scenario, turn, cached)
         if match["method"] == "generateContent":
             return web.json_response(_merge(chunks), headers=scenario.headers)
         return await self._stream(request, chunks, scenario)
@@ -319,7 +347,7 @@ def _prompt_tokens(body: dict[str, Any], turn: Turn | None) -> int:
 
 
 def _chunks(
-    body: dict[str, Any], model: str, scenario: Scenario, turn: Turn | None
+    body: dict[str, Any], model: str, scenario: Scenario, turn: Turn | None, cached: int = 0
 ) -> list[dict[str, Any]]:
     """The streamed chunks of the answer to one request (the last carries the finish)."""
     if scenario.block_reason is not None:
@@ -358,7 +386,7 @@ def _chunks(
         )
         if scenario.text_signature is not None:
             parts_per_chunk[-1][-1]["thoughtSignature"] = scenario.text_signature
-    prompt = _prompt_tokens(body, turn)
+    prompt = _prompt_tokens(body, turn) + cached
     chunks: list[dict[str, Any]] = []
     for n, parts in enumerate(parts_per_chunk):
         usage: dict[str, Any] = {
@@ -367,7 +395,7 @@ def _chunks(
             "totalTokenCount": prompt + n + 1,
         }
         for key, value in (
-            ("cachedContentTokenCount", scenario.cached_tokens),
+            ("cachedContentTokenCount", scenario.cached_tokens or cached or None),
             ("thoughtsTokenCount", scenario.thoughts_tokens),
             ("toolUsePromptTokenCount", scenario.tool_use_prompt_tokens),
         ):

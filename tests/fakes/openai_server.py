@@ -12,6 +12,11 @@ A scenario with `tool_steps` plays a multi-step tool loop (see `tests.fakes.tool
 each request's conversation is checked like OpenAI does (every `tool_calls` entry answered
 by a `role: tool` message right after it, else HTTP 400) and picks the turn to play from
 the tool rounds it already holds.
+Messages and content parts with keys OpenAI does not know (a leaked `cache_control`) get
+OpenAI's 400, as does a `prompt_cache_retention` other than `in_memory`/`24h`. A request
+with a `prompt_cache_key` whose key, model, tools and messages but the last were seen
+before reports those messages' tokens as `prompt_tokens_details.cached_tokens` (0 on the
+first sight): OpenAI's prefix cache, routed by the key.
 Every request is recorded for assertions. `GET /_stats` answers the chat calls, the TCP
 connections that carried them and the concurrent streams (current and peak) since the last
 `POST /_stats`, which starts a new window (the benchmark reads these).
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +35,10 @@ from aiohttp import web
 
 from tests.fakes.http_fake import FakeHttpServer, run_standalone
 from tests.fakes.tool_loop import Turn, openai_conversation, play
+
+MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
+PART_KEYS = {"type", "text", "image_url", "input_audio", "file"}
+RETENTIONS = {"in_memory", "24h"}
 
 
 @dataclass
@@ -72,6 +82,8 @@ class Scenario:
     """Override the finish reason (default: stop, or tool_calls with tool calls)."""
     content_filter_results: dict[str, Any] | None = None
     """Azure's per-choice `content_filter_results`, sent with the finishing chunk."""
+    cached_tokens: int | None = None
+    """Report this `prompt_tokens_details.cached_tokens` (default: the prefix cache's)."""
     numbered: bool = False
     """Start the answer with the call's ordinal, so every call answers differently (as a
     real model does)."""
@@ -146,6 +158,8 @@ class FakeOpenAI(FakeHttpServer):
         self.requests: list[RecordedRequest] = []
         self._failures: dict[str, int] = {}
         self.stats = ChatStats()
+        self.cached_prefixes: set[str] = set()
+        """Digests of (prompt_cache_key, model, tools, messages but the last) seen."""
 
     @property
     def base_url(self) -> str:
@@ -188,15 +202,11 @@ class FakeOpenAI(FakeHttpServer):
         if peer is not None:
             self.stats.called((str(peer[0]), int(peer[1])))
         conversation = openai_conversation(body.get("messages") or [])
-        if conversation.error is not None:
-            error = {
-                "message": conversation.error,
-                "type": "invalid_request_error",
-                "param": conversation.error_param,
-                "code": None,
-            }
-            return web.json_response({"error": error}, status=400)
+        if (refusal := _refusal(body, conversation.error, conversation.error_param)) is not None:
+            return refusal
         scenario, turn = play(self.scenario_for(body.get("model", "")), conversation)
+        if scenario.cached_tokens is None and body.get("prompt_cache_key") is not None:
+            scenario = dataclasses.replace(scenario, cached_tokens=self._cached_prefix(body))
         if scenario.numbered:
             numbered = f"call {len(self.requests)}: {_answer(body, scenario)}"
             scenario = dataclasses.replace(scenario, answer=numbered, numbered=False)
@@ -227,6 +237,16 @@ class FakeOpenAI(FakeHttpServer):
             finally:
                 self.stats.active_streams -= 1
         return web.json_response(_completion(body, scenario, turn), headers=scenario.headers)
+
+    def _cached_prefix(self, body: dict[str, Any]) -> int:
+        """The tokens of the request's prefix (messages but the last) if it was seen before
+        under the same key; records it."""
+        prefix = (body.get("messages") or [])[:-1]
+        seen = [body["prompt_cache_key"], body.get("model"), body.get("tools"), prefix]
+        digest = hashlib.sha256(json.dumps(seen, sort_keys=True).encode()).hexdigest()
+        hit = digest in self.cached_prefixes
+        self.cached_prefixes.add(digest)
+        return _prompt_tokens(prefix) if hit else 0
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], scenario: Scenario, turn: Turn | None
@@ -276,7 +296,7 @@ class FakeOpenAI(FakeHttpServer):
         if scenario.content_filter_results is not None:
             closing["choices"][0]["content_filter_results"] = scenario.content_filter_results
         await send(closing)
-        usage = _usage(body, pieces, turn)
+        usage = _usage(body, pieces, turn, scenario.cached_tokens)
         if (body.get("stream_options") or {}).get("include_usage"):
             await send(
                 {
@@ -346,16 +366,57 @@ def _pieces(body: dict[str, Any], scenario: Scenario, turn: Turn | None) -> list
     return [{"content": w if i == 0 else f" {w}"} for i, w in enumerate(words)]
 
 
-def _usage(body: dict[str, Any], pieces: list[dict[str, Any]], turn: Turn | None) -> dict[str, int]:
+def _refusal(
+    body: dict[str, Any], conversation_error: str | None, param: str | None
+) -> web.Response | None:
+    """OpenAI's 400 for a broken conversation or an argument it does not know, else None."""
+    if conversation_error is None and (param := _unknown_argument(body)) is not None:
+        conversation_error = f"Unrecognized request argument supplied: {param}"
+    if conversation_error is None:
+        return None
+    error = {
+        "message": conversation_error,
+        "type": "invalid_request_error",
+        "param": param,
+        "code": None,
+    }
+    return web.json_response({"error": error}, status=400)
+
+
+def _unknown_argument(body: dict[str, Any]) -> str | None:
+    """The path of the first message or part key OpenAI would refuse, or a bad retention."""
+    retention = body.get("prompt_cache_retention")
+    if retention is not None and retention not in RETENTIONS:
+        return "prompt_cache_retention"
+    for m, message in enumerate(body.get("messages") or ()):
+        if unknown := sorted(set(message) - MESSAGE_KEYS):
+            return f"messages[{m}].{unknown[0]}"
+        content = message.get("content")
+        for p, part in enumerate(content if isinstance(content, list) else ()):
+            if unknown := sorted(set(part) - PART_KEYS):
+                return f"messages[{m}].content[{p}].{unknown[0]}"
+    return None
+
+
+def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    return sum(len(str(m.get("content", "")).split()) for m in messages)
+
+
+def _usage(
+    body: dict[str, Any], pieces: list[dict[str, Any]], turn: Turn | None, cached: int | None
+) -> dict[str, Any]:
     messages = body.get("messages", [])
-    prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+    prompt = _prompt_tokens(messages)
     if turn is not None:  # a scripted loop: every turn's input grows with the conversation
         prompt += len(messages)
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": len(pieces),
         "total_tokens": prompt + len(pieces),
     }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
 
 
 def _completion(body: dict[str, Any], scenario: Scenario, turn: Turn | None) -> dict[str, Any]:
@@ -379,7 +440,7 @@ def _completion(body: dict[str, Any], scenario: Scenario, turn: Turn | None) -> 
         "created": 0,
         "model": body.get("model", "gpt-fake"),
         "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-        "usage": _usage(body, pieces, turn),
+        "usage": _usage(body, pieces, turn, scenario.cached_tokens),
     }
 
 

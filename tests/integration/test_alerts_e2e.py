@@ -16,14 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +27,7 @@ from ferryman.client import ChatFailedError, FerrymanClient
 from ferryman.topics import ensure_topics
 from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.integration.prometheus_harness import PrometheusServer, shorten_durations
+from tests.integration.worker_process import WorkerProcess
 from tests.mcp_servers import TOOLBOX, free_port
 
 pytestmark = pytest.mark.integration
@@ -56,54 +51,9 @@ ALERT_TIMEOUT = 75.0
 shortened 45 s window of never-closed samples plus its `for:`)."""
 
 
-@dataclass
-class Worker:
-    """`python -m <module>` with its HTTP port (`/health`, `/metrics`)."""
-
-    module: str
-    env: dict[str, str]
-    log: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module],
-                env={**inherited, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.address}/health", timeout=1) as response:
-                return bool(json.loads(response.read()).get("ready"))
-        except OSError:
-            return False
-
-    async def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not await asyncio.to_thread(self._ready):
-            assert self.process is not None
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{self.module} not ready:\n{self.log.read_text()[-3000:]}")
-            await asyncio.sleep(0.2)  # polling /health, not synchronizing on it
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-
 @pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
     yield started
     for worker in started:
         worker.kill()
@@ -118,9 +68,9 @@ async def provider_down() -> AsyncIterator[FakeOpenAI]:
     await fake.stop()
 
 
-def llm_worker(bootstrap: str, prefix: str, base_url: str, log: Path) -> Worker:
+def llm_worker(bootstrap: str, prefix: str, base_url: str, log: Path) -> WorkerProcess:
     port = free_port()
-    return Worker(
+    return WorkerProcess(
         "llm_worker",
         {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -149,9 +99,9 @@ def llm_worker(bootstrap: str, prefix: str, base_url: str, log: Path) -> Worker:
     )
 
 
-def mcp_worker(bootstrap: str, prefix: str, registry: Path, log: Path) -> Worker:
+def mcp_worker(bootstrap: str, prefix: str, registry: Path, log: Path) -> WorkerProcess:
     port = free_port()
-    return Worker(
+    return WorkerProcess(
         "mcp_worker",
         {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -221,7 +171,7 @@ async def test_injected_faults_fire_the_matching_alerts(
     unique: str,
     tmp_path: Path,
     provider_down: FakeOpenAI,
-    workers: list[Worker],
+    workers: list[WorkerProcess],
 ) -> None:
     prefix = f"t-{unique}"
     registry = tmp_path / "servers.json"

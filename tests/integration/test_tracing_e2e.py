@@ -9,15 +9,8 @@ out (the batch processor's flush) is part of the test.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +35,7 @@ from tests.fakes.openai_server import FakeOpenAI, Scenario
 from tests.integration.conftest import free_port, read_topic
 from tests.integration.test_mcp_worker_e2e import toolbox_entry, write_registry
 from tests.integration.tool_loop_harness import MODEL, tool_request, toolbox_call
+from tests.integration.worker_process import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -113,51 +107,6 @@ def sink() -> Iterator[OtlpSink]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-@dataclass
-class WorkerProcess:
-    module: str
-    env: dict[str, str]
-    log: Path
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module],
-                env={**inherited, **self.env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1) as r:
-                return bool(json.loads(r.read()).get("ready"))
-        except OSError:
-            return False
-
-    async def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not await asyncio.to_thread(self.ready):
-            assert self.process is not None
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{self.module} not ready:\n{self.log.read_text()[-3000:]}")
-            await asyncio.sleep(0.2)  # polling /health, not synchronizing on it
-
-    async def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return await asyncio.to_thread(self.process.wait, 60)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 async def test_one_trace_covers_the_tool_loop_across_both_workers(

@@ -351,3 +351,160 @@ def test_extended_thinking_is_enabled_with_its_budget_when_configured() -> None:
     assert params["thinking"] == {"type": "enabled", "budget_tokens": 2048}
     with pytest.raises(FerrymanError):
         to_anthropic_params(request, "c", default_max_tokens=8000, thinking_budget=4000)
+
+
+# Prompt-cache breakpoints: the exact wire form.
+
+FIVE = {"type": "ephemeral"}
+HOUR = {"type": "ephemeral", "ttl": "1h"}
+TOOL = {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}
+
+
+def test_unmarked_requests_keep_todays_wire_form() -> None:
+    params = _params(
+        [
+            {"role": "system", "content": "one"},
+            {"role": "system", "content": [{"type": "text", "text": "two"}]},
+            {"role": "user", "content": "hi"},
+        ],
+        tools=[TOOL],
+    )
+
+    assert params["system"] == "one\n\ntwo"
+    assert params["messages"] == [{"role": "user", "content": "hi"}]
+    assert "cache_control" not in str(params)
+
+
+def test_a_marked_system_becomes_blocks_with_the_marker_on_the_block_it_ends() -> None:
+    params = _params(
+        [
+            {"role": "system", "content": "rules"},
+            {
+                "role": "system",
+                "content": [
+                    {"type": "text", "text": "docs", "cache_control": {"ttl": "1h"}},
+                    {"type": "text", "text": ""},
+                    {"type": "text", "text": "more"},
+                ],
+                "cache_control": {},
+            },
+            {"role": "system", "content": "tail"},
+            {"role": "user", "content": "hi"},
+        ]
+    )
+
+    assert params["system"] == [
+        {"type": "text", "text": "rules"},
+        {"type": "text", "text": "docs", "cache_control": HOUR},
+        {"type": "text", "text": "more", "cache_control": FIVE},
+        {"type": "text", "text": "tail"},
+    ]
+
+
+def test_the_tool_list_marker_goes_on_the_last_tool() -> None:
+    second = {"type": "function", "function": {"name": "fetch"}}
+
+    params = _params(
+        [{"role": "user", "content": "hi"}], tools=[TOOL, second], prompt_cache={"tools": {}}
+    )
+
+    assert [t.get("cache_control") for t in params["tools"]] == [None, FIVE]
+
+
+def test_message_markers_go_on_their_last_block_and_marked_parts_carry_their_own() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}
+    params = _params(
+        [
+            {"role": "user", "content": "question", "cache_control": {"ttl": "1h"}},
+            {"role": "assistant", "content": "let me look", "tool_calls": [call],
+             "cache_control": {}},
+            {"role": "tool", "tool_call_id": "c1", "content": "found", "cache_control": {}},
+            {"role": "user", "content": [
+                {"type": "text", "text": "a", "cache_control": {}},
+                {"type": "text", "text": "b"},
+            ]},
+        ],
+        tools=[TOOL],
+    )  # fmt: skip
+
+    assert params["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "question", "cache_control": HOUR}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "let me look"},
+                {
+                    "type": "tool_use",
+                    "id": "c1",
+                    "name": "search",
+                    "input": {},
+                    "cache_control": FIVE,
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "c1",
+                    "content": "found",
+                    "cache_control": FIVE,
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "a", "cache_control": FIVE},
+                {"type": "text", "text": "b"},
+            ],
+        },
+    ]
+
+
+def test_a_plain_assistant_turn_with_a_marker_becomes_one_marked_text_block() -> None:
+    params = _params(
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello", "cache_control": {}},
+            {"role": "user", "content": "more"},
+        ]
+    )
+
+    assert params["messages"][1]["content"] == [
+        {"type": "text", "text": "hello", "cache_control": FIVE}
+    ]
+
+
+@pytest.mark.parametrize(("retention", "wire"), [(None, FIVE), ("short", FIVE), ("long", HOUR)])
+def test_the_retention_sets_the_ttl_of_markers_without_their_own(
+    retention: str | None, wire: dict[str, str]
+) -> None:
+    params = _params(
+        [{"role": "user", "content": "hi", "cache_control": {}}],
+        prompt_cache={"retention": retention, "key": "k"},
+    )
+
+    assert params["messages"][0]["content"][0]["cache_control"] == wire
+    assert "prompt_cache_key" not in params  # Anthropic has no key
+
+
+def test_cache_reads_and_writes_are_mapped_with_the_long_part() -> None:
+    usage = {
+        "input_tokens": 10,
+        "output_tokens": 1,
+        "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 50,
+        "cache_creation": {"ephemeral_5m_input_tokens": 20, "ephemeral_1h_input_tokens": 30},
+    }
+
+    events = _run(_start(usage), _message_delta("end_turn"), {"type": "message_stop"})
+
+    assert events[0] == UsageReport(
+        input_tokens=160,
+        output_tokens=7,
+        cached_input_tokens=100,
+        cache_write_tokens=50,
+        cache_write_long_tokens=30,
+    )

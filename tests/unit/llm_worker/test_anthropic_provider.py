@@ -405,7 +405,9 @@ async def test_usage_counts_cached_input_as_part_of_the_input(
 
     [usage] = [e for e in events if isinstance(e, UsageReport)]
     # Anthropic's input_tokens (2 here) excludes cache reads and writes.
-    assert usage == UsageReport(input_tokens=2 + 40 + 5, output_tokens=3, cached_input_tokens=40)
+    assert usage == UsageReport(
+        input_tokens=2 + 40 + 5, output_tokens=3, cached_input_tokens=40, cache_write_tokens=5
+    )
 
 
 @pytest.mark.parametrize(

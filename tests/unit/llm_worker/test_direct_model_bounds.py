@@ -19,7 +19,9 @@ from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from ferryman_runtime.bounded_keys import BoundedKeys
 from ferryman_runtime.resilience import REPORTED_AD_HOC, Breaker, Breakers
 from ferryman_runtime.upstreams.cooldowns import Cooldowns
+from ferryman_runtime.upstreams.health import UpstreamRef, upstream_health
 from ferryman_runtime.upstreams.quotas import REPORTED_UNNAMED, QuotaBook, QuotaLimits
+from ferryman_runtime.upstreams.stats import UpstreamStats
 from llm_worker.app import LlmWorker
 from llm_worker.chat.service import ChatJob
 from llm_worker.chat.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
@@ -154,6 +156,23 @@ async def test_open_ad_hoc_circuits_outlive_idle_ones_and_share_their_groups_gau
     ]
     assert registry.get_sample_value("ferryman_upstream_circuit_state", {"upstream": "p/*"}) == 2
     assert registry.get_sample_value("ferryman_upstream_circuit_state", {"upstream": "main"}) == 0
+
+
+async def test_a_group_has_its_ad_hoc_circuits_worst_state_for_health() -> None:
+    # Without a routing file, health judges each provider as its group (`p/*`): a group
+    # whose direct models' circuits are open must not read as closed, hence healthy.
+    breakers = Breakers(CollectorRegistry(), fail_max=1, reset_timeout=600, max_ad_hoc=8)
+    breakers.get("p/fine", "p/*")
+    assert breakers.state_of("p/*") == "closed"
+
+    await _fail(breakers.get("p/broken", "p/*"))
+
+    assert breakers.state_of("p/*") == "open"
+    assert breakers.state_of("q/*") == "closed"  # no such group
+    assert breakers.state_of("p/fine") == "closed"
+    ref = UpstreamRef("p/*", "llm", {"provider": "p", "model": "*"})
+    health = upstream_health(ref, UpstreamStats(), breakers.state_of("p/*"))
+    assert health.status == "unhealthy"
 
 
 async def test_when_every_ad_hoc_circuit_is_open_memory_still_wins() -> None:

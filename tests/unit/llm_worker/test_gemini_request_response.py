@@ -15,10 +15,12 @@ from google.genai import types
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
 from llm_worker.chat.streaming import Finish, TextDelta, ToolCallFragment, UsageReport
 from llm_worker.providers.gemini import from_api_error, map_errors
+from llm_worker.providers.gemini_prefix import min_cache_tokens, split_prefix
 from llm_worker.providers.gemini_request import (
     join_tool_call_id,
     split_tool_call_id,
     to_gemini_request,
+    translate_request,
 )
 from llm_worker.providers.gemini_response import ResponseMapper
 
@@ -352,3 +354,144 @@ def test_the_base64_alphabet_of_sent_signatures_is_url_safe() -> None:
     assert part.model_dump(mode="json", exclude_none=True) == {
         "thought_signature": base64.urlsafe_b64encode(b"\xfb\xff").decode()
     }
+
+
+# --- the cached prefix (explicit context caching) -------------------------------------------
+
+MARK = {"type": "ephemeral"}
+LONG_SYSTEM = "Follow the house rules. " * 50
+
+
+def _split(messages: list[dict[str, Any]], tenant: str | None = "acme", **fields: Any) -> Any:
+    request = _request(messages, **fields)
+    return split_prefix(
+        request, translate_request(request), model="gemini-2.5-flash", tenant=tenant
+    )
+
+
+def test_a_request_without_breakpoints_has_no_cached_prefix() -> None:
+    assert (
+        _split([{"role": "system", "content": LONG_SYSTEM}, {"role": "user", "content": "q"}])
+        is None
+    )
+
+
+def test_a_marked_system_message_caches_system_only_and_keeps_every_turn() -> None:
+    split = _split(
+        [
+            {"role": "system", "content": LONG_SYSTEM, "cache_control": MARK},
+            {"role": "user", "content": "q"},
+        ]
+    )
+
+    assert split.prefix.contents == []
+    assert split.prefix.system_instruction.parts[0].text == LONG_SYSTEM
+    assert split.prefix.retention == "5m"
+    assert [c.parts[0].text for c in split.rest] == ["q"]
+    assert split.config.system_instruction is None
+    assert split.config.tools is None
+    assert split.config.tool_config is None
+    config = split.cached_config("cachedContents/x", types.HttpOptions(api_version="v1beta"))
+    assert config.cached_content == "cachedContents/x"
+    assert config.http_options.api_version == "v1beta"
+
+
+def test_a_marked_tool_result_caches_its_whole_turn_of_results() -> None:
+    messages = [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": None, "tool_calls": [_call("a"), _call("b")]},
+        {"role": "tool", "content": "1", "tool_call_id": "a", "cache_control": MARK},
+        {"role": "tool", "content": "2", "tool_call_id": "b"},
+        {"role": "user", "content": "next"},
+    ]
+
+    split = _split(messages)
+
+    assert [c.role for c in split.prefix.contents] == ["user", "model", "user"]
+    assert len(split.prefix.contents[2].parts) == 2  # both results share one turn
+    assert [c.parts[0].text for c in split.rest] == ["next"]
+
+
+def test_a_breakpoint_on_the_last_message_leaves_it_to_the_call() -> None:
+    messages = [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "three", "cache_control": {"ttl": "1h"}},
+    ]
+
+    split = _split(messages)
+
+    assert [c.parts[0].text for c in split.prefix.contents] == ["one", "two"]
+    assert [c.parts[0].text for c in split.rest] == ["three"]
+    assert split.prefix.retention == "1h"
+
+
+def test_marked_tools_alone_are_a_prefix_and_long_retention_maps_to_1h() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    split = _split(
+        [{"role": "user", "content": "q"}],
+        tools=[tool],
+        prompt_cache={"tools": MARK, "retention": "long"},
+    )
+
+    assert split.prefix.contents == []
+    assert split.prefix.system_instruction is None
+    assert split.prefix.tools[0].function_declarations[0].name == "f"
+    assert split.prefix.retention == "1h"
+
+
+def test_the_digest_depends_on_the_prefix_tenant_key_and_model_only() -> None:
+    def digest(user: str = "q", tenant: str | None = "acme", **fields: Any) -> str:
+        messages = [
+            {"role": "system", "content": LONG_SYSTEM, "cache_control": MARK},
+            {"role": "user", "content": user},
+        ]
+        return _split(messages, tenant=tenant, **fields).prefix.digest
+
+    assert digest() == digest(user="something else entirely")
+    assert digest() == digest(temperature=0.3)
+    assert digest() != digest(tenant="globex")
+    assert digest() != digest(tenant=None)
+    assert digest() != digest(prompt_cache={"key": "fm-other"})
+    request = _request(
+        [{"role": "system", "content": LONG_SYSTEM, "cache_control": MARK},
+         {"role": "user", "content": "q"}]
+    )  # fmt: skip
+    other_model = split_prefix(
+        request, translate_request(request), model="gemini-2.5-pro", tenant="acme"
+    )
+    assert other_model is not None
+    assert other_model.prefix.digest != digest()
+
+
+def test_the_minimum_prefix_takes_the_longest_matching_pattern_overrides_first() -> None:
+    assert min_cache_tokens("gemini-2.5-flash") == 1024
+    assert min_cache_tokens("models/gemini-2.5-flash-lite-001") == 2048
+    assert min_cache_tokens("gemini-2.5-pro") == 2048
+    assert min_cache_tokens("gemini-3-pro-preview") == 4096
+    assert min_cache_tokens("something-new") == 4096
+    assert min_cache_tokens("gemini-2.5-flash", {"gemini-*": 10}) == 10
+
+
+def test_the_write_of_a_created_cached_content_is_reported_and_counted_as_input() -> None:
+    mapper = ResponseMapper(cache_write_tokens=500)
+    mapper.events(
+        types.GenerateContentResponse.model_validate(
+            {
+                "candidates": [
+                    {"content": {"parts": [{"text": "ok"}]}, "finishReason": "STOP", "index": 0}
+                ],
+                "usageMetadata": {
+                    "promptTokenCount": 520,
+                    "cachedContentTokenCount": 500,
+                    "candidatesTokenCount": 1,
+                },
+            }
+        )
+    )
+
+    [usage, _] = mapper.final_events()
+
+    assert usage == UsageReport(
+        input_tokens=1020, output_tokens=1, cached_input_tokens=500, cache_write_tokens=500
+    )

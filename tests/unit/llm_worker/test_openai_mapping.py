@@ -71,3 +71,48 @@ def test_gemini_thought_signatures_are_stripped_from_tool_call_ids_for_other_pro
     assert openai_messages[2]["tool_call_id"] == "call_1"
     assert anthropic_messages[1]["content"][0]["id"] == "call_1"
     assert anthropic_messages[2]["content"][0]["tool_use_id"] == "call_1"
+
+
+def _keys(value: object) -> set[str]:
+    """Every dict key anywhere in `value`."""
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in _keys(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in _keys(v)}
+    return set()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_breakpoints_never_reach_the_wire_but_key_and_retention_do(stream: bool) -> None:
+    request = ChatRequest.model_validate(
+        {
+            "model": "openai/x",
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "s", "cache_control": {}}],
+                 "cache_control": {}},
+                {"role": "user", "content": "hi", "cache_control": {"ttl": "1h"}},
+            ],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "prompt_cache": {"key": "fm-abc", "retention": "long", "tools": {"ttl": "1h"}},
+        }
+    )  # fmt: skip
+
+    params = to_openai_params(request, "gpt-4o", stream=stream)
+
+    assert "cache_control" not in _keys(params)
+    assert params["messages"][0] == {"role": "system", "content": [{"type": "text", "text": "s"}]}
+    assert (params["prompt_cache_key"], params["prompt_cache_retention"]) == ("fm-abc", "24h")
+
+
+@pytest.mark.parametrize(("retention", "wire"), [("short", "in_memory"), ("long", "24h")])
+def test_retention_maps_to_openai_names(retention: str, wire: str) -> None:
+    params = to_openai_params(_request(prompt_cache={"retention": retention}), "m", stream=True)
+
+    assert params["prompt_cache_retention"] == wire
+    assert "prompt_cache_key" not in params
+
+
+def test_no_prompt_cache_options_send_no_cache_fields() -> None:
+    params = to_openai_params(_request(), "m", stream=True)
+
+    assert not {"prompt_cache_key", "prompt_cache_retention"} & set(params)

@@ -357,3 +357,48 @@ async def test_sequential_streams_reuse_one_connection(h: Harness) -> None:
 @pytest.fixture
 def h(harness: Harness) -> Harness:
     return harness
+
+
+RULES = "Answer from the handbook. " * 20
+
+
+async def test_prompt_cache_reads_and_writes_are_reported_per_provider(h: Harness) -> None:
+    """The same prompt twice: the second call reads what the first wrote (the fakes play
+    each provider's cache). Gemini's read is scripted (its cached contents: E3's tests)."""
+    h.script(answer="ok")
+    system = {"role": "system", "content": RULES, "cache_control": {"ttl": "1h"}}
+    marked = _request(system, _user("first question"), prompt_cache={"key": "contract"})
+    if h.name == "gemini":
+        h.script(answer="ok", cached_tokens=40)
+        marked = _request({"role": "system", "content": RULES}, _user("first question"))
+
+    first = (await fold(h.model.stream(marked, h.model_name))).usage
+    second = (await fold(h.model.stream(marked, h.model_name))).usage
+
+    reads, writes = (
+        (first.cached_input_tokens, second.cached_input_tokens),
+        (
+            first.cache_write_tokens,
+            second.cache_write_tokens,
+        ),
+    )
+    rules_tokens = len(RULES.split())
+    if h.name == "anthropic":
+        written = first.cache_write_tokens
+        assert written is not None
+        assert written > rules_tokens
+        assert reads == (0, written)
+        assert writes == (written, 0)
+        assert first.cache_write_long_tokens == written  # the system marker asked for 1h
+        assert second.input_tokens == first.input_tokens  # reads and writes are parts of it
+    elif h.name in ("openai", "azure"):
+        assert reads == (0, rules_tokens)  # the prefix before the last message, under the key
+        assert writes == (None, None)  # OpenAI does not report writes
+        assert h.bodies()[-1]["prompt_cache_key"] == "contract"
+    else:
+        assert reads == (40, 40)
+    for usage in (first, second) if h.name != "gemini" else ():  # its knob is free-standing
+        assert (usage.cached_input_tokens or 0) + (usage.cache_write_tokens or 0) <= (
+            usage.input_tokens
+        )
+    assert "cache_control" not in json.dumps(h.bodies()) or h.name == "anthropic"

@@ -10,7 +10,7 @@ from faststream.asgi import AsgiFastStream
 from prometheus_client import CollectorRegistry
 
 from ferryman.codec import IncomingEvent
-from ferryman.contracts import FerrymanError
+from ferryman.contracts import LLM_CACHE_INVALIDATE_REQUESTED, CacheInvalidation, FerrymanError
 from ferryman.contracts.mcp import MCP_CANCEL_REQUESTED, CancelRequest
 from ferryman_runtime.cancellation import CancelBoard
 from ferryman_runtime.catalog_view import CatalogView
@@ -25,6 +25,7 @@ from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
 from ferryman_runtime.upstreams.stats import UpstreamStatsCollector
 from ferryman_runtime.usage import UsageRecorder
 from ferryman_runtime.worker import Worker
+from llm_worker.caching.wiring import build_response_cache, event_time
 from llm_worker.chat.service import ChatService, Resilience
 from llm_worker.chat.stream_guard import StreamTimeouts
 from llm_worker.contract import CHAT_REQUESTS, ChatRequests
@@ -98,7 +99,10 @@ class LlmWorker:
             connection,
             settings.control_topic,
             window=settings.cancel_window,
-            handlers={MCP_CANCEL_REQUESTED: self._on_cancel},
+            handlers={
+                MCP_CANCEL_REQUESTED: self._on_cancel,
+                LLM_CACHE_INVALIDATE_REQUESTED: self._on_cache_invalidation,
+            },
             client_id=f"{client_id}-control",
         )
         self.catalog = CatalogView(
@@ -122,6 +126,7 @@ class LlmWorker:
         tenants = LabelBudget(self._configured_tenants, max_dynamic=settings.metrics_max_tenants)
         metrics = LlmMetrics(registry, configured_models=self._configured_models, tenants=tenants)
         watch_gemini_caches(registry, providers, self._routing_clients)
+        self.response_cache = build_response_cache(settings, metrics)
         self.usage = UsageRecorder(
             lambda: self.worker.publisher,
             topic=settings.usage_topic,
@@ -161,6 +166,8 @@ class LlmWorker:
             cancels_ready=self.control.ready,
             datarefs=self.datarefs.resolver if self.datarefs else None,
             usage=self.usage,
+            response_cache=self.response_cache,
+            prompt_cache_auto=settings.prompt_cache_auto,
         )
         self._owned_clients: list[ChatModel] = []
         self.watcher: ConfigWatcher[RoutingTable] | None = None
@@ -201,8 +208,16 @@ class LlmWorker:
             service=ChatRequests(self.service),
             registry=registry,
             background=background,
-            on_stop=[self._close_clients, *([self.datarefs.aclose] if self.datarefs else [])],
-            on_drained=[self.usage.stop],
+            on_stop=[
+                self._close_clients,
+                *([self.datarefs.aclose] if self.datarefs else []),
+                *([self.response_cache.aclose] if self.response_cache else []),
+            ],
+            # Answers being stored are awaited before the publisher (and usage events) stop.
+            on_drained=[
+                *([self.response_cache.drain] if self.response_cache else []),
+                self.usage.stop,
+            ],
             details=self._details,
             # Kept long enough for any rerun to find its steps (the window), and a day at least.
             extra_topics={
@@ -220,6 +235,11 @@ class LlmWorker:
             return  # a tool loop cancelling its tool calls: for the mcp_worker
         if self.cancels.cancel((cancel.source, cancel.request_id), cancel.reason):
             logger.info("chat request %s cancelled", cancel.request_id[:200])
+
+    def _on_cache_invalidation(self, event: IncomingEvent) -> None:
+        invalidation = CacheInvalidation.model_validate(event.data)
+        if self.response_cache is not None:
+            self.response_cache.invalidate_soon(invalidation, event_time(event), event.id)
 
     def _load_routing(self, data: bytes) -> RoutingTable:
         config = RoutingConfig.parse(data, f"routing file {self._settings.routing_file}")
@@ -300,6 +320,9 @@ class LlmWorker:
                 "running": self.cancels.running(),
             },
             "deployments": self.monitor.snapshot(),
+            "response_cache": (
+                self.response_cache.status() if self.response_cache else {"backend": "off"}
+            ),
             "quotas": {
                 "share": round(self.worker.share(), 4),
                 "deployments": self.resilience.deployment_quotas.snapshot(),

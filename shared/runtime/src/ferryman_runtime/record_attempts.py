@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError  # pyright: ignore[reportMissingTypeStubs
 
 from ferryman.contracts.errors import FerrymanError
 from ferryman_runtime.metrics import ConsumerMetrics
+from ferryman_runtime.telemetry.spans import error_type_of
 from ferryman_runtime.undecodable import UndecodableRecord
 
 logger = logging.getLogger("ferryman_runtime.parallel_consumer")
@@ -48,14 +49,6 @@ class Backoff:
 
 def _where(topic: str, partition: int, offset: int) -> str:
     return f"{topic}:{partition}@{offset}"
-
-
-def error_type(error: BaseException) -> str:
-    """A few-valued name for how a record failed: the error code of a `FerrymanError`,
-    otherwise the exception's class name (never its message)."""
-    if isinstance(error, FerrymanError):
-        return error.code.value
-    return type(error).__name__
 
 
 UNDECODABLE = "undecodable"
@@ -139,7 +132,7 @@ class RecordAttempts:
                     self._metrics.exhausted.labels(record.topic).inc()
                     hand_over = functools.partial(self._on_exhausted, record, attempt, exc)
                     await self._until_done(hand_over, f"on_exhausted for {where}")
-                    return error_type(exc)
+                    return error_type_of(exc)
                 delay = self._backoff.delay(attempt)
                 if attempt == 1:  # the trace once; repeats name the error only
                     logger.warning(

@@ -206,9 +206,19 @@ class Breakers:
         return breaker is None or breaker.allows()
 
     def state_of(self, key: str) -> str:
-        """`key`'s state (`closed` when it has no breaker yet; none is created)."""
+        """`key`'s state (`closed` when it has no breaker yet; none is created). A group
+        (`openai/*`) has its ad hoc upstreams' worst state, as its gauge series shows."""
         breaker = self._breakers.peek(key)
-        return breaker.state if breaker is not None else "closed"
+        if breaker is not None:
+            return breaker.state
+        if key in self._groups:
+            worst = max(
+                (b.state for _, group, b in self._breakers.ad_hoc() if group == key),
+                key=lambda state: _STATE_VALUES.get(state, 2),
+                default="closed",
+            )
+            return worst
+        return "closed"
 
     def states(self) -> dict[str, str]:
         """For `/health`: every listed upstream's state, and the most recently used ad hoc

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ferryman.contracts import (
     ChatChunk,
@@ -18,6 +18,7 @@ from ferryman.contracts import (
     Latency,
     ToolCallDelta,
 )
+from llm_worker.caching.entries import chunks_of
 from llm_worker.chat.call_telemetry import CallLabels
 from llm_worker.chat.replies import ChatReplies
 from llm_worker.chat.stream_guard import StreamTimeouts, guard_stream
@@ -63,6 +64,9 @@ class CallResult:
 
     completed: ChatCompleted
     first_token: float | None
+    chunks: list[ChunkDelta] = field(default_factory=list[ChunkDelta])
+    """With `record`: the deltas of the answer as published (this attempt's only), or for
+    an answer that was not streamed, as a stream would have published them."""
 
 
 async def run_call(
@@ -73,6 +77,7 @@ async def run_call(
     metrics: LlmMetrics,
     started: float,
     step: int | None = None,
+    record: bool = False,
 ) -> CallResult:
     """Make one call; a streamed answer is published chunk by chunk as it arrives.
 
@@ -84,14 +89,18 @@ async def run_call(
         metrics: chunk and time-to-first-chunk metrics.
         started: `time.monotonic()` when the request's work began (for latencies).
         step: the tool loop's turn the chunks belong to, if any.
+        record: keep the answer's deltas in `CallResult.chunks` (for the response cache).
 
     Raises:
         FerrymanError: the provider failed, timed out, or ended the stream unfinished.
         aiokafka.errors.KafkaError: a chunk could not be enqueued.
     """
     if request.stream:
-        return await _stream(call, request, replies, progress, metrics, started, step)
-    return await _generate(call, request, started)
+        return await _stream(call, request, replies, progress, metrics, started, step, record)
+    result = await _generate(call, request, started)
+    if record:
+        result.chunks = chunks_of(result.completed)
+    return result
 
 
 async def _generate(call: Call, request: ChatRequest, started: float) -> CallResult:
@@ -121,9 +130,11 @@ async def _stream(
     metrics: LlmMetrics,
     started: float,
     step: int | None,
+    record: bool,
 ) -> CallResult:
     provider = call.client.provider
     builder = CompletionBuilder()
+    recorded: list[ChunkDelta] = []
     call_started = time.monotonic()
     first_token: float | None = None
     attempt = progress.attempt
@@ -152,6 +163,8 @@ async def _stream(
             chunk = ChatChunk(index=progress.published, delta=delta, attempt=attempt, step=step)
             await replies.chunk(chunk)
             progress.published += 1
+            if record:
+                recorded.append(delta)
     result = builder.result()
     metrics.chunks.labels(upstream=call.labels.upstream).inc(progress.published)
     first_ms = None
@@ -161,7 +174,7 @@ async def _stream(
     completed = _completed(result, call, progress.published, latency)
     if attempt > 1:
         completed = completed.model_copy(update={"stream_attempt": attempt})
-    return CallResult(completed, first_token)
+    return CallResult(completed, first_token, recorded)
 
 
 def _chunk_delta(event: StreamEvent) -> ChunkDelta | None:

@@ -18,12 +18,15 @@ from opentelemetry.trace import Tracer
 
 from ferryman.contracts import ErrorCode, FerrymanError
 from ferryman.contracts.llm import AttemptInfo
+from llm_worker.caching.prompt_prep import prepare_request
 from llm_worker.chat.accounting import UsageSink
 from llm_worker.chat.call_telemetry import CallLabels, ObservedCall, genai_provider, server_address
 from llm_worker.chat.calls import Call, CallResult, run_call
 from llm_worker.chat.job import RequestState, Resilience
 from llm_worker.chat.stream_guard import StreamTimeouts
 from llm_worker.metrics import LlmMetrics
+from llm_worker.providers.call_context import CallContext, call_context
+from llm_worker.routing.config import RoutePromptCache
 from llm_worker.routing.plan import Candidate
 from llm_worker.routing.table import DIRECT_ALIAS
 
@@ -51,6 +54,8 @@ class DeploymentCaller:
         clock: the clock deadlines are measured on (default: the event loop's).
         tracer: where each call's CLIENT span goes.
         usage: where usage events made by adapters later go (`CallContext.usage`).
+        prompt_cache_auto: auto-mode prompt-cache breakpoints for direct `provider/model`
+            requests (routes say it in their `prompt_cache`).
     """
 
     def __init__(
@@ -61,8 +66,10 @@ class DeploymentCaller:
         clock: Callable[[], float] | None,
         tracer: Tracer,
         usage: UsageSink | None = None,
+        prompt_cache_auto: bool = False,
     ) -> None:
         self._usage = usage
+        self._direct_prompt_cache = RoutePromptCache(auto=prompt_cache_auto)
         self._tracer = tracer
         self._res = resilience
         self._metrics = metrics
@@ -107,15 +114,24 @@ class DeploymentCaller:
         began = time.monotonic()
         stats.started()
         address = server_address(client, deployment.model)
+        job = state.job
+        request = prepare_request(
+            job.request,
+            tenant=job.tenant,
+            deployment=deployment,
+            route=self._direct_prompt_cache if state.alias == DIRECT_ALIAS else route.prompt_cache,
+        )
+        context = CallContext(job.tenant, job.key[1], self._usage, call_timeouts.first_token)
         try:
             with ObservedCall(
                 self._tracer, self._metrics, labels, deployment.model, address
             ) as seen:
                 async with breaker.guard() if breaker is not None else contextlib.nullcontext():
-                    result = await run_call(
-                        call, state.job.request, state.job.replies, state.progress,
-                        self._metrics, state.started, state.job.step,
-                    )  # fmt: skip
+                    with call_context(context):
+                        result = await run_call(
+                            call, request, job.replies, state.progress,
+                            self._metrics, state.started, job.step, record=state.record,
+                        )  # fmt: skip
                 seen.completed(result.completed)
         except FerrymanError as exc:
             if exc.upstream is None:

@@ -95,6 +95,8 @@ class RequestState:
     degraded: bool = False
     waiting_announced: bool = False
     """A `waiting_quota` progress event was published for this request (or turn)."""
+    record: bool = False
+    """Keep the answer's deltas (`CallResult.chunks`): the response cache stores them."""
 
 
 def over_quota_error(what: str, wait: float) -> FerrymanError:

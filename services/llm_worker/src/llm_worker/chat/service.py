@@ -19,12 +19,14 @@ import math
 import random
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
 from ferryman.contracts import ChatCompleted, ErrorCode, FerrymanError
 from ferryman_runtime.cancellation import CancelBoard, CancelledByRequest
+from llm_worker.caching.response_cache import CacheTicket, ResponseCache
 from llm_worker.chat.accounting import UsageSink, operation_of, usage_event
 from llm_worker.chat.deployment_attempts import DeploymentAttempts
 from llm_worker.chat.deployment_call import DeploymentCaller, deployment_label
@@ -77,6 +79,9 @@ class ChatService:
             (None: such requests are refused).
         usage: where one usage event per finished request goes (None: nowhere).
         tracer: where provider-call spans go (default: the global tracer provider's).
+        response_cache: the exact-match response cache (None: no caching).
+        prompt_cache_auto: auto-mode prompt-cache breakpoints for direct `provider/model`
+            requests (`LLM_WORKER_PROMPT_CACHE_AUTO`; routes say it themselves).
     """
 
     def __init__(
@@ -94,8 +99,11 @@ class ChatService:
         datarefs: DataRefResolver | None = None,
         usage: UsageSink | None = None,
         tracer: Tracer | None = None,
+        response_cache: ResponseCache | None = None,
+        prompt_cache_auto: bool = False,
     ) -> None:
         self._metrics = metrics
+        self._cache = response_cache
         self._usage = usage
         self._datarefs = datarefs
         self._tool_loop = tool_loop
@@ -115,6 +123,7 @@ class ChatService:
             clock,
             tracer or trace.get_tracer("llm_worker"),
             usage=usage,
+            prompt_cache_auto=prompt_cache_auto,
         )
         self._attempts = DeploymentAttempts(
             self._res, metrics, caller, self._capabilities, self._remaining
@@ -141,6 +150,7 @@ class ChatService:
         alias = "unknown"
         operation = operation_of(job.request)
         started = time.monotonic()
+        ticket = CacheTicket()
         try:
             state = self._begin(job)
             alias = state.alias
@@ -149,7 +159,7 @@ class ChatService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ready.wait(), CANCELS_READY_TIMEOUT)
                 self._cancels_ready = None  # waited once: a reader that is down delays no more
-            work = self._work(state)
+            work = self._work(state, ticket)
             if self._cancels is not None:
                 completed, _ = await self._cancels.run(job.key, work)
             else:
@@ -169,22 +179,31 @@ class ChatService:
         if job.tenant is not None:
             self._res.tenant_quotas.charge(job.tenant, usage.input_tokens + usage.output_tokens)
         await job.replies.completed(completed)
-        self._finished(job, operation, alias, "completed", started)
+        if self._cache is not None:
+            self._cache.keep(state.job, ticket, completed)
+        self._finished(job, operation, alias, "completed", started, ticket.outcome)
 
     def _finished(
-        self, job: ChatJob, operation: str, target: str, outcome: str, started: float
+        self,
+        job: ChatJob,
+        operation: str,
+        target: str,
+        outcome: str,
+        started: float,
+        response_cache: Literal["hit", "stored"] | None = None,
     ) -> None:
         """Count a request whose terminal event was published, and record its usage."""
         seconds = time.monotonic() - started
         self._metrics.requests.observe(operation, target, outcome, seconds)
         if self._usage is not None:
-            self._usage.record(
-                usage_event(
-                    job, operation=operation, target=target, outcome=outcome, seconds=seconds
-                )
+            event = usage_event(
+                job, operation=operation, target=target, outcome=outcome, seconds=seconds
             )
+            if response_cache is not None:
+                event = event.model_copy(update={"response_cache": response_cache})
+            self._usage.record(event)
 
-    async def _work(self, state: RequestState) -> tuple[ChatCompleted, str]:
+    async def _work(self, state: RequestState, ticket: CacheTicket) -> tuple[ChatCompleted, str]:
         """Admit the request's tenant, then serve it: one turn, or a tool loop of turns.
 
         Raises:
@@ -199,7 +218,11 @@ class ChatService:
                 self._datarefs, job, state.table, self._remaining(state.deadline)
             )
             if not job.request.mcp_toolsets():
-                return await self._serve(state)
+                if self._cache is not None:
+                    hit = await self._cache.answer(state, ticket)
+                    if hit is not None:
+                        return hit, hit.deployment or "response-cache"
+                return await self._serve(state, ticket)
             if self._tool_loop is None:
                 raise FerrymanError(
                     ErrorCode.INVALID_REQUEST,
@@ -271,7 +294,9 @@ class ChatService:
                 )
             await book.changed(min(wait, remaining))
 
-    async def _serve(self, state: RequestState) -> tuple[ChatCompleted, str]:
+    async def _serve(
+        self, state: RequestState, ticket: CacheTicket | None = None
+    ) -> tuple[ChatCompleted, str]:
         plan = state.plan
         while True:
             candidate = plan.next()
@@ -293,6 +318,9 @@ class ChatService:
                         "degraded": True if state.degraded else None,
                     }
                 )
+                if ticket is not None:
+                    ticket.served = (candidate.deployment.provider, candidate.deployment.model)
+                    ticket.chunks = result.chunks
                 return completed, deployment_label(state, candidate.name)
 
     async def _exhausted(self, state: RequestState) -> None:

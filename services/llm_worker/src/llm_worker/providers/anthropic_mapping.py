@@ -30,6 +30,7 @@ from ferryman.contracts.llm import (
     UserMessage,
 )
 from llm_worker.chat.streaming import Finish, StreamEvent, TextDelta, ToolCallFragment, UsageReport
+from llm_worker.providers.anthropic_cache import WireMarkers, put_marker, system_param, text_block
 from llm_worker.providers.tool_ids import neutral_tool_call_id
 
 PROVIDER = "anthropic"
@@ -73,12 +74,17 @@ def to_anthropic_params(
 ) -> dict[str, Any]:
     """Return the keyword arguments of `messages.create` for `request` (without `stream`).
 
+    Prompt-cache breakpoints become `cache_control` on the blocks they end (the last tool,
+    system text blocks, message blocks); `prompt_cache.key` has no Anthropic form.
+
     Raises:
         FerrymanError: `invalid_request` when the request cannot be expressed for
             Anthropic (invalid tool-call arguments, an unusable image URL,
             `response_format` `json_object`, sampling parameters under `reject`).
     """
-    system, messages = _messages(request)
+    options = request.prompt_cache
+    wire = WireMarkers(options.retention if options is not None else None)
+    system, messages = _messages(request, wire)
     params: dict[str, Any] = {
         "model": model,
         "max_tokens": request.max_tokens or default_max_tokens,
@@ -94,6 +100,7 @@ def to_anthropic_params(
         params["thinking"] = {"type": "enabled", "budget_tokens": thinking_budget}
     if tools := request.function_tools():
         params["tools"] = [_tool(tool.function) for tool in tools]
+        put_marker(params["tools"], wire(options.tools if options is not None else None))
         if request.tool_choice is not None:
             params["tool_choice"] = _tool_choice(request.tool_choice)
     if request.stop is not None:
@@ -123,13 +130,11 @@ def to_anthropic_params(
     return params
 
 
-def _text_of(content: str | list[TextPart]) -> str:
-    return content if isinstance(content, str) else "".join(part.text for part in content)
-
-
-def _messages(request: ChatRequest) -> tuple[str, list[dict[str, Any]]]:
-    """Return the joined system text and the Messages API turns."""
-    system: list[str] = []
+def _messages(
+    request: ChatRequest, wire: WireMarkers
+) -> tuple[str | list[dict[str, Any]], list[dict[str, Any]]]:
+    """Return the `system` parameter and the Messages API turns."""
+    system: list[SystemMessage] = []
     out: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
 
@@ -140,30 +145,33 @@ def _messages(request: ChatRequest) -> tuple[str, list[dict[str, Any]]]:
 
     for message in request.messages:
         if isinstance(message, ToolMessage):
-            results.append(_tool_result(message))
+            results.append(_tool_result(message, wire))
             continue
         flush_results()
         if isinstance(message, SystemMessage):
-            system.append(_text_of(message.content))
+            system.append(message)
         elif isinstance(message, UserMessage):
-            out.append({"role": "user", "content": _user_content(message.content)})
+            out.append({"role": "user", "content": _user_content(message, wire)})
         elif isinstance(message, AssistantMessage):
-            out.append({"role": "assistant", "content": _assistant_content(message)})
+            out.append({"role": "assistant", "content": _assistant_content(message, wire)})
     flush_results()
-    return "\n\n".join(text for text in system if text), out
+    return system_param(system, wire), out
 
 
-def _user_content(
-    content: str | list[TextPart | ImagePart | DataRefPart],
-) -> str | list[dict[str, Any]]:
+def _user_content(message: UserMessage, wire: WireMarkers) -> str | list[dict[str, Any]]:
+    content, marker = message.content, wire(message.cache_control)
     if isinstance(content, str):
-        return content
-    return [_user_part(part) for part in content]
+        if marker is None:
+            return content
+        return [{"type": "text", "text": content, "cache_control": marker}]
+    blocks = [_user_part(part, wire) for part in content]
+    put_marker(blocks, marker)
+    return blocks
 
 
-def _user_part(part: TextPart | ImagePart | DataRefPart) -> dict[str, Any]:
+def _user_part(part: TextPart | ImagePart | DataRefPart, wire: WireMarkers) -> dict[str, Any]:
     if isinstance(part, TextPart):
-        return {"type": "text", "text": part.text}
+        return text_block(part, wire)
     if isinstance(part, DataRefPart):  # the chat service resolves them before any call
         raise _invalid("a dataref part reached the provider unresolved")
     return _image(part)
@@ -186,16 +194,20 @@ def _image(part: ImagePart) -> dict[str, Any]:
     raise _invalid("image URLs must be https: or data: URLs")
 
 
-def _assistant_content(message: AssistantMessage) -> str | list[dict[str, Any]]:
-    content = message.content
-    if not message.tool_calls and isinstance(content, str):
+def _assistant_content(message: AssistantMessage, wire: WireMarkers) -> str | list[dict[str, Any]]:
+    content, marker = message.content, wire(message.cache_control)
+    if not message.tool_calls and isinstance(content, str) and marker is None:
         return content
     blocks: list[dict[str, Any]] = []
     if isinstance(content, str):
         if content:
             blocks.append({"type": "text", "text": content})
     elif content is not None:
-        blocks.extend({"type": "text", "text": part.text} for part in content if part.text)
+        for part in content:
+            if part.text:
+                blocks.append(text_block(part, wire))
+            else:
+                put_marker(blocks, wire(part.cache_control))
     for call in message.tool_calls or ():
         blocks.append(
             {
@@ -205,6 +217,7 @@ def _assistant_content(message: AssistantMessage) -> str | list[dict[str, Any]]:
                 "input": _tool_input(call.function.name, call.function.arguments),
             }
         )
+    put_marker(blocks, marker)
     return blocks
 
 
@@ -221,15 +234,18 @@ def _tool_input(name: str, arguments: str) -> dict[str, Any]:
     return value
 
 
-def _tool_result(message: ToolMessage) -> dict[str, Any]:
+def _tool_result(message: ToolMessage, wire: WireMarkers) -> dict[str, Any]:
     content = message.content
-    return {
+    result: dict[str, Any] = {
         "type": "tool_result",
         "tool_use_id": neutral_tool_call_id(message.tool_call_id),
         "content": content
         if isinstance(content, str)
-        else [{"type": "text", "text": part.text} for part in content],
+        else [text_block(part, wire) for part in content],
     }
+    if (marker := wire(message.cache_control)) is not None:
+        result["cache_control"] = marker
+    return result
 
 
 def _tool(function: FunctionDefinition) -> dict[str, Any]:
@@ -277,6 +293,7 @@ class EventMapper:
         self._input_tokens = 0
         self._cache_read: int | None = None
         self._cache_creation: int | None = None
+        self._cache_write_long: int | None = None
         self._output_tokens = 0
         self._reasoning_tokens: int | None = None
         self._stop_reason: str | None = None
@@ -367,6 +384,9 @@ class EventMapper:
             self._cache_read = value
         if (value := getattr(usage, "cache_creation_input_tokens", None)) is not None:
             self._cache_creation = value
+        split = getattr(usage, "cache_creation", None)
+        if split is not None and (value := getattr(split, "ephemeral_1h_input_tokens", None)):
+            self._cache_write_long = value
         details = getattr(usage, "output_tokens_details", None)
         if details is not None and (value := getattr(details, "thinking_tokens", None)) is not None:
             self._reasoning_tokens = value
@@ -376,12 +396,15 @@ class EventMapper:
 
         Anthropic's `input_tokens` excludes cache reads and writes; Ferryman's
         `input_tokens` is all input (cached tokens are a subset), so they are added.
+        Writes are `cache_write_tokens`, the 1-hour part of them `cache_write_long_tokens`.
         """
         total = self._input_tokens + (self._cache_read or 0) + (self._cache_creation or 0)
         return UsageReport(
             input_tokens=total,
             output_tokens=self._output_tokens,
             cached_input_tokens=self._cache_read,
+            cache_write_tokens=self._cache_creation,
+            cache_write_long_tokens=self._cache_write_long,
             reasoning_tokens=self._reasoning_tokens,
         )
 

@@ -164,6 +164,9 @@ class GeminiConfig(_ProviderConfig):
     """Cached contents one client keeps at most (the least recently used is deleted)."""
     cache_idle: float = Field(default=120.0, gt=0)
     """Seconds a cached content may go unused before it is deleted (storage is billed)."""
+    cache_min_tokens: dict[str, int] = Field(default_factory=dict)
+    """Model pattern → smallest prefix (estimated tokens) worth a cached content, e.g.
+    `{"gemini-2.5-flash*": 1024}`; checked before the built-in table (`gemini_prefix`)."""
 
     @property
     def enabled(self) -> bool:

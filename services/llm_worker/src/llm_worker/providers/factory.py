@@ -168,6 +168,7 @@ def gemini_client(config: GeminiConfig, max_in_flight: int) -> ChatModel:
     """
     from llm_worker.providers.gemini import GeminiChatModel
     from llm_worker.providers.gemini import create_client as create_gemini_client
+    from llm_worker.providers.gemini_cache import GeminiCacheSettings
 
     if config.api_key is None:
         raise ValueError("gemini needs an API key")
@@ -178,4 +179,11 @@ def gemini_client(config: GeminiConfig, max_in_flight: int) -> ChatModel:
         timeout=config.timeout,
         max_connections=pool_size(config, max_in_flight),
     )
-    return GeminiChatModel(client, safety_settings=config.safety_settings)
+    cache = GeminiCacheSettings(
+        ttl_short=config.cache_ttl_short,
+        ttl_long=config.cache_ttl_long,
+        max_entries=config.cache_max_entries,
+        idle=config.cache_idle,
+        min_tokens=dict(config.cache_min_tokens),
+    )
+    return GeminiChatModel(client, safety_settings=config.safety_settings, cache=cache)

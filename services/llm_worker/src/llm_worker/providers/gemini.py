@@ -16,49 +16,48 @@ before anything is sent.
 
 Safety settings: a deployment default (`safety_settings=`) merged per request
 with `metadata["gemini_safety"]` (see `gemini_request`).
+
+Prompt caching: a request with cache breakpoints has its prefix (see `gemini_prefix`) put in
+a cached content kept by the client's `GeminiContextCache` (see `gemini_cache`); the call
+sends the rest and names the cached content, on `v1beta`. When Gemini answers that the
+cached content is gone before anything was produced, it is recreated and the call made once
+more, unseen by the attempt budget.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 import httpx2
 from google import genai
-from google.genai import errors as genai_errors
 from google.genai import types
 
 from ferryman.contracts import ChatRequest, ErrorCode, FerrymanError
-from ferryman_runtime.upstreams.http_status import (
-    code_for_status,
-    is_redirect,
-    parse_retry_after,
-    redirect_error,
-    scrubbed,
-)
 from llm_worker.chat.streaming import Completion, StreamEvent, fold_events
+from llm_worker.metrics import GeminiCacheStats
+from llm_worker.providers.call_context import current_call
+from llm_worker.providers.gemini_cache import (
+    GeminiCacheSettings,
+    GeminiContextCache,
+    Lease,
+    cache_http_options,
+)
+from llm_worker.providers.gemini_errors import from_api_error, is_cache_gone, map_errors
+from llm_worker.providers.gemini_prefix import SplitRequest, split_prefix
 from llm_worker.providers.gemini_request import (
     PROVIDER,
+    GeminiRequest,
     parse_safety_settings,
-    to_gemini_request,
+    translate_request,
 )
 from llm_worker.providers.gemini_response import ResponseMapper
-
-try:  # aiohttp is optional; the client built here never uses it, a caller's might.
-    import aiohttp
-
-    _AIOHTTP_ERRORS: tuple[type[Exception], ...] = (aiohttp.ClientError,)
-except ImportError:  # pragma: no cover - depends on the environment
-    _AIOHTTP_ERRORS = ()
 
 MAX_HOPS = 32
 """Most requests one answer may take when Gemini pauses it with continuation tokens."""
 
-_CONTEXT_LENGTH = re.compile(r"input token count.*exceeds", re.IGNORECASE | re.DOTALL)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)s\s*$")
 # What the SDK accepts as a model (`gemini-2.5-flash`, `models/…`, `tunedModels/…`), with
 # nothing that would change the request URL's path or query.
 _MODEL_NAME = re.compile(r"(?:models/|tunedModels/)?[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -119,6 +118,8 @@ class GeminiChatModel:
         safety_settings: deployment default harm category → threshold, e.g.
             `{"HARM_CATEGORY_HARASSMENT": "BLOCK_ONLY_HIGH"}`; requests may override
             categories with `metadata["gemini_safety"]`.
+        cache: how cached contents are kept (default: `GeminiCacheSettings()`).
+        clock: the cache's clock, seconds (default: the event loop's).
 
     Raises:
         ValueError: an unknown category or threshold in `safety_settings`.
@@ -127,11 +128,32 @@ class GeminiChatModel:
     provider = PROVIDER
 
     def __init__(
-        self, client: genai.Client, *, safety_settings: Mapping[str, str] | None = None
+        self,
+        client: genai.Client,
+        *,
+        safety_settings: Mapping[str, str] | None = None,
+        cache: GeminiCacheSettings | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._client = client
-        self._secrets = (client._api_client.api_key,)  # pyright: ignore[reportPrivateUsage]
+        api = client._api_client  # pyright: ignore[reportPrivateUsage]
+        self._secrets = (api.api_key,)
         self._safety = parse_safety_settings(safety_settings or {}, source="safety_settings")
+        self._cache = GeminiContextCache(
+            client.aio.caches,
+            settings=cache or GeminiCacheSettings(),
+            http_options=cache_http_options(api._http_options.api_version),  # pyright: ignore[reportPrivateUsage]
+            clock=clock,
+        )
+
+    @property
+    def context_cache(self) -> GeminiContextCache:
+        """The client's cached contents."""
+        return self._cache
+
+    def cache_stats(self) -> GeminiCacheStats:
+        """Cached contents alive and cache operation counts (read by the metrics collector)."""
+        return self._cache.stats()
 
     async def stream(self, request: ChatRequest, model: str) -> AsyncIterator[StreamEvent]:
         """Stream the answer (text, one fragment per tool call, usage, finish).
@@ -140,8 +162,29 @@ class GeminiChatModel:
             FerrymanError: the request cannot be expressed, or the call or the stream failed.
         """
         check_model_name(model)
-        contents, config = to_gemini_request(request, safety_settings=self._safety)
-        mapper = ResponseMapper()
+        translated = translate_request(request, safety_settings=self._safety)
+        split, lease = await self._lease(request, translated, model)
+        produced = False
+        try:
+            async for event in self._stream_once(model, translated, split, lease):
+                produced = True
+                yield event
+        except FerrymanError as exc:
+            if split is None or lease is None or produced or not is_cache_gone(exc):
+                raise
+            lease = await self._relet(split, lease)
+            async for event in self._stream_once(model, translated, split, lease):
+                yield event
+
+    async def _stream_once(
+        self,
+        model: str,
+        translated: GeminiRequest,
+        split: SplitRequest | None,
+        lease: Lease | None,
+    ) -> AsyncIterator[StreamEvent]:
+        contents, config = self._call_args(translated, split, lease)
+        mapper = ResponseMapper(cache_write_tokens=lease.written if lease else None)
         models = self._client.aio.models
         with map_errors(self._secrets):
             for _ in range(MAX_HOPS):
@@ -169,8 +212,25 @@ class GeminiChatModel:
             FerrymanError: the call failed or the answer was unfinished.
         """
         check_model_name(model)
-        contents, config = to_gemini_request(request, safety_settings=self._safety)
-        mapper = ResponseMapper()
+        translated = translate_request(request, safety_settings=self._safety)
+        split, lease = await self._lease(request, translated, model)
+        try:
+            return await self._generate_once(model, translated, split, lease)
+        except FerrymanError as exc:
+            if split is None or lease is None or not is_cache_gone(exc):
+                raise
+            lease = await self._relet(split, lease)
+        return await self._generate_once(model, translated, split, lease)
+
+    async def _generate_once(
+        self,
+        model: str,
+        translated: GeminiRequest,
+        split: SplitRequest | None,
+        lease: Lease | None,
+    ) -> Completion:
+        contents, config = self._call_args(translated, split, lease)
+        mapper = ResponseMapper(cache_write_tokens=lease.written if lease else None)
         events: list[StreamEvent] = []
         with map_errors(self._secrets):
             for _ in range(MAX_HOPS):
@@ -185,6 +245,30 @@ class GeminiChatModel:
         events.extend(mapper.final_events())
         return fold_events(events)
 
+    async def _lease(
+        self, request: ChatRequest, translated: GeminiRequest, model: str
+    ) -> tuple[SplitRequest | None, Lease | None]:
+        """The request's cacheable split and a cached content for it (None: uncached)."""
+        context = current_call()
+        split = split_prefix(
+            request, translated, model=model, tenant=context.tenant if context else None
+        )
+        if split is None:
+            return None, None
+        return split, await self._cache.acquire(split.prefix, context)
+
+    async def _relet(self, split: SplitRequest, gone: Lease) -> Lease | None:
+        """A new cached content after Gemini said `gone` no longer exists (None: uncached)."""
+        self._cache.drop(gone)
+        return await self._cache.recreate(split.prefix, current_call())
+
+    def _call_args(
+        self, translated: GeminiRequest, split: SplitRequest | None, lease: Lease | None
+    ) -> tuple[list[types.Content], types.GenerateContentConfig]:
+        if split is None or lease is None:
+            return translated.contents, translated.config
+        return split.rest, split.cached_config(lease.name, self._cache.http_options)
+
     async def list_models(self) -> list[str]:
         """Return model names without the `models/` prefix (`GET /models`, unbilled).
 
@@ -197,7 +281,9 @@ class GeminiChatModel:
         return sorted(name.removeprefix("models/") for name in names)
 
     async def aclose(self) -> None:
-        """Close the SDK's connection pools (not a caller-owned `http_client`)."""
+        """Delete the cached contents, then close the SDK's connection pools (not a
+        caller-owned `http_client`)."""
+        await self._cache.aclose()
         await self._client.aio.aclose()
         self._client.close()
 
@@ -217,102 +303,11 @@ def check_model_name(model: str) -> None:
         )
 
 
-@contextlib.contextmanager
-def map_errors(secrets: Iterable[str | None] = ()) -> Iterator[None]:
-    """Translate `google-genai` and transport errors into `FerrymanError`, with `secrets`
-    (and anything shaped like a credential) redacted from the message.
-
-    Raises:
-        FerrymanError: for every SDK or transport error raised inside the block.
-    """
-    try:
-        yield
-    except Exception as exc:
-        error = _translate(exc)
-        if error is None:
-            raise
-        # The SDK's exception holds the upstream body unredacted: never chain it.
-        cause = None if isinstance(exc, genai_errors.APIError) else exc
-        raise scrubbed(error, secrets) from cause
-
-
-def _translate(exc: Exception) -> FerrymanError | None:
-    if isinstance(exc, genai_errors.APIError):  # HTTP error statuses and in-stream error events
-        return from_api_error(exc)
-    if isinstance(exc, TimeoutError | httpx2.TimeoutException):
-        return FerrymanError(ErrorCode.TIMEOUT, "request to Gemini timed out", upstream=PROVIDER)
-    if isinstance(exc, genai_errors.UnknownApiResponseError | json.JSONDecodeError):
-        return FerrymanError(
-            ErrorCode.UNAVAILABLE,
-            "Gemini sent a malformed response",
-            retryable=True,
-            upstream=PROVIDER,
-        )
-    if isinstance(exc, (httpx2.HTTPError, *_AIOHTTP_ERRORS)):  # connect errors, cut streams
-        return FerrymanError(
-            ErrorCode.UNAVAILABLE,
-            f"cannot reach Gemini or the stream broke: {type(exc).__name__}",
-            retryable=True,
-            upstream=PROVIDER,
-        )
-    return None
-
-
-def from_api_error(exc: genai_errors.APIError) -> FerrymanError:
-    """Map a `google.genai.errors.APIError` (status, body, headers) to the shared taxonomy."""
-    status = exc.code if isinstance(exc.code, int) else None
-    if is_redirect(status):
-        assert status is not None
-        headers = getattr(exc.response, "headers", None) or {}
-        return redirect_error(PROVIDER, status, headers)
-    details = _error_details(exc)
-    reasons = {str(d.get("reason", "")) for d in details}
-    message = f"Gemini returned {status} {exc.status or ''}: {exc.message or ''}".strip()
-    retry_after: float | None = None
-    if status in (401, 403) or any(r.startswith("API_KEY_") for r in reasons):
-        # Gemini answers an invalid key with 400 INVALID_ARGUMENT (reason API_KEY_INVALID).
-        # Fixed text: these messages are the likeliest to quote the key.
-        denied = status == 403 and not any(r.startswith("API_KEY_") for r in reasons)
-        return FerrymanError(
-            ErrorCode.PERMISSION_DENIED if denied else ErrorCode.AUTH,
-            f"Gemini denied the request ({status})"
-            if denied
-            else f"Gemini rejected the credentials ({status})",
-            upstream=PROVIDER,
-            status=status,
-        )
-    if status == 400 and _CONTEXT_LENGTH.search(exc.message or ""):
-        # Gemini has no error code for an over-long prompt: only this message says so
-        # ("The input token count (N) exceeds the maximum number of tokens allowed (M)").
-        code = ErrorCode.CONTEXT_LENGTH
-    elif status == 499:  # the request was cancelled upstream
-        code = ErrorCode.UNAVAILABLE
-    else:  # 404 (an unknown model) is not_found; 400 and other 4xx are invalid requests
-        code = code_for_status(status, conflict_is_transient=True)
-    if code is ErrorCode.RATE_LIMITED:
-        retry_after = _retry_after(exc, details)
-    return FerrymanError(code, message, upstream=PROVIDER, status=status, retry_after=retry_after)
-
-
-def _error_details(exc: genai_errors.APIError) -> list[dict[str, Any]]:
-    body = exc.details
-    error = body.get("error", body) if isinstance(body, dict) else None
-    details = error.get("details") if isinstance(error, dict) else None
-    if not isinstance(details, list):
-        return []
-    return [d for d in details if isinstance(d, dict)]
-
-
-def _retry_after(exc: genai_errors.APIError, details: list[dict[str, Any]]) -> float | None:
-    """Seconds from a `Retry-After` header, else from the `RetryInfo` detail (`"12s"`)."""
-    headers = getattr(exc.response, "headers", None)
-    if headers is not None:
-        with contextlib.suppress(AttributeError, TypeError):
-            if (seconds := parse_retry_after(headers)) is not None:
-                return seconds
-    for detail in details:
-        if str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            match = _DURATION.match(str(detail.get("retryDelay", "")))
-            if match:
-                return float(match.group(1))
-    return None
+__all__ = [
+    "MAX_HOPS",
+    "GeminiChatModel",
+    "check_model_name",
+    "create_client",
+    "from_api_error",
+    "map_errors",
+]

@@ -33,6 +33,7 @@ import mimetypes
 import re
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from google.genai import types
@@ -175,6 +176,18 @@ def safety_settings_for(
 # --- request --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class GeminiRequest:
+    """A translated request: what `generate_content(_stream)` takes, plus where each
+    Ferryman message ended up (to split off a cached prefix, see `gemini_prefix`)."""
+
+    contents: list[types.Content]
+    config: types.GenerateContentConfig
+    message_ends: list[int]
+    """For message i of the request, how many `contents` hold everything up to and
+    including it (a tool message's whole run of results counts: they share one turn)."""
+
+
 def to_gemini_request(
     request: ChatRequest, *, safety_settings: Mapping[str, str] | None = None
 ) -> tuple[list[types.Content], types.GenerateContentConfig]:
@@ -188,10 +201,23 @@ def to_gemini_request(
         FerrymanError: `invalid_request` for what Gemini cannot express (bad tool-call JSON,
             a tool result answering no earlier call, a malformed image URL, bad safety names).
     """
+    translated = translate_request(request, safety_settings=safety_settings)
+    return translated.contents, translated.config
+
+
+def translate_request(
+    request: ChatRequest, *, safety_settings: Mapping[str, str] | None = None
+) -> GeminiRequest:
+    """Translate `request` like `to_gemini_request`, keeping the message boundaries.
+
+    Raises:
+        FerrymanError: as `to_gemini_request`.
+    """
     system: list[types.Part] = []
     contents: list[types.Content] = []
     pending_results: list[types.Part] = []
     call_names: dict[str, str] = {}
+    ends: list[int] = []
 
     def flush_results() -> None:
         if pending_results:
@@ -201,8 +227,8 @@ def to_gemini_request(
     for message in request.messages:
         if isinstance(message, ToolMessage):
             pending_results.append(_function_response(message, call_names))
-            continue
-        flush_results()
+        else:
+            flush_results()
         if isinstance(message, SystemMessage):
             system.extend(types.Part(text=text) for text in _texts(message.content))
         elif isinstance(message, UserMessage):
@@ -215,8 +241,9 @@ def to_gemini_request(
                 parts.append(part)
             if parts:
                 contents.append(types.Content(role="model", parts=parts))
+        ends.append(len(contents) + (1 if pending_results else 0))
     flush_results()
-    return contents, _config(request, system, safety_settings)
+    return GeminiRequest(contents, _config(request, system, safety_settings), ends)
 
 
 def _texts(content: str | list[TextPart] | None) -> list[str]:

@@ -114,10 +114,16 @@ class ResponseMapper:
     Args:
         id_prefix: prefix of the ids generated for calls Gemini gave no id
             (`call_<prefix><n>`); random by default, so ids stay unique in a conversation.
+        cache_write_tokens: tokens of the cached content this call created (None: it
+            created none). Reported as cache writes and added to the input: Gemini counts
+            them as cached (read) prompt tokens of the call, and bills their creation too.
     """
 
-    def __init__(self, *, id_prefix: str | None = None) -> None:
+    def __init__(
+        self, *, id_prefix: str | None = None, cache_write_tokens: int | None = None
+    ) -> None:
         self._id_prefix = id_prefix if id_prefix is not None else secrets.token_hex(6) + "_"
+        self._written = cache_write_tokens
         self._calls = 0
         self._blocked: set[str] = set()
         self._finish: str | None = None
@@ -206,10 +212,11 @@ class ResponseMapper:
             t = self._hops
             out.append(
                 UsageReport(
-                    input_tokens=t.input,
+                    input_tokens=t.input + (self._written or 0),
                     output_tokens=t.output,
                     cached_input_tokens=t.cached,
                     reasoning_tokens=t.reasoning,
+                    cache_write_tokens=self._written,
                 )
             )
         if self._finish is None:

@@ -22,8 +22,17 @@ _FINISH_REASONS: dict[str, FinishReason] = {
 }
 
 
+_RETENTION = {"short": "in_memory", "long": "24h"}
+"""`prompt_cache.retention` → OpenAI's `prompt_cache_retention`."""
+
+
 def to_openai_params(request: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
-    """Return the keyword arguments of `chat.completions.create` for `request`."""
+    """Return the keyword arguments of `chat.completions.create` for `request`.
+
+    Prompt-cache breakpoints have no OpenAI form: they are left out (OpenAI caches long
+    prefixes by itself). `prompt_cache.key` and `retention` become `prompt_cache_key` and
+    `prompt_cache_retention`.
+    """
     params: dict[str, Any] = {
         "model": model,
         "messages": [
@@ -52,10 +61,20 @@ def to_openai_params(request: ChatRequest, model: str, *, stream: bool) -> dict[
         params[limit_name] = request.max_tokens
     if request.metadata and (user := request.metadata.get("user_id")):
         params["user"] = user
+    if (options := request.prompt_cache) is not None:
+        if options.key is not None:
+            params["prompt_cache_key"] = options.key
+        if options.retention is not None:
+            params["prompt_cache_retention"] = _RETENTION[options.retention]
     return params
 
 
 def _message(message: dict[str, Any]) -> dict[str, Any]:
+    # A dump carries Ferryman's breakpoints; OpenAI refuses unknown keys with a 400.
+    message.pop("cache_control", None)
+    if isinstance(content := message.get("content"), list):
+        for part in content:
+            part.pop("cache_control", None)
     if "tool_call_id" in message:
         message["tool_call_id"] = neutral_tool_call_id(message["tool_call_id"])
     for call in message.get("tool_calls") or ():

@@ -1,0 +1,1 @@
+"""Caching: provider prompt-cache preparation and the exact-match response cache."""
