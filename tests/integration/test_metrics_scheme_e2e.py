@@ -49,6 +49,16 @@ ALLOWED_ABSENT = {
     "tests/integration/test_openapi_worker.py",
     "mcp_worker_api_invalid_responses_total": "an OpenAPI server answering off its document",
     "mcp_worker_rate_limit_waits_total": "an OpenAPI server's rate limit reached",
+    "llm_worker_response_cache_lookups_total": "a route or request with the response cache "
+    "on; tests/integration/test_response_cache_e2e.py",
+    "llm_worker_response_cache_skips_total": "the same, with a request it may not cache",
+    "llm_worker_response_cache_bytes_total": "the same, storing or serving an answer",
+    "llm_worker_response_cache_invalidations_total": "an invalidation control event; "
+    "tests/integration/test_response_cache_e2e.py",
+    "llm_worker_response_cache_errors_total": "a failing cache backend; "
+    "tests/unit/llm_worker/test_response_cache.py",
+    "llm_worker_gemini_cache_operations_total": "a Gemini request with cache breakpoints; "
+    "tests/unit/llm_worker/test_gemini_cache_lifecycle.py",
 }
 """Listed families only a specific fault or configuration creates (no worker exports a
 labelled family before its first sample), with where that is tested."""
