@@ -444,6 +444,19 @@ async def test_a_prefix_estimated_below_the_models_minimum_makes_no_create_call(
     assert "cachedContent" not in fake.generate_requests()[0].body
 
 
+async def test_the_deployments_minimum_comes_before_the_workers_table(
+    fake: FakeGemini, make_model: Maker
+) -> None:
+    model = make_model()  # the worker's table lets every prefix through
+
+    with call_context(CallContext(TENANT_A, "req-1", None, min_cache_tokens=5000)):
+        await fold(model.stream(_request("a"), MODEL))
+    assert fake.cache_requests() == []  # the deployment's `prompt_cache.min_tokens` won
+
+    await _ask(model, _request("a"))  # no deployment minimum: the table's applies
+    assert len(fake.cache_requests()) == 1
+
+
 async def test_a_failed_create_never_fails_the_request(fake: FakeGemini, make_model: Maker) -> None:
     model = make_model()
     fake.caches.create_status = 503

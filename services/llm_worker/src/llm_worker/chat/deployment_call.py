@@ -121,7 +121,13 @@ class DeploymentCaller:
             deployment=deployment,
             route=self._direct_prompt_cache if state.alias == DIRECT_ALIAS else route.prompt_cache,
         )
-        context = CallContext(job.tenant, job.key[1], self._usage, call_timeouts.first_token)
+        context = CallContext(
+            job.tenant,
+            job.key[1],
+            self._usage,
+            call_timeouts.first_token,
+            deployment.prompt_cache.min_tokens,
+        )
         try:
             with ObservedCall(
                 self._tracer, self._metrics, labels, deployment.model, address

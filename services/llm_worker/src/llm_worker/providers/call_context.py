@@ -32,6 +32,9 @@ class CallContext:
     first_token_timeout: float | None = None
     """Seconds the call may wait for its first token (a cache the call relies on should
     outlive it)."""
+    min_cache_tokens: int | None = None
+    """The deployment's `prompt_cache.min_tokens`: the smallest prefix worth caching there
+    (None: the provider's table)."""
 
 
 _CURRENT: ContextVar[CallContext | None] = ContextVar("llm_worker_call_context", default=None)

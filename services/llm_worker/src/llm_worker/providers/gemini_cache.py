@@ -216,7 +216,10 @@ class GeminiContextCache:
         now = self._now()
         if self._too_small.get(prefix.digest, now) > now:
             return None
-        if prefix.estimated_tokens < min_cache_tokens(prefix.model, self._settings.min_tokens):
+        minimum = (context and context.min_cache_tokens) or min_cache_tokens(
+            prefix.model, self._settings.min_tokens
+        )
+        if prefix.estimated_tokens < minimum:
             return None
         task = self._creating.get(prefix.digest)
         mine = task is None
