@@ -71,6 +71,9 @@ class CachedContents:
         self.missing_status = 403
         self.create_status: int | None = None
         """Answer every create with this HTTP error status instead."""
+        self.hold: dict[str, asyncio.Event] = {}
+        """HTTP method → an event requests of that method wait for before being answered
+        (a slow `cachedContents` API; the test sets the event to release them)."""
         self.deleted = asyncio.Event()
         """Set by every DELETE of a live cached content (for tests that wait on one)."""
         self.items: dict[str, CachedContent] = {}
@@ -84,6 +87,14 @@ class CachedContents:
         """Cached contents neither deleted nor expired."""
         now = self.now()
         return [c for c in self.items.values() if not c.deleted and c.expire_at > now]
+
+    async def answer(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Answer a `cachedContents` request (the caller matched `PATH`), once `hold`'s event
+        for its method, if any, is set."""
+        held = self.hold.get(request.method)
+        if held is not None:
+            await held.wait()
+        return self.handle(request, body)
 
     def handle(self, request: web.Request, body: dict[str, Any]) -> web.Response:
         """Answer a `cachedContents` request (the caller matched `PATH`)."""

@@ -188,7 +188,7 @@ class FakeGemini(FakeHttpServer):
         if request.method == "GET" and _LIST.match(request.path):
             return _list_models(request)
         if gemini_caches.PATH.match(request.path):
-            return self.caches.handle(request, body)
+            return await self.caches.answer(request, body)
         match = _PATH.match(request.path)
         if request.method != "POST" or match is None:
             return _error(404, "NOT_FOUND", f"no route for {request.path}")

@@ -183,6 +183,12 @@ def test_the_key_is_namespaced_per_tenant_stable_and_never_names_the_tenant() ->
     assert "docs-v3" not in acme
 
 
+def test_no_tenant_an_empty_tenant_and_a_tenant_named_dash_never_share_a_key() -> None:
+    keys = {namespaced_key(tenant, "docs-v3") for tenant in (None, "", "-", "null")}
+    assert len(keys) == 4
+    assert namespaced_key("a\0b", "c") != namespaced_key("a", "b\0c")
+
+
 def test_a_deployment_that_cannot_take_the_fields_gets_none_of_them() -> None:
     request = _request(
         _system(),

@@ -469,6 +469,65 @@ async def test_a_failed_create_never_fails_the_request(fake: FakeGemini, make_mo
     assert model.cache_stats().cached_contents == 0
 
 
+async def test_a_slow_create_sends_the_call_uncached_and_a_later_call_reuses_it(
+    fake: FakeGemini, make_model: Maker
+) -> None:
+    model = make_model(wait_budget=0.05)
+    release = fake.caches.hold["POST"] = asyncio.Event()
+
+    async with asyncio.timeout(10):  # without the budget the call waits for the create
+        usage = await _ask(model, _request("a"))
+
+    [first] = fake.generate_requests()
+    assert "cachedContent" not in first.body
+    assert first.body["systemInstruction"] == {"parts": [{"text": SYSTEM}]}
+    assert usage.cache_write_tokens is None
+    assert fake.caches.alive() == []
+    release.set()  # the create went on in the background
+    await model.context_cache.drain()
+    [name] = [c.name for c in fake.caches.alive()]
+
+    await _ask(model, _request("b"))
+
+    assert len(fake.cache_requests("POST")) == 1
+    assert fake.generate_requests()[-1].body["cachedContent"] == name
+
+
+async def test_the_wait_for_a_create_is_a_quarter_of_the_first_token_timeout_at_most(
+    fake: FakeGemini, make_model: Maker
+) -> None:
+    model = make_model()  # the default budget: 5 s
+    fake.caches.hold["POST"] = asyncio.Event()
+
+    async with asyncio.timeout(2):
+        with call_context(CallContext(TENANT_A, "req-1", None, first_token_timeout=0.2)):
+            await fold(model.stream(_request("a"), MODEL))
+
+    assert "cachedContent" not in fake.generate_requests()[0].body
+
+
+async def test_a_slow_refresh_inside_the_margin_sends_the_call_uncached_and_keeps_the_entry(
+    fake: FakeGemini, make_model: Maker, clock: Clock
+) -> None:
+    model = make_model(idle=1000.0, wait_budget=0.05)
+    await _ask(model, _request("a"))
+    [name] = [c.name for c in fake.caches.alive()]
+    clock.advance(250)  # 50 s left: under the 60 s margin, so refreshed before the call
+    release = fake.caches.hold["PATCH"] = asyncio.Event()
+
+    async with asyncio.timeout(10):
+        await _ask(model, _request("b"))
+
+    assert "cachedContent" not in fake.generate_requests()[-1].body
+    release.set()
+    await model.context_cache.drain()
+    await _ask(model, _request("c"))
+
+    assert len(fake.cache_requests("PATCH")) == 1
+    assert len(fake.cache_requests("POST")) == 1, "the entry was extended, not recreated"
+    assert fake.generate_requests()[-1].body["cachedContent"] == name
+
+
 # --- delete: idle, eviction, shutdown --------------------------------------------------------
 
 

@@ -452,6 +452,7 @@ def test_the_digest_depends_on_the_prefix_tenant_key_and_model_only() -> None:
     assert digest() == digest(temperature=0.3)
     assert digest() != digest(tenant="globex")
     assert digest() != digest(tenant=None)
+    assert len({digest(tenant=None), digest(tenant=""), digest(tenant="-")}) == 3
     assert digest() != digest(prompt_cache={"key": "fm-other"})
     request = _request(
         [{"role": "system", "content": LONG_SYSTEM, "cache_control": MARK},

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from ferryman.contracts import (
@@ -18,14 +19,16 @@ from ferryman.contracts import (
     ChatRequest,
 )
 from ferryman_runtime.resilience import Breaker
-from llm_worker.caching.backends import MemoryStore
+from llm_worker.caching.backends import INVALIDATION_MARKER, MemoryStore, RedisStore
 from llm_worker.caching.response_cache import ResponseCache
+from llm_worker.caching.response_key import KEY_PREFIX
+from llm_worker.caching.wiring import build_response_cache
 from llm_worker.chat.service import ChatJob, ChatService, LlmMetrics
 from llm_worker.chat.streaming import Completion, Finish, StreamEvent, TextDelta, UsageReport, fold
 from llm_worker.providers.resolver import ModelResolver
 from llm_worker.routing.config import Route, RoutingConfig
 from llm_worker.routing.table import build_table
-from llm_worker.settings import ResponseCacheSettings
+from llm_worker.settings import LlmWorkerSettings, ResponseCacheSettings
 from tests.unit.llm_worker.recording_replies import RecordingReplies
 
 
@@ -135,12 +138,17 @@ def _cache(
 
 
 def _service(
-    model: CountingModel, cache: ResponseCache, registry: CollectorRegistry, **route: Any
+    model: CountingModel,
+    cache: ResponseCache,
+    registry: CollectorRegistry,
+    endpoint: str | None = None,
+    **route: Any,
 ) -> ChatService:
     resolver = ModelResolver({"scripted": model}, {})
+    deployment = {"provider": "scripted", "model": "m", "endpoint": endpoint}
     config = RoutingConfig.model_validate(
         {
-            "deployments": {"d": {"provider": "scripted", "model": "m"}},
+            "deployments": {"d": {k: v for k, v in deployment.items() if v is not None}},
             "routes": {"chat": {"deployments": ["d"], **route}},
         }
     )
@@ -176,6 +184,7 @@ def _skips(registry: CollectorRegistry, reason: str) -> float:
         ({"enabled": True}, {"temperature": 0.7, "seed": 3}, "acme", True, None),
         ({"enabled": True, "cache_sampled": True}, {"temperature": None}, "acme", True, None),
         ({"enabled": True}, {}, None, False, "no_tenant"),
+        ({"enabled": True}, {}, "", False, "no_tenant"),
         (
             {"enabled": True},
             {"tools": [{"type": "mcp", "server": "files"}], "tool_execution": {"mode": "auto"}},
@@ -395,6 +404,22 @@ async def test_tenants_never_share_an_answer() -> None:
     assert model.calls == 2
 
 
+async def test_deployments_differing_only_in_endpoint_never_share_an_answer() -> None:
+    registry = CollectorRegistry()
+    model = CountingModel(["x"])
+    cache = _cache(registry)
+    services = {
+        endpoint: _service(model, cache, registry, endpoint, response_cache={"enabled": True})
+        for endpoint in ("http://gpu-a.test/v1", "http://gpu-b.test/v1", None)
+    }
+    for endpoint in ("http://gpu-a.test/v1", "http://gpu-b.test/v1", None, "http://gpu-a.test/v1"):
+        job, _ = _job(_request())
+        await services[endpoint].execute(job)
+        await cache.drain()
+    assert model.calls == 3
+    assert _lookups(registry, "hit") == 1
+
+
 async def test_refresh_skips_the_lookup_and_stores_the_fresh_answer() -> None:
     registry = CollectorRegistry()
     model = CountingModel(["x"])
@@ -512,3 +537,72 @@ async def test_the_usage_event_says_hit_or_stored() -> None:
     assert [e.response_cache for e in events] == ["stored", "hit"]
     assert (events[1].input_tokens, events[1].output_tokens) == (0, 0)
     assert events[1].model == "scripted/m"
+
+
+# --- the Redis store ----------------------------------------------------------------------
+
+
+class UnlinkFailsOnce(RedisStore):
+    """A Redis store whose first `UNLINK` fails, after the scan has found keys (Redis
+    going away part-way through an invalidation)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.failed = False
+
+    async def _unlink(self, keys: list[bytes]) -> int:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("redis went away")
+        return await super()._unlink(keys)
+
+
+async def test_a_redis_invalidation_failing_part_way_leaves_no_marker_so_a_retry_acts(
+    redis_url: str, unique: str
+) -> None:
+    tenant = f"t-{unique}/"
+    keys = [f"{KEY_PREFIX}{tenant}ns/openai/m/{n}" for n in range(3)]
+    before = datetime(2099, 1, 1, tzinfo=UTC)
+    failing, store = UnlinkFailsOnce(redis_url), RedisStore(redis_url)
+    client = aioredis.Redis.from_url(redis_url)  # pyright: ignore[reportUnknownMemberType]
+    try:
+        for key in keys:
+            await store.put(key, b"answer", 60)
+
+        with pytest.raises(ConnectionError):
+            await failing.invalidate(tenant, before, f"event-{unique}")
+
+        assert failing.failed
+        assert await client.exists(INVALIDATION_MARKER + f"event-{unique}") == 0
+        assert await store.invalidate(tenant, before, f"event-{unique}") == 3
+        assert await store.get(keys) == [None, None, None]
+        assert await store.invalidate(tenant, before, f"event-{unique}") == 0  # done once
+    finally:
+        await client.aclose()
+        await failing.aclose()
+        await store.aclose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pa/ss-s3cret@cache.test:6379/0",
+        "redis://:pa#ss-s3cret@cache.test:6379/0",
+        "redis://:pa?ss-s3cret@cache.test:6379/0",
+    ],
+)
+def test_a_malformed_redis_url_is_refused_without_quoting_its_password(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLM_WORKER_RESPONSE_CACHE__BACKEND", "redis")
+    monkeypatch.setenv("LLM_WORKER_RESPONSE_CACHE__REDIS_URL", url)
+
+    with pytest.raises(ValueError, match="not a valid Redis URL") as refused:
+        build_response_cache(LlmWorkerSettings(), _metrics(CollectorRegistry()))
+
+    message = str(refused.value)
+    assert "'pa" not in message  # the parser's error quotes the password's start
+    assert "s3cret" not in message
+    assert message.startswith("LLM_WORKER_RESPONSE_CACHE__REDIS_URL is not")
+    assert refused.value.__cause__ is None
+    assert refused.value.__suppress_context__  # `from None`: no chained parser error

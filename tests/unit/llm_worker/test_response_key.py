@@ -169,3 +169,13 @@ def test_a_prefix_matches_the_keys_it_names() -> None:
     assert key.startswith(KEY_PREFIX + prefix_key("acme", "docs/openrouter/meta/llama/"))
     assert not key.startswith(KEY_PREFIX + prefix_key("acme", "docs/openai/"))
     assert prefix_key(None, "") == ""
+
+
+def test_deployments_differing_only_in_endpoint_get_different_keys() -> None:
+    request = _request()
+    a = _key(request, endpoint="http://gpu-a.internal:8000/v1")
+    b = _key(request, endpoint="http://gpu-b.internal:8000/v1")
+    worker_default = _key(request)
+    assert len({a, b, worker_default}) == 3
+    assert a == _key(request, endpoint="http://gpu-a.internal:8000/v1/")  # a final / is no change
+    assert "gpu-a" not in a  # only in the digest: the path stays provider/model

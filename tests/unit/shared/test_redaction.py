@@ -119,3 +119,25 @@ def test_presigned_urls_lose_their_signatures_and_credentials(url: str, secrets:
     for secret in secrets:
         assert secret not in redacted
     assert "Error while downloading https://" in redacted or "http://127.0.0.1" in redacted
+
+
+@pytest.mark.parametrize(
+    ("url", "password", "kept"),
+    [
+        ("redis://cache:s3cretpass@redis.test:6379/0", "s3cretpass", "redis://cache:"),
+        ("rediss://:pa/ss#wo?rd@redis.test:6380", "pa/ss#wo?rd", "rediss://:"),
+        ("Port could not be cast: 'redis://u:p4ss@h'", "p4ss", "redis://u:"),
+        ("https://spans:hunter2@otel.test/v1/traces", "hunter2", "https://spans:"),
+    ],
+)
+def test_a_urls_password_is_redacted_and_its_user_and_host_kept(
+    url: str, password: str, kept: str
+) -> None:
+    cleaned = redact(url)
+    assert password not in cleaned
+    assert f"{kept}{REDACTED}@" in cleaned
+
+
+def test_a_url_without_a_password_is_left_alone() -> None:
+    text = "GET https://user@host.test:8443/path and redis://redis.test:6379/0 failed"
+    assert redact(text) == text

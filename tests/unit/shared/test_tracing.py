@@ -5,6 +5,7 @@ client requests carrying the current span."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -248,6 +249,21 @@ def test_the_service_name_defaults_to_the_worker_name(
     assert tracing is not None
     assert tracing.provider.resource.attributes["service.name"] == expected
     assert config.sampler is DEFAULT_ON
+
+
+def test_the_logged_otlp_endpoint_never_shows_its_credentials(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint = "https://spans:hunter2-pass@otel.test/v1/traces?token=tok-value-1"
+    config = TracingConfig.from_environ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint})
+
+    with caplog.at_level(logging.INFO, logger="ferryman_runtime.telemetry.tracing"):
+        install_tracing(config, service_name="w", exporters=[], install=lambda _provider: None)
+
+    [message] = [r.getMessage() for r in caplog.records if "tracing on" in r.getMessage()]
+    assert "otel.test" in message
+    assert "hunter2-pass" not in message
+    assert "tok-value-1" not in message
 
 
 def test_the_worker_name_comes_from_the_settings_prefix() -> None:

@@ -6,7 +6,7 @@ message through `redact` before it reaches a log, an event, a metric or `/health
 
 Two nets: the exact key values the caller knows (its configured keys), and the
 shapes keys take (`sk-…`, `sk-ant-…`, `AIza…`, bearer tokens, JWTs, Azure keys,
-credential headers and query parameters) for keys it does not know, such as one
+credential headers, query parameters and URL passwords) for keys it does not know, such as one
 a proxy injected.
 """
 
@@ -37,6 +37,9 @@ _SHAPES = re.compile(
             r"|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
             r"|x-goog-credential)=)[^&\s\"'#]+",
             r"(?P<scheme>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]+",
+            # A URL's password (`scheme://user:password@host`), also one holding an unencoded
+            # `/`, `#` or `?` (up to the `@`).
+            r"(?P<userinfo>\b[a-z][a-z0-9+.-]*://[^\s/:@\"'<>]*:)[^\s@\"'<>]+(?=@)",
             r"\bsk-(?:ant-)?[A-Za-z0-9_*-]{8,}",  # OpenAI, Anthropic (also masked `sk-…***`)
             r"\bAIza[A-Za-z0-9_-]{20,}",  # Google API keys
             r"\beyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*",  # JWTs (Entra ID)
@@ -62,5 +65,11 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
 
 
 def _replacement(match: re.Match[str]) -> str:
-    keep = match.group("header") or match.group("param") or match.group("scheme") or ""
+    keep = (
+        match.group("header")
+        or match.group("param")
+        or match.group("scheme")
+        or match.group("userinfo")
+        or ""
+    )
     return keep + REDACTED

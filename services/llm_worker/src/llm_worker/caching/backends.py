@@ -3,13 +3,14 @@ replica. Both take whole keys (`KEY_PREFIX` included) and opaque blobs."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 import redis.asyncio as aioredis
 
@@ -17,6 +18,12 @@ from llm_worker.caching.response_key import KEY_PREFIX
 
 INVALIDATION_MARKER = "ferryman:rc:inv:"
 """Prefix of the Redis keys that say an invalidation event was acted on already."""
+
+BAD_URL: Final = (
+    "LLM_WORKER_RESPONSE_CACHE__REDIS_URL is not a valid Redis URL; percent-encode the"
+    " password or use the password file setting (LLM_WORKER_RESPONSE_CACHE__REDIS_PASSWORD_FILE)"
+)
+"""The error of a malformed URL (the parser's own would quote the password)."""
 
 SCAN_BATCH = 500
 """Keys asked for per `SCAN` step, and unlinked per `UNLINK`."""
@@ -141,7 +148,7 @@ class RedisStore:
 
     Raises:
         OSError: `password_file` cannot be read.
-        ValueError: `url` is not a Redis URL.
+        ValueError: `url` is not a Redis URL (`BAD_URL`, which never quotes it).
     """
 
     def __init__(
@@ -153,9 +160,12 @@ class RedisStore:
         timeout: float = 2.0,
     ) -> None:
         password = password_file.read_text().strip() if password_file is not None else None
-        self._redis = aioredis.Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
-            url, password=password, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        try:
+            self._redis = aioredis.Redis.from_url(  # pyright: ignore[reportUnknownMemberType]
+                url, password=password, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        except ValueError:  # its message quotes the URL, password included
+            raise ValueError(BAD_URL) from None
         self._marker_ttl = marker_ttl
 
     async def get(self, keys: list[str]) -> list[bytes | None]:
@@ -178,27 +188,50 @@ class RedisStore:
     async def invalidate(self, prefix: str, before: datetime, marker: str) -> int:
         """See `ResponseStore.invalidate`: only the first replica to see event `marker` acts
         (`SET NX` on a marker key), then `SCAN`s the prefix and `UNLINK`s in batches.
-        `before` is not checked: answers stored during the scan may go too.
+        `before` is not checked: answers stored during the scan may go too. When the scan or
+        an unlink fails, the marker is deleted again (best effort), so that another replica,
+        or a replay, does the invalidation instead of skipping it.
 
         Raises:
             redis.RedisError: Redis failed or is unreachable.
         """
+        marker_key = INVALIDATION_MARKER + marker
         first = await self._redis.set(  # pyright: ignore[reportUnknownMemberType]
-            INVALIDATION_MARKER + marker, b"1", nx=True, ex=self._marker_ttl
+            marker_key, b"1", nx=True, ex=self._marker_ttl
         )
         if not first:
             return 0
+        try:
+            return await self._drop(KEY_PREFIX + prefix)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._redis.delete(marker_key)  # pyright: ignore[reportUnknownMemberType]
+            raise
+
+    async def _drop(self, start: str) -> int:
+        """`UNLINK` every key starting with `start`, in batches; return how many went.
+
+        Raises:
+            redis.RedisError: Redis failed or is unreachable.
+        """
         dropped = 0
         batch: list[bytes] = []
-        pattern = KEY_PREFIX + prefix + "*"
-        async for key in self._redis.scan_iter(match=pattern, count=SCAN_BATCH):  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        async for key in self._redis.scan_iter(match=start + "*", count=SCAN_BATCH):  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
             batch.append(key)  # pyright: ignore[reportUnknownArgumentType]
             if len(batch) >= SCAN_BATCH:
-                dropped += await self._redis.unlink(*batch)  # pyright: ignore[reportUnknownMemberType]
+                dropped += await self._unlink(batch)
                 batch.clear()
         if batch:
-            dropped += await self._redis.unlink(*batch)  # pyright: ignore[reportUnknownMemberType]
+            dropped += await self._unlink(batch)
         return dropped
+
+    async def _unlink(self, keys: list[bytes]) -> int:
+        """`UNLINK` `keys`; return how many existed.
+
+        Raises:
+            redis.RedisError: Redis failed or is unreachable.
+        """
+        return int(await self._redis.unlink(*keys))  # pyright: ignore[reportUnknownMemberType, reportUnknownArgumentType]
 
     async def ping(self) -> bool:
         """Whether Redis answers.

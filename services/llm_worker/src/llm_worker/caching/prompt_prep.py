@@ -10,6 +10,7 @@ drop whatever their provider has no wire form for (docs/caching.md §4).
 from __future__ import annotations
 
 import hashlib
+import json
 
 from ferryman.contracts import ChatRequest
 from ferryman.contracts.llm_cache import PromptCache
@@ -22,14 +23,13 @@ from llm_worker.caching.breakpoints import (
 )
 from llm_worker.routing.config import Deployment, RoutePromptCache
 
-NO_TENANT = "-"
-"""The tenant part of the key of requests without a tenant."""
-
 
 def namespaced_key(tenant: str | None, key: str) -> str:
     """The key sent to the provider: a digest of the tenant and the key, so a tenant's name
-    never leaves the worker and two tenants never share a cache bucket."""
-    digest = hashlib.sha256(f"{tenant or NO_TENANT}\0{key}".encode()).hexdigest()
+    never leaves the worker and two tenants never share a cache bucket. The digest is of the
+    JSON list `[tenant, key]`: no tenant (`null`), `""` and `"-"` differ, and no character
+    in either can make two pairs collide."""
+    digest = hashlib.sha256(json.dumps([tenant, key]).encode()).hexdigest()
     return f"fm-{digest[:32]}"
 
 

@@ -45,6 +45,10 @@ T = TypeVar("T")
 UPSTREAM: Final = "response-cache"
 """The breaker's and errors' name for the backend."""
 
+Target = tuple[str, str, str | None]
+"""A deployment as the key sees it: `(provider, model, endpoint)` (endpoint: its own base
+URL, None for the worker's)."""
+
 STORED_FINISHES: Final = frozenset({"stop", "length", "tool_calls"})
 """Answers with another finish reason (a content filter, an error) are not stored."""
 
@@ -67,8 +71,8 @@ class CacheTicket:
     """The response cache's part of one request: whether it applies, and what served."""
 
     decision: CacheDecision | None = None
-    served: tuple[str, str] | None = None
-    """`(provider, model)` of the deployment that answered."""
+    served: Target | None = None
+    """The deployment that answered."""
     chunks: list[ChunkDelta] = field(default_factory=list[ChunkDelta])
     outcome: Literal["hit", "stored"] | None = None
 
@@ -150,7 +154,9 @@ class ResponseCache:
             return None
         # The route's own deployments only: a healthy route never serves a fallback's answer.
         deployments = [config.deployments[name] for name in route.deployments]
-        entry = await self.lookup(job, decision, [(d.provider, d.model) for d in deployments])
+        entry = await self.lookup(
+            job, decision, [(d.provider, d.model, d.endpoint) for d in deployments]
+        )
         if entry is None:
             return None
         trace.get_current_span().add_event("response_cache.hit")
@@ -160,8 +166,16 @@ class ResponseCache:
         ticket.outcome = "hit"
         return completed
 
-    def key(self, job: ChatJob, decision: CacheDecision, provider: str, model: str) -> str:
-        """The key of `job`'s answer from `provider/model`."""
+    def key(
+        self,
+        job: ChatJob,
+        decision: CacheDecision,
+        provider: str,
+        model: str,
+        endpoint: str | None = None,
+    ) -> str:
+        """The key of `job`'s answer from `provider/model` (at `endpoint`, the deployment's
+        own base URL, when it has one)."""
         assert job.tenant is not None  # policy() admits only requests with a tenant
         return response_key(
             job.request,
@@ -169,16 +183,17 @@ class ResponseCache:
             namespace=decision.namespace,
             provider=provider,
             model=model,
+            endpoint=endpoint,
             defaults=self._defaults(provider, model),
         )
 
     async def lookup(
-        self, job: ChatJob, decision: CacheDecision, targets: Sequence[tuple[str, str]]
+        self, job: ChatJob, decision: CacheDecision, targets: Sequence[Target]
     ) -> CachedResponse | None:
-        """The stored answer of the first of `targets` (`(provider, model)`, in route order)
+        """The stored answer of the first of `targets` (in route order)
         that has one, in one backend round trip; None on a miss, an error, a timeout or an
         open breaker (counted as `error`)."""
-        keys = list(dict.fromkeys(self.key(job, decision, p, m) for p, m in targets))
+        keys = list(dict.fromkeys(self.key(job, decision, *target) for target in targets))
         lookups = self._metrics.lookups
         try:
             blobs = await self._guarded("get", lambda: self.backend_store.get(keys))
@@ -245,11 +260,11 @@ class ResponseCache:
         self,
         job: ChatJob,
         decision: CacheDecision,
-        target: tuple[str, str],
+        target: Target,
         completed: ChatCompleted,
         chunks: list[ChunkDelta],
     ) -> bool:
-        """Store a fresh answer served by `target` (`(provider, model)`) in the background;
+        """Store a fresh answer served by `target` in the background;
         return whether it is being stored (an unfinished, degraded or too large answer is
         not, and is counted by reason)."""
         if completed.finish_reason not in STORED_FINISHES or completed.degraded:
@@ -352,7 +367,7 @@ def _skip_reason(job: ChatJob, cache_sampled: bool) -> str | None:
     request = job.request
     if request.mcp_toolsets():
         return "tool_loop"
-    if job.tenant is None:
+    if not job.tenant:  # an empty tenant is none: it must not share one cache space
         return "no_tenant"
     if not (request.temperature == 0 or request.seed is not None or cache_sampled):
         return "sampled"

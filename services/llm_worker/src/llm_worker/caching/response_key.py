@@ -62,6 +62,7 @@ def response_key(
     namespace: str | None,
     provider: str,
     model: str,
+    endpoint: str | None = None,
     defaults: Mapping[str, Any] | None = None,
 ) -> str:
     """The key of `request`'s answer from `provider/model`, for `tenant`.
@@ -72,6 +73,8 @@ def response_key(
         namespace: the request's namespace, else the route's (None: `-`).
         provider: the serving deployment's provider.
         model: the serving deployment's model.
+        endpoint: the serving deployment's own base URL, if it has one (two servers with
+            the same provider and model name may be different models).
         defaults: the worker's settings that shape this target's answers (see
             `worker_defaults`).
     """
@@ -94,6 +97,8 @@ def response_key(
         (request.metadata or {}).get(SAFETY_METADATA_KEY),
         dict(defaults or {}),
     ]
+    if endpoint is not None:  # appended, so keys of deployments without one do not change
+        material.append({"endpoint": endpoint.rstrip("/")})
     text = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{KEY_PREFIX}{path}/{digest}"

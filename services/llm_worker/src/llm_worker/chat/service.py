@@ -319,7 +319,8 @@ class ChatService:
                     }
                 )
                 if ticket is not None:
-                    ticket.served = (candidate.deployment.provider, candidate.deployment.model)
+                    deployment = candidate.deployment
+                    ticket.served = (deployment.provider, deployment.model, deployment.endpoint)
                     ticket.chunks = result.chunks
                 return completed, deployment_label(state, candidate.name)
 

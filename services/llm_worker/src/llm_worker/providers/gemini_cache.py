@@ -19,7 +19,9 @@ sent with `http_options` naming `v1beta` when the client is pinned to `v1` (the 
 other calls stay on `v1`).
 
 Failures of cache calls never fail a request: the call is made uncached, and the failure is
-counted (`GeminiCacheStats.operations`, outcome = the error code).
+counted (`GeminiCacheStats.operations`, outcome = the error code). Nor does a slow one: a
+call waits for a create or refresh at most `wait_budget` seconds (a quarter of its
+first-token timeout at most), then goes uncached while the create goes on for later calls.
 """
 
 from __future__ import annotations
@@ -29,8 +31,7 @@ import contextlib
 import logging
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,9 +39,10 @@ from google.genai import caches as genai_caches
 from google.genai import types
 
 from ferryman.contracts.usage import UsageEvent
-from llm_worker.chat.accounting import SERVICE, UsageSink
+from llm_worker.chat.accounting import SERVICE
 from llm_worker.metrics import GeminiCacheStats
 from llm_worker.providers.call_context import CallContext
+from llm_worker.providers.gemini_cache_model import CachedPrefix, GeminiCacheSettings, Lease
 from llm_worker.providers.gemini_errors import (
     GONE_STATUSES,
     cache_outcome,
@@ -60,53 +62,6 @@ STORAGE_OPERATION = "prompt_cache_storage"
 
 _TOO_SMALL = re.compile(r"too small", re.IGNORECASE)
 _MAX_FIELD = 256
-
-
-@dataclass(frozen=True)
-class GeminiCacheSettings:
-    """How a client keeps its cached contents."""
-
-    ttl_short: int = 300
-    """Seconds for `short` retention or a `5m` breakpoint."""
-    ttl_long: int = 3600
-    """Seconds for `long` retention or a `1h` breakpoint."""
-    max_entries: int = 256
-    idle: float = 120.0
-    """Seconds unused after which an entry is deleted."""
-    sweep_every: float = 30.0
-    min_margin: float = 60.0
-    """Seconds an entry must still live for a call to start on it (at least)."""
-    close_budget: float = 5.0
-    """Seconds `aclose()` spends deleting entries."""
-    min_tokens: Mapping[str, int] = field(default_factory=dict[str, int])
-    """Model pattern → smallest prefix worth caching (before `MIN_CACHE_TOKENS`)."""
-
-
-@dataclass
-class CachedPrefix:
-    """One cached content this client created."""
-
-    digest: str
-    name: str
-    model: str
-    ttl: int
-    expire_at: float
-    tokens: int
-    tenant: str | None
-    request_id: str | None
-    usage: UsageSink | None
-    last_used: float
-    accounted_until: float
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A cached content one call may use."""
-
-    digest: str
-    name: str
-    written: int | None
-    """Tokens this call wrote (it created the cached content), else None."""
 
 
 class GeminiContextCache:
@@ -149,12 +104,17 @@ class GeminiContextCache:
 
     async def acquire(self, prefix: CachePrefix, context: CallContext | None) -> Lease | None:
         """A cached content holding `prefix` that outlives the call's margin, created or
-        refreshed as needed; None when the call should go uncached."""
+        refreshed as needed; None when the call should go uncached (also when the create or
+        refresh takes longer than the call's wait budget: it goes on for later calls)."""
         now = self._now()
         margin = max(self._settings.min_margin, (context and context.first_token_timeout) or 0)
         entry = self._entries.get(prefix.digest)
         if entry is not None and entry.expire_at - now <= margin and entry.expire_at > now:
-            await self._refresh(entry)  # used inside its margin: extend it before the call
+            try:  # used inside its margin: extend it before the call
+                await asyncio.wait_for(self._refresh(entry), self._wait_budget(context))
+            except TimeoutError:
+                log.warning("gemini cache: update is slow; calling uncached")
+                return None
         entry = self._entries.get(prefix.digest)
         operation = "create"
         if entry is not None:
@@ -186,8 +146,12 @@ class GeminiContextCache:
         await asyncio.gather(*(self._delete(e) for e in idle if e.expire_at > now))
 
     async def drain(self) -> None:
-        """Wait for the background refreshes and deletes started so far."""
-        while pending := [t for t in self._background if not t.done()]:
+        """Wait for the creates, refreshes and deletes started so far."""
+        while pending := [
+            t
+            for t in (*self._background, *self._creating.values(), *self._refreshing.values())
+            if not t.done()
+        ]:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def aclose(self) -> None:
@@ -227,7 +191,11 @@ class GeminiContextCache:
             task = asyncio.create_task(self._create(prefix, context, operation))
             self._creating[prefix.digest] = task
             task.add_done_callback(lambda done: self._creating_done(prefix.digest, done))
-        entry = await asyncio.shield(task)
+        try:
+            entry = await asyncio.wait_for(asyncio.shield(task), self._wait_budget(context))
+        except TimeoutError:
+            log.warning("gemini cache: %s is slow; calling uncached", operation)
+            return None
         if entry is None:
             return None
         return Lease(entry.digest, entry.name, entry.tokens if mine else None)
@@ -382,6 +350,13 @@ class GeminiContextCache:
     def _ttl(self, prefix: CachePrefix) -> int:
         long = prefix.retention == "1h"
         return self._settings.ttl_long if long else self._settings.ttl_short
+
+    def _wait_budget(self, context: CallContext | None) -> float:
+        """Seconds a call waits for a create or refresh: the settings' budget, at most a
+        quarter of the call's first-token timeout."""
+        first_token = context.first_token_timeout if context else None
+        budget = self._settings.wait_budget
+        return min(budget, first_token / 4) if first_token else budget
 
     def _count(self, operation: str, outcome: str) -> None:
         self._operations[(operation, outcome)] += 1

@@ -128,7 +128,7 @@ def split_prefix(
     }
     text = _canonical(cached)
     digest = hashlib.sha256(
-        _canonical(["gemini-cache-v1", model, tenant or "-", key, cached]).encode()
+        _canonical(["gemini-cache-v1", model, tenant, key, cached]).encode()
     ).hexdigest()
     prefix = CachePrefix(
         model=model,

@@ -37,6 +37,8 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
+from ferryman_runtime.redaction import redact
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
@@ -177,7 +179,8 @@ def install_tracing(
     logger.info(
         "tracing on: %s spans to %s",
         attributes["service.name"],
-        ", ".join(config.endpoint if name == "otlp" else name for name in config.exporters),
+        # The endpoint may carry credentials (`https://user:password@host`, `?token=…`).
+        ", ".join(redact(config.endpoint) if name == "otlp" else name for name in config.exporters),
     )
     return Tracing(provider)
 
