@@ -225,6 +225,9 @@ class LlmWorker:
                     "retention.ms": str(int(max(settings.tool_loop_window * 2, 86_400) * 1000))
                 },
                 settings.usage_topic: {},
+                # Cancels and cache invalidations: the first request waits for this reader to
+                # catch up, which it cannot do on a topic that does not exist yet.
+                settings.control_topic: {},
                 **({settings.storage.reply_topic: {}} if self.datarefs else {}),
             },
         )
