@@ -12,9 +12,7 @@ import asyncio
 import json
 import subprocess
 import uuid
-from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 from faststream.asgi import AsgiFastStream
@@ -22,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from ferryman.publisher import KafkaPublisher
+from tests.asgi_get import asgi_get
 from tests.integration.conftest import read_topic
 from tests.integration.storage_harness import StorageHarness, running_storage_worker
 from tests.integration.test_mcp_worker_e2e import wait_until
@@ -74,26 +73,7 @@ STORAGE_TENANT = "acme"
 
 async def scrape(app: AsgiFastStream) -> str:
     """`GET /metrics` of a worker's host app, through its ASGI interface."""
-    sent: list[MutableMapping[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/metrics",
-        "raw_path": b"/metrics",
-        "root_path": "",
-        "headers": [],
-        "query_string": b"",
-    }
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 200
-    return b"".join(m["body"] for m in sent if m["type"] == "http.response.body").decode()
+    return await asgi_get(app, "/metrics")
 
 
 LAG_INTERVAL = 0.2

@@ -8,7 +8,6 @@ import importlib.util
 import shutil
 import subprocess
 import sys
-from collections.abc import MutableMapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,6 +27,7 @@ from ferryman_runtime.settings import WorkerSettings
 from ferryman_runtime.upstreams.health import HealthMonitor, UpstreamRef
 from ferryman_runtime.upstreams.stats import StatsBoard, UpstreamStatsCollector
 from ferryman_runtime.worker import Worker
+from tests.asgi_get import asgi_get
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -98,26 +98,7 @@ async def _scrape(registry: CollectorRegistry, service: str) -> str:
     app = create_host_app(
         _IdleService(), bootstrap_servers="127.0.0.1:1", registry=registry, service_name=service
     )
-    sent: list[MutableMapping[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: MutableMapping[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/metrics",
-        "raw_path": b"/metrics",
-        "root_path": "",
-        "headers": [],
-        "query_string": b"",
-    }
-    await app(scope, receive, send)
-    assert sent[0]["status"] == 200
-    return b"".join(m["body"] for m in sent if m["type"] == "http.response.body").decode()
+    return await asgi_get(app, "/metrics")
 
 
 def _worker(tmp_path: Path) -> tuple[Worker[Any], CollectorRegistry]:
